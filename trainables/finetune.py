@@ -1,0 +1,162 @@
+"""The fine-tuning trainable: build the classifier, train, evaluate, report, checkpoint, resume.
+
+``fit`` is the loop, free of Ray: ``tuning`` uses it directly to train one config, and
+``finetune_trainable`` wraps it as a Ray Tune function trainable.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainables.checkpointing import load_checkpoint, restore_rng_states, save_checkpoint
+from trainables.data import TokenizedData, steps_per_epoch
+from trainables.errors import ConfigError
+from trainables.hparams import FinetuneConfig
+from trainables.loops import evaluate, train_epoch
+from trainables.models import TextClassifier, freeze_bottom, load_encoder, num_encoder_layers, reinit_top
+from trainables.optim import build_optimizer, llrd_param_groups
+from trainables.runtime import seed_everything, supports_precision
+from trainables.schedules import make_schedule
+
+# Called once per epoch with the metrics and a function that writes a checkpoint into a folder.
+Reporter = Callable[[dict, Callable[[str], None]], None]
+
+FAIL_MARKER_ENV = "TUNEBERT_FAIL_MARKER"
+
+
+def build_classifier(cfg, num_labels: int) -> TextClassifier:
+    """Encoder + head as the config says, with freezing and top-layer re-initialisation applied."""
+    encoder = load_encoder(cfg.model, hidden_dropout=cfg.hidden_dropout,
+                           attention_dropout=cfg.attention_dropout)
+    layers = num_encoder_layers(encoder)
+    for name in ("freeze_layers", "reinit_layers"):
+        if getattr(cfg, name) > layers:
+            raise ConfigError(f"`{name}` is {getattr(cfg, name)} but model {cfg.model!r} has only "
+                              f"{layers} layers")
+    model = TextClassifier(encoder, num_labels, pooling=cfg.pooling, head=cfg.head,
+                           head_hidden=cfg.head_hidden, dropout=cfg.classifier_dropout)
+    reinit_top(model, cfg.reinit_layers, seed=cfg.seed)
+    freeze_bottom(model, embeddings=cfg.freeze_embeddings, layers=cfg.freeze_layers)
+    return model
+
+
+def build_optimization(model: TextClassifier, cfg, *, total_steps: int):
+    """Optimizer over LLRD param groups and a LambdaLR with the configured schedule."""
+    groups = llrd_param_groups(
+        model.named_parameters(), num_layers=num_encoder_layers(model.encoder), lr=cfg.lr,
+        llrd_decay=cfg.llrd_decay, head_lr_multiplier=cfg.head_lr_multiplier,
+        weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(groups, kind=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
+                                nesterov=cfg.nesterov)
+    schedule = make_schedule(cfg.scheduler, total_steps=total_steps, warmup_ratio=cfg.warmup_ratio,
+                             min_ratio=cfg.min_lr / cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return optimizer, scheduler
+
+
+def top_lr(optimizer: torch.optim.Optimizer) -> float:
+    """Learning rate of the top encoder layer (the sweep's ``lr``), falling back to the largest."""
+    encoder_groups = [g for g in optimizer.param_groups if not g["name"].startswith("head")]
+    return max(g["lr"] for g in (encoder_groups or optimizer.param_groups))
+
+
+def _maybe_inject_failure(epoch: int) -> None:
+    """Test hook: raise once at the epoch written in the marker file, then remove the file.
+
+    A real fault injected on purpose by the reliability tests (a trial crashing mid-training).
+    """
+    marker = os.environ.get(FAIL_MARKER_ENV)
+    if marker and Path(marker).is_file() and Path(marker).read_text().strip() == str(epoch):
+        Path(marker).unlink()
+        raise RuntimeError(f"injected failure at epoch {epoch} (marker {marker})")
+
+
+def classification_loss(label_smoothing: float):
+    def loss_fn(model, batch):
+        ids, mask, labels = batch
+        logits = model(ids, mask)
+        return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+    return loss_fn
+
+
+def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, report: Reporter,
+        resume_dir: Optional[str] = None) -> TextClassifier:
+    """Fine-tune for ``cfg.epochs`` epochs, calling ``report`` after each one.
+
+    With ``resume_dir`` the model, optimizer, scheduler and RNG states come from that checkpoint
+    and training continues with the epoch after the one it saved.
+    """
+    if not supports_precision(device, cfg.precision):
+        raise ConfigError(f"`precision` {cfg.precision!r} is not supported on {device}; use fp32")
+    seed_everything(cfg.seed)
+    train, val = data.splits["train"], data.splits["validation"]
+    model = build_classifier(cfg, data.num_labels).to(device)
+    total_steps = cfg.epochs * steps_per_epoch(len(train), cfg.batch_size)
+    optimizer, scheduler = build_optimization(model, cfg, total_steps=total_steps)
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" and device.type == "cuda" else None
+    first_epoch = 1
+    if resume_dir is not None:
+        state = load_checkpoint(resume_dir)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        restore_rng_states(state["rng"])
+        first_epoch = state["epoch"] + 1
+    loss_fn = classification_loss(cfg.label_smoothing)
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        _maybe_inject_failure(epoch)
+        stats = train_epoch(
+            model, train, batch_size=cfg.batch_size, rng=np.random.default_rng([cfg.seed, epoch]),
+            pad_token_id=data.pad_token_id, optimizer=optimizer, scheduler=scheduler,
+            loss_fn=loss_fn, device=device, precision=cfg.precision, grad_clip=cfg.grad_clip,
+            scaler=scaler)
+        result = evaluate(model, val, batch_size=max(64, cfg.batch_size), pad_token_id=data.pad_token_id,
+                          num_labels=data.num_labels, device=device, precision=cfg.precision)
+        metrics = {"epoch": epoch, "train_loss": stats.loss, **result.as_metrics("val"),
+                   "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s}
+
+        def write(directory: str, _epoch: int = epoch) -> None:
+            save_checkpoint(directory, model=model, optimizer=optimizer, scheduler=scheduler,
+                            scaler=scaler, epoch=_epoch, config=cfg.to_dict(),
+                            label_map=data.label_map.to_dict())
+
+        report(metrics, write)
+    return model
+
+
+def finetune_trainable(config: dict, data: TokenizedData) -> None:
+    """Ray Tune function trainable: ``tune.with_parameters(finetune_trainable, data=...)``."""
+    from ray import tune
+
+    from trainables.runtime import pick_device, set_threads
+    import ray
+
+    resources = ray.get_runtime_context().get_assigned_resources()
+    set_threads(resources.get("CPU", 1))
+    device = pick_device(resources.get("GPU", 0))
+    cfg = FinetuneConfig.from_dict(config)
+
+    def report(metrics: dict, write: Callable[[str], None]) -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            write(directory)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    checkpoint = tune.get_checkpoint()
+    try:
+        if checkpoint is None:
+            fit(cfg, data, device=device, report=report)
+        else:
+            with checkpoint.as_directory() as directory:
+                fit(cfg, data, device=device, report=report, resume_dir=directory)
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()

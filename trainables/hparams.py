@@ -1,0 +1,160 @@
+"""The fine-tuning hyperparameters: one frozen, validated dataclass.
+
+``FinetuneConfig.from_dict(d).to_dict()`` is the exact dict a trial trains with and the exact dict
+that reaches MLflow. Unknown keys and bad values raise ``ConfigError`` naming the key, the value
+and the rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from trainables.errors import ConfigError
+
+POOLINGS = ("cls", "mean", "max")
+HEADS = ("linear", "mlp")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("linear", "cosine", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"`{name}` must be one of {list(allowed)}, but got {value!r}")
+
+
+def _check_range(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"`{name}` must be a number, but got {value!r} ({type(value).__name__})")
+    ok = (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise ConfigError(f"`{name}` must lie in {bracket}{low}, {high}], but got {value!r}")
+
+
+def _check_int(name: str, value: Any, low: int, high: int = 10**9) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"`{name}` must be an integer, but got {value!r} ({type(value).__name__})")
+    if not low <= value <= high:
+        raise ConfigError(f"`{name}` must lie in [{low}, {high}], but got {value}")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"`{name}` must be true or false, but got {value!r}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything one fine-tuning trial needs besides the data.
+
+    Learning rates follow layer-wise decay (LLRD, Howard & Ruder 2018; Sun et al. 2019): the top
+    encoder layer trains at ``lr``, layer ``l`` below it at ``lr * llrd_decay**l``, the embeddings
+    lowest, and the classification head at ``lr * head_lr_multiplier``.
+    """
+
+    trainable: str = "finetune"
+    model: str = "minilm-l6"
+    max_length: int = 128
+    # classifier
+    pooling: str = "mean"
+    head: str = "linear"
+    head_hidden: int = 256
+    classifier_dropout: float = 0.1
+    hidden_dropout: Optional[float] = None  # None keeps the pretrained encoder's value
+    attention_dropout: Optional[float] = None
+    # optimizer
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.01
+    llrd_decay: float = 1.0
+    head_lr_multiplier: float = 1.0
+    # schedule
+    scheduler: str = "linear"
+    warmup_ratio: float = 0.1
+    min_lr: float = 0.0
+    # loop
+    batch_size: int = 32
+    epochs: int = 4
+    grad_clip: float = 1.0  # 0 disables clipping
+    label_smoothing: float = 0.0
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0
+    reinit_layers: int = 0
+    seed: int = 0
+    precision: str = "fp32"
+    # provenance: the named preset this config came from, if any
+    preset: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.trainable != "finetune":
+            raise ConfigError(f"`trainable` must be 'finetune' for FinetuneConfig, got {self.trainable!r}")
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError(f"`model` must be a hub id, a local folder or an alias, got {self.model!r}")
+        _check_int("max_length", self.max_length, 8, 8192)
+        _check_choice("pooling", self.pooling, POOLINGS)
+        _check_choice("head", self.head, HEADS)
+        _check_int("head_hidden", self.head_hidden, 1)
+        _check_range("classifier_dropout", self.classifier_dropout, 0.0, 0.99)
+        for name in ("hidden_dropout", "attention_dropout"):
+            if getattr(self, name) is not None:
+                _check_range(name, getattr(self, name), 0.0, 0.99)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_range("lr", self.lr, 0.0, 10.0, low_open=True)
+        _check_range("momentum", self.momentum, 0.0, 0.9999)
+        _check_bool("nesterov", self.nesterov)
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise ConfigError(
+                f"`nesterov` needs optimizer 'sgd' with momentum > 0, but got "
+                f"(optimizer={self.optimizer!r}, momentum={self.momentum})"
+            )
+        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_range("llrd_decay", self.llrd_decay, 0.0, 1.0, low_open=True)
+        _check_range("head_lr_multiplier", self.head_lr_multiplier, 0.0, 10_000.0, low_open=True)
+        _check_choice("scheduler", self.scheduler, SCHEDULERS)
+        _check_range("warmup_ratio", self.warmup_ratio, 0.0, 0.9)
+        _check_range("min_lr", self.min_lr, 0.0, self.lr)
+        _check_int("batch_size", self.batch_size, 1, 65536)
+        _check_int("epochs", self.epochs, 1, 10_000)
+        _check_range("grad_clip", self.grad_clip, 0.0, 1e6)
+        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.9)
+        _check_bool("freeze_embeddings", self.freeze_embeddings)
+        _check_int("freeze_layers", self.freeze_layers, 0, 1000)
+        _check_int("reinit_layers", self.reinit_layers, 0, 1000)
+        _check_int("seed", self.seed, 0, 2**32 - 1)
+        _check_choice("precision", self.precision, PRECISIONS)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "FinetuneConfig":
+        """Build from a (possibly partial) dict; unset keys take the defaults above."""
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(
+                f"unknown fine-tuning parameter(s) {unknown}; allowed: {sorted(cls.field_names())}"
+            )
+        values = dict(values)
+        # YAML and MLflow hand back ints for floats such as `lr: 1` and floats for whole numbers
+        for f in fields(cls):
+            if f.name in values and f.type in ("float", "Optional[float]"):
+                v = values[f.name]
+                if isinstance(v, int) and not isinstance(v, bool):
+                    values[f.name] = float(v)
+            if f.name in values and f.type == "int":
+                v = values[f.name]
+                if isinstance(v, float) and v.is_integer():
+                    values[f.name] = int(v)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "FinetuneConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,87 @@
+"""Optimizer construction with layer-wise learning-rate decay (LLRD).
+
+``llrd_param_groups`` is one pure function from named parameters to param-group dicts, so the
+exact learning rate of every parameter can be tested without building a model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+import torch
+
+# encoder.layer.3.attention... (BERT, RoBERTa, DeBERTa), transformer.layer.3 (DistilBERT), layers.3
+_LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers)\.(\d+)\.")
+HEAD_PREFIX = "head."
+
+
+def parameter_depth(name: str, num_layers: int) -> int:
+    """Depth of an encoder parameter: 0 for embeddings, ``i + 1`` for layer ``i``.
+
+    Anything else inside the encoder (a final LayerNorm, relative-position tables) counts as
+    the top layer, ``num_layers``.
+    """
+    match = _LAYER_RE.search(name)
+    if match:
+        return int(match.group(1)) + 1
+    if "embeddings" in name:
+        return 0
+    return num_layers
+
+
+def uses_weight_decay(name: str, param: torch.Tensor) -> bool:
+    """No weight decay on biases and normalisation weights (1-D tensors)."""
+    return param.ndim >= 2 and "norm" not in name.lower()
+
+
+def llrd_param_groups(
+    named_parameters: Iterable[tuple[str, torch.Tensor]],
+    *,
+    num_layers: int,
+    lr: float,
+    llrd_decay: float,
+    head_lr_multiplier: float,
+    weight_decay: float,
+) -> list[dict]:
+    """Param groups for the classifier: one per (depth, decay-or-not), plus the head's.
+
+    Learning rate at depth ``d`` (0 = embeddings, ``num_layers`` = top layer):
+    ``lr * llrd_decay ** (num_layers - d)``. Head parameters (names starting with ``head.``)
+    get ``lr * head_lr_multiplier``. Frozen parameters (``requires_grad=False``) are left out.
+    Each group carries a ``name`` such as ``layer_5/decay`` for logging and tests.
+    """
+    groups: dict[tuple[str, bool], dict] = {}
+    for name, param in named_parameters:
+        if not param.requires_grad:
+            continue
+        if name.startswith(HEAD_PREFIX):
+            key, group_lr = "head", lr * head_lr_multiplier
+        else:
+            depth = parameter_depth(name, num_layers)
+            key = "embeddings" if depth == 0 else f"layer_{depth - 1}"
+            group_lr = lr * llrd_decay ** (num_layers - depth)
+        decay = uses_weight_decay(name, param)
+        group = groups.setdefault(
+            (key, decay),
+            {
+                "name": f"{key}/{'decay' if decay else 'no_decay'}",
+                "params": [],
+                "param_names": [],
+                "lr": group_lr,
+                "weight_decay": weight_decay if decay else 0.0,
+            },
+        )
+        group["params"].append(param)
+        group["param_names"].append(name)
+    return list(groups.values())
+
+
+def build_optimizer(param_groups: list[dict], *, kind: str, lr: float, momentum: float,
+                    nesterov: bool) -> torch.optim.Optimizer:
+    """AdamW or SGD over prepared param groups (their own ``lr`` and ``weight_decay`` win)."""
+    if kind == "adamw":
+        return torch.optim.AdamW(param_groups, lr=lr)
+    if kind == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, nesterov=nesterov)
+    raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {kind!r}")
