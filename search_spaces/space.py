@@ -1,0 +1,138 @@
+"""Search-space specs as data, and the define-by-run function that samples them.
+
+A ``SearchSpace`` is an ordered tuple of ``Param``s. Each has a distribution (a float or int
+range, a categorical choice, or a fixed value) and an optional condition ``when`` — a mapping of
+earlier parameters to the values under which this one exists (momentum only for sgd, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Optional, Union
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    low: float
+    high: float
+    log: bool = False
+    step: Optional[float] = None
+
+    def describe(self) -> dict:
+        d = {"low": self.low, "high": self.high}
+        if self.log:
+            d["log"] = True
+        if self.step is not None:
+            d["step"] = self.step
+        return d
+
+
+@dataclass(frozen=True)
+class IntRange:
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+    def describe(self) -> dict:
+        d = {"low": self.low, "high": self.high}
+        if self.log:
+            d["log"] = True
+        if self.step != 1:
+            d["step"] = self.step
+        return d
+
+
+@dataclass(frozen=True)
+class Categorical:
+    choices: tuple
+
+    def describe(self) -> dict:
+        return {"choices": list(self.choices)}
+
+
+@dataclass(frozen=True)
+class Fixed:
+    value: Any
+
+    def describe(self) -> Any:
+        return self.value
+
+
+Distribution = Union[FloatRange, IntRange, Categorical, Fixed]
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    dist: Distribution
+    when: Mapping[str, tuple] = field(default_factory=dict)  # {"optimizer": ("sgd",)}
+
+    def active(self, values: Mapping[str, Any]) -> bool:
+        return all(values.get(key) in allowed for key, allowed in self.when.items())
+
+    def describe(self) -> Any:
+        d = self.dist.describe()
+        if self.when:
+            d = dict(d) if isinstance(d, dict) else {"value": d}
+            d["when"] = {k: list(v) for k, v in self.when.items()}
+        return d
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Ordered parameters plus constants that every trial gets (model, epochs, ...)."""
+
+    params: tuple[Param, ...]
+    constants: Mapping[str, Any] = field(default_factory=dict)
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+    def searched(self) -> tuple[str, ...]:
+        """Names of the parameters that are sampled (not fixed)."""
+        return tuple(p.name for p in self.params if not isinstance(p.dist, Fixed))
+
+    def get(self, name: str) -> Optional[Param]:
+        return next((p for p in self.params if p.name == name), None)
+
+    def with_constants(self, **constants: Any) -> "SearchSpace":
+        return replace(self, constants={**self.constants, **constants})
+
+    def describe(self) -> dict:
+        """The space as the YAML a user would write to reproduce it."""
+        return {p.name: p.describe() for p in self.params}
+
+
+def suggest(trial, param: Param) -> Any:
+    """Sample one parameter through the Optuna trial interface."""
+    dist = param.dist
+    if isinstance(dist, FloatRange):
+        return trial.suggest_float(param.name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, IntRange):
+        return trial.suggest_int(param.name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, Categorical):
+        return trial.suggest_categorical(param.name, list(dist.choices))
+    return dist.value
+
+
+def sample(trial, space: SearchSpace, overrides: Optional[Mapping[str, Any]] = None) -> dict:
+    """Define-by-run body: the trial's config as a dict of constants.
+
+    ``overrides`` (a preset's values for a warm-start trial) replace *fixed* parameters and
+    constants; searched parameters come from the trial, where Optuna already holds the enqueued
+    preset values.
+    """
+    overrides = overrides or {}
+    config: dict[str, Any] = {}
+    for param in space.params:
+        if not param.active(config):
+            continue
+        if isinstance(param.dist, Fixed) and param.name in overrides:
+            config[param.name] = overrides[param.name]
+        else:
+            config[param.name] = suggest(trial, param)
+    for name, value in overrides.items():
+        if name not in config and space.get(name) is None:
+            config[name] = value
+    return {**config, **{k: v for k, v in space.constants.items() if k not in config}}

@@ -1,0 +1,158 @@
+"""Sweep settings: one frozen, validated dataclass, saved beside the sweep so resume can rebuild it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from trainables.data import DataConfig
+from trainables.errors import ConfigError
+
+DEFAULT_ROOT = "tunebert-runs"
+SWEEP_FILE = "tunebert_sweep.json"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+SEARCHERS = ("tpe", "random")
+SCHEDULERS = ("asha", "none")
+
+
+def default_sweep_name() -> str:
+    return time.strftime("sweep-%Y%m%d-%H%M%S")
+
+
+def check_sweep_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ConfigError(
+            f"sweep name {name!r} is not allowed: use 1-100 letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit")
+    return name
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything that defines a sweep besides its search space file's contents."""
+
+    name: str = field(default_factory=default_sweep_name)
+    trainable: str = "finetune"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: str = "minilm-l6"
+    max_length: int = 128
+    epochs: int = 4
+    num_trials: int = 20
+    time_budget_s: Optional[float] = None
+    max_concurrent: Optional[int] = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    storage: str = DEFAULT_ROOT
+    tracking_uri: Optional[str] = None
+    address: Optional[str] = None
+    max_failures: int = 2
+    keep_checkpoints: int = 1
+    seed: int = 0
+    precision: str = "fp32"
+    space_file: Optional[str] = None
+    warm_start: tuple[str, ...] = ()
+    searcher: str = "tpe"
+    scheduler: str = "asha"
+    grace_period: int = 1
+    reduction_factor: int = 3
+    metric: str = "val_accuracy"
+    mode: str = "max"
+
+    def __post_init__(self) -> None:
+        check_sweep_name(self.name)
+        for name, low in (("max_length", 8), ("epochs", 1), ("grace_period", 1),
+                          ("reduction_factor", 2), ("keep_checkpoints", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"`{name}` must be an integer >= {low}, but got {value!r}")
+        if isinstance(self.num_trials, bool) or not isinstance(self.num_trials, int) or self.num_trials < 1:
+            raise ConfigError(f"`num_trials` must be an integer >= 1, but got {self.num_trials!r} "
+                              f"(use --time-budget to stop by time instead)")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ConfigError(f"`time_budget_s` must be > 0 seconds, but got {self.time_budget_s!r}")
+        if self.max_concurrent is not None and (not isinstance(self.max_concurrent, int) or self.max_concurrent < 1):
+            raise ConfigError(f"`max_concurrent` must be an integer >= 1, but got {self.max_concurrent!r}")
+        if not self.cpus_per_trial > 0:
+            raise ConfigError(f"`cpus_per_trial` must be > 0, but got {self.cpus_per_trial!r}")
+        if self.gpus_per_trial < 0 or (self.gpus_per_trial > 1 and not float(self.gpus_per_trial).is_integer()):
+            raise ConfigError(f"`gpus_per_trial` must be a fraction in [0, 1] or a whole number, "
+                              f"but got {self.gpus_per_trial!r}")
+        if not isinstance(self.max_failures, int) or self.max_failures < 0:
+            raise ConfigError(f"`max_failures` must be an integer >= 0, but got {self.max_failures!r}")
+        if self.searcher not in SEARCHERS:
+            raise ConfigError(f"`searcher` must be one of {list(SEARCHERS)}, but got {self.searcher!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"`scheduler` must be one of {list(SCHEDULERS)}, but got {self.scheduler!r}")
+        if self.mode not in ("max", "min"):
+            raise ConfigError(f"`mode` must be 'max' or 'min', but got {self.mode!r}")
+        if self.grace_period > self.epochs:
+            raise ConfigError(f"`grace_period` ({self.grace_period}) cannot exceed `epochs` ({self.epochs})")
+
+    # ------------------------------------------------------------------ places
+    @property
+    def root(self) -> Path:
+        return Path(self.storage).expanduser().resolve()
+
+    @property
+    def ray_storage(self) -> Path:
+        return self.root / "ray"
+
+    @property
+    def sweep_dir(self) -> Path:
+        return self.ray_storage / self.name
+
+    def resolved_tracking_uri(self) -> str:
+        return resolve_tracking_uri(self.tracking_uri, self.root)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["data"] = self.data.to_dict()
+        d["warm_start"] = list(self.warm_start)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SweepConfig":
+        d = dict(d)
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown sweep setting(s) {unknown}")
+        if isinstance(d.get("data"), dict):
+            d["data"] = DataConfig.from_dict(d["data"])
+        if "warm_start" in d:
+            d["warm_start"] = tuple(d["warm_start"])
+        return cls(**d)
+
+    def save(self) -> Path:
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        path = self.sweep_dir / SWEEP_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+
+def resolve_tracking_uri(explicit: Optional[str], root: Path) -> str:
+    """``--tracking-uri`` wins, then ``MLFLOW_TRACKING_URI``, then a SQLite file under the root."""
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def load_saved_sweep(name: str, storage: str = DEFAULT_ROOT) -> SweepConfig:
+    """The settings a sweep was started with (for resume). Clear error if there is no such sweep."""
+    check_sweep_name(name)
+    root = Path(storage).expanduser().resolve()
+    path = root / "ray" / name / SWEEP_FILE
+    if not path.is_file():
+        known = sorted(p.parent.name for p in (root / "ray").glob(f"*/{SWEEP_FILE}"))
+        raise ConfigError(
+            f"no sweep named {name!r} under {root}; known sweeps there: {known or 'none'}. "
+            f"Pass --storage if the sweep lives elsewhere.")
+    return SweepConfig.from_dict(json.loads(path.read_text()))

@@ -1,0 +1,218 @@
+"""Builds and runs the Ray Tune sweep: validate → tokenize once → Tuner(OptunaSearch, ASHA) → MLflow.
+
+Everything a user can get wrong is checked in ``prepare`` before Ray starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from search_spaces.finetune import SWEEP_LEVEL, finetune_space
+from search_spaces.overrides import load_space
+from search_spaces.presets import get_preset
+from search_spaces.space import SearchSpace
+from trainables import registry
+from trainables.data import TokenizedData, load_raw_splits, tokenize_splits
+from trainables.errors import ConfigError
+from trainables.models import load_tokenizer, resolve_model
+from tuning import tracking
+from tuning.config import SweepConfig, load_saved_sweep
+from tuning.search import build_searcher, preview_configs, warm_start_values
+
+log = logging.getLogger("tunebert")
+
+TRIAL_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "samples_per_s")
+
+
+def say(message: str) -> None:
+    print(f"[tunebert] {message}", flush=True)
+
+
+@dataclass
+class Prepared:
+    """A validated sweep, ready to hand to Ray."""
+
+    config: SweepConfig
+    space: SearchSpace
+    presets: list[tuple[dict, dict]]
+    data: TokenizedData  # without the test split: trials never see it
+    tracking_uri: str
+
+
+def build_space(cfg: SweepConfig) -> SearchSpace:
+    """The default space for the sweep's trainable, the user's YAML applied, constants bound."""
+    if cfg.trainable != "finetune":
+        raise ConfigError(f"unknown trainable {cfg.trainable!r}; available: {sorted(registry.TRAINABLES)}")
+    space = finetune_space(model=cfg.model, max_length=cfg.max_length, epochs=cfg.epochs,
+                           seed=cfg.seed, precision=cfg.precision)
+    if cfg.space_file:
+        space = load_space(cfg.space_file, space, config_cls=registry.config_class(cfg.trainable),
+                           fixed_by_sweep=SWEEP_LEVEL)
+    return space
+
+
+def check_tracking_target(cfg: SweepConfig, uri: str) -> None:
+    """A remote cluster cannot use a store that lives on this machine's disk only."""
+    address = cfg.address
+    remote = address not in (None, "", "local") and not address.startswith(("127.", "localhost"))
+    if remote and address != "auto" and tracking.is_local_store(uri):
+        raise ConfigError(
+            f"--address {address} joins a remote Ray cluster, but the MLflow store "
+            f"{tracking.redact(uri)} is a local file: results written there stay on one machine and "
+            f"checkpoint artifacts from other nodes cannot reach it. Start an MLflow server every node "
+            f"can reach and pass --tracking-uri http://HOST:5000 (or set MLFLOW_TRACKING_URI).")
+
+
+def prepare(cfg: SweepConfig) -> Prepared:
+    """Validate the space, presets, model and data; tokenize once. No Ray yet."""
+    space = build_space(cfg)
+    presets = []
+    for name in cfg.warm_start:
+        presets.append(warm_start_values(space, get_preset(name), name, SWEEP_LEVEL))
+    # a dry run of the sampler: every combination it can produce must be a valid config
+    for sampled in preview_configs(space, n=8 + len(presets), seed=cfg.seed, presets=presets):
+        try:
+            registry.resolve_config(sampled)
+        except ConfigError as exc:
+            source = cfg.space_file or "the default space"
+            raise ConfigError(f"{source} can produce an invalid trial config: {exc}") from None
+    uri = cfg.resolved_tracking_uri()
+    check_tracking_target(cfg, uri)
+    say(f"loading data from {cfg.data.source!r} and tokenizer of {cfg.model!r}")
+    raw = load_raw_splits(cfg.data)
+    tokenizer = load_tokenizer(cfg.model)
+    from trainables.models import load_encoder  # noqa: F401  (config check below)
+    from transformers import AutoConfig
+
+    AutoConfig.from_pretrained(resolve_model(cfg.model))
+    data = tokenize_splits(raw, tokenizer, model=cfg.model, max_length=cfg.max_length)
+    sizes = {k: len(v) for k, v in data.splits.items()}
+    say(f"data: {sizes} examples, {data.num_labels} labels; tokenized once for all trials")
+    if any(data.truncated.values()):
+        say(f"note: texts longer than max_length={cfg.max_length} tokens were truncated: {data.truncated}")
+    return Prepared(cfg, space, presets, data.without_test(), uri)
+
+
+def _init_ray(cfg: SweepConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.address:
+        ray.init(address=cfg.address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=True)
+
+
+def _tuner(prep: Prepared, callback, *, restore: bool):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    cfg = prep.config
+    trainable = tune.with_resources(
+        tune.with_parameters(registry.entry_point(cfg.trainable), data=prep.data),
+        {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+    if restore:
+        return tune.Tuner.restore(str(cfg.sweep_dir), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False)
+    if cfg.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs,
+                                  grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    searcher = build_searcher(prep.space, kind=cfg.searcher, seed=cfg.seed, metric=cfg.metric,
+                              mode=cfg.mode, num_trials=cfg.num_trials, presets=prep.presets)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=cfg.num_trials,
+            time_budget_s=cfg.time_budget_s, max_concurrent_trials=cfg.max_concurrent,
+            metric=cfg.metric, mode=cfg.mode),
+        run_config=tune.RunConfig(
+            name=cfg.name, storage_path=str(cfg.ray_storage), callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            verbose=1),
+    )
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    tracking_uri: str
+    sweep_dir: Path
+    best: Optional[Any]  # tuning.best.TrialRun
+    counts: dict[str, int]
+    wall_s: float
+
+
+def run_sweep(cfg: SweepConfig, *, resume: bool = False) -> SweepOutcome:
+    """Run (or resume) a sweep to the end and record it in MLflow."""
+    from tuning.best import top_k
+
+    start = time.time()
+    if resume and not (cfg.sweep_dir / "tuner.pkl").exists():
+        raise ConfigError(f"sweep {cfg.name!r} has no Ray Tune state in {cfg.sweep_dir} to resume from")
+    if not resume and cfg.sweep_dir.exists() and (cfg.sweep_dir / "tuner.pkl").exists():
+        raise ConfigError(f"a sweep named {cfg.name!r} already exists in {cfg.sweep_dir}; resume it "
+                          f"with `tunebert resume {cfg.name}` or choose another --name")
+    prep = prepare(cfg)
+    uri = prep.tracking_uri
+    artifact_root = None if not tracking.is_local_store(uri) else (cfg.root / "mlartifacts" / cfg.name).as_uri()
+    experiment_id, parent_id = tracking.start_sweep_run(uri, cfg.name, cfg.to_dict(), artifact_root)
+    cfg.save()
+    (cfg.sweep_dir / "search_space.yaml").write_text(yaml.safe_dump(prep.space.describe(), sort_keys=False))
+    callback = tracking.MlflowTrialLogger(uri, experiment_id, parent_id, registry.resolve_config, cfg.name)
+    say(f"sweep {cfg.name!r}: {cfg.num_trials} trials x {cfg.epochs} epochs of {cfg.model!r}, "
+        f"searcher {cfg.searcher}, scheduler {cfg.scheduler}; MLflow {tracking.redact(uri)}")
+    _init_ray(cfg)
+    status = "FAILED"
+    try:
+        tuner = _tuner(prep, callback, restore=resume)
+        results = tuner.fit()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        closed = tracking.close_open_trial_runs(uri, experiment_id, "KILLED")
+        if status != "FINISHED":
+            tracking.finish_sweep_run(uri, parent_id, status=status,
+                                      summary={"interrupted_trials": closed}, best_checkpoint=None)
+    runs = tracking.trial_runs(uri, cfg.name)
+    counts = {s: sum(r.info.status == s for r in runs) for s in ("FINISHED", "FAILED", "KILLED")}
+    best_list = top_k(cfg.name, 1, cfg.metric, cfg.mode, tracking_uri=uri, storage=cfg.storage)
+    best = best_list[0] if best_list else None
+    best_checkpoint = None
+    extra = [str(cfg.sweep_dir / "search_space.yaml")]
+    if best is not None:
+        for result in results:
+            if result.metrics.get("trial_id") == best.trial_id and result.checkpoint is not None:
+                best_checkpoint = result.checkpoint.path
+        best_file = cfg.sweep_dir / "best_config.yaml"
+        best_file.write_text(yaml.safe_dump(best.config, sort_keys=False))
+        extra.append(str(best_file))
+    wall = time.time() - start
+    summary = {f"best_{cfg.metric}": best.metrics[cfg.metric] if best else float("nan"),
+               "trials_finished": counts["FINISHED"], "trials_failed": counts["FAILED"],
+               "trials_killed": counts["KILLED"], "wall_time_s": wall,
+               "best_trial_id": best.trial_id if best else "none",
+               "mlflow_writes_lost": callback.failed_writes}
+    tracking.finish_sweep_run(uri, parent_id, status="FINISHED", summary=summary,
+                              best_checkpoint=best_checkpoint, extra_files=extra)
+    return SweepOutcome(cfg.name, uri, cfg.sweep_dir, best, counts, wall)
+
+
+def resume_sweep(name: str, storage: str, **changes: Any) -> SweepOutcome:
+    cfg = load_saved_sweep(name, storage)
+    if changes:
+        cfg = SweepConfig.from_dict({**cfg.to_dict(), **changes})
+    return run_sweep(cfg, resume=True)

@@ -1,0 +1,381 @@
+"""Everything MLflow. The only module in the project that imports mlflow.
+
+Layout: one experiment per sweep (named after it); a parent run for the sweep (tag
+``tunebert.kind=sweep``) and one nested child run per trial (``tunebert.kind=trial``, tagged with
+its Ray trial id). A trial that is retried or resumed finds its run again by that tag and keeps
+logging into it, so no trial ever gets a second run. A standalone training run has
+``tunebert.kind=train``.
+
+Tracking must never kill training: every write from the sweep callback is caught; writes that
+fail (a server that is down) are kept and sent again on the next callback, and the number of
+writes still missing at the end is recorded as a tag on the parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from trainables.errors import UserError
+
+log = logging.getLogger("tunebert.tracking")
+
+KIND = "tunebert.kind"
+SWEEP = "tunebert.sweep"
+TRIAL_ID = "tunebert.trial_id"
+CONFIG = "tunebert.config"
+TRAINABLE = "tunebert.trainable"
+PARENT = "mlflow.parentRunId"
+RUN_NAME = "mlflow.runName"
+ERROR = "tunebert.error"
+END_REASON = "tunebert.end_reason"
+
+# Ray's bookkeeping keys in a result dict: not metrics of the model.
+RAY_RESULT_KEYS = {
+    "epoch", "timestamp", "pid", "done", "time_since_restore", "iterations_since_restore",
+    "time_this_iter_s", "date", "hostname", "node_ip", "trial_id", "config", "experiment_tag",
+    "checkpoint_dir_name", "should_checkpoint", "training_iteration", "experiment_id",
+}
+SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "credential")
+MAX_TAG = 5000
+
+
+class TrackingError(UserError):
+    """An MLflow store or sweep that cannot be found or used."""
+
+
+def redact(text: str) -> str:
+    """Hide a password in a URI such as postgresql://user:pw@host/db."""
+    import re
+
+    return re.sub(r"(://[^:/@\s]+):[^@/\s]+@", r"\1:***@", text)
+
+
+def is_local_store(uri: str) -> bool:
+    """A store only this machine can write (SQLite or a plain folder), as opposed to a server."""
+    return uri.startswith(("sqlite:", "file:", "/", ".")) or "://" not in uri
+
+
+def client_for(uri: str) -> MlflowClient:
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def metrics_of(result: dict) -> dict[str, float]:
+    """The model's metrics in a Ray result: numeric, finite-or-not, minus Ray's bookkeeping."""
+    return {k: float(v) for k, v in result.items()
+            if k not in RAY_RESULT_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def params_of(config: dict) -> list[Param]:
+    return [Param(k, redact(str(v))[:6000]) for k, v in sorted(config.items())
+            if not any(word in k.lower() for word in SECRET_WORDS)]
+
+
+# --------------------------------------------------------------------------- experiments and sweep runs
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: Optional[str]) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location,
+                                    tags={SWEEP: name, "mlflow.note.content":
+                                          f"tunebert sweep {name}: one child run per trial"})
+
+
+def _runs(client: MlflowClient, experiment_id: str, filter_string: str,
+          order_by: Optional[list[str]] = None) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string,
+                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
+                                  order_by=order_by, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def start_sweep_run(uri: str, sweep_name: str, settings: dict, artifact_location: Optional[str]) -> tuple[str, str]:
+    """(experiment id, parent run id); a resumed sweep gets its existing parent run back."""
+    client = client_for(uri)
+    experiment_id = ensure_experiment(client, sweep_name, artifact_location)
+    existing = _runs(client, experiment_id, f"tags.`{KIND}` = 'sweep'")
+    if existing:
+        run_id = existing[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, "tunebert.resumed_at", time.strftime("%Y-%m-%d %H:%M:%S"))
+        return experiment_id, run_id
+    run = client.create_run(experiment_id, run_name=sweep_name,
+                            tags={KIND: "sweep", SWEEP: sweep_name})
+    client.log_batch(run.info.run_id, params=params_of(_flatten(settings)))
+    return experiment_id, run.info.run_id
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def finish_sweep_run(uri: str, run_id: str, *, status: str, summary: dict,
+                     best_checkpoint: Optional[str], extra_files: Iterable[str] = ()) -> None:
+    client = client_for(uri)
+    numeric = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in numeric.items()],
+                     tags=[RunTag(f"tunebert.{k}", str(v)[:MAX_TAG]) for k, v in summary.items()
+                           if k not in numeric])
+    if best_checkpoint:
+        client.log_artifacts(run_id, best_checkpoint, artifact_path="best_checkpoint")
+        label_map = Path(best_checkpoint) / "label_map.json"
+        if label_map.is_file():
+            client.log_artifact(run_id, str(label_map))
+    for path in extra_files:
+        client.log_artifact(run_id, path)
+    client.set_terminated(run_id, status)
+
+
+def close_open_trial_runs(uri: str, experiment_id: str, status: str = "KILLED") -> int:
+    """Mark child runs still RUNNING (their trial did not end in this process) as ``status``."""
+    client = client_for(uri)
+    open_runs = _runs(client, experiment_id,
+                      f"tags.`{KIND}` = 'trial' and attributes.status = 'RUNNING'")
+    for run in open_runs:
+        client.set_tag(run.info.run_id, END_REASON, "sweep stopped before the trial ended")
+        client.set_terminated(run.info.run_id, status)
+    return len(open_runs)
+
+
+# --------------------------------------------------------------------------- the Ray Tune callback
+
+
+class MlflowTrialLogger(Callback):
+    """Logs every Ray Tune trial as a nested MLflow run of the sweep's parent run.
+
+    Runs in the driver. Picklable (Ray saves callbacks with the experiment state): it keeps only
+    the URI and ids, and rebuilds the client and the trial→run map after a restore by searching
+    runs by their trial-id tag.
+    """
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str,
+                 resolve_config: Callable[[dict], dict], sweep_name: str):
+        self.uri = uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.resolve_config = resolve_config
+        self.sweep_name = sweep_name
+        self._client: Optional[MlflowClient] = None
+        self._run_ids: dict[str, str] = {}
+        self._pending: list[tuple[str, tuple, dict]] = []
+        self.failed_writes = 0
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_client"] = None
+        state["_run_ids"] = {}
+        return state
+
+    # -- plumbing
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = client_for(self.uri)
+        return self._client
+
+    def _call(self, method: str, *args, **kwargs) -> bool:
+        """Run one client call; on failure keep it for later. Returns whether it went through."""
+        self._flush()
+        if self._pending:
+            self._pending.append((method, args, kwargs))
+            return False
+        return self._try(method, args, kwargs)
+
+    def _try(self, method: str, args: tuple, kwargs: dict) -> bool:
+        try:
+            getattr(self.client, method)(*args, **kwargs)
+            return True
+        except Exception as exc:  # tracking must never stop training
+            if not self._pending:
+                log.warning("MLflow %s failed (%s); will retry on the next event",
+                            method, str(exc).splitlines()[0][:200])
+            self._pending.append((method, args, kwargs))
+            return False
+
+    def _flush(self) -> None:
+        while self._pending:
+            method, args, kwargs = self._pending[0]
+            try:
+                getattr(self.client, method)(*args, **kwargs)
+            except Exception:
+                return
+            self._pending.pop(0)
+
+    def _run_id(self, trial) -> Optional[str]:
+        run_id = self._run_ids.get(trial.trial_id)
+        if run_id:
+            return run_id
+        try:
+            found = _runs(self.client, self.experiment_id,
+                          f"tags.`{TRIAL_ID}` = '{trial.trial_id}'")
+            if found:
+                run_id = found[0].info.run_id
+                if found[0].info.status != "RUNNING":
+                    self.client.update_run(run_id, status="RUNNING")
+            else:
+                config = self.resolve_config(trial.config)
+                run = self.client.create_run(
+                    self.experiment_id, run_name=f"{config['trainable']}-{trial.trial_id}",
+                    tags={KIND: "trial", SWEEP: self.sweep_name, TRIAL_ID: trial.trial_id,
+                          PARENT: self.parent_run_id, TRAINABLE: config["trainable"],
+                          CONFIG: json.dumps(config, sort_keys=True)[:MAX_TAG],
+                          **({"tunebert.preset": config["preset"]} if config.get("preset") else {})})
+                run_id = run.info.run_id
+                self.client.log_batch(run_id, params=params_of(config))
+        except Exception as exc:
+            log.warning("MLflow: could not open a run for trial %s (%s)", trial.trial_id,
+                        str(exc).splitlines()[0][:200])
+            return None
+        self._run_ids[trial.trial_id] = run_id
+        return run_id
+
+    # -- Ray hooks
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run_id(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self._run_id(trial)
+        if run_id is None:
+            return
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for k, v in metrics_of(result).items()]
+        tags = [RunTag("tunebert.node_ip", str(result.get("node_ip", "")))]
+        self._call("log_batch", run_id, metrics=metrics, tags=tags)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self._run_id(trial)
+        if run_id is None:
+            return
+        last = trial.last_result or {}
+        epochs = self.resolve_config(trial.config).get("epochs")
+        reason = "completed" if last.get("epoch") == epochs else "stopped early by the scheduler"
+        self._call("set_tag", run_id, END_REASON, reason)
+        self._call("set_terminated", run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self._run_id(trial)
+        if run_id is None:
+            return
+        text = ""
+        if trial.error_file and Path(trial.error_file).is_file():
+            text = Path(trial.error_file).read_text(errors="replace")
+            self._call("log_artifact", run_id, trial.error_file)
+        summary = _error_summary(text)
+        self._call("set_tag", run_id, ERROR, summary[:MAX_TAG])
+        self._call("set_tag", run_id, END_REASON, "error")
+        self._call("set_terminated", run_id, "FAILED")
+
+    def on_experiment_end(self, trials, **info):
+        self._flush()
+        self.failed_writes = len(self._pending)
+        if self._pending:
+            log.warning("MLflow: %d write(s) could not be delivered", len(self._pending))
+
+
+def _error_summary(text: str) -> str:
+    """The last line of a traceback that names the exception, e.g. 'NonFiniteLossError: ...'."""
+    lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
+    for line in reversed(lines):
+        if "Error" in line.split(":")[0] or "Exception" in line.split(":")[0]:
+            return line
+    return lines[-1] if lines else "unknown error"
+
+
+# --------------------------------------------------------------------------- reading results
+
+
+def find_sweep_experiment(uri: str, sweep_name: str):
+    client = client_for(uri)
+    experiment = client.get_experiment_by_name(sweep_name)
+    if experiment is None or experiment.lifecycle_stage == "deleted":
+        names = sorted(e.name for e in client.search_experiments()
+                       if e.tags.get(SWEEP))
+        raise TrackingError(
+            f"no sweep named {sweep_name!r} in the MLflow store {redact(uri)}; sweeps there: "
+            f"{names or 'none'}. Check the name, or pass --tracking-uri / set MLFLOW_TRACKING_URI "
+            f"to the store the sweep logged to.")
+    return client, experiment
+
+
+def trial_runs(uri: str, sweep_name: str) -> list:
+    client, experiment = find_sweep_experiment(uri, sweep_name)
+    return _runs(client, experiment.experiment_id, f"tags.`{KIND}` = 'trial'")
+
+
+def sweep_run(uri: str, sweep_name: str):
+    client, experiment = find_sweep_experiment(uri, sweep_name)
+    runs = _runs(client, experiment.experiment_id, f"tags.`{KIND}` = 'sweep'")
+    return runs[0] if runs else None
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in client_for(uri).get_metric_history(run_id, key)]
+
+
+def download_artifacts(uri: str, run_id: str, path: str, destination: str) -> str:
+    return client_for(uri).download_artifacts(run_id, path, destination)
+
+
+# --------------------------------------------------------------------------- standalone training runs
+
+
+class TrainRun:
+    """A run for one standalone training (``tunebert train``): params, per-epoch metrics, test."""
+
+    def __init__(self, uri: str, experiment: str, config: dict, run_name: str,
+                 tags: Optional[dict] = None):
+        self.uri = uri
+        self.client = client_for(uri)
+        experiment_id = ensure_experiment(self.client, experiment, None)
+        run = self.client.create_run(experiment_id, run_name=run_name,
+                                     tags={KIND: "train", TRAINABLE: config["trainable"],
+                                           CONFIG: json.dumps(config, sort_keys=True)[:MAX_TAG],
+                                           **(tags or {})})
+        self.run_id = run.info.run_id
+        self.client.log_batch(self.run_id, params=params_of(config))
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step)
+                                                   for k, v in metrics.items() if k != "epoch"])
+
+    def log_artifacts(self, local_dir: str, artifact_path: Optional[str] = None) -> None:
+        self.client.log_artifacts(self.run_id, local_dir, artifact_path)
+
+    def log_artifact(self, path: str) -> None:
+        self.client.log_artifact(self.run_id, path)
+
+    def end(self, status: str = "FINISHED", error: Optional[str] = None) -> None:
+        if error:
+            self.client.set_tag(self.run_id, ERROR, error[:MAX_TAG])
+        self.client.set_terminated(self.run_id, status)
