@@ -87,7 +87,8 @@ def classification_loss(label_smoothing: float):
 
 
 def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, report: Reporter,
-        resume_dir: Optional[str] = None) -> TextClassifier:
+        resume_dir: Optional[str] = None,
+        progress: Optional[Callable[[int], None]] = None) -> TextClassifier:
     """Fine-tune for ``cfg.epochs`` epochs, calling ``report`` after each one.
 
     With ``resume_dir`` the model, optimizer, scheduler and RNG states come from that checkpoint
@@ -118,7 +119,7 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
             model, train, batch_size=cfg.batch_size, rng=np.random.default_rng([cfg.seed, epoch]),
             pad_token_id=data.pad_token_id, optimizer=optimizer, scheduler=scheduler,
             loss_fn=loss_fn, device=device, precision=cfg.precision, grad_clip=cfg.grad_clip,
-            scaler=scaler)
+            scaler=scaler, progress=progress)
         result = evaluate(model, val, batch_size=max(64, cfg.batch_size), pad_token_id=data.pad_token_id,
                           num_labels=data.num_labels, device=device, precision=cfg.precision)
         metrics = {"epoch": epoch, "train_loss": stats.loss, **result.as_metrics("val"),

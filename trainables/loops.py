@@ -54,11 +54,13 @@ def train_epoch(
     precision: str = "fp32",
     grad_clip: float = 0.0,
     scaler: Optional[torch.amp.GradScaler] = None,
+    progress: Optional[Callable[[int], None]] = None,
 ) -> EpochStats:
     """One pass over ``split`` in length-bucketed random batches.
 
     ``loss_fn(model, (input_ids, attention_mask, labels))`` returns the scalar loss of a batch.
     Raises ``NonFiniteLossError`` on the first NaN/inf loss: continuing would only spread it.
+    ``progress(n)`` is called after each batch with the number of samples it held.
     """
     model.train()
     total, seen = 0.0, 0
@@ -89,6 +91,8 @@ def train_epoch(
         scheduler.step()
         total += value * len(indices)
         seen += len(indices)
+        if progress is not None:
+            progress(len(indices))
     return EpochStats(loss=total / max(seen, 1), samples=seen, seconds=time.perf_counter() - start)
 
 

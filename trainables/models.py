@@ -167,7 +167,8 @@ def freeze_bottom(model: TextClassifier, *, embeddings: bool, layers: int) -> No
 
 def reinit_top(model: TextClassifier, layers: int, *, seed: int) -> None:
     """Re-initialise the top ``layers`` encoder layers (Zhang et al. 2021, "Revisiting Few-sample
-    BERT Fine-tuning") with the model's own initialiser."""
+    BERT Fine-tuning"): linear weights ~ N(0, initializer_range), biases 0, LayerNorm to identity,
+    as BERT's own initialisation does."""
     if layers <= 0:
         return
     from trainables.optim import _LAYER_RE
@@ -176,10 +177,17 @@ def reinit_top(model: TextClassifier, layers: int, *, seed: int) -> None:
     n = num_encoder_layers(encoder)
     if layers > n:
         raise ValueError(f"reinit_layers={layers} exceeds the encoder's {n} layers")
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    for module_name, module in encoder.named_modules():
-        match = _LAYER_RE.search(module_name + ".")
-        if match and int(match.group(1)) >= n - layers and any(module.parameters(recurse=False)):
-            encoder._init_weights(module)
-    torch.random.set_rng_state(generator_state)
+    std = float(getattr(encoder.config, "initializer_range", 0.02) or 0.02)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module_name, module in encoder.named_modules():
+            match = _LAYER_RE.search(module_name + ".")
+            if not match or int(match.group(1)) < n - layers:
+                continue
+            if isinstance(module, nn.Linear):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()

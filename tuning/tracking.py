@@ -30,6 +30,8 @@ from ray.tune import Callback
 from trainables.errors import UserError
 
 log = logging.getLogger("tunebert.tracking")
+for _noisy in ("mlflow", "alembic"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 KIND = "tunebert.kind"
 SWEEP = "tunebert.sweep"
@@ -315,6 +317,10 @@ def _error_summary(text: str) -> str:
 
 
 def find_sweep_experiment(uri: str, sweep_name: str):
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise TrackingError(
+            f"no MLflow store at {uri[len('sqlite:///'):]} (so no sweep {sweep_name!r}). Pass the "
+            f"--storage the sweep used, or --tracking-uri / MLFLOW_TRACKING_URI for a server.")
     client = client_for(uri)
     experiment = client.get_experiment_by_name(sweep_name)
     if experiment is None or experiment.lifecycle_stage == "deleted":

@@ -1,0 +1,82 @@
+"""Shared fixtures: a tiny randomly initialised BERT (no downloads), data, a temp MLflow store, Ray.
+
+The tiny model uses the packaged all-MiniLM-L6-v2 tokenizer (bert-base-uncased vocabulary) so
+texts tokenize exactly as with the real default model.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MASSIVE = REPO.parent / "shared" / "data" / "massive-en"
+
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A 2-layer, hidden-32 BERT saved as a Hugging Face folder, built once per test run."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from trainables.models import resolve_model
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def _demo_tokenized(tiny_model_dir):
+    from trainables.data import DataConfig, load_raw_splits, tokenize_splits
+    from trainables.models import load_tokenizer
+
+    raw = load_raw_splits(DataConfig("demo"))
+    return tokenize_splits(raw, load_tokenizer(tiny_model_dir), model=tiny_model_dir, max_length=64)
+
+
+@pytest.fixture
+def demo_data(_demo_tokenized):
+    """The built-in demo data tokenized for the tiny model (a fresh copy per test)."""
+    return copy.deepcopy(_demo_tokenized)
+
+
+@pytest.fixture
+def tiny_config(tiny_model_dir):
+    from trainables.hparams import FinetuneConfig
+
+    return FinetuneConfig(model=tiny_model_dir, epochs=2, lr=1e-3, batch_size=32, max_length=64)
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the in-process end-to-end tests."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def massive_dir() -> Path:
+    if not (MASSIVE / "train.jsonl").is_file():
+        pytest.skip(f"MASSIVE not found at {MASSIVE}")
+    return MASSIVE

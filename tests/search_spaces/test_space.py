@@ -1,0 +1,45 @@
+import optuna
+import pytest
+
+from search_spaces.finetune import finetune_space
+from search_spaces.space import Categorical, Fixed, FloatRange, IntRange, Param, SearchSpace, sample
+
+
+def _trial(seed=0):
+    return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
+
+
+def test_conditional_parameters_only_when_active():
+    space = finetune_space(model="m", epochs=3)
+    seen_sgd = seen_adamw = False
+    for seed in range(30):
+        config = sample(_trial(seed), space)
+        if config["optimizer"] == "sgd":
+            seen_sgd = True
+            assert "momentum" in config and "nesterov" in config
+        else:
+            seen_adamw = True
+            assert "momentum" not in config and "nesterov" not in config
+        assert ("head_hidden" in config) == (config["head"] == "mlp")
+        assert config["model"] == "m" and config["epochs"] == 3 and config["trainable"] == "finetune"
+        assert 1e-5 <= config["lr"] <= 3e-4 and config["batch_size"] in (16, 32, 64, 128)
+    assert seen_sgd and seen_adamw
+
+
+def test_fixed_values_and_overrides():
+    space = SearchSpace((Param("lr", FloatRange(0.1, 0.2)), Param("head", Fixed("linear")),
+                         Param("freeze_layers", IntRange(0, 2))), {"epochs": 2})
+    config = sample(_trial(), space)
+    assert config["head"] == "linear" and config["epochs"] == 2
+    assert sample(_trial(), space, {"head": "mlp", "head_hidden": 10})["head"] == "mlp"
+    assert sample(_trial(), space, {"head_hidden": 10})["head_hidden"] == 10
+    assert space.searched() == ("lr", "freeze_layers")
+
+
+def test_describe_round_trips_through_overrides():
+    from search_spaces.overrides import apply_overrides
+    from trainables.hparams import FinetuneConfig
+
+    space = finetune_space()
+    again = apply_overrides(SearchSpace((), space.constants), space.describe(), config_cls=FinetuneConfig)
+    assert again.params == space.params

@@ -1,0 +1,327 @@
+"""``tunebert``: run, resume and inspect sweeps; export and train the best configs.
+
+User mistakes end with one message on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from trainables.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _duration(text: str) -> float:
+    """Seconds from '600', '90s', '45m', '2h' or '1h30m'."""
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not text.strip() or not match or not any(match.groups()):
+        raise argparse.ArgumentTypeError(f"expected a duration such as 600, 45m, 2h or 1h30m, got {text!r}")
+    h, m, s = (float(g) if g else 0.0 for g in match.groups())
+    return h * 3600 + m * 60 + s
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="demo",
+                   help="'demo' (built-in), a folder with train/validation/test .jsonl/.csv files, "
+                        "or hf:<hub dataset id> (default: demo)")
+    g.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    g.add_argument("--label-column", default="label", help="column holding the label (default: label)")
+
+
+def _add_store_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where results go")
+    g.add_argument("--storage", default="tunebert-runs",
+                   help="root folder for Ray Tune state, checkpoints and the default MLflow store "
+                        "(default: ./tunebert-runs)")
+    g.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                        "sqlite:///<storage>/mlflow.db)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunebert",
+        description="Hyperparameter sweeps for BERT-family text classifiers on Ray Tune, with "
+                    "Optuna search and every trial in MLflow.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # ---------------------------------------------------------------- sweep
+    p = sub.add_parser("sweep", help="run a hyperparameter sweep",
+                       description="Run a sweep: Optuna (TPE) proposes configs, ASHA stops weak "
+                                   "trials early, every trial is logged to MLflow.")
+    p.add_argument("--name", help="sweep name (default: sweep-<date>-<time>); resume uses it")
+    p.add_argument("--model", default="minilm-l6",
+                   help="hub id, local folder or alias (default: minilm-l6, the packaged "
+                        "all-MiniLM-L6-v2)")
+    p.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens")
+    p.add_argument("--trials", type=int, default=20, help="number of trials (default: 20)")
+    p.add_argument("--time-budget", type=_duration, default=None,
+                   help="stop starting/running trials after this long (e.g. 2h, 45m)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs per trial; ASHA's max_t (default: 4)")
+    p.add_argument("--space", dest="space_file", help="YAML file that narrows/widens/fixes/drops "
+                                                      "parameters (see `tunebert space`)")
+    p.add_argument("--warm-start", default="",
+                   help="comma-separated presets to try first, e.g. llrd_warmup,warmup "
+                        "(see `tunebert presets`)")
+    p.add_argument("--searcher", choices=["tpe", "random"], default="tpe")
+    p.add_argument("--scheduler", choices=["asha", "none"], default="asha")
+    p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    g = p.add_argument_group("resources")
+    g.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001); "
+                                     "default: start Ray locally")
+    g.add_argument("--cpus-per-trial", type=float, default=1.0)
+    g.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
+    g.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
+    g.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its checkpoint")
+    g.add_argument("--keep-checkpoints", type=int, default=1, help="checkpoints kept per trial")
+    _add_data_args(p)
+    _add_store_args(p)
+    p.add_argument("--smoke-test", action="store_true",
+                   help="2 trials x 1 epoch, to check that everything is wired up")
+
+    # ---------------------------------------------------------------- resume
+    p = sub.add_parser("resume", help="resume a stopped or crashed sweep by name")
+    p.add_argument("name")
+    p.add_argument("--address", default=None)
+    _add_store_args(p)
+
+    # ---------------------------------------------------------------- best
+    p = sub.add_parser("best", help="print or export the best config of a sweep (reads MLflow)")
+    p.add_argument("name")
+    p.add_argument("--metric", default="val_accuracy")
+    p.add_argument("--mode", choices=["max", "min"], default="max")
+    p.add_argument("--top", type=int, default=1, help="show the top K trials instead of one config")
+    p.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    p.add_argument("--output", "-o", help="write the config to this file instead of stdout")
+    _add_store_args(p)
+
+    # ---------------------------------------------------------------- train
+    p = sub.add_parser("train", help="train one config and evaluate it on the test split",
+                       description="Train one config (a YAML/JSON file, a preset, or a sweep's "
+                                   "best) and report validation and test metrics to MLflow.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="YAML or JSON config file (e.g. from `tunebert best -o`)")
+    src.add_argument("--preset", help="a named preset (see `tunebert presets`)")
+    src.add_argument("--from-sweep", help="the best config of this sweep")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value (YAML syntax), repeatable: --set epochs=2")
+    p.add_argument("--model", help="override the config's model")
+    p.add_argument("--output-dir", help="also keep the trained model in this folder")
+    p.add_argument("--experiment", default=None,
+                   help="MLflow experiment (default: the sweep's for --from-sweep, else tunebert-train)")
+    _add_data_args(p)
+    _add_store_args(p)
+    p.add_argument("--smoke-test", action="store_true", help="1 epoch on at most 64 training examples")
+
+    # ---------------------------------------------------------------- presets / space
+    sub.add_parser("presets", help="list the named presets (the study's configurations)")
+    p = sub.add_parser("space", help="print the search space as YAML (with --space applied)")
+    p.add_argument("--space", dest="space_file")
+    return parser
+
+
+def _sweep(args) -> int:
+    from tuning.config import SweepConfig
+    from tuning.runner import run_sweep
+    from trainables.data import DataConfig
+
+    settings: dict[str, Any] = dict(
+        trainable="finetune",
+        data=DataConfig(args.data, args.text_column, args.label_column), model=args.model,
+        max_length=args.max_length, epochs=args.epochs, num_trials=args.trials,
+        time_budget_s=args.time_budget, max_concurrent=args.max_concurrent,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        storage=args.storage, tracking_uri=args.tracking_uri, address=args.address,
+        max_failures=args.max_failures, keep_checkpoints=args.keep_checkpoints, seed=args.seed,
+        precision=args.precision, space_file=args.space_file,
+        warm_start=tuple(s.strip() for s in args.warm_start.split(",") if s.strip()),
+        searcher=args.searcher, scheduler=args.scheduler, grace_period=args.grace_period)
+    if args.name:
+        settings["name"] = args.name
+    if args.smoke_test:
+        settings.update(num_trials=2, epochs=1, grace_period=1)
+    outcome = run_sweep(SweepConfig(**settings))
+    _print_outcome(outcome, args.storage)
+    return 0
+
+
+def _print_outcome(outcome, storage: str) -> None:
+    import yaml
+
+    from tuning.tracking import redact
+
+    uri = outcome.tracking_uri
+    print()
+    print(f"[tunebert] sweep {outcome.name!r} done in {outcome.wall_s / 60:.1f} min: "
+          f"{outcome.counts['FINISHED']} finished, {outcome.counts['FAILED']} failed, "
+          f"{outcome.counts['KILLED']} killed")
+    if outcome.best is None:
+        print("[tunebert] no trial finished with a finite metric; nothing to recommend")
+        return
+    best = outcome.best
+    print(f"[tunebert] best trial {best.trial_id}: val_accuracy {best.metrics.get('val_accuracy', float('nan')):.4f}  "
+          f"val_macro_f1 {best.metrics.get('val_macro_f1', float('nan')):.4f}")
+    print("[tunebert] best config:")
+    print("  " + yaml.safe_dump(best.config, sort_keys=True).rstrip().replace("\n", "\n  "))
+    print(f"[tunebert] results:   {outcome.sweep_dir} (Ray Tune state, checkpoints, best_config.yaml)")
+    print(f"[tunebert] MLflow:    {redact(uri)} (experiment {outcome.name!r})")
+    if uri.startswith("sqlite:"):
+        print(f"[tunebert] MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    print(f"[tunebert] next:      tunebert train --from-sweep {outcome.name}"
+          + ("" if storage == "tunebert-runs" else f" --storage {storage}")
+          + "   # retrain the best config and evaluate it on test")
+
+
+def _resume(args) -> int:
+    from tuning.runner import resume_sweep
+
+    changes = {}
+    if args.tracking_uri:
+        changes["tracking_uri"] = args.tracking_uri
+    if args.address:
+        changes["address"] = args.address
+    outcome = resume_sweep(args.name, args.storage, **changes)
+    _print_outcome(outcome, args.storage)
+    return 0
+
+
+def _best(args) -> int:
+    import yaml
+
+    from tuning.best import top_k
+
+    runs = top_k(args.name, max(1, args.top), args.metric, args.mode,
+                 tracking_uri=args.tracking_uri, storage=args.storage)
+    if not runs:
+        raise UserError(f"sweep {args.name!r} has no finished trial with a finite {args.metric!r} yet")
+    if args.top > 1:
+        rows = [{"rank": i + 1, "trial_id": r.trial_id, "run_id": r.run_id,
+                 args.metric: r.metrics[args.metric], "config": r.config} for i, r in enumerate(runs)]
+        text = json.dumps(rows, indent=2) if args.format == "json" else yaml.safe_dump(rows, sort_keys=False)
+    else:
+        config = runs[0].config
+        text = json.dumps(config, indent=2, sort_keys=True) if args.format == "json" \
+            else yaml.safe_dump(config, sort_keys=True)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"[tunebert] wrote the best config of {args.name!r} "
+              f"({args.metric} {runs[0].metrics[args.metric]:.4f}) to {args.output}", file=sys.stderr)
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    return 0
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _load_config_file(path: str) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--config {path!r}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))  # JSON is YAML too
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"--config {path!r}: not valid YAML/JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path!r}: expected a mapping of parameters")
+    return data
+
+
+def _train(args) -> int:
+    from search_spaces.presets import get_preset
+    from trainables.data import DataConfig
+    from tuning.best import best_config
+    from tuning.config import resolve_tracking_uri
+    from tuning.train import train_config
+
+    uri = resolve_tracking_uri(args.tracking_uri, Path(args.storage).expanduser().resolve())
+    experiment = args.experiment or "tunebert-train"
+    tags = {}
+    if args.config:
+        config = _load_config_file(args.config)
+    elif args.preset:
+        config = get_preset(args.preset)
+    else:
+        config = best_config(args.from_sweep, tracking_uri=args.tracking_uri, storage=args.storage)
+        experiment = args.experiment or args.from_sweep
+        tags["tunebert.from_sweep"] = args.from_sweep
+    config.update(_parse_set(args.set))
+    if args.model:
+        config["model"] = args.model
+    if args.smoke_test:
+        config["epochs"] = 1
+    train_config(config, DataConfig(args.data, args.text_column, args.label_column),
+                 tracking_uri=uri, experiment=experiment, output_dir=args.output_dir, tags=tags,
+                 max_train_examples=64 if args.smoke_test else None)
+    return 0
+
+
+def _presets(args) -> int:
+    import yaml
+
+    from search_spaces.presets import PRESETS, STUDY_TEST_ACCURACY
+
+    for name, values in PRESETS.items():
+        print(f"# {name} (study, bert-base-uncased on MASSIVE: {STUDY_TEST_ACCURACY[name]} % test accuracy)")
+        print(yaml.safe_dump({name: values}, sort_keys=False))
+    return 0
+
+
+def _space(args) -> int:
+    import yaml
+
+    from search_spaces.finetune import SWEEP_LEVEL, finetune_space
+    from search_spaces.overrides import load_space
+    from trainables.hparams import FinetuneConfig
+
+    space = finetune_space()
+    if args.space_file:
+        space = load_space(args.space_file, space, config_cls=FinetuneConfig, fixed_by_sweep=SWEEP_LEVEL)
+    print("# tunebert fine-tuning search space; copy, edit and pass with --space FILE")
+    print(yaml.safe_dump(space.describe(), sort_keys=False), end="")
+    return 0
+
+
+COMMANDS = {"sweep": _sweep, "resume": _resume, "best": _best, "train": _train,
+            "presets": _presets, "space": _space}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"tunebert {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 0
+    except KeyboardInterrupt:
+        name = getattr(args, "name", None)
+        hint = f"; resume with: tunebert resume {name}" if name and args.command in ("sweep", "resume") else ""
+        print(f"\ntunebert {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
