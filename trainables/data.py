@@ -204,7 +204,7 @@ def load_raw_splits(config: DataConfig) -> dict[str, RawSplit]:
     """Read and validate the three splits. Raises ``DataError`` with a fix for every problem."""
     source = config.source
     if source == "demo":
-        return _load_folder(DEMO_DIR, DataConfig("demo", "text", "label"))
+        return _load_folder(DEMO_DIR, config)
     if source.startswith("hf:"):
         return _load_hub(source[3:], config)
     path = Path(source).expanduser()

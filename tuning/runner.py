@@ -74,9 +74,11 @@ def check_tracking_target(cfg: SweepConfig, uri: str) -> None:
 def prepare(cfg: SweepConfig) -> Prepared:
     """Validate the space, presets, model and data; tokenize once. No Ray yet."""
     space = build_space(cfg)
-    presets = []
+    presets, notes = [], []
     for name in cfg.warm_start:
-        presets.append(warm_start_values(space, get_preset(name), name, SWEEP_LEVEL))
+        presets.append(warm_start_values(space, get_preset(name), name, SWEEP_LEVEL, notes))
+    for note in notes:
+        say(f"note: {note}")
     # a dry run of the sampler: every combination it can produce must be a valid config
     for sampled in preview_configs(space, n=8 + len(presets), seed=cfg.seed, presets=presets):
         try:
@@ -99,6 +101,11 @@ def prepare(cfg: SweepConfig) -> Prepared:
     if any(data.truncated.values()):
         say(f"note: texts longer than max_length={cfg.max_length} tokens were truncated: {data.truncated}")
     return Prepared(cfg, space, presets, data.without_test(), uri)
+
+
+def trial_dirname(trial) -> str:
+    """Short trial folders (Ray's default packs the whole config into the name)."""
+    return f"{trial.trainable_name}_{trial.trial_id}"
 
 
 def _init_ray(cfg: SweepConfig) -> None:
@@ -135,7 +142,7 @@ def _tuner(prep: Prepared, callback, *, restore: bool):
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=cfg.num_trials,
             time_budget_s=cfg.time_budget_s, max_concurrent_trials=cfg.max_concurrent,
-            metric=cfg.metric, mode=cfg.mode),
+            metric=cfg.metric, mode=cfg.mode, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=cfg.name, storage_path=str(cfg.ray_storage), callbacks=[callback],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),

@@ -26,11 +26,12 @@ class SpaceSampler:
 
 
 def warm_start_values(space: SearchSpace, preset: dict[str, Any], preset_name: str,
-                      sweep_level: tuple[str, ...]) -> tuple[dict, dict]:
+                      sweep_level: tuple[str, ...], notes: Optional[list] = None) -> tuple[dict, dict]:
     """Split a preset into (values Optuna enqueues for searched params, overrides for the rest).
 
     Sweep-level settings (model, epochs, ...) stay the sweep's. A preset value outside a
-    categorical's choices cannot be enqueued and is reported before anything starts.
+    categorical's choices cannot be enqueued and is reported before anything starts; a value
+    outside a numeric range is enqueued as it is (Optuna allows it) and noted in ``notes``.
     """
     searched = set(space.searched())
     enqueued, overrides = {}, {}
@@ -44,6 +45,10 @@ def warm_start_values(space: SearchSpace, preset: dict[str, Any], preset_name: s
                     f"warm-start preset {preset_name!r} sets {key}={value!r}, which is not among "
                     f"the space's choices {list(param.dist.choices)}; add it to the choices or "
                     f"leave the preset out")
+            dist = param.dist
+            if hasattr(dist, "low") and not dist.low <= value <= dist.high and notes is not None:
+                notes.append(f"preset {preset_name!r}: {key}={value} lies outside the space's "
+                             f"range [{dist.low}, {dist.high}]; it runs as the preset says")
             enqueued[key] = value
         else:
             overrides[key] = value
@@ -53,10 +58,15 @@ def warm_start_values(space: SearchSpace, preset: dict[str, Any], preset_name: s
 def build_searcher(space: SearchSpace, *, kind: str, seed: int, metric: str, mode: str,
                    num_trials: int, presets: list[tuple[dict, dict]]):
     """Ray Tune's ``OptunaSearch`` with a seeded TPE (or random) sampler."""
+    import warnings
+
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # enqueued presets may lie outside a range on purpose; prepare() has told the user
+    warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
     if kind == "tpe":
         startup = max(3, min(10, num_trials // 3))
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True,

@@ -1,0 +1,101 @@
+"""End-to-end sweeps through a real local Ray, real Optuna and a real SQLite MLflow store."""
+
+import json
+import math
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tuning.best import best_config, best_run, top_k
+from tuning.config import SweepConfig
+from tuning.runner import run_sweep
+
+pytestmark = pytest.mark.slow
+
+
+def _runs(uri, name):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("tunebert.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("tunebert.kind") == "trial"]
+    return client, parents, children
+
+
+def test_sweep_logs_parent_and_children_and_best_config(ray_local, tiny_model_dir, tmp_path):
+    cfg = SweepConfig(name="e2e", model=tiny_model_dir, max_length=64, epochs=2, num_trials=3,
+                      storage=str(tmp_path), scheduler="none", warm_start=("llrd_warmup",),
+                      max_concurrent=2, seed=1)
+    outcome = run_sweep(cfg)
+    uri = cfg.resolved_tracking_uri()
+    client, parents, children = _runs(uri, "e2e")
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert len({c.data.tags["tunebert.trial_id"] for c in children}) == 3
+    last_acc = {}
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED"
+        history = client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert sorted(m.step for m in history) == [1, 2]  # one point per epoch, step = epoch
+        for key in ("train_loss", "val_loss", "val_macro_f1", "lr", "samples_per_s"):
+            assert len(client.get_metric_history(child.info.run_id, key)) == 2
+        config = json.loads(child.data.tags["tunebert.config"])
+        assert child.data.params["lr"] == str(config["lr"])  # params are the resolved config
+        assert set(child.data.params) >= {"lr", "batch_size", "optimizer", "epochs", "model"}
+        last_acc[child.info.run_id] = max(history, key=lambda m: m.step).value
+    # the warm-start preset ran first, with its own values (fixed ones included)
+    preset_runs = [c for c in children if c.data.tags.get("tunebert.preset") == "llrd_warmup"]
+    assert len(preset_runs) == 1
+    p = json.loads(preset_runs[0].data.tags["tunebert.config"])
+    assert (p["batch_size"], p["llrd_decay"], p["warmup_ratio"], p["head_hidden"], p["epochs"]) == (16, 0.9, 0.2, 10, 2)
+    # best config = the child with the highest last val_accuracy
+    expected = max(children, key=lambda c: last_acc[c.info.run_id])
+    assert best_config("e2e", storage=str(tmp_path)) == json.loads(expected.data.tags["tunebert.config"])
+    best = best_run("e2e", storage=str(tmp_path))
+    assert best.run_id == expected.info.run_id == outcome.best.run_id
+    assert best.metrics["val_accuracy"] == pytest.approx(last_acc[expected.info.run_id])
+    ranked = top_k("e2e", 3, storage=str(tmp_path))
+    assert [r.metrics["val_accuracy"] for r in ranked] == sorted(last_acc.values(), reverse=True)
+    # the best trial's checkpoint and label map are artifacts of the parent run
+    names = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best_checkpoint", "label_map.json", "best_config.yaml", "search_space.yaml"} <= names
+    ckpt = {a.path for a in client.list_artifacts(parent.info.run_id, "best_checkpoint")}
+    assert "best_checkpoint/state.pt" in ckpt
+    parent = client.get_run(parent.info.run_id)
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best.metrics["val_accuracy"])
+    assert parent.data.tags["tunebert.best_trial_id"] == best.trial_id
+
+
+def test_asha_with_diverging_trials_failed_ones_are_never_best(ray_local, tiny_model_dir, tmp_path):
+    # a space where some trials blow up (NaN): they must end FAILED and never be best
+    space = tmp_path / "space.yaml"
+    space.write_text("optimizer: sgd\nmomentum: 0.99\ngrad_clip: 0.0\nhead_lr_multiplier: 1000.0\n"
+                     "lr: {low: 1.0e-4, high: 10.0, log: true}\n")
+    cfg = SweepConfig(name="mixed", model=tiny_model_dir, max_length=64, epochs=3, num_trials=6,
+                      storage=str(tmp_path), space_file=str(space), max_failures=0, seed=3,
+                      grace_period=1, reduction_factor=2)
+    outcome = run_sweep(cfg)
+    client, _, children = _runs(cfg.resolved_tracking_uri(), "mixed")
+    assert len(children) == 6
+    failed = [c for c in children if c.info.status == "FAILED"]
+    assert failed, "expected some diverging trials with lr up to 10"
+    for c in failed:
+        assert "NonFiniteLossError" in c.data.tags["tunebert.error"]
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    best = best_run("mixed", storage=str(tmp_path))
+    assert best.run_id in {c.info.run_id for c in finished}
+    assert math.isfinite(best.metrics["val_accuracy"])
+    assert outcome.counts["FAILED"] == len(failed)
+
+
+def test_time_budget_stops_the_sweep(ray_local, tiny_model_dir, tmp_path):
+    cfg = SweepConfig(name="budget", model=tiny_model_dir, max_length=64, epochs=2, num_trials=500,
+                      time_budget_s=8, storage=str(tmp_path), scheduler="none", max_concurrent=1)
+    outcome = run_sweep(cfg)
+    total = sum(outcome.counts.values())
+    assert 1 <= total < 500
+    _, parents, children = _runs(cfg.resolved_tracking_uri(), "budget")
+    assert parents[0].info.status == "FINISHED"
+    assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
