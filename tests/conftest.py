@@ -65,14 +65,47 @@ def mlflow_uri(tmp_path) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the in-process end-to-end tests."""
+def fail_marker_path(tmp_path_factory) -> Path:
+    """Where the reliability tests put a fault-injection marker (see trainables.finetune)."""
+    return tmp_path_factory.mktemp("faults") / "fail_at"
+
+
+@pytest.fixture
+def fail_marker(fail_marker_path):
+    fail_marker_path.unlink(missing_ok=True)
+    yield fail_marker_path
+    fail_marker_path.unlink(missing_ok=True)
+
+
+def ray_env(fail_marker_path) -> dict:
+    return {"env_vars": {"TUNEBERT_FAIL_MARKER": str(fail_marker_path),
+                         "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}}
+
+
+@pytest.fixture
+def ray_runtime_env(fail_marker_path) -> dict:
+    return ray_env(fail_marker_path)
+
+
+@pytest.fixture
+def ray_local(fail_marker_path):
+    """A local Ray for in-process end-to-end tests; started once and shared, unless a
+    multi-node test shut it down."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}})
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env=ray_env(fail_marker_path))
     yield ray
-    ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_shutdown_at_exit():
+    yield
+    import sys
+
+    if "ray" in sys.modules:
+        sys.modules["ray"].shutdown()
 
 
 @pytest.fixture(scope="session")

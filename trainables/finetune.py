@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from trainables.checkpointing import load_checkpoint, restore_rng_states, save_checkpoint
 from trainables.data import TokenizedData, steps_per_epoch
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, NonFiniteLossError
 from trainables.hparams import FinetuneConfig
 from trainables.loops import evaluate, train_epoch
 from trainables.models import TextClassifier, freeze_bottom, load_encoder, num_encoder_layers, reinit_top
@@ -29,6 +29,7 @@ from trainables.schedules import make_schedule
 Reporter = Callable[[dict, Callable[[str], None]], None]
 
 FAIL_MARKER_ENV = "TUNEBERT_FAIL_MARKER"
+NONFINITE_MARKER = "nonfinite_loss.txt"
 
 
 def build_classifier(cfg, num_labels: int) -> TextClassifier:
@@ -67,15 +68,34 @@ def top_lr(optimizer: torch.optim.Optimizer) -> float:
     return max(g["lr"] for g in (encoder_groups or optimizer.param_groups))
 
 
-def _maybe_inject_failure(epoch: int) -> None:
-    """Test hook: raise once at the epoch written in the marker file, then remove the file.
+def maybe_inject_failure(point: int) -> None:
+    """Test hook for the reliability tests: a real exception raised inside a running trial.
 
-    A real fault injected on purpose by the reliability tests (a trial crashing mid-training).
+    If ``$TUNEBERT_FAIL_MARKER`` names a file whose content is ``N`` (or ``N:times``), the first
+    trial that reaches point ``N`` raises, ``times`` times in all (default once). Point ``k`` is
+    the start of epoch ``k``; point ``epochs + 1`` is after the last epoch was reported. Claiming
+    the marker is an atomic rename, so concurrent trials cannot both take one firing.
     """
     marker = os.environ.get(FAIL_MARKER_ENV)
-    if marker and Path(marker).is_file() and Path(marker).read_text().strip() == str(epoch):
-        Path(marker).unlink()
-        raise RuntimeError(f"injected failure at epoch {epoch} (marker {marker})")
+    if not marker or not Path(marker).is_file():
+        return
+    try:
+        text = Path(marker).read_text().strip()
+    except FileNotFoundError:
+        return
+    epoch, _, times = text.partition(":")
+    if not epoch.isdigit() or int(epoch) != point:
+        return
+    claimed = f"{marker}.{os.getpid()}.claimed"
+    try:
+        os.rename(marker, claimed)
+    except FileNotFoundError:
+        return  # another trial took this firing
+    left = int(times or 1) - 1
+    if left > 0:
+        Path(marker).write_text(f"{epoch}:{left}")
+    os.unlink(claimed)
+    raise RuntimeError(f"injected failure at point {point} (marker {marker})")
 
 
 def classification_loss(label_smoothing: float):
@@ -114,7 +134,7 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
         first_epoch = state["epoch"] + 1
     loss_fn = classification_loss(cfg.label_smoothing)
     for epoch in range(first_epoch, cfg.epochs + 1):
-        _maybe_inject_failure(epoch)
+        maybe_inject_failure(epoch)
         stats = train_epoch(
             model, train, batch_size=cfg.batch_size, rng=np.random.default_rng([cfg.seed, epoch]),
             pad_token_id=data.pad_token_id, optimizer=optimizer, scheduler=scheduler,
@@ -131,6 +151,7 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
                             label_map=data.label_map.to_dict())
 
         report(metrics, write)
+    maybe_inject_failure(cfg.epochs + 1)
     return model
 
 
@@ -146,18 +167,40 @@ def finetune_trainable(config: dict, data: TokenizedData) -> None:
     device = pick_device(resources.get("GPU", 0))
     cfg = FinetuneConfig.from_dict(config)
 
+    node_id = ray.get_runtime_context().get_node_id()
+
     def report(metrics: dict, write: Callable[[str], None]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             write(directory)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report({**metrics, "node_id": node_id},
+                        checkpoint=tune.Checkpoint.from_directory(directory))
 
+    run_trial(lambda resume_dir: fit(cfg, data, device=device, report=report, resume_dir=resume_dir),
+              device)
+
+
+def run_trial(train: Callable[[Optional[str]], object], device: torch.device) -> None:
+    """Shared body of the Ray entry points: resume from Ray's checkpoint if there is one, fail
+    fast on a retry of a trial that already diverged, release GPU memory whatever happens."""
+    from ray import tune
+
+    poisoned = Path(tune.get_context().get_trial_dir()) / NONFINITE_MARKER
+    if poisoned.is_file():
+        # Retrying cannot help: the same config from the same checkpoint diverges again.
+        raise NonFiniteLossError(f"{poisoned.read_text()} (not retried)")
     checkpoint = tune.get_checkpoint()
     try:
         if checkpoint is None:
-            fit(cfg, data, device=device, report=report)
+            train(None)
         else:
             with checkpoint.as_directory() as directory:
-                fit(cfg, data, device=device, report=report, resume_dir=directory)
+                train(directory)
+    except NonFiniteLossError as exc:
+        poisoned.write_text(str(exc))
+        raise
     finally:
         if device.type == "cuda":
+            import gc
+
+            gc.collect()
             torch.cuda.empty_cache()

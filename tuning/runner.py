@@ -116,6 +116,13 @@ def _init_ray(cfg: SweepConfig) -> None:
     if cfg.address:
         ray.init(address=cfg.address, log_to_driver=True)
     else:
+        # An embedded Ray serves this process only, so none of its servers (GCS, raylet, workers)
+        # should listen beyond the loopback interface. Ray's own switch for that is single-node
+        # mode; it is read from the environment at import time, hence both lines.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false", "False")
         ray.init(include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=True)
 
 

@@ -47,8 +47,19 @@ END_REASON = "tunebert.end_reason"
 RAY_RESULT_KEYS = {
     "epoch", "timestamp", "pid", "done", "time_since_restore", "iterations_since_restore",
     "time_this_iter_s", "date", "hostname", "node_ip", "trial_id", "config", "experiment_tag",
-    "checkpoint_dir_name", "should_checkpoint", "training_iteration", "experiment_id",
+    "checkpoint_dir_name", "should_checkpoint", "training_iteration", "experiment_id", "node_id",
 }
+# A dead tracking server must not stall the sweep: few retries, short timeouts, and after a
+# failure no new attempt for RETRY_AFTER_S seconds (writes queue up meanwhile).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+RETRY_AFTER_S = 10.0
+
+
+def bound_http_waits() -> None:
+    """Apply HTTP_DEFAULTS unless the user set them (MLflow's own defaults wait minutes)."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "credential")
 MAX_TAG = 5000
 
@@ -174,10 +185,23 @@ def close_open_trial_runs(uri: str, experiment_id: str, status: str = "KILLED") 
 class MlflowTrialLogger(Callback):
     """Logs every Ray Tune trial as a nested MLflow run of the sweep's parent run.
 
-    Runs in the driver. Picklable (Ray saves callbacks with the experiment state): it keeps only
-    the URI and ids, and rebuilds the client and the trial→run map after a restore by searching
-    runs by their trial-id tag.
+    Runs in the driver, so only one process writes to the store (no SQLite lock contention).
+    Picklable (Ray saves callbacks with the experiment state): it keeps only the URI and ids and
+    rebuilds the client and the trial→run map after a restore, by searching runs by their
+    trial-id tag. Writes that fail are queued in order and delivered when the store answers again.
     """
+
+    OPEN = "open"  # pseudo-method: just find or create the trial's run
+    _live: dict[str, "MlflowTrialLogger"] = {}  # sweep name -> the instance Ray is calling
+
+    @classmethod
+    def live(cls, sweep_name: str) -> Optional["MlflowTrialLogger"]:
+        """The instance Ray used for ``sweep_name`` in this process (after a restore, Ray uses the
+        copy saved with the experiment, not the one the runner built)."""
+        return cls._live.get(sweep_name)
+
+    def setup(self, **info):
+        MlflowTrialLogger._live[self.sweep_name] = self
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str,
                  resolve_config: Callable[[dict], dict], sweep_name: str):
@@ -188,120 +212,128 @@ class MlflowTrialLogger(Callback):
         self.sweep_name = sweep_name
         self._client: Optional[MlflowClient] = None
         self._run_ids: dict[str, str] = {}
-        self._pending: list[tuple[str, tuple, dict]] = []
+        self._pending: list[tuple] = []
+        self._retry_at = 0.0
         self.failed_writes = 0
+        self.delayed_writes = 0
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_client"] = None
-        state["_run_ids"] = {}
+        state.update(_client=None, _run_ids={}, _pending=[], _retry_at=0.0)
         return state
 
-    # -- plumbing
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
             self._client = client_for(self.uri)
         return self._client
 
-    def _call(self, method: str, *args, **kwargs) -> bool:
-        """Run one client call; on failure keep it for later. Returns whether it went through."""
+    # -- delivery with a queue
+    def _call(self, trial, method: str, *args, **kwargs) -> None:
+        """Deliver one write for ``trial``'s run, or queue it behind earlier failed ones."""
+        entry = (trial, method, args, kwargs)
         self._flush()
         if self._pending:
-            self._pending.append((method, args, kwargs))
-            return False
-        return self._try(method, args, kwargs)
+            self._pending.append(entry)
+            return
+        error = self._deliver(entry)
+        if error is not None:
+            log.warning("MLflow %s failed (%s); queued, retrying in %.0fs while training goes on",
+                        method, error, RETRY_AFTER_S)
+            self._pending.append(entry)
+            self._retry_at = time.time() + RETRY_AFTER_S
 
-    def _try(self, method: str, args: tuple, kwargs: dict) -> bool:
+    def _deliver(self, entry: tuple) -> Optional[str]:
+        trial, method, args, kwargs = entry
         try:
-            getattr(self.client, method)(*args, **kwargs)
-            return True
+            run_id = self._resolve_run(trial)
+            if method != self.OPEN:
+                getattr(self.client, method)(run_id, *args, **kwargs)
+            return None
         except Exception as exc:  # tracking must never stop training
-            if not self._pending:
-                log.warning("MLflow %s failed (%s); will retry on the next event",
-                            method, str(exc).splitlines()[0][:200])
-            self._pending.append((method, args, kwargs))
-            return False
+            return (str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
 
-    def _flush(self) -> None:
+    def _flush(self, force: bool = False) -> None:
+        if not self._pending or (not force and time.time() < self._retry_at):
+            return
         while self._pending:
-            method, args, kwargs = self._pending[0]
-            try:
-                getattr(self.client, method)(*args, **kwargs)
-            except Exception:
+            if self._deliver(self._pending[0]) is not None:
+                self._retry_at = time.time() + RETRY_AFTER_S
                 return
             self._pending.pop(0)
+            self.delayed_writes += 1
+        log.warning("MLflow reachable again: queued writes delivered")
 
-    def _run_id(self, trial) -> Optional[str]:
+    def pending_writes(self) -> int:
+        return len(self._pending)
+
+    def flush_until(self, deadline_s: float) -> int:
+        """Keep retrying queued writes until they are delivered or ``deadline_s`` passes."""
+        end = time.time() + deadline_s
+        while self._pending and time.time() < end:
+            self._flush(force=True)
+            if self._pending:
+                time.sleep(min(2.0, max(0.0, end - time.time())))
+        self.failed_writes = len(self._pending)
+        return self.failed_writes
+
+    def _resolve_run(self, trial) -> str:
+        """The trial's run id: cached, found by its trial-id tag, or created. Raises if the
+        store cannot be reached."""
         run_id = self._run_ids.get(trial.trial_id)
         if run_id:
             return run_id
-        try:
-            found = _runs(self.client, self.experiment_id,
-                          f"tags.`{TRIAL_ID}` = '{trial.trial_id}'")
-            if found:
-                run_id = found[0].info.run_id
-                if found[0].info.status != "RUNNING":
-                    self.client.update_run(run_id, status="RUNNING")
-            else:
-                config = self.resolve_config(trial.config)
-                run = self.client.create_run(
-                    self.experiment_id, run_name=f"{config['trainable']}-{trial.trial_id}",
-                    tags={KIND: "trial", SWEEP: self.sweep_name, TRIAL_ID: trial.trial_id,
-                          PARENT: self.parent_run_id, TRAINABLE: config["trainable"],
-                          CONFIG: json.dumps(config, sort_keys=True)[:MAX_TAG],
-                          **({"tunebert.preset": config["preset"]} if config.get("preset") else {})})
-                run_id = run.info.run_id
-                self.client.log_batch(run_id, params=params_of(config))
-        except Exception as exc:
-            log.warning("MLflow: could not open a run for trial %s (%s)", trial.trial_id,
-                        str(exc).splitlines()[0][:200])
-            return None
+        found = _runs(self.client, self.experiment_id, f"tags.`{TRIAL_ID}` = '{trial.trial_id}'")
+        if found:
+            run_id = found[0].info.run_id
+            if found[0].info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+        else:
+            config = self.resolve_config(trial.config)
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"{config['trainable']}-{trial.trial_id}",
+                tags={KIND: "trial", SWEEP: self.sweep_name, TRIAL_ID: trial.trial_id,
+                      PARENT: self.parent_run_id, TRAINABLE: config["trainable"],
+                      CONFIG: json.dumps(config, sort_keys=True)[:MAX_TAG],
+                      **({"tunebert.preset": config["preset"]} if config.get("preset") else {})})
+            run_id = run.info.run_id
+            self.client.log_batch(run_id, params=params_of(config))
         self._run_ids[trial.trial_id] = run_id
         return run_id
 
     # -- Ray hooks
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run_id(trial)
+        self._call(trial, self.OPEN)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self._run_id(trial)
-        if run_id is None:
-            return
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, step) for k, v in metrics_of(result).items()]
-        tags = [RunTag("tunebert.node_ip", str(result.get("node_ip", "")))]
-        self._call("log_batch", run_id, metrics=metrics, tags=tags)
+        tags = [RunTag("tunebert.node_ip", str(result.get("node_ip", ""))),
+                RunTag("tunebert.node_id", str(result.get("node_id", "")))]
+        self._call(trial, "log_batch", metrics=metrics, tags=tags)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self._run_id(trial)
-        if run_id is None:
-            return
         last = trial.last_result or {}
         epochs = self.resolve_config(trial.config).get("epochs")
         reason = "completed" if last.get("epoch") == epochs else "stopped early by the scheduler"
-        self._call("set_tag", run_id, END_REASON, reason)
-        self._call("set_terminated", run_id, "FINISHED")
+        self._call(trial, "set_tag", END_REASON, reason)
+        self._call(trial, "set_terminated", "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self._run_id(trial)
-        if run_id is None:
-            return
         text = ""
         if trial.error_file and Path(trial.error_file).is_file():
             text = Path(trial.error_file).read_text(errors="replace")
-            self._call("log_artifact", run_id, trial.error_file)
-        summary = _error_summary(text)
-        self._call("set_tag", run_id, ERROR, summary[:MAX_TAG])
-        self._call("set_tag", run_id, END_REASON, "error")
-        self._call("set_terminated", run_id, "FAILED")
+            self._call(trial, "log_artifact", trial.error_file)
+        self._call(trial, "set_tag", ERROR, _error_summary(text)[:MAX_TAG])
+        self._call(trial, "set_tag", END_REASON, "error")
+        self._call(trial, "set_terminated", "FAILED")
 
     def on_experiment_end(self, trials, **info):
-        self._flush()
+        self._flush(force=True)
         self.failed_writes = len(self._pending)
         if self._pending:
-            log.warning("MLflow: %d write(s) could not be delivered", len(self._pending))
+            log.warning("MLflow: %d write(s) not delivered yet", len(self._pending))
 
 
 def _error_summary(text: str) -> str:
