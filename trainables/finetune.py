@@ -1,13 +1,12 @@
 """The fine-tuning trainable: build the classifier, train, evaluate, report, checkpoint, resume.
 
 ``fit`` is the loop, free of Ray: ``tuning`` uses it directly to train one config, and
-``finetune_trainable`` wraps it as a Ray Tune function trainable.
+``trainables.entry.trainable`` runs it inside a Ray Tune trial.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 
 from trainables.checkpointing import load_checkpoint, restore_rng_states, save_checkpoint
 from trainables.data import TokenizedData, steps_per_epoch
-from trainables.errors import ConfigError, NonFiniteLossError
+from trainables.errors import ConfigError
 from trainables.hparams import FinetuneConfig
 from trainables.loops import evaluate, train_epoch
 from trainables.models import TextClassifier, freeze_bottom, load_encoder, num_encoder_layers, reinit_top
@@ -29,7 +28,6 @@ from trainables.schedules import make_schedule
 Reporter = Callable[[dict, Callable[[str], None]], None]
 
 FAIL_MARKER_ENV = "TUNEBERT_FAIL_MARKER"
-NONFINITE_MARKER = "nonfinite_loss.txt"
 
 
 def build_classifier(cfg, num_labels: int) -> TextClassifier:
@@ -153,54 +151,3 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
         report(metrics, write)
     maybe_inject_failure(cfg.epochs + 1)
     return model
-
-
-def finetune_trainable(config: dict, data: TokenizedData) -> None:
-    """Ray Tune function trainable: ``tune.with_parameters(finetune_trainable, data=...)``."""
-    from ray import tune
-
-    from trainables.runtime import pick_device, set_threads
-    import ray
-
-    resources = ray.get_runtime_context().get_assigned_resources()
-    set_threads(resources.get("CPU", 1))
-    device = pick_device(resources.get("GPU", 0))
-    cfg = FinetuneConfig.from_dict(config)
-
-    node_id = ray.get_runtime_context().get_node_id()
-
-    def report(metrics: dict, write: Callable[[str], None]) -> None:
-        with tempfile.TemporaryDirectory() as directory:
-            write(directory)
-            tune.report({**metrics, "node_id": node_id},
-                        checkpoint=tune.Checkpoint.from_directory(directory))
-
-    run_trial(lambda resume_dir: fit(cfg, data, device=device, report=report, resume_dir=resume_dir),
-              device)
-
-
-def run_trial(train: Callable[[Optional[str]], object], device: torch.device) -> None:
-    """Shared body of the Ray entry points: resume from Ray's checkpoint if there is one, fail
-    fast on a retry of a trial that already diverged, release GPU memory whatever happens."""
-    from ray import tune
-
-    poisoned = Path(tune.get_context().get_trial_dir()) / NONFINITE_MARKER
-    if poisoned.is_file():
-        # Retrying cannot help: the same config from the same checkpoint diverges again.
-        raise NonFiniteLossError(f"{poisoned.read_text()} (not retried)")
-    checkpoint = tune.get_checkpoint()
-    try:
-        if checkpoint is None:
-            train(None)
-        else:
-            with checkpoint.as_directory() as directory:
-                train(directory)
-    except NonFiniteLossError as exc:
-        poisoned.write_text(str(exc))
-        raise
-    finally:
-        if device.type == "cuda":
-            import gc
-
-            gc.collect()
-            torch.cuda.empty_cache()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from trainables.errors import ConfigError
 
@@ -55,6 +55,8 @@ class FinetuneConfig:
     lowest, and the classification head at ``lr * head_lr_multiplier``.
     """
 
+    TRAINABLE: ClassVar[str] = "finetune"
+
     trainable: str = "finetune"
     model: str = "minilm-l6"
     max_length: int = 128
@@ -91,8 +93,9 @@ class FinetuneConfig:
     preset: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.trainable != "finetune":
-            raise ConfigError(f"`trainable` must be 'finetune' for FinetuneConfig, got {self.trainable!r}")
+        if self.trainable != self.TRAINABLE:
+            raise ConfigError(f"`trainable` must be {self.TRAINABLE!r} for {type(self).__name__}, "
+                              f"got {self.trainable!r}")
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError(f"`model` must be a hub id, a local folder or an alias, got {self.model!r}")
         _check_int("max_length", self.max_length, 8, 8192)
@@ -138,7 +141,7 @@ class FinetuneConfig:
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
             raise ConfigError(
-                f"unknown fine-tuning parameter(s) {unknown}; allowed: {sorted(cls.field_names())}"
+                f"unknown {cls.TRAINABLE} parameter(s) {unknown}; allowed: {sorted(cls.field_names())}"
             )
         values = dict(values)
         # YAML and MLflow hand back ints for floats such as `lr: 1` and floats for whole numbers
@@ -158,3 +161,61 @@ class FinetuneConfig:
 
     def replace(self, **changes: Any) -> "FinetuneConfig":
         return dataclasses.replace(self, **changes)
+
+
+MODES = ("two-stage", "two-stage-finetune", "joint")
+CONTRASTIVE_LOSSES = ("supcon", "simclr")
+AUGMENTATION_KINDS = ("none", "word_deletion", "span_cutoff", "shuffle")
+
+
+@dataclass(frozen=True)
+class ContrastiveConfig(FinetuneConfig):
+    """Contrastive pretraining of the encoder, then classification (or both at once).
+
+    Modes: ``two-stage`` trains encoder + projection head with the contrastive loss for
+    ``contrastive_epochs``, then freezes the encoder and trains the classifier head for
+    ``epochs`` (the study's protocol); ``two-stage-finetune`` then fine-tunes the whole model
+    instead; ``joint`` minimises cross-entropy + ``joint_lambda`` * SupCon for ``epochs``
+    (Gunel et al., ICLR 2021). The classification stage uses the fine-tuning fields (``lr``,
+    ``optimizer``, LLRD, schedule, ``batch_size``, ``epochs``); the contrastive stage has its own
+    optimizer, learning rate and batch size, and shares LLRD, warm-up and schedule.
+    """
+
+    TRAINABLE: ClassVar[str] = "contrastive"
+
+    trainable: str = "contrastive"
+    mode: str = "two-stage"
+    loss: str = "supcon"
+    temperature: float = 0.1
+    projection_dim: int = 128
+    contrastive_epochs: int = 3
+    contrastive_optimizer: str = "adamw"
+    contrastive_lr: float = 1e-4
+    contrastive_batch_size: int = 64
+    augmentation: str = "none"  # views always differ by dropout (SimCSE); this adds text noise
+    augmentation_strength: float = 0.1
+    joint_lambda: float = 0.5
+    knn_k: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("loss", self.loss, CONTRASTIVE_LOSSES)
+        _check_range("temperature", self.temperature, 0.0, 10.0, low_open=True)
+        _check_int("projection_dim", self.projection_dim, 1, 65536)
+        _check_int("contrastive_epochs", self.contrastive_epochs, 0 if self.mode == "joint" else 1, 10_000)
+        _check_choice("contrastive_optimizer", self.contrastive_optimizer, OPTIMIZERS)
+        _check_range("contrastive_lr", self.contrastive_lr, 0.0, 10.0, low_open=True)
+        _check_int("contrastive_batch_size", self.contrastive_batch_size, 2, 65536)
+        _check_choice("augmentation", self.augmentation, AUGMENTATION_KINDS)
+        _check_range("augmentation_strength", self.augmentation_strength, 0.0, 0.5)
+        _check_range("joint_lambda", self.joint_lambda, 0.0, 100.0)
+        _check_int("knn_k", self.knn_k, 1, 1000)
+        if self.mode == "joint" and self.loss != "supcon":
+            raise ConfigError(f"`mode` 'joint' combines cross-entropy with SupCon; `loss` must be "
+                              f"'supcon', but got {self.loss!r}")
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs reported to Ray (ASHA's time axis): both stages, or ``epochs`` when joint."""
+        return self.epochs if self.mode == "joint" else self.contrastive_epochs + self.epochs

@@ -6,6 +6,7 @@ They know nothing about Ray or MLflow: they take a model, batches and a loss, an
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -55,18 +56,22 @@ def train_epoch(
     grad_clip: float = 0.0,
     scaler: Optional[torch.amp.GradScaler] = None,
     progress: Optional[Callable[[int], None]] = None,
+    make_batch: Optional[Callable[[np.ndarray], tuple]] = None,
 ) -> EpochStats:
     """One pass over ``split`` in length-bucketed random batches.
 
     ``loss_fn(model, (input_ids, attention_mask, labels))`` returns the scalar loss of a batch.
     Raises ``NonFiniteLossError`` on the first NaN/inf loss: continuing would only spread it.
     ``progress(n)`` is called after each batch with the number of samples it held.
+    ``make_batch(indices)`` builds a batch's tensors (default: padded ids, mask and labels).
     """
+    if make_batch is None:
+        make_batch = functools.partial(collate, split, pad_token_id=pad_token_id)
     model.train()
     total, seen = 0.0, 0
     start = time.perf_counter()
     for indices in bucketed_batches(split.lengths(), batch_size, rng=rng):
-        batch = tuple(t.to(device, non_blocking=True) for t in collate(split, indices, pad_token_id))
+        batch = tuple(t.to(device, non_blocking=True) for t in make_batch(indices))
         with autocast_context(device, precision):
             loss = loss_fn(model, batch)
         value = float(loss.detach())

@@ -1,6 +1,8 @@
-"""The trainable families a sweep can run, by name: config class and Ray entry point.
+"""The trainable families a sweep can run, by name: config class and training function.
 
-Light to import: entry points are named as ``module:function`` and loaded on demand.
+Light to import: training functions are named as ``module:function`` and loaded on demand. Every
+family's ``fit(cfg, data, *, device, report, resume_dir=None, progress=None)`` returns a model
+whose ``forward(input_ids, attention_mask)`` gives class logits, and reports ``val_accuracy``.
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ import importlib
 from typing import Any, Callable
 
 from trainables.errors import ConfigError
-from trainables.hparams import FinetuneConfig
+from trainables.hparams import ContrastiveConfig, FinetuneConfig
 
 TRAINABLES: dict[str, tuple[type, str]] = {
-    "finetune": (FinetuneConfig, "trainables.finetune:finetune_trainable"),
+    "finetune": (FinetuneConfig, "trainables.finetune:fit"),
+    "contrastive": (ContrastiveConfig, "trainables.contrastive:fit"),
 }
+RAY_ENTRY_POINT = "trainables.entry:trainable"
 
 
 def config_class(name: str) -> type:
@@ -28,7 +32,15 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
     return config_class(name).from_dict({**config, "trainable": name}).to_dict()
 
 
-def entry_point(name: str) -> Callable:
-    module, function = TRAINABLES[name][1].split(":")
-    config_class(name)
+def _load(path: str) -> Callable:
+    module, function = path.split(":")
     return getattr(importlib.import_module(module), function)
+
+
+def fit_function(name: str) -> Callable:
+    config_class(name)
+    return _load(TRAINABLES[name][1])
+
+
+def ray_entry_point() -> Callable:
+    return _load(RAY_ENTRY_POINT)

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run a sweep: Optuna (TPE) proposes configs, ASHA stops weak "
                                    "trials early, every trial is logged to MLflow.")
     p.add_argument("--name", help="sweep name (default: sweep-<date>-<time>); resume uses it")
+    p.add_argument("--trainable", choices=["finetune", "contrastive", "any"], default="finetune",
+                   help="what each trial trains: fine-tuning, contrastive pretraining + classifier "
+                        "(SupCon/SimCLR), or any (the family is searched too)")
     p.add_argument("--model", default="minilm-l6",
                    help="hub id, local folder or alias (default: minilm-l6, the packaged "
                         "all-MiniLM-L6-v2)")
@@ -65,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=20, help="number of trials (default: 20)")
     p.add_argument("--time-budget", type=_duration, default=None,
                    help="stop starting/running trials after this long (e.g. 2h, 45m)")
-    p.add_argument("--epochs", type=int, default=4, help="epochs per trial; ASHA's max_t (default: 4)")
+    p.add_argument("--epochs", type=int, default=4,
+                   help="epochs per trial (classifier epochs for contrastive trials, which add "
+                        "their contrastive epochs); ASHA's max_t (default: 4)")
     p.add_argument("--space", dest="space_file", help="YAML file that narrows/widens/fixes/drops "
                                                       "parameters (see `tunebert space`)")
     p.add_argument("--warm-start", default="",
@@ -127,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list the named presets (the study's configurations)")
     p = sub.add_parser("space", help="print the search space as YAML (with --space applied)")
     p.add_argument("--space", dest="space_file")
+    p.add_argument("--trainable", choices=["finetune", "contrastive", "any"], default="finetune")
     return parser
 
 
@@ -136,7 +142,7 @@ def _sweep(args) -> int:
     from trainables.data import DataConfig
 
     settings: dict[str, Any] = dict(
-        trainable="finetune",
+        trainable=args.trainable,
         data=DataConfig(args.data, args.text_column, args.label_column), model=args.model,
         max_length=args.max_length, epochs=args.epochs, num_trials=args.trials,
         time_budget_s=args.time_budget, max_concurrent=args.max_concurrent,
@@ -291,15 +297,14 @@ def _presets(args) -> int:
 def _space(args) -> int:
     import yaml
 
-    from search_spaces.finetune import SWEEP_LEVEL, finetune_space
-    from search_spaces.overrides import load_space
-    from trainables.hparams import FinetuneConfig
+    from tuning.config import SweepConfig
+    from tuning.runner import build_space
 
-    space = finetune_space()
-    if args.space_file:
-        space = load_space(args.space_file, space, config_cls=FinetuneConfig, fixed_by_sweep=SWEEP_LEVEL)
-    print("# tunebert fine-tuning search space; copy, edit and pass with --space FILE")
-    print(yaml.safe_dump(space.describe(), sort_keys=False), end="")
+    space = build_space(SweepConfig(trainable=args.trainable, space_file=args.space_file))
+    described = space.describe()
+    described.pop("trainable", None)  # the family is chosen with --trainable, not in the file
+    print(f"# tunebert search space (--trainable {args.trainable}); copy, edit, pass with --space FILE")
+    print(yaml.safe_dump(described, sort_keys=False), end="")
     return 0
 
 

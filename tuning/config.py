@@ -19,6 +19,7 @@ SWEEP_FILE = "tunebert_sweep.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SEARCHERS = ("tpe", "random")
 SCHEDULERS = ("asha", "none")
+TRAINABLE_CHOICES = ("finetune", "contrastive", "any")  # any: the family is searched too
 
 
 def default_sweep_name() -> str:
@@ -66,6 +67,8 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         check_sweep_name(self.name)
+        if self.trainable not in TRAINABLE_CHOICES:
+            raise ConfigError(f"`trainable` must be one of {list(TRAINABLE_CHOICES)}, but got {self.trainable!r}")
         for name, low in (("max_length", 8), ("epochs", 1), ("grace_period", 1),
                           ("reduction_factor", 2), ("keep_checkpoints", 1)):
             value = getattr(self, name)

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import yaml
 
+from search_spaces.contrastive import contrastive_space, mixed_space
 from search_spaces.finetune import SWEEP_LEVEL, finetune_space
 from search_spaces.overrides import load_space
 from search_spaces.presets import get_preset
@@ -47,16 +48,30 @@ class Prepared:
     tracking_uri: str
 
 
+SPACES = {"finetune": finetune_space, "contrastive": contrastive_space, "any": mixed_space}
+
+
 def build_space(cfg: SweepConfig) -> SearchSpace:
-    """The default space for the sweep's trainable, the user's YAML applied, constants bound."""
-    if cfg.trainable != "finetune":
-        raise ConfigError(f"unknown trainable {cfg.trainable!r}; available: {sorted(registry.TRAINABLES)}")
-    space = finetune_space(model=cfg.model, max_length=cfg.max_length, epochs=cfg.epochs,
-                           seed=cfg.seed, precision=cfg.precision)
+    """The default space for the sweep's trainable family (or both: ``any``), the user's YAML
+    applied, sweep-level constants bound."""
+    space = SPACES[cfg.trainable](model=cfg.model, max_length=cfg.max_length, epochs=cfg.epochs,
+                                  seed=cfg.seed, precision=cfg.precision)
     if cfg.space_file:
-        space = load_space(cfg.space_file, space, config_cls=registry.config_class(cfg.trainable),
-                           fixed_by_sweep=SWEEP_LEVEL)
+        config_cls = registry.config_class("finetune" if cfg.trainable == "finetune" else "contrastive")
+        space = load_space(cfg.space_file, space, config_cls=config_cls, fixed_by_sweep=SWEEP_LEVEL)
     return space
+
+
+def max_epochs(space: SearchSpace, epochs: int) -> int:
+    """The longest trial in reported epochs (ASHA's max_t): contrastive trials add their first stage."""
+    if space.constants.get("trainable") == "finetune":
+        return epochs
+    param = space.get("contrastive_epochs")
+    if param is None:
+        return epochs + registry.config_class("contrastive")().contrastive_epochs
+    dist = param.dist
+    longest = getattr(dist, "high", None) or getattr(dist, "value", None) or max(getattr(dist, "choices", (0,)))
+    return epochs + int(longest)
 
 
 def check_tracking_target(cfg: SweepConfig, uri: str) -> None:
@@ -77,6 +92,10 @@ def prepare(cfg: SweepConfig) -> Prepared:
     presets, notes = [], []
     for name in cfg.warm_start:
         presets.append(warm_start_values(space, get_preset(name), name, SWEEP_LEVEL, notes))
+        family = get_preset(name).get("trainable", "finetune")
+        if cfg.trainable not in ("any", family):
+            raise ConfigError(f"warm-start preset {name!r} is a {family} config, but this sweep runs "
+                              f"{cfg.trainable!r} trials; use --trainable {family} or --trainable any")
     for note in notes:
         say(f"note: {note}")
     # a dry run of the sampler: every combination it can produce must be a valid config
@@ -132,13 +151,13 @@ def _tuner(prep: Prepared, callback, *, restore: bool):
 
     cfg = prep.config
     trainable = tune.with_resources(
-        tune.with_parameters(registry.entry_point(cfg.trainable), data=prep.data),
+        tune.with_parameters(registry.ray_entry_point(), data=prep.data),
         {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     if restore:
         return tune.Tuner.restore(str(cfg.sweep_dir), trainable=trainable, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
     if cfg.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs,
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs(prep.space, cfg.epochs),
                                   grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor)
     else:
         scheduler = FIFOScheduler()

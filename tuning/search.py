@@ -36,7 +36,7 @@ def warm_start_values(space: SearchSpace, preset: dict[str, Any], preset_name: s
     searched = set(space.searched())
     enqueued, overrides = {}, {}
     for key, value in preset.items():
-        if key in sweep_level:
+        if key in sweep_level and key not in searched:
             continue
         param = space.get(key)
         if key in searched:

@@ -66,11 +66,11 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
     """Train ``config`` on ``data_config``'s train split, pick nothing, report validation and test."""
     import torch
 
-    from trainables.finetune import fit
     from trainables.loops import evaluate
 
     resolved = registry.resolve_config(config)
     cfg = registry.config_class(resolved["trainable"]).from_dict(resolved)
+    fit = registry.fit_function(cfg.trainable)
     raw = load_raw_splits(data_config)
     tokenizer = load_tokenizer(cfg.model)
     data = tokenize_splits(raw, tokenizer, model=cfg.model, max_length=cfg.max_length)
