@@ -15,6 +15,7 @@ from typing import Any
 from trainables.errors import ConfigError
 
 _STUDY_FINETUNE = {
+    "trainable": "finetune",
     "optimizer": "adamw",
     "lr": 1e-4,
     "scheduler": "cosine",

@@ -157,7 +157,10 @@ def _tuner(prep: Prepared, callback, *, restore: bool):
         return tune.Tuner.restore(str(cfg.sweep_dir), trainable=trainable, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
     if cfg.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs(prep.space, cfg.epochs),
+        longest = max([max_epochs(prep.space, cfg.epochs)] + [
+            cfg.epochs + int({**overrides, **enqueued}.get("contrastive_epochs", 0))
+            for enqueued, overrides in prep.presets])
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=longest,
                                   grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor)
     else:
         scheduler = FIFOScheduler()

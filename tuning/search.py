@@ -29,9 +29,11 @@ def warm_start_values(space: SearchSpace, preset: dict[str, Any], preset_name: s
                       sweep_level: tuple[str, ...], notes: Optional[list] = None) -> tuple[dict, dict]:
     """Split a preset into (values Optuna enqueues for searched params, overrides for the rest).
 
-    Sweep-level settings (model, epochs, ...) stay the sweep's. A preset value outside a
+    Sweep-level settings (model, epochs, ...) stay the sweep's, and so does a value the space
+    fixes (the user's file wins; a differing preset value is noted). A preset value outside a
     categorical's choices cannot be enqueued and is reported before anything starts; a value
     outside a numeric range is enqueued as it is (Optuna allows it) and noted in ``notes``.
+    Preset keys the space does not mention become the trial's values.
     """
     searched = set(space.searched())
     enqueued, overrides = {}, {}
@@ -50,6 +52,10 @@ def warm_start_values(space: SearchSpace, preset: dict[str, Any], preset_name: s
                 notes.append(f"preset {preset_name!r}: {key}={value} lies outside the space's "
                              f"range [{dist.low}, {dist.high}]; it runs as the preset says")
             enqueued[key] = value
+        elif param is not None:  # fixed by the space
+            if param.dist.value != value and notes is not None:
+                notes.append(f"preset {preset_name!r}: {key}={value!r} is replaced by the space's "
+                             f"fixed value {param.dist.value!r}")
         else:
             overrides[key] = value
     return enqueued, overrides

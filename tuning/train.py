@@ -27,6 +27,10 @@ class TrainOutcome:
     checkpoint_dir: Optional[str]
 
 
+EPOCH_KEYS = ("contrastive_loss", "train_loss", "val_loss", "val_knn_accuracy", "val_accuracy",
+              "val_macro_f1")
+
+
 class _Progress:
     """A one-line progress display per epoch (on a terminal) plus a summary line per epoch."""
 
@@ -50,9 +54,8 @@ class _Progress:
     def epoch(self, metrics: dict) -> None:
         if self.tty:
             print("\r" + " " * 80 + "\r", end="", file=sys.stderr)
-        print(f"[tunebert] epoch {metrics['epoch']}/{self.total_epochs}  "
-              f"train_loss {metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}  "
-              f"val_accuracy {metrics['val_accuracy']:.4f}  val_macro_f1 {metrics['val_macro_f1']:.4f}  "
+        shown = "  ".join(f"{key} {metrics[key]:.4f}" for key in EPOCH_KEYS if key in metrics)
+        print(f"[tunebert] epoch {metrics['epoch']}/{self.total_epochs}  {shown}  "
               f"({metrics['samples_per_s']:.0f} samples/s, {time.time() - self.epoch_start:.0f}s)",
               flush=True)
         self.done = 0
@@ -82,9 +85,9 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
     run = tracking.TrainRun(tracking_uri, experiment, resolved,
                             run_name or f"train-{resolved.get('preset') or 'config'}",
                             tags={"tunebert.data": data_config.source, **(tags or {})})
-    print(f"[tunebert] training {cfg.trainable} ({cfg.model}) for {cfg.epochs} epochs on "
+    print(f"[tunebert] training {cfg.trainable} ({cfg.model}) for {getattr(cfg, 'total_epochs', cfg.epochs)} epochs on "
           f"{len(data.splits['train'])} examples, device {device}; MLflow run {run.run_id}", flush=True)
-    progress = _Progress(cfg.epochs, len(data.splits["train"]))
+    progress = _Progress(getattr(cfg, "total_epochs", cfg.epochs), len(data.splits["train"]))
     last: dict[str, float] = {}
 
     def report(metrics: dict, write) -> None:
@@ -102,7 +105,7 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
                 error=f"{type(exc).__name__}: {exc}")
         raise
     test_metrics = test.as_metrics("test")
-    run.log_metrics(test_metrics, step=cfg.epochs)
+    run.log_metrics(test_metrics, step=getattr(cfg, "total_epochs", cfg.epochs))
     checkpoint_dir = None
     with tempfile.TemporaryDirectory() as tmp:
         from trainables.checkpointing import save_checkpoint

@@ -5,8 +5,11 @@ from trainables.errors import ConfigError
 from trainables.hparams import FinetuneConfig
 
 
+FINETUNE_PRESETS = ("baseline", "llrd", "warmup", "llrd_warmup")
+
+
 def test_presets_are_valid_configs_matching_the_study():
-    for name in PRESETS:
+    for name in FINETUNE_PRESETS:
         cfg = FinetuneConfig.from_dict(get_preset(name))
         assert cfg.lr == 1e-4 and cfg.batch_size == 16 and cfg.epochs == 10
         assert cfg.classifier_dropout == 0.9 and cfg.optimizer == "adamw"
@@ -24,3 +27,21 @@ def test_presets_are_valid_configs_matching_the_study():
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ConfigError, match=r"unknown preset 'bert'; available presets: \['baseline'"):
         get_preset("bert")
+
+
+def test_contrastive_presets_match_the_study():
+    from trainables.hparams import ContrastiveConfig
+    from trainables.registry import resolve_config
+
+    supcon = ContrastiveConfig.from_dict(get_preset("supcon"))
+    assert (supcon.loss, supcon.mode, supcon.contrastive_batch_size, supcon.contrastive_epochs) == \
+        ("supcon", "two-stage", 64, 10)
+    assert supcon.contrastive_lr == supcon.lr == 1e-4 and supcon.contrastive_optimizer == "adamw"
+    assert (supcon.llrd_decay, supcon.warmup_ratio, supcon.head) == (0.9, 0.2, "linear")
+    simclr = ContrastiveConfig.from_dict(get_preset("simclr"))
+    assert (simclr.loss, simclr.contrastive_batch_size, simclr.contrastive_epochs, simclr.epochs) == \
+        ("simclr", 256, 13, 20)
+    assert (simclr.contrastive_optimizer, simclr.momentum, simclr.contrastive_lr, simclr.lr) == \
+        ("sgd", 0.99, 1e-5, 1e-2)
+    assert simclr.classifier_dropout == 0.9
+    assert resolve_config(get_preset("simclr"))["trainable"] == "contrastive"

@@ -11,7 +11,7 @@ def test_round_trip_and_coercion():
 
 
 @pytest.mark.parametrize("values, match", [
-    ({"lrr": 1e-4}, r"unknown fine-tuning parameter\(s\) \['lrr'\]"),
+    ({"lrr": 1e-4}, r"unknown finetune parameter\(s\) \['lrr'\]"),
     ({"optimizer": "adam"}, r"`optimizer` must be one of \['adamw', 'sgd'\], but got 'adam'"),
     ({"lr": 0.0}, r"`lr` must lie in \(0.0, 10.0\]"),
     ({"batch_size": 0}, "`batch_size` must lie in"),

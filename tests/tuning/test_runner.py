@@ -99,3 +99,52 @@ def test_time_budget_stops_the_sweep(ray_local, tiny_model_dir, tmp_path):
     _, parents, children = _runs(cfg.resolved_tracking_uri(), "budget")
     assert parents[0].info.status == "FINISHED"
     assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
+
+
+@pytest.mark.parametrize("mode", ["two-stage", "two-stage-finetune", "joint"])
+def test_contrastive_sweep_of_each_mode(ray_local, tiny_model_dir, tmp_path, mode):
+    space = tmp_path / "space.yaml"
+    space.write_text(f"mode: {mode}\ncontrastive_epochs: 1\ncontrastive_batch_size: 32\nlr: 1.0e-3\n")
+    cfg = SweepConfig(name=f"c-{mode}", trainable="contrastive", model=tiny_model_dir, max_length=64,
+                      epochs=1, num_trials=2, storage=str(tmp_path), space_file=str(space),
+                      max_concurrent=2)
+    run_sweep(cfg)
+    client, parents, children = _runs(cfg.resolved_tracking_uri(), f"c-{mode}")
+    assert len(parents) == 1 and len(children) == 2
+    total = 1 if mode == "joint" else 2
+    for child in children:
+        assert child.info.status == "FINISHED"
+        config = json.loads(child.data.tags["tunebert.config"])
+        assert config["trainable"] == "contrastive" and config["mode"] == mode
+        steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy"))
+        assert steps == list(range(1, total + 1))
+        if mode != "joint":  # the contrastive stage reported its k-NN signal
+            assert client.get_metric_history(child.info.run_id, "val_knn_accuracy")
+    assert best_run(f"c-{mode}", storage=str(tmp_path)).trainable == "contrastive"
+
+
+def test_mixed_sweep_ranks_both_families_and_trains_the_best(ray_local, tiny_model_dir, tmp_path):
+    from trainables.data import DataConfig
+    from tuning.train import train_config
+
+    space = tmp_path / "space.yaml"
+    space.write_text("contrastive_epochs: 1\ncontrastive_batch_size: 32\n")
+    cfg = SweepConfig(name="mixed", trainable="any", model=tiny_model_dir, max_length=64, epochs=1,
+                      num_trials=3, storage=str(tmp_path), space_file=str(space),
+                      warm_start=("supcon", "llrd_warmup"), max_concurrent=2, scheduler="none")
+    run_sweep(cfg)
+    client, parents, children = _runs(cfg.resolved_tracking_uri(), "mixed")
+    assert len(parents) == 1 and len(children) == 3
+    families = {c.data.tags["tunebert.trainable"] for c in children}
+    assert families == {"finetune", "contrastive"}  # the two presets ran first, one of each
+    presets = {c.data.tags.get("tunebert.preset"): json.loads(c.data.tags["tunebert.config"]) for c in children}
+    assert presets["supcon"]["trainable"] == "contrastive" and presets["supcon"]["contrastive_epochs"] == 1
+    assert presets["llrd_warmup"]["trainable"] == "finetune"
+    ranked = top_k("mixed", 3, storage=str(tmp_path))
+    assert len(ranked) == 3
+    for trial in ranked:  # training a config works for either family
+        config = {**trial.config, "epochs": 1}
+        out = train_config(config, DataConfig("demo"), tracking_uri=cfg.resolved_tracking_uri(),
+                           experiment="retrain")
+        assert out.config["trainable"] == trial.trainable
+        assert 0.0 <= out.test["test_accuracy"] <= 1.0

@@ -1,0 +1,93 @@
+"""The contract every trainable family must honour (like optuna's shared sampler tests): it
+reports val_accuracy every epoch, honours its config, resumes from a checkpoint exactly where an
+uninterrupted run would be, and stops on a non-finite loss."""
+
+import math
+
+import pytest
+import torch
+
+from trainables import registry
+from trainables.errors import NonFiniteLossError
+
+CPU = torch.device("cpu")
+
+CASES = {
+    "finetune": {"trainable": "finetune"},
+    "contrastive-two-stage": {"trainable": "contrastive", "mode": "two-stage", "loss": "supcon",
+                              "contrastive_epochs": 2, "augmentation": "span_cutoff"},
+    "contrastive-two-stage-finetune": {"trainable": "contrastive", "mode": "two-stage-finetune",
+                                       "loss": "simclr", "contrastive_epochs": 1, "augmentation": "shuffle"},
+    "contrastive-joint": {"trainable": "contrastive", "mode": "joint", "joint_lambda": 0.3,
+                          "augmentation": "word_deletion"},
+}
+
+
+def _config(tiny_model_dir, case, **changes):
+    values = {"model": tiny_model_dir, "max_length": 64, "epochs": 2, "lr": 1e-3, "batch_size": 32,
+              "contrastive_lr": 1e-3, "contrastive_batch_size": 32, **CASES[case], **changes}
+    if values["trainable"] == "finetune":
+        values = {k: v for k, v in values.items() if not k.startswith("contrastive_")}
+    return registry.config_class(values["trainable"]).from_dict(values)
+
+
+def _run(cfg, data, resume_dir=None, keep=None):
+    reports = []
+
+    def report(metrics, write):
+        reports.append(metrics)
+        if keep is not None and metrics["epoch"] in keep:
+            write(keep[metrics["epoch"]])
+
+    model = registry.fit_function(cfg.trainable)(cfg, data, device=CPU, report=report, resume_dir=resume_dir)
+    return reports, model
+
+
+def _total(cfg):
+    return getattr(cfg, "total_epochs", cfg.epochs)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_reports_val_accuracy_every_epoch(tiny_model_dir, demo_data, case):
+    cfg = _config(tiny_model_dir, case)
+    reports, model = _run(cfg, demo_data)
+    assert [r["epoch"] for r in reports] == list(range(1, _total(cfg) + 1))
+    for r in reports:
+        assert 0.0 <= r["val_accuracy"] <= 1.0 and math.isfinite(r["lr"]) and r["samples_per_s"] > 0
+    # the last report comes from a classifier, with the fine-tuning metric names
+    assert {"val_loss", "val_macro_f1", "train_loss"} <= set(reports[-1])
+    ids = torch.randint(1000, 2000, (2, 6))
+    assert model(ids, torch.ones_like(ids)).shape == (2, demo_data.num_labels)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_resume_matches_an_uninterrupted_run(tiny_model_dir, demo_data, tmp_path, case):
+    cfg = _config(tiny_model_dir, case)
+    full, _ = _run(cfg, demo_data, keep={1: str(tmp_path / "ep1")})
+    resumed, _ = _run(cfg, demo_data, resume_dir=str(tmp_path / "ep1"))
+    assert [r["epoch"] for r in resumed] == list(range(2, _total(cfg) + 1))
+    for a, b in zip(full[1:], resumed):
+        assert a["val_accuracy"] == b["val_accuracy"]
+        for key in ("train_loss", "contrastive_loss", "val_loss"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-5), key
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_honours_config_seed(tiny_model_dir, demo_data, case):
+    a, _ = _run(_config(tiny_model_dir, case, seed=1), demo_data)
+    b, _ = _run(_config(tiny_model_dir, case, seed=1), demo_data)
+    c, _ = _run(_config(tiny_model_dir, case, seed=2), demo_data)
+    assert [r["val_accuracy"] for r in a] == [r["val_accuracy"] for r in b]
+    key = "train_loss"
+    assert [r.get(key) for r in a] != [r.get(key) for r in c]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_non_finite_loss_stops(tiny_model_dir, demo_data, case):
+    cfg = _config(tiny_model_dir, case, optimizer="sgd", lr=10.0, momentum=0.99, grad_clip=0.0,
+                  head_lr_multiplier=1000.0, epochs=4,
+                  **({} if case == "finetune" else {"contrastive_optimizer": "sgd", "contrastive_lr": 10.0,
+                                                    "temperature": 0.02}))
+    with pytest.raises(NonFiniteLossError):
+        _run(cfg, demo_data)
