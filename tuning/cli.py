@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", dest="space_file", help="YAML file that narrows/widens/fixes/drops "
                                                       "parameters (see `tunebert space`)")
     p.add_argument("--warm-start", default="",
-                   help="comma-separated presets to try first, e.g. llrd_warmup,warmup "
-                        "(see `tunebert presets`)")
+                   help="comma-separated presets or config files to try first, e.g. "
+                        "llrd_warmup,warmup or best.yaml (see `tunebert presets`)")
     p.add_argument("--searcher", choices=["tpe", "random"], default="tpe")
     p.add_argument("--scheduler", choices=["asha", "none"], default="asha")
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
@@ -239,33 +239,18 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _load_config_file(path: str) -> dict[str, Any]:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--config {path!r}: no such file")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))  # JSON is YAML too
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"--config {path!r}: not valid YAML/JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"--config {path!r}: expected a mapping of parameters")
-    return data
-
-
 def _train(args) -> int:
     from search_spaces.presets import get_preset
     from trainables.data import DataConfig
     from tuning.best import best_config
-    from tuning.config import resolve_tracking_uri
+    from tuning.config import load_config_file, resolve_tracking_uri
     from tuning.train import train_config
 
     uri = resolve_tracking_uri(args.tracking_uri, Path(args.storage).expanduser().resolve())
     experiment = args.experiment or "tunebert-train"
     tags = {}
     if args.config:
-        config = _load_config_file(args.config)
+        config = load_config_file(args.config)
     elif args.preset:
         config = get_preset(args.preset)
     else:

@@ -159,3 +159,31 @@ def load_saved_sweep(name: str, storage: str = DEFAULT_ROOT) -> SweepConfig:
             f"no sweep named {name!r} under {root}; known sweeps there: {known or 'none'}. "
             f"Pass --storage if the sweep lives elsewhere.")
     return SweepConfig.from_dict(json.loads(path.read_text()))
+
+
+def load_config_file(path: str, what: str = "--config") -> dict[str, Any]:
+    """A trial config from a YAML or JSON file (JSON is YAML too), e.g. from `tunebert best -o`."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {path!r}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {path!r}: not valid YAML/JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path!r}: expected a mapping of parameters")
+    return data
+
+
+def warm_start_config(entry: str) -> dict[str, Any]:
+    """A warm-start entry: a preset name, or a YAML/JSON config file (say, an earlier best)."""
+    from search_spaces.presets import PRESETS, get_preset
+
+    if entry in PRESETS:
+        return get_preset(entry)
+    if Path(entry).suffix in (".yaml", ".yml", ".json") or Path(entry).is_file():
+        return load_config_file(entry, "--warm-start")
+    raise ConfigError(f"unknown preset {entry!r}; available presets: {sorted(PRESETS)} "
+                      f"(or pass a .yaml/.json config file)")

@@ -18,14 +18,13 @@ import yaml
 from search_spaces.contrastive import contrastive_space, mixed_space
 from search_spaces.finetune import SWEEP_LEVEL, finetune_space
 from search_spaces.overrides import load_space
-from search_spaces.presets import get_preset
 from search_spaces.space import SearchSpace
 from trainables import registry
 from trainables.data import TokenizedData, load_raw_splits, tokenize_splits
 from trainables.errors import ConfigError
 from trainables.models import load_tokenizer, resolve_model
 from tuning import tracking
-from tuning.config import SweepConfig, load_saved_sweep
+from tuning.config import SweepConfig, load_saved_sweep, warm_start_config
 from tuning.search import build_searcher, preview_configs, warm_start_values
 
 log = logging.getLogger("tunebert")
@@ -91,8 +90,9 @@ def prepare(cfg: SweepConfig) -> Prepared:
     space = build_space(cfg)
     presets, notes = [], []
     for name in cfg.warm_start:
-        presets.append(warm_start_values(space, get_preset(name), name, SWEEP_LEVEL, notes))
-        family = get_preset(name).get("trainable", "finetune")
+        values = warm_start_config(name)
+        presets.append(warm_start_values(space, values, name, SWEEP_LEVEL, notes))
+        family = values.get("trainable", "finetune")
         if cfg.trainable not in ("any", family):
             raise ConfigError(f"warm-start preset {name!r} is a {family} config, but this sweep runs "
                               f"{cfg.trainable!r} trials; use --trainable {family} or --trainable any")

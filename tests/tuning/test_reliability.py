@@ -139,17 +139,21 @@ def test_nonfinite_loss_fails_the_trial_for_optuna_and_best(ray_local, tiny_mode
 
 # 5 ---------------------------------------------------------------------------------------
 def test_trial_failing_after_a_good_metric_is_never_best(ray_local, tiny_model_dir, tmp_path, fail_marker):
-    # trial 1 (the llrd_warmup preset, head lr 1e-2) learns; the others barely move (lr 1e-7).
-    # The preset trial raises after reporting its last epoch: FAILED, so never best.
+    # trial 1 (warm-started from a config file, lr 3e-3) learns; the others, sampled from
+    # lr ~1e-8, barely move. It raises after reporting its last epoch: FAILED, so never best,
+    # although its metric is the highest.
     space = tmp_path / "space.yaml"
-    space.write_text("lr: 1.0e-7\nhead_lr_multiplier: 1.0\n")
-    fail_marker.write_text("3")  # point epochs+1 = after the last report
-    cfg = _sweep(tiny_model_dir, tmp_path, "latefail", epochs=2, num_trials=3, space_file=str(space),
-                 warm_start=("llrd_warmup",), max_failures=0, max_concurrent=1)
+    space.write_text("lr: {low: 1.0e-8, high: 2.0e-8, log: true}\n")
+    good = tmp_path / "good.yaml"
+    good.write_text("lr: 3.0e-3\nhead: linear\npooling: mean\nclassifier_dropout: 0.0\n"
+                    "scheduler: constant\nwarmup_ratio: 0.0\nbatch_size: 16\npreset: good\n")
+    fail_marker.write_text("4")  # point epochs+1 = after the last report
+    cfg = _sweep(tiny_model_dir, tmp_path, "latefail", epochs=3, num_trials=3, space_file=str(space),
+                 warm_start=(str(good),), max_failures=0, max_concurrent=1)
     outcome = run_sweep(cfg)
     client, runs = _children(cfg.resolved_tracking_uri(), "latefail")
     failed = [r for r in runs if r.info.status == "FAILED"]
-    assert len(failed) == 1 and failed[0].data.tags.get("tunebert.preset") == "llrd_warmup"
+    assert len(failed) == 1 and failed[0].data.tags.get("tunebert.preset") == "good"
     assert "injected failure" in failed[0].data.tags["tunebert.error"]
     others = [r for r in runs if r.info.status == "FINISHED"]
     assert len(others) == 2  # the sweep went on
