@@ -190,39 +190,78 @@ class SweepOutcome:
     wall_s: float
 
 
+# how long the end of a sweep waits for an unreachable MLflow store before giving up
+TRACKING_GRACE_S = float(os.environ.get("TUNEBERT_TRACKING_GRACE_S", "60"))
+
+
 def run_sweep(cfg: SweepConfig, *, resume: bool = False) -> SweepOutcome:
     """Run (or resume) a sweep to the end and record it in MLflow."""
-    from tuning.best import top_k
-
     start = time.time()
     if resume and not (cfg.sweep_dir / "tuner.pkl").exists():
         raise ConfigError(f"sweep {cfg.name!r} has no Ray Tune state in {cfg.sweep_dir} to resume from")
-    if not resume and cfg.sweep_dir.exists() and (cfg.sweep_dir / "tuner.pkl").exists():
+    if not resume and (cfg.sweep_dir / "tuner.pkl").exists():
         raise ConfigError(f"a sweep named {cfg.name!r} already exists in {cfg.sweep_dir}; resume it "
                           f"with `tunebert resume {cfg.name}` or choose another --name")
     prep = prepare(cfg)
     uri = prep.tracking_uri
-    artifact_root = None if not tracking.is_local_store(uri) else (cfg.root / "mlartifacts" / cfg.name).as_uri()
-    experiment_id, parent_id = tracking.start_sweep_run(uri, cfg.name, cfg.to_dict(), artifact_root)
+    tracking.bound_http_waits()
+    artifact_root = (cfg.root / "mlartifacts" / cfg.name).as_uri() if tracking.is_local_store(uri) else None
+    try:
+        experiment_id, parent_id = tracking.start_sweep_run(uri, cfg.name, cfg.to_dict(), artifact_root)
+    except Exception as exc:
+        raise tracking.TrackingError(
+            f"cannot reach the MLflow store {tracking.redact(uri)} to start the sweep "
+            f"({str(exc).splitlines()[0][:200]}). Start the server or fix --tracking-uri; nothing "
+            f"was run.") from None
     cfg.save()
     (cfg.sweep_dir / "search_space.yaml").write_text(yaml.safe_dump(prep.space.describe(), sort_keys=False))
     callback = tracking.MlflowTrialLogger(uri, experiment_id, parent_id, registry.resolve_config, cfg.name)
     say(f"sweep {cfg.name!r}: {cfg.num_trials} trials x {cfg.epochs} epochs of {cfg.model!r}, "
-        f"searcher {cfg.searcher}, scheduler {cfg.scheduler}; MLflow {tracking.redact(uri)}")
+        f"trainable {cfg.trainable}, searcher {cfg.searcher}, scheduler {cfg.scheduler}; "
+        f"MLflow {tracking.redact(uri)}")
     _init_ray(cfg)
-    status = "FAILED"
+    finished = False
     try:
-        tuner = _tuner(prep, callback, restore=resume)
-        results = tuner.fit()
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
+        results = _tuner(prep, callback, restore=resume).fit()
+        finished = True
     finally:
-        closed = tracking.close_open_trial_runs(uri, experiment_id, "KILLED")
-        if status != "FINISHED":
-            tracking.finish_sweep_run(uri, parent_id, status=status,
-                                      summary={"interrupted_trials": closed}, best_checkpoint=None)
+        # after a restore Ray calls the callback saved with the experiment, not ours
+        live = tracking.MlflowTrialLogger.live(cfg.name) or callback
+        if not finished:
+            _close_quietly(uri, experiment_id, parent_id, live)
+    lost = live.flush_until(TRACKING_GRACE_S) if live.pending_writes() else 0
+    if lost:
+        say(f"warning: the MLflow store {tracking.redact(uri)} did not come back within "
+            f"{TRACKING_GRACE_S:.0f}s; {lost} write(s) were not delivered. Training results are safe "
+            f"in {cfg.sweep_dir} (Ray Tune result files and checkpoints).")
+        return SweepOutcome(cfg.name, uri, cfg.sweep_dir, None, _counts_from_ray(results),
+                            time.time() - start)
+    return _finish(cfg, uri, experiment_id, parent_id, results, live, start)
+
+
+def _counts_from_ray(results) -> dict[str, int]:
+    counts = {"FINISHED": 0, "FAILED": 0, "KILLED": 0}
+    for r in results:
+        counts["FAILED" if r.error else "FINISHED"] += 1
+    return counts
+
+
+def _close_quietly(uri: str, experiment_id: str, parent_id: str, live) -> None:
+    """The sweep process is going down (Ctrl-C, an error): mark what is open as KILLED."""
+    try:
+        live.flush_until(5.0)
+        tracking.close_open_trial_runs(uri, experiment_id, "KILLED")
+        tracking.finish_sweep_run(uri, parent_id, status="KILLED",
+                                  summary={"end_reason": "sweep process stopped"}, best_checkpoint=None)
+    except Exception as exc:  # the store may be the reason we are stopping
+        log.warning("could not mark runs as KILLED in MLflow: %s", exc)
+
+
+def _finish(cfg: SweepConfig, uri: str, experiment_id: str, parent_id: str, results, live,
+            start: float) -> SweepOutcome:
+    from tuning.best import top_k
+
+    tracking.close_open_trial_runs(uri, experiment_id, "KILLED")
     runs = tracking.trial_runs(uri, cfg.name)
     counts = {s: sum(r.info.status == s for r in runs) for s in ("FINISHED", "FAILED", "KILLED")}
     best_list = top_k(cfg.name, 1, cfg.metric, cfg.mode, tracking_uri=uri, storage=cfg.storage)
@@ -241,7 +280,7 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False) -> SweepOutcome:
                "trials_finished": counts["FINISHED"], "trials_failed": counts["FAILED"],
                "trials_killed": counts["KILLED"], "wall_time_s": wall,
                "best_trial_id": best.trial_id if best else "none",
-               "mlflow_writes_lost": callback.failed_writes}
+               "mlflow_delayed_writes": live.delayed_writes}
     tracking.finish_sweep_run(uri, parent_id, status="FINISHED", summary=summary,
                               best_checkpoint=best_checkpoint, extra_files=extra)
     return SweepOutcome(cfg.name, uri, cfg.sweep_dir, best, counts, wall)
