@@ -134,6 +134,7 @@ def _init_ray(cfg: SweepConfig) -> None:
         return
     if cfg.address:
         ray.init(address=cfg.address, log_to_driver=True)
+        check_shared_storage(cfg)
     else:
         # An embedded Ray serves this process only, so none of its servers (GCS, raylet, workers)
         # should listen beyond the loopback interface. Ray's own switch for that is single-node
@@ -143,6 +144,41 @@ def _init_ray(cfg: SweepConfig) -> None:
 
         ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false", "False")
         ray.init(include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=True)
+
+
+def check_shared_storage(cfg: SweepConfig) -> None:
+    """On a cluster, every alive node must see the sweep's storage folder (checkpoints are
+    written by the node that runs a trial and read by whichever node resumes it)."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1:
+        return
+    cfg.ray_storage.mkdir(parents=True, exist_ok=True)
+    probe = cfg.ray_storage / f".tunebert-probe-{uuid.uuid4().hex}"
+    probe.write_text("visible")
+
+    @ray.remote(num_cpus=0)
+    def sees(path: str) -> bool:
+        import os
+
+        return os.path.exists(path)
+
+    try:
+        checks = {n["NodeID"]: sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n["NodeID"], soft=False)).remote(str(probe)) for n in nodes}
+        blind = [node for node, ref in checks.items() if not ray.get(ref, timeout=60)]
+    finally:
+        probe.unlink(missing_ok=True)
+    if blind:
+        raise ConfigError(
+            f"--storage {cfg.storage} ({cfg.ray_storage}) is not shared: {len(blind)} of {len(nodes)} "
+            f"Ray nodes cannot see it (node ids {[b[:12] for b in blind]}). Trials checkpoint there and "
+            f"resume on any node, so use a folder every node mounts at the same path (NFS, EFS, a "
+            f"Kubernetes ReadWriteMany volume).")
 
 
 def _tuner(prep: Prepared, callback, *, restore: bool):
