@@ -133,7 +133,13 @@ def _init_ray(cfg: SweepConfig) -> None:
     if ray.is_initialized():
         return
     if cfg.address:
-        ray.init(address=cfg.address, log_to_driver=True)
+        try:
+            ray.init(address=cfg.address, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"could not join the Ray cluster at --address {cfg.address!r} "
+                              f"({str(exc).splitlines()[0][:200]}). Check that `ray start --head` "
+                              f"runs there and the address/port, or leave --address out to run "
+                              f"locally.") from None
         check_shared_storage(cfg)
     else:
         # An embedded Ray serves this process only, so none of its servers (GCS, raylet, workers)
@@ -240,6 +246,7 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False) -> SweepOutcome:
                           f"with `tunebert resume {cfg.name}` or choose another --name")
     prep = prepare(cfg)
     uri = prep.tracking_uri
+    _init_ray(cfg)  # joins or starts Ray and checks shared storage before anything is recorded
     tracking.bound_http_waits()
     artifact_root = (cfg.root / "mlartifacts" / cfg.name).as_uri() if tracking.is_local_store(uri) else None
     try:
@@ -255,7 +262,6 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False) -> SweepOutcome:
     say(f"sweep {cfg.name!r}: {cfg.num_trials} trials x {cfg.epochs} epochs of {cfg.model!r}, "
         f"trainable {cfg.trainable}, searcher {cfg.searcher}, scheduler {cfg.scheduler}; "
         f"MLflow {tracking.redact(uri)}")
-    _init_ray(cfg)
     finished = False
     try:
         results = _tuner(prep, callback, restore=resume).fit()

@@ -252,13 +252,16 @@ def test_mlflow_server_that_never_returns_does_not_stop_training(ray_local, tiny
     cfg = _sweep(tiny_model_dir, tmp_path, "serverdead", tracking_uri=uri, max_concurrent=1,
                  epochs=2)
 
-    original = runner._init_ray
+    from tuning import tracking
 
-    def init_then_kill(c):  # the server dies after the sweep started, before any trial logs
-        original(c)
+    original = tracking.start_sweep_run
+
+    def start_then_kill(*args, **kwargs):  # the server dies once the sweep run exists
+        ids = original(*args, **kwargs)
         _stop(server)
+        return ids
 
-    monkeypatch.setattr(runner, "_init_ray", init_then_kill)
+    monkeypatch.setattr(tracking, "start_sweep_run", start_then_kill)
     start = time.time()
     outcome = run_sweep(cfg)
     assert time.time() - start < 120  # waiting on the dead server is bounded
