@@ -9,4 +9,13 @@ Ray running::
 
 from tuning.best import best_config, best_run, top_k
 
-__all__ = ["best_config", "best_run", "top_k"]
+
+def final_selection(*args, **kwargs):
+    """Re-train the sweep's top-k configs with several seeds, pick by mean validation accuracy,
+    then evaluate the chosen one on test (see ``tuning.selection.final_selection``)."""
+    from tuning.selection import final_selection as run
+
+    return run(*args, **kwargs)
+
+
+__all__ = ["best_config", "best_run", "top_k", "final_selection"]

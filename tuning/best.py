@@ -58,8 +58,8 @@ def top_k(sweep: str, k: int = 5, metric: str = "val_accuracy", mode: str = "max
     runs = [_to_trial(r) for r in tracking.trial_runs(_uri(tracking_uri, storage), sweep)]
     candidates = [r for r in runs if r.status == "FINISHED"
                   and isinstance(r.metrics.get(metric), float) and math.isfinite(r.metrics[metric])]
-    if runs and not candidates and not any(metric in r.metrics for r in runs):
-        known = sorted({m for r in runs for m in r.metrics})
+    known = sorted({m for r in runs for m in r.metrics})
+    if known and metric not in known:
         raise ConfigError(f"no trial of sweep {sweep!r} reported metric {metric!r}; "
                           f"metrics there: {known}")
     candidates.sort(key=lambda r: r.metrics[metric], reverse=(mode == "max"))

@@ -128,6 +128,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_args(p)
     p.add_argument("--smoke-test", action="store_true", help="1 epoch on at most 64 training examples")
 
+    # ---------------------------------------------------------------- bench
+    from tuning import bench
+
+    p = sub.add_parser("bench", help="measure throughput, sweep overhead, search efficiency and "
+                                     "the study's table (markdown + PNGs)")
+    bench.add_arguments(p)
+
+    # ---------------------------------------------------------------- select / report
+    from tuning import report as report_command
+    from tuning import selection
+
+    p = sub.add_parser("select", help=selection.HELP, description=selection.DESCRIPTION)
+    selection.add_arguments(p)
+    p = sub.add_parser("report", help="HTML + PNG report of a sweep (history, importances, "
+                                      "parallel coordinates, curves, confusion matrix)",
+                       description="Write an HTML report with figures for a sweep to "
+                                   "<storage>/reports/<name>/ and log it to the sweep's parent "
+                                   "MLflow run under report/.")
+    report_command.add_arguments(p)
+
     # ---------------------------------------------------------------- presets / space
     sub.add_parser("presets", help="list the named presets (the study's configurations)")
     p = sub.add_parser("space", help="print the search space as YAML (with --space applied)")
@@ -293,8 +313,27 @@ def _space(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from tuning import bench
+
+    return bench.run(args)
+
+
+def _select(args) -> int:
+    from tuning import selection
+
+    return selection.run(args)
+
+
+def _report(args) -> int:
+    from tuning import report
+
+    return report.run(args)
+
+
 COMMANDS = {"sweep": _sweep, "resume": _resume, "best": _best, "train": _train,
-            "presets": _presets, "space": _space}
+            "presets": _presets, "space": _space, "bench": _bench, "select": _select,
+            "report": _report}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

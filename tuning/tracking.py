@@ -315,8 +315,14 @@ class MlflowTrialLogger(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        epochs = self.resolve_config(trial.config).get("epochs")
-        reason = "completed" if last.get("epoch") == epochs else "stopped early by the scheduler"
+        if "epoch" not in last:  # stopped (time budget, interruption) before its first report
+            self._call(trial, "set_tag", END_REASON, "stopped before it reported an epoch")
+            self._call(trial, "set_terminated", "KILLED")
+            return
+        config = self.resolve_config(trial.config)
+        total = config.get("epochs") if config.get("trainable") == "finetune" else \
+            (config["epochs"] + (0 if config.get("mode") == "joint" else config.get("contrastive_epochs", 0)))
+        reason = "completed" if last.get("epoch") == total else "stopped early (scheduler or time budget)"
         self._call(trial, "set_tag", END_REASON, reason)
         self._call(trial, "set_terminated", "FINISHED")
 
@@ -417,3 +423,76 @@ class TrainRun:
         if error:
             self.client.set_tag(self.run_id, ERROR, error[:MAX_TAG])
         self.client.set_terminated(self.run_id, status)
+
+
+# --------------------------------------------------------------------------- sweep reports
+
+
+def artifact_paths(uri: str, run_id: str, path: Optional[str] = None) -> list[str]:
+    """The artifact paths directly under ``path`` of a run ([] when there is nothing there)."""
+    return [a.path for a in client_for(uri).list_artifacts(run_id, path)]
+
+
+def log_report(uri: str, run_id: str, local_dir: str, artifact_path: str = "report") -> None:
+    """Upload a rendered report folder (HTML + PNGs) to a run, under ``artifact_path``."""
+    client_for(uri).log_artifacts(run_id, local_dir, artifact_path)
+
+
+# --------------------------------------------------------------------------- final selection runs
+
+
+def _batches(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class SelectionRun:
+    """A ``tunebert select`` run (``tunebert.kind=selection``) in the sweep's experiment, nested
+    under the sweep's parent run; the re-training runs of the selection are nested under it."""
+
+    def __init__(self, uri: str, sweep_name: str, params: dict, run_name: str,
+                 parent_run_id: Optional[str] = None, tags: Optional[dict] = None):
+        self.uri = uri
+        self.client, experiment = find_sweep_experiment(uri, sweep_name)
+        run = self.client.create_run(
+            experiment.experiment_id, run_name=run_name,
+            tags={KIND: "selection", SWEEP: sweep_name,
+                  **({PARENT: parent_run_id} if parent_run_id else {}), **(tags or {})})
+        self.run_id = run.info.run_id
+        self.log_params(params)
+
+    def log_params(self, params: dict) -> None:
+        for chunk in _batches(params_of(params), 100):  # MLflow takes at most 100 params a batch
+            self.client.log_batch(self.run_id, params=chunk)
+
+    def log_metrics(self, metrics: dict, step: int = 0) -> None:
+        annotate_run(self.uri, self.run_id, metrics=metrics, step=step)
+
+    def set_tags(self, tags: dict) -> None:
+        annotate_run(self.uri, self.run_id, tags=tags)
+
+    def log_artifact(self, path: str) -> None:
+        self.client.log_artifact(self.run_id, path)
+
+    def end(self, status: str = "FINISHED", error: Optional[str] = None) -> None:
+        if error:
+            self.client.set_tag(self.run_id, ERROR, error[:MAX_TAG])
+        self.client.set_terminated(self.run_id, status)
+
+
+def annotate_run(uri: str, run_id: str, *, metrics: Optional[dict] = None,
+                 tags: Optional[dict] = None, step: int = 0) -> None:
+    """Add metrics and tags to an existing (possibly finished) run."""
+    client = client_for(uri)
+    now = int(time.time() * 1000)
+    metric_list = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
+    tag_list = [RunTag(k, str(v)[:MAX_TAG]) for k, v in (tags or {}).items()]
+    for chunk in _batches(metric_list, 1000):
+        client.log_batch(run_id, metrics=chunk)
+    for chunk in _batches(tag_list, 100):
+        client.log_batch(run_id, tags=chunk)
+
+
+def log_artifacts_to(uri: str, run_id: str, local_dir: str, artifact_path: Optional[str] = None) -> None:
+    """Upload a folder to an existing (possibly finished) run."""
+    client_for(uri).log_artifacts(run_id, local_dir, artifact_path)

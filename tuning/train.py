@@ -1,6 +1,8 @@
 """Train one config on its own (a preset, an exported best config) and evaluate it on test.
 
-This is the only place the test split is used: after training, for the final evaluation.
+This is the only place the test split is used: after training, for the final evaluation. Final
+selection (``tuning.selection``) trains with ``evaluate_test=False``, so its candidates never see
+test; it evaluates only the chosen candidate's models on test, after the choice.
 """
 
 from __future__ import annotations
@@ -65,8 +67,15 @@ class _Progress:
 def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_uri: str,
                  experiment: str = "tunebert-train", run_name: Optional[str] = None,
                  output_dir: Optional[str] = None, tags: Optional[dict] = None,
-                 max_train_examples: Optional[int] = None) -> TrainOutcome:
-    """Train ``config`` on ``data_config``'s train split, pick nothing, report validation and test."""
+                 max_train_examples: Optional[int] = None, evaluate_test: bool = True,
+                 parent_run_id: Optional[str] = None, log_model: bool = True) -> TrainOutcome:
+    """Train ``config`` on ``data_config``'s train split, pick nothing, report validation and test.
+
+    ``evaluate_test=False``: the test split is neither tokenized nor evaluated, and ``test`` is
+    empty (for model selection). ``parent_run_id`` nests the MLflow run under that run.
+    ``log_model=False`` keeps the trained model out of MLflow (it is still written to
+    ``output_dir`` when one is given).
+    """
     import torch
 
     from trainables.loops import evaluate
@@ -76,7 +85,8 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
     fit = registry.fit_function(cfg.trainable)
     raw = load_raw_splits(data_config)
     tokenizer = load_tokenizer(cfg.model)
-    data = tokenize_splits(raw, tokenizer, model=cfg.model, max_length=cfg.max_length)
+    data = tokenize_splits(raw, tokenizer, model=cfg.model, max_length=cfg.max_length,
+                           include_test=evaluate_test)
     if max_train_examples:
         train = data.splits["train"]
         keep = slice(0, min(max_train_examples, len(train)))
@@ -84,7 +94,9 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     run = tracking.TrainRun(tracking_uri, experiment, resolved,
                             run_name or f"train-{resolved.get('preset') or 'config'}",
-                            tags={"tunebert.data": data_config.source, **(tags or {})})
+                            tags={"tunebert.data": data_config.source,
+                                  **({tracking.PARENT: parent_run_id} if parent_run_id else {}),
+                                  **(tags or {})})
     print(f"[tunebert] training {cfg.trainable} ({cfg.model}) for {getattr(cfg, 'total_epochs', cfg.epochs)} epochs on "
           f"{len(data.splits['train'])} examples, device {device}; MLflow run {run.run_id}", flush=True)
     progress = _Progress(getattr(cfg, "total_epochs", cfg.epochs), len(data.splits["train"]))
@@ -99,24 +111,29 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
     try:
         model = fit(cfg, data, device=device, report=report, progress=progress.batch)
         test = evaluate(model, data.splits["test"], batch_size=64, pad_token_id=data.pad_token_id,
-                        num_labels=data.num_labels, device=device, precision=cfg.precision)
+                        num_labels=data.num_labels, device=device, precision=cfg.precision) \
+            if evaluate_test else None
     except BaseException as exc:
         run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
                 error=f"{type(exc).__name__}: {exc}")
         raise
-    test_metrics = test.as_metrics("test")
-    run.log_metrics(test_metrics, step=getattr(cfg, "total_epochs", cfg.epochs))
+    test_metrics = test.as_metrics("test") if test is not None else {}
+    if test_metrics:
+        run.log_metrics(test_metrics, step=getattr(cfg, "total_epochs", cfg.epochs))
     checkpoint_dir = None
     with tempfile.TemporaryDirectory() as tmp:
         from trainables.checkpointing import save_checkpoint
 
         target = Path(output_dir) if output_dir else Path(tmp)
-        save_checkpoint(target, model=model, optimizer=None, scheduler=None, scaler=None,
-                        epoch=cfg.epochs, config=resolved, label_map=data.label_map.to_dict())
-        run.log_artifacts(str(target), "model")
+        if output_dir or log_model:
+            save_checkpoint(target, model=model, optimizer=None, scheduler=None, scaler=None,
+                            epoch=cfg.epochs, config=resolved, label_map=data.label_map.to_dict())
+        if log_model:
+            run.log_artifacts(str(target), "model")
         checkpoint_dir = str(target) if output_dir else None
     run.end("FINISHED")
-    print(f"[tunebert] test_accuracy {test_metrics['test_accuracy']:.4f}  "
-          f"test_macro_f1 {test_metrics['test_macro_f1']:.4f}", flush=True)
+    if test_metrics:
+        print(f"[tunebert] test_accuracy {test_metrics['test_accuracy']:.4f}  "
+              f"test_macro_f1 {test_metrics['test_macro_f1']:.4f}", flush=True)
     val = {k: v for k, v in last.items() if k.startswith("val_")}
     return TrainOutcome(run.run_id, resolved, val, test_metrics, checkpoint_dir)

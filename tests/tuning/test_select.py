@@ -1,0 +1,268 @@
+"""Final selection: top-k configs re-trained over seeds, chosen by mean validation score, and only
+then tested. End to end through a real local Ray sweep and a real SQLite MLflow store."""
+
+import argparse
+import json
+import math
+import statistics
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from trainables.data import DataConfig
+from trainables.errors import ConfigError, UserError
+from tuning.selection import (Candidate, SelectionError, add_arguments, choose, final_selection,
+                           mean_std, resolve_data, run)
+
+
+def _candidate(rank, scores, **kw):
+    mean, std = mean_std(scores)
+    return Candidate(rank, f"t{rank}", f"r{rank}", 0.5, {}, tuple(range(len(scores))),
+                     tuple(scores), tuple("x" for _ in scores), mean, std, **kw)
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def test_mean_std_is_the_mean_and_the_sample_standard_deviation():
+    mean, std = mean_std([0.5, 0.7])
+    assert mean == pytest.approx(0.6)
+    assert std == pytest.approx(math.sqrt(((0.5 - 0.6) ** 2 + (0.7 - 0.6) ** 2) / 1))  # n - 1
+    assert mean_std([0.8]) == (0.8, 0.0)
+    assert all(math.isnan(v) for v in mean_std([0.8, float("nan")]))
+
+
+def test_choose_takes_the_best_mean_then_the_lower_std_then_the_better_rank():
+    a, b = _candidate(1, [0.80, 0.80]), _candidate(2, [0.90, 0.78])  # b: higher mean
+    assert choose([a, b]).rank == 2
+    c, d = _candidate(1, [0.70, 0.90]), _candidate(2, [0.80, 0.80])  # same mean, d steadier
+    assert choose([c, d]).rank == 2
+    e, f = _candidate(1, [0.1 + 0.2, 0.3]), _candidate(2, [0.3, 0.2 + 0.1])  # equal but for ulps
+    assert choose([f, e]).rank == 1
+    assert choose([_candidate(1, [0.4]), _candidate(2, [0.3])], mode="min").rank == 2
+
+
+def test_a_candidate_with_a_diverged_seed_cannot_be_chosen():
+    best_but_diverged = _candidate(1, [0.99, float("nan")])
+    assert choose([best_but_diverged, _candidate(2, [0.5, 0.5])]).rank == 2
+    with pytest.raises(SelectionError, match="nothing to choose"):
+        choose([best_but_diverged])
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"top_k": 0}, "`top_k` must be an integer >= 1, but got 0"),
+    ({"top_k": True}, "`top_k` must be an integer >= 1, but got True"),
+    ({"seeds": 0}, "`seeds` must be an integer >= 1, but got 0"),
+    ({"seeds": 1.5}, "`seeds` must be an integer >= 1, but got 1.5"),
+    ({"metric": "test_accuracy"}, "`metric` must be a validation metric (val_...)"),
+    ({"mode": "median"}, "`mode` must be 'max' or 'min'"),
+    ({"epochs": 0}, "`epochs` must be an integer >= 1"),
+    ({"sweep": "bad name!"}, "sweep name 'bad name!' is not allowed"),
+])
+def test_bad_arguments_are_refused_before_anything_is_touched(kwargs, message, tmp_path):
+    kwargs = {"sweep": "s", **kwargs}
+    with pytest.raises(ConfigError) as info:
+        final_selection(storage=str(tmp_path), **kwargs)
+    assert message in str(info.value)
+    assert not any(tmp_path.iterdir())  # no store was created, nothing trained
+
+
+def test_unknown_sweep_is_a_clear_user_error(tmp_path):
+    with pytest.raises(UserError, match="no MLflow store at"):
+        final_selection("never-ran", storage=str(tmp_path))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.create_experiment("other", tags={"tunebert.sweep": "other"})
+    with pytest.raises(UserError, match=r"no sweep named 'never-ran'.*\['other'\]"):
+        final_selection("never-ran", storage=str(tmp_path))
+
+
+def test_the_cli_subcommand_refuses_bad_counts(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for flag in ("--top-k", "--seeds"):
+        args = parser.parse_args(["s", flag, "0", "--storage", str(tmp_path), "--data", "demo"])
+        with pytest.raises(UserError, match=f"`{flag[2:].replace('-', '_')}` must be an integer >= 1"):
+            run(args)
+
+
+def test_data_defaults_to_the_sweeps_own_and_fields_override_it(tmp_path):
+    from tuning.config import SweepConfig
+
+    with pytest.raises(ConfigError, match="or pass --data"):
+        resolve_data("s", str(tmp_path))
+    assert resolve_data("s", str(tmp_path), "demo") == DataConfig("demo")
+    SweepConfig(name="s", storage=str(tmp_path), data=DataConfig("some/folder", "utt", "intent")).save()
+    assert resolve_data("s", str(tmp_path)) == DataConfig("some/folder", "utt", "intent")
+    assert resolve_data("s", str(tmp_path), label_column="y") == DataConfig("some/folder", "utt", "y")
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _spy_on_the_test_split(monkeypatch):
+    """Record, in order, every tokenization (with or without test) and every evaluation of a
+    test split, wherever training and selection do them."""
+    import trainables.data
+    import trainables.loops
+    import tuning.train
+
+    events = []
+    tokenize, evaluate = trainables.data.tokenize_splits, trainables.loops.evaluate
+
+    def spy_tokenize(*args, include_test=True, **kwargs):
+        data = tokenize(*args, include_test=include_test, **kwargs)
+        events.append("tokenize+test" if "test" in data.splits else "tokenize")
+        if "test" in data.splits:
+            data.splits["test"].is_test = True
+        return data
+
+    def spy_evaluate(model, split, **kwargs):
+        if getattr(split, "is_test", False):
+            events.append("evaluate-test")
+        return evaluate(model, split, **kwargs)
+
+    monkeypatch.setattr(trainables.data, "tokenize_splits", spy_tokenize)
+    monkeypatch.setattr(tuning.train, "tokenize_splits", spy_tokenize)
+    monkeypatch.setattr(trainables.loops, "evaluate", spy_evaluate)
+    return events
+
+
+@pytest.mark.slow
+def test_final_selection_end_to_end(ray_local, tiny_model_dir, tmp_path, monkeypatch):
+    from tuning.best import top_k
+    from tuning.config import SweepConfig
+    from tuning.runner import run_sweep
+
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {low: 3.0e-4, high: 3.0e-3, log: true}\n")
+    cfg = SweepConfig(name="sel", model=tiny_model_dir, max_length=64, epochs=2, num_trials=3,
+                      storage=str(tmp_path), scheduler="none", max_concurrent=2, seed=1,
+                      space_file=str(space))
+    run_sweep(cfg)
+    leaders = top_k("sel", 2, storage=str(tmp_path))
+    events = _spy_on_the_test_split(monkeypatch)
+
+    result = final_selection("sel", top_k=2, seeds=2, storage=str(tmp_path),
+                             output_dir=str(tmp_path / "chosen"))
+
+    # the test split: not tokenized for the 4 trainings, then evaluated for the 2 chosen models only
+    assert events == ["tokenize"] * 4 + ["tokenize+test"] + ["evaluate-test"] * 2
+
+    client = MlflowClient(cfg.resolved_tracking_uri())
+    exp = client.get_experiment_by_name("sel")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    by_kind = {}
+    for r in runs:
+        by_kind.setdefault(r.data.tags.get("tunebert.kind"), []).append(r)
+    assert len(by_kind["trial"]) == 3 and len(by_kind["sweep"]) == 1
+    (selection,) = by_kind["selection"]
+    assert selection.info.run_id == result.run_id and selection.info.status == "FINISHED"
+    assert selection.data.tags["mlflow.parentRunId"] == by_kind["sweep"][0].info.run_id
+    seed_runs = [r for r in by_kind["train"] if r.data.tags.get("mlflow.parentRunId") == result.run_id]
+    assert len(seed_runs) == 4 == len(by_kind["train"])
+    assert all(r.info.status == "FINISHED" for r in seed_runs)
+    assert len(top_k("sel", 10, storage=str(tmp_path))) == 3  # selection runs never rank as trials
+
+    # each seed run trains its trial's config with the trial's seed + 0 or + 1, nothing else changed
+    per_rank = {}
+    for r in seed_runs:
+        rank = int(r.data.tags["tunebert.selection.rank"])
+        trial = leaders[rank - 1]
+        config = json.loads(r.data.tags["tunebert.config"])
+        offset = int(r.data.tags["tunebert.selection.seed_offset"])
+        assert r.data.tags["tunebert.selection.trial_id"] == trial.trial_id
+        assert config == {**trial.config, "seed": trial.config["seed"] + offset}
+        per_rank.setdefault(rank, {})[config["seed"]] = r
+    assert sorted(per_rank) == [1, 2] and all(len(v) == 2 for v in per_rank.values())
+
+    # the table: per-seed scores are the seed runs' own, mean/std recomputed from them
+    logged = selection.data.metrics
+    recomputed = {}
+    for rank, seeds in per_rank.items():
+        scores = [seeds[s].data.metrics["val_accuracy"] for s in sorted(seeds)]
+        for s in seeds:
+            assert logged[f"rank{rank}_val_accuracy_seed{s}"] == seeds[s].data.metrics["val_accuracy"]
+        mean, std = statistics.fmean(scores), statistics.stdev(scores)
+        assert logged[f"rank{rank}_val_accuracy_mean"] == pytest.approx(mean, abs=1e-12)
+        assert logged[f"rank{rank}_val_accuracy_std"] == pytest.approx(std, abs=1e-12)
+        candidate = result.candidates[rank - 1]
+        assert (candidate.rank, candidate.trial_id) == (rank, leaders[rank - 1].trial_id)
+        assert candidate.scores == tuple(scores)
+        recomputed[rank] = (mean, std)
+
+    # the chosen one has the highest mean (ties: lower std, then better rank)
+    expected = min(recomputed, key=lambda r: (-round(recomputed[r][0], 12),
+                                              round(recomputed[r][1], 12), r))
+    assert result.chosen.rank == expected
+    assert result.chosen.trial_id == leaders[expected - 1].trial_id
+    assert selection.data.tags["tunebert.chosen_trial_id"] == result.chosen.trial_id
+    assert {r: logged[f"rank{r}_chosen"] for r in (1, 2)} == {r: float(r == expected) for r in (1, 2)}
+
+    # test metrics: on the chosen config's runs and the selection run, nowhere else
+    for rank, seeds in per_rank.items():
+        for r in seeds.values():
+            tests = {k for k in r.data.metrics if k.startswith("test_")}
+            artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
+            assert r.data.tags["tunebert.selection.chosen"] == str(rank == expected).lower()
+            if rank == expected:
+                assert tests == {"test_loss", "test_accuracy", "test_macro_f1"}
+                assert "model" in artifacts
+            else:
+                assert not tests and not artifacts
+    chosen_runs = [per_rank[expected][s] for s in sorted(per_rank[expected])]
+    accuracies = [r.data.metrics["test_accuracy"] for r in chosen_runs]
+    f1s = [r.data.metrics["test_macro_f1"] for r in chosen_runs]
+    assert logged["test_accuracy_mean"] == pytest.approx(statistics.fmean(accuracies), abs=1e-12)
+    assert logged["test_accuracy_std"] == pytest.approx(statistics.stdev(accuracies), abs=1e-12)
+    assert logged["test_macro_f1_mean"] == pytest.approx(statistics.fmean(f1s), abs=1e-12)
+    assert logged["test_macro_f1_std"] == pytest.approx(statistics.stdev(f1s), abs=1e-12)
+    assert result.test_accuracy_mean == pytest.approx(logged["test_accuracy_mean"])
+
+    # the artifacts, and the chosen models kept on disk
+    names = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"selection.json", "selection.md", "chosen_config.yaml"} <= names
+    local = client.download_artifacts(result.run_id, "selection.json", str(tmp_path))
+    with open(local) as f:
+        saved = json.load(f)
+    assert saved["chosen"]["trial_id"] == result.chosen.trial_id
+    assert [c["scores"] for c in saved["candidates"]] == [list(c.scores) for c in result.candidates]
+    assert sorted(p.name for p in (tmp_path / "chosen").iterdir()) == \
+        sorted(f"seed-{s}" for s in result.chosen.seeds)
+    assert "| **yes** |" in result.markdown()
+
+    # the CLI subcommand in smoke mode: top 2 x 1 seed x 1 epoch, on the sweep's own data
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert run(parser.parse_args(["sel", "--storage", str(tmp_path), "--smoke-test"])) == 0
+    selections = client.search_runs([exp.experiment_id], "tags.`tunebert.kind` = 'selection'")
+    (smoke,) = [r for r in selections if r.info.run_id != result.run_id]
+    children = client.search_runs([exp.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{smoke.info.run_id}'")
+    assert len(children) == 2 and smoke.data.params["seeds"] == "1"
+    assert smoke.data.params["data.source"] == "demo"
+
+
+@pytest.mark.slow
+def test_train_config_can_leave_the_test_split_alone(tiny_model_dir, tmp_path, mlflow_uri):
+    from tuning.train import train_config
+
+    client = MlflowClient(mlflow_uri)
+    config = {"model": tiny_model_dir, "max_length": 64, "epochs": 1, "batch_size": 32}
+    full = train_config(config, DataConfig("demo"), tracking_uri=mlflow_uri, max_train_examples=64)
+    assert set(full.test) == {"test_loss", "test_accuracy", "test_macro_f1"}
+    assert "test_accuracy" in client.get_run(full.run_id).data.metrics
+    assert [a.path for a in client.list_artifacts(full.run_id)] == ["model"]
+
+    parent = client.create_run(client.get_run(full.run_id).info.experiment_id).info.run_id
+    val_only = train_config(config, DataConfig("demo"), tracking_uri=mlflow_uri,
+                            max_train_examples=64, evaluate_test=False, parent_run_id=parent,
+                            log_model=False, output_dir=str(tmp_path / "ckpt"))
+    logged = client.get_run(val_only.run_id)
+    assert val_only.test == {} and not any(k.startswith("test_") for k in logged.data.metrics)
+    assert "val_accuracy" in val_only.val and "val_accuracy" in logged.data.metrics
+    assert logged.data.tags["mlflow.parentRunId"] == parent
+    assert client.list_artifacts(val_only.run_id) == []
+    assert (tmp_path / "ckpt" / "state.pt").is_file()  # kept locally all the same

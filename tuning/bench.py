@@ -1,0 +1,471 @@
+"""`tunebert bench`: speed and search quality measured side by side in one run, on one machine.
+
+Parts (each writes rows of the markdown table and a PNG):
+- ``throughput``: samples/s of the trainable's training loop against a minimal plain PyTorch loop
+  on the same model, batches and device, and the speed-up of each data-path option;
+- ``overhead``: wall time of a sweep of N short trials against the same trials run directly;
+- ``search``: ASHA + TPE against random search without early stopping at the same time budget
+  (best validation accuracy over elapsed time, and each one's chosen config on test);
+- ``table``: the study's presets trained with several seeds, mean ± std test accuracy, beside the
+  study's numbers (bert-base-uncased), and the best config of the ``search`` part under them.
+
+Everything is measured as ratios within one run; absolute numbers depend on the machine and are
+reported for context only. ``--train-subset`` and ``--epochs`` scale the expensive parts down
+(the table says when they did).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from trainables.data import DataConfig, TokenizedData, bucketed_batches, collate, load_raw_splits, tokenize_splits
+from trainables.errors import UserError
+
+PARTS = ("throughput", "overhead", "search", "table")
+WARMUP = 2  # untimed batches before each throughput measurement
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+@dataclass
+class BenchReport:
+    sections: dict[str, list[str]] = field(default_factory=dict)
+    figures: list[str] = field(default_factory=list)
+    numbers: dict[str, float] = field(default_factory=dict)
+
+    def add(self, section: str, line: str) -> None:
+        self.sections.setdefault(section, []).append(line)
+
+    def markdown(self, command: str) -> str:
+        out = ["# tunebert benchmark", "", f"Command: `{command}`", "",
+               f"Machine: {_machine()}", ""]
+        for section, lines in self.sections.items():
+            out += [f"## {section}", "", *lines, ""]
+        for fig in self.figures:
+            out += [f"![{Path(fig).stem}]({Path(fig).name})", ""]
+        return "\n".join(out)
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_data(data: DataConfig, model: str, max_length: int, subset: Optional[int]) -> TokenizedData:
+    from trainables.models import load_tokenizer
+
+    raw = load_raw_splits(data)
+    tokenized = tokenize_splits(raw, load_tokenizer(model), model=model, max_length=max_length)
+    if subset:
+        train = tokenized.splits["train"]
+        keep = np.random.default_rng(0).permutation(len(train))[:subset]
+        tokenized.splits["train"] = type(train)([train.input_ids[i] for i in keep], train.labels[keep])
+    return tokenized
+
+
+# --------------------------------------------------------------------------- a. throughput
+
+
+def _plain_loop(model, batches, optimizer, device) -> float:
+    """The reference: a minimal PyTorch loop (forward, cross-entropy, backward, step)."""
+    import torch
+    import torch.nn.functional as F
+
+    model.train()
+    start, seen = time.perf_counter(), 0
+    for step, (ids, mask, labels) in enumerate(batches[:WARMUP] + batches):
+        if step == WARMUP:  # the first batches warm caches up and are not timed
+            start, seen = time.perf_counter(), 0
+        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+        loss = F.cross_entropy(model(ids, mask), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seen += len(labels)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - start)
+
+
+def _fixed_padding(split, indices, pad_id, width):
+    import torch
+
+    ids, mask, labels = collate(split, indices, pad_id)
+    extra = width - ids.shape[1]
+    if extra > 0:
+        ids = torch.nn.functional.pad(ids, (0, extra), value=pad_id)
+        mask = torch.nn.functional.pad(mask, (0, extra), value=0)
+    return ids, mask, labels
+
+
+def throughput(data: TokenizedData, model_name: str, report: BenchReport, *, batches: int,
+               batch_size: int, repeats: int, out: Path) -> None:
+    """Samples/s of each variant on the same number of batches, interleaved over ``repeats``."""
+    import torch
+
+    from trainables.finetune import build_classifier, build_optimization, classification_loss
+    from trainables.hparams import FinetuneConfig
+    from trainables.loops import train_epoch
+
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    train = data.splits["train"]
+    n = batches * batch_size
+    part = type(train)(train.input_ids[:n], train.labels[:n])
+    pad = data.pad_token_id
+
+    def fresh(**changes):
+        cfg = FinetuneConfig(model=model_name, batch_size=batch_size, **changes)
+        model = build_classifier(cfg, data.num_labels).to(device)
+        optimizer, scheduler = build_optimization(model, cfg, total_steps=10 * batches)
+        return cfg, model, optimizer, scheduler
+
+    def ours(**changes):
+        cfg, model, optimizer, scheduler = fresh(**{k: v for k, v in changes.items() if k != "compile"})
+        if changes.get("compile"):
+            model = torch.compile(model)
+        common = dict(batch_size=batch_size, pad_token_id=pad, optimizer=optimizer, scheduler=scheduler,
+                      loss_fn=classification_loss(0.0), device=device, precision=cfg.precision,
+                      grad_clip=cfg.grad_clip)
+        warm = type(part)(part.input_ids[:WARMUP * batch_size], part.labels[:WARMUP * batch_size])
+        train_epoch(model, warm, rng=np.random.default_rng(0), **common)  # untimed (compiles, if asked)
+        stats = train_epoch(model, part, batch_size=batch_size, rng=np.random.default_rng(1),
+                            pad_token_id=pad, optimizer=optimizer, scheduler=scheduler,
+                            loss_fn=classification_loss(0.0), device=device, precision=cfg.precision,
+                            grad_clip=cfg.grad_clip)
+        return stats.samples_per_s
+
+    def plain(order: str):
+        cfg, model, optimizer, _ = fresh()
+        plain_opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+        rng = np.random.default_rng(1)
+        if order == "bucketed":
+            idx = bucketed_batches(part.lengths(), batch_size, rng=rng)
+            made = [collate(part, b, pad) for b in idx]
+        elif order == "random":
+            perm = rng.permutation(len(part))
+            made = [collate(part, perm[i:i + batch_size], pad) for i in range(0, len(part), batch_size)]
+        else:  # fixed width 64, as a tokenizer with padding="max_length" would give
+            perm = rng.permutation(len(part))
+            made = [_fixed_padding(part, perm[i:i + batch_size], pad, 64) for i in range(0, len(part), batch_size)]
+        return _plain_loop(model, made, plain_opt, device)
+
+    variants = {
+        "plain loop, same bucketed batches (reference)": lambda: plain("bucketed"),
+        "plain loop, random batches, dynamic padding": lambda: plain("random"),
+        "plain loop, random batches, padded to 64": lambda: plain("fixed64"),
+        "tunebert loop (default: bucketed, fp32)": lambda: ours(),
+        "tunebert loop + frozen embeddings": lambda: ours(freeze_embeddings=True),
+        "tunebert loop + bf16 autocast": lambda: ours(precision="bf16"),
+        "tunebert loop + torch.compile": lambda: ours(compile=True),
+    }
+    results: dict[str, list[float]] = {k: [] for k in variants}
+    say(f"throughput: {len(variants)} variants x {repeats} rounds of {batches} batches of {batch_size} on {device}")
+    for round_ in range(repeats):
+        for name, run in variants.items():
+            try:
+                results[name].append(run())
+            except Exception as exc:  # e.g. torch.compile without a compiler toolchain
+                say(f"  {name}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+                results[name].append(float("nan"))
+            say(f"  round {round_ + 1}: {name}: {results[name][-1]:.1f} samples/s")
+    ref = statistics.median(results["plain loop, same bucketed batches (reference)"])
+    report.add("a. Trainer throughput", "| variant | samples/s (median) | ratio to plain loop |")
+    report.add("a. Trainer throughput", "|---|---:|---:|")
+    for name, values in results.items():
+        med = statistics.median(values)
+        report.add("a. Trainer throughput", f"| {name} | {med:.1f} | {med / ref:.3f} |")
+    ours_default = statistics.median(results["tunebert loop (default: bucketed, fp32)"])
+    report.numbers["throughput_ratio"] = ours_default / ref
+    report.numbers["epoch_seconds_massive_train"] = 11514 / ours_default
+    report.add("a. Trainer throughput", "")
+    report.add("a. Trainer throughput",
+               f"Trainer / plain loop: **{ours_default / ref:.3f}** (target ≥ 0.95). One epoch of "
+               f"MASSIVE train (11,514 examples) at batch {batch_size} at this rate: "
+               f"**{11514 / ours_default:.0f} s** (target ≤ 60 s).")
+    _bar(out / "throughput.png", {k: statistics.median(v) for k, v in results.items()},
+         "samples/s (median over rounds)", "Training throughput, same model and device")
+    report.figures.append(str(out / "throughput.png"))
+
+
+def _bar(path: Path, values: dict[str, float], xlabel: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(values) + 1.5))
+    names = list(values)[::-1]
+    ax.barh(names, [values[n] for n in names], color="#4477aa")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- b. sweep overhead
+
+
+def overhead(data_cfg: DataConfig, model: str, report: BenchReport, *, trials: int, subset: int,
+             storage: Path, out: Path) -> None:
+    """A sweep of N one-epoch trials (one at a time) against the same configs run directly."""
+    import torch
+
+    from trainables.finetune import fit
+    from trainables.hparams import FinetuneConfig
+    from tuning.best import top_k
+    from tuning.config import SweepConfig
+    from tuning.runner import run_sweep
+
+    name = f"bench-overhead-{int(time.time())}"
+    space = storage / "overhead-space.yaml"
+    space.parent.mkdir(parents=True, exist_ok=True)
+    space.write_text("optimizer: adamw\nhead: linear\n")
+    sub_dir = _subset_folder(data_cfg, subset, storage / "overhead-data")
+    cfg = SweepConfig(name=name, data=DataConfig(str(sub_dir), data_cfg.text_column, data_cfg.label_column),
+                      model=model, max_length=64, epochs=1, num_trials=trials, storage=str(storage),
+                      scheduler="none", max_concurrent=1, cpus_per_trial=float(torch.get_num_threads()),
+                      space_file=str(space))
+    say(f"overhead: sweep of {trials} one-epoch trials on {subset} examples")
+    start = time.perf_counter()
+    run_sweep(cfg)
+    sweep_wall = time.perf_counter() - start
+    configs = [r.config for r in top_k(name, trials, storage=str(storage))]
+    data = load_data(cfg.data, model, 64, None)
+    say("overhead: the same configs run directly")
+    direct = 0.0
+    for config in configs:
+        t = time.perf_counter()
+        fit(FinetuneConfig.from_dict(config), data.without_test(), device=torch.device("cpu"),
+            report=lambda m, w: None)
+        direct += time.perf_counter() - t
+    ratio = sweep_wall / direct
+    report.numbers["sweep_overhead"] = ratio - 1
+    report.add("b. Sweep overhead", f"| | seconds |\n|---|---:|\n| sweep of {trials} trials (wall, incl. "
+               f"validation, Ray start, MLflow, checkpoints) | {sweep_wall:.1f} |\n| the same {len(configs)} "
+               f"trials run directly (sum) | {direct:.1f} |")
+    report.add("b. Sweep overhead", f"\nOverhead: **{100 * (ratio - 1):.1f} %** (target ≤ 5 %).")
+
+
+def _subset_folder(data_cfg: DataConfig, subset: int, folder: Path) -> Path:
+    """A folder with the first ``subset`` training rows (validation and test unchanged)."""
+    raw = load_raw_splits(data_cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, part in raw.items():
+        n = subset if split == "train" else len(part.texts)
+        rows = ({"text": t, "label": l} for t, l in zip(part.texts[:n], part.labels[:n]))
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+# --------------------------------------------------------------------------- c. search efficiency
+
+
+def search(data_cfg: DataConfig, model: str, report: BenchReport, *, budget_s: float, epochs: int,
+           storage: Path, out: Path, seeds_for_test: int) -> dict[str, Any]:
+    """ASHA + TPE vs random search (no early stopping), same wall-clock budget each."""
+    from tuning.best import best_run
+    from tuning.config import SweepConfig
+    from tuning.runner import run_sweep
+    from tuning.train import train_config
+    from tuning import tracking
+
+    curves, chosen = {}, {}
+    stamp = int(time.time())
+    for label, searcher, scheduler in (("ASHA + TPE", "tpe", "asha"), ("random, no early stopping", "random", "none")):
+        name = f"bench-search-{searcher}-{stamp}"
+        cfg = SweepConfig(name=name, data=data_cfg, model=model, max_length=64, epochs=epochs,
+                          num_trials=1000, time_budget_s=budget_s, storage=str(storage),
+                          searcher=searcher, scheduler=scheduler, seed=0)
+        say(f"search: {label} for {budget_s / 60:.0f} min")
+        outcome = run_sweep(cfg)
+        runs = tracking.trial_runs(cfg.resolved_tracking_uri(), name)
+        points = []
+        for run in runs:
+            if run.info.status != "FINISHED" or "val_accuracy" not in run.data.metrics:
+                continue
+            points.append(((run.info.end_time - outcome_start(runs)) / 1000.0, run.data.metrics["val_accuracy"]))
+        curves[label] = sorted(points)
+        if not points:
+            report.add("c. Search efficiency", f"- **{label}**: no trial finished within the budget")
+            continue
+        best = best_run(name, storage=str(storage))
+        chosen[label] = best.config
+        tests = [train_config({**best.config, "seed": s}, data_cfg, tracking_uri=cfg.resolved_tracking_uri(),
+                              experiment=name, run_name=f"test-seed{s}").test["test_accuracy"]
+                 for s in range(seeds_for_test)]
+        report.add("c. Search efficiency", f"- **{label}**: {len(runs)} trials in {outcome.wall_s / 60:.1f} min, "
+                   f"best val_accuracy {best.metrics['val_accuracy']:.4f}; its config retrained "
+                   f"{seeds_for_test}x on train: test accuracy {_pm(tests)}")
+    _curves(out / "search_efficiency.png", curves)
+    report.figures.append(str(out / "search_efficiency.png"))
+    return chosen
+
+
+def outcome_start(runs) -> int:
+    return min(r.info.start_time for r in runs)
+
+
+def _pm(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f} %"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f} %"
+
+
+def _curves(path: Path, curves: dict[str, list[tuple[float, float]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, points in curves.items():
+        if not points:
+            continue
+        t = [p[0] / 60 for p in points]
+        best = np.maximum.accumulate([p[1] for p in points])
+        ax.step(t, best, where="post", label=label)
+        ax.scatter(t, [p[1] for p in points], s=12, alpha=0.5)
+    ax.set_xlabel("elapsed minutes")
+    ax.set_ylabel("best validation accuracy so far")
+    ax.set_title("Search efficiency at the same budget")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- d. the study's table
+
+
+def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds: int,
+                epochs: Optional[int], storage: Path, tuned: Optional[dict], out: Path,
+                presets: tuple[str, ...]) -> None:
+    from search_spaces.presets import STUDY_TEST_ACCURACY, get_preset
+    from tuning.config import resolve_tracking_uri
+    from tuning.train import train_config
+
+    uri = resolve_tracking_uri(None, storage)
+    rows = []
+    configs = [(name, get_preset(name)) for name in presets]
+    if tuned:
+        configs.append(("tuned best config (search part)", dict(tuned)))
+    for name, config in configs:
+        if epochs:
+            config = {**config, "epochs": epochs}
+            if "contrastive_epochs" in config:
+                config["contrastive_epochs"] = min(config["contrastive_epochs"], epochs)
+        tests = []
+        for seed in range(seeds):
+            say(f"table: {name}, seed {seed}")
+            out_run = train_config({**config, "seed": seed}, data_cfg, tracking_uri=uri,
+                                   experiment="bench-study-table", run_name=f"{name}-seed{seed}")
+            tests.append(out_run.test["test_accuracy"])
+        study = STUDY_TEST_ACCURACY.get(name)
+        rows.append((name, tests, study))
+    scaled = f" (scaled down: {epochs} epochs per stage)" if epochs else ""
+    report.add("d. The study's table", f"Test accuracy on MASSIVE en-US, {model}, {seeds} seeds{scaled}; "
+               f"study: bert-base-uncased, one run each.\n")
+    report.add("d. The study's table", "| configuration | ours (mean ± std) | study |\n|---|---:|---:|")
+    for name, tests, study in rows:
+        report.add("d. The study's table", f"| {name} | {_pm(tests)} | {study if study else '—'} |")
+
+
+# --------------------------------------------------------------------------- command
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parts", default="throughput,overhead",
+                   help=f"comma-separated parts to run: {', '.join(PARTS)} (default: throughput,overhead)")
+    p.add_argument("--data", default="../shared/data/massive-en")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--model", default="minilm-l6")
+    p.add_argument("--out", default="bench", help="folder for results.md and the PNGs")
+    p.add_argument("--storage", default="tunebert-runs/bench", help="where the benchmark's sweeps go")
+    p.add_argument("--batches", type=int, default=40, help="throughput: batches per measurement")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3, help="throughput: interleaved rounds")
+    p.add_argument("--overhead-trials", type=int, default=4)
+    p.add_argument("--overhead-subset", type=int, default=1024)
+    p.add_argument("--search-budget", type=float, default=3600.0, help="search: seconds per strategy")
+    p.add_argument("--search-epochs", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="table/search: seeds per configuration")
+    p.add_argument("--table-epochs", type=int, default=None, help="table: cap epochs (scaled-down run)")
+    p.add_argument("--presets", default="baseline,llrd,warmup,llrd_warmup,supcon,simclr")
+    p.add_argument("--smoke-test", action="store_true",
+                   help="tiny sizes everywhere (checks the wiring, numbers mean nothing)")
+
+
+def run(args) -> int:
+    import shlex
+    import sys
+
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise UserError(f"--parts: unknown part(s) {unknown}; choose from {list(PARTS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = Path(args.storage).expanduser().resolve()
+    data_cfg = DataConfig(args.data, args.text_column, args.label_column)
+    if args.smoke_test:
+        args.batches, args.repeats, args.overhead_trials, args.overhead_subset = 3, 1, 2, 64
+        args.search_budget, args.search_epochs, args.seeds, args.table_epochs = 20, 1, 1, 1
+    if args.smoke_test:
+        data_cfg = DataConfig(str(_subset_folder(data_cfg, 128, storage / "smoke-data")))
+    report = BenchReport()
+    command = "tunebert " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if "throughput" in parts:
+        data = load_data(data_cfg, args.model, 64, None)
+        throughput(data, args.model, report, batches=args.batches, batch_size=args.batch_size,
+                   repeats=args.repeats, out=out)
+    if "overhead" in parts:
+        overhead(data_cfg, args.model, report, trials=args.overhead_trials, subset=args.overhead_subset,
+                 storage=storage, out=out)
+    tuned = None
+    if "search" in parts:
+        chosen = search(data_cfg, args.model, report, budget_s=args.search_budget, epochs=args.search_epochs,
+                        storage=storage, out=out, seeds_for_test=args.seeds)
+        tuned = chosen.get("ASHA + TPE")
+    if "table" in parts:
+        study_table(data_cfg, args.model, report, seeds=args.seeds, epochs=args.table_epochs,
+                    storage=storage, tuned=tuned, out=out,
+                    presets=tuple(p.strip() for p in args.presets.split(",") if p.strip()))
+    text = report.markdown(command)
+    (out / "results.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(report.numbers, indent=2))
+    _log_to_mlflow(storage, out)
+    print(text)
+    say(f"wrote {out / 'results.md'}")
+    return 0
+
+
+def _log_to_mlflow(storage: Path, out: Path) -> None:
+    from tuning import tracking
+    from tuning.config import resolve_tracking_uri
+
+    run = tracking.TrainRun(resolve_tracking_uri(None, storage), "tunebert-bench",
+                            {"trainable": "bench"}, f"bench-{time.strftime('%Y%m%d-%H%M%S')}",
+                            tags={"tunebert.kind": "bench"})
+    run.log_artifacts(str(out), "bench")
+    run.end("FINISHED")

@@ -1,0 +1,487 @@
+"""Final selection: re-train the sweep's top-k configs over several seeds, choose one by its mean
+validation score, and only then evaluate the chosen config's models on test.
+
+A sweep's best trial is the best of many noisy draws, so its validation score is biased upward
+(the winner's curse), and one seed says little about a config. ``final_selection``:
+
+1. takes the ``top_k`` finished trials of the sweep, best first (``tuning.best.top_k``);
+2. re-trains each config with ``seeds`` seeds, namely the config's own ``seed`` + 0, 1, ...,
+   ``seeds - 1`` (offset 0 repeats the trial's seed), on train, measuring validation only. The
+   test split is not even tokenized for these runs (``train_config(evaluate_test=False)``);
+3. chooses the config with the best mean validation score over its seeds; ties go to the lower
+   standard deviation, then to the better sweep rank. A config with a diverged seed (NaN loss)
+   cannot be chosen;
+4. only then evaluates the chosen config's seed models on test. They are not re-trained: every
+   seed's model is written to a temporary checkpoint and the chosen ones are reloaded.
+
+Standard deviations are sample standard deviations (n - 1 in the denominator), 0 for one seed.
+
+MLflow: a ``tunebert.kind=selection`` run in the sweep's experiment, nested under the sweep's
+parent run, holds the table (``rank{r}_{metric}_seed{s}``, ``_mean``, ``_std``, ``rank{r}_chosen``),
+``selection.json``, ``selection.md``, ``chosen_config.yaml`` and the chosen config's
+``test_accuracy_mean``/``_std`` and ``test_macro_f1_mean``/``_std``. Each re-training is a
+``tunebert.kind=train`` run nested under the selection run; only the chosen config's runs get
+test metrics and a ``model`` artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+from trainables import registry
+from trainables.data import DataConfig
+from trainables.errors import ConfigError, DataError, NonFiniteLossError, UserError
+from tuning.config import DEFAULT_ROOT, check_sweep_name, load_saved_sweep, resolve_tracking_uri
+
+HELP = "re-train a sweep's top configs over seeds, choose by mean validation score, then test"
+DESCRIPTION = (
+    "Final selection: re-train the sweep's top-k configs with several seeds each (the config's "
+    "seed + 0..seeds-1), on train, measuring validation only; choose the config with the best "
+    "mean validation score (ties: lower std, then sweep rank); only then evaluate the chosen "
+    "config's models on test (mean ± std). Everything is logged to the sweep's MLflow experiment.")
+
+
+def _say(message: str) -> None:
+    print(f"[tunebert] select: {message}", flush=True)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One of the sweep's top-k configs and its re-training over seeds."""
+
+    rank: int                 # 1-based rank in the sweep's top-k
+    trial_id: str
+    trial_run_id: str
+    sweep_score: float        # the trial's metric in the sweep
+    config: dict[str, Any]    # the trial's config (each seed run replaces ``seed``)
+    seeds: tuple[int, ...]
+    scores: tuple[float, ...]  # the metric of each seed's run at its last epoch; NaN if diverged
+    run_ids: tuple[str, ...]   # "" for a seed whose run could not be identified
+    mean: float
+    std: float
+    chosen: bool = False
+
+    @property
+    def diverged(self) -> bool:
+        return not all(math.isfinite(s) for s in self.scores)
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    sweep: str
+    metric: str
+    mode: str
+    run_id: str               # the selection run
+    tracking_uri: str
+    candidates: tuple[Candidate, ...]
+    chosen: Candidate
+    test: tuple[dict[str, Any], ...]  # per chosen seed: seed, run_id, test_loss/accuracy/macro_f1
+    test_accuracy_mean: float
+    test_accuracy_std: float
+    test_macro_f1_mean: float
+    test_macro_f1_std: float
+    output_dir: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["candidates"] = [asdict(c) for c in self.candidates]
+        d["chosen"] = {"rank": self.chosen.rank, "trial_id": self.chosen.trial_id,
+                       "config": self.chosen.config}
+        return d
+
+    def markdown(self) -> str:
+        return render_markdown(self)
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation); std is 0 for one value, both NaN if any value is."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_std needs at least one value")
+    if not all(math.isfinite(v) for v in values):
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _choice_key(candidate: Candidate, mode: str) -> tuple[float, float, int]:
+    # means of the same numbers in another order can differ in the last bits: compare rounded
+    mean = round(candidate.mean, 12)
+    return (-mean if mode == "max" else mean, round(candidate.std, 12), candidate.rank)
+
+
+def choose(candidates: Sequence[Candidate], mode: str = "max") -> Candidate:
+    """The best mean (highest for ``mode='max'``); ties: lower std, then better rank. Candidates
+    whose mean is not finite (a seed diverged) cannot be chosen."""
+    eligible = [c for c in candidates if math.isfinite(c.mean)]
+    if not eligible:
+        raise SelectionError(
+            f"none of the {len(candidates)} candidate(s) trained to a finite validation score on "
+            f"every seed, so there is nothing to choose; check the configs (their runs ended FAILED)")
+    return min(eligible, key=lambda c: _choice_key(c, mode))
+
+
+class SelectionError(UserError):
+    """Final selection cannot go ahead as asked."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _check_count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"`{name}` must be an integer >= 1, but got {value!r}")
+
+
+def check_arguments(sweep: str, top_k: int, seeds: int, metric: str, mode: str,
+                    epochs: Optional[int]) -> None:
+    check_sweep_name(sweep)
+    _check_count("top_k", top_k)
+    _check_count("seeds", seeds)
+    if epochs is not None:
+        _check_count("epochs", epochs)
+    if mode not in ("max", "min"):
+        raise ConfigError(f"`mode` must be 'max' or 'min', but got {mode!r}")
+    if not isinstance(metric, str) or not metric.startswith("val_"):
+        raise ConfigError(f"`metric` must be a validation metric (val_...): selection never looks "
+                          f"at the test split, but got {metric!r}")
+
+
+def resolve_data(sweep: str, storage: str = DEFAULT_ROOT, source: Optional[str] = None,
+                 text_column: Optional[str] = None, label_column: Optional[str] = None) -> DataConfig:
+    """The sweep's own data settings (saved beside the sweep), with any given field overriding."""
+    try:
+        saved: Optional[DataConfig] = load_saved_sweep(sweep, storage).data
+    except ConfigError:
+        if source is None:
+            root = Path(storage).expanduser().resolve()
+            raise ConfigError(
+                f"cannot tell which data sweep {sweep!r} used: its saved settings are not under "
+                f"{root}. Pass the --storage the sweep used, or pass --data (and "
+                f"--text-column/--label-column unless they are text/label).") from None
+        saved = None
+    base = saved or DataConfig()
+    changes = {k: v for k, v in (("source", source), ("text_column", text_column),
+                                 ("label_column", label_column)) if v is not None}
+    return replace(base, **changes)
+
+
+# --------------------------------------------------------------------------- reloading a model
+
+
+def load_trained_model(directory: str | Path, num_labels: int):
+    """Rebuild a model written by ``train_config(output_dir=...)`` from its checkpoint folder.
+    Returns (model on CPU, checkpoint state)."""
+    from trainables.checkpointing import load_checkpoint
+    from trainables.finetune import build_classifier
+
+    state = load_checkpoint(directory)
+    cfg = registry.config_class(state["config"]["trainable"]).from_dict(state["config"])
+    model = build_classifier(cfg, num_labels)
+    if cfg.trainable == "contrastive":  # a classifier plus its projection head
+        from trainables.contrastive import ContrastiveModel
+
+        model = ContrastiveModel(model, cfg.projection_dim)
+    model.load_state_dict(state["model"])
+    return model, state
+
+
+def evaluate_on_test(checkpoints: Sequence[str], data_config: DataConfig, config: dict) -> list[dict]:
+    """Test metrics of each checkpoint's model: the only place selection reads the test split."""
+    import torch
+
+    from trainables.data import load_raw_splits, tokenize_splits
+    from trainables.loops import evaluate
+    from trainables.models import load_tokenizer
+
+    cfg = registry.config_class(config["trainable"]).from_dict(config)
+    data = tokenize_splits(load_raw_splits(data_config), load_tokenizer(cfg.model), model=cfg.model,
+                           max_length=cfg.max_length)
+    label_map = json.loads(json.dumps(data.label_map.to_dict()))
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    results = []
+    for directory in checkpoints:
+        model, state = load_trained_model(directory, data.num_labels)
+        if state["label_map"] != label_map:
+            raise DataError(f"the data's label map changed since the model in {directory} was "
+                            f"trained; selection needs the same data for training and testing")
+        result = evaluate(model.to(device), data.splits["test"], batch_size=64,
+                          pad_token_id=data.pad_token_id, num_labels=data.num_labels,
+                          device=device, precision=cfg.precision)
+        results.append(result.as_metrics("test"))
+        del model
+    return results
+
+
+# --------------------------------------------------------------------------- the selection
+
+
+def _train_seed(config: dict, data: DataConfig, *, uri: str, sweep: str, parent_run_id: str,
+                rank: int, trial_id: str, seed: int, offset: int, checkpoint: Path, metric: str,
+                max_train_examples: Optional[int]) -> tuple[float, str]:
+    """Train one seed of one candidate, validation only; (its metric, its run id)."""
+    from tuning.train import train_config
+
+    try:
+        outcome = train_config(
+            {**config, "seed": seed}, data, tracking_uri=uri, experiment=sweep,
+            run_name=f"select-rank{rank}-seed{seed}", output_dir=str(checkpoint),
+            tags={"tunebert.sweep": sweep, "tunebert.from_sweep": sweep,
+                  "tunebert.selection.rank": str(rank), "tunebert.selection.trial_id": trial_id,
+                  "tunebert.selection.seed": str(seed), "tunebert.selection.seed_offset": str(offset)},
+            max_train_examples=max_train_examples, evaluate_test=False,
+            parent_run_id=parent_run_id, log_model=False)
+    except NonFiniteLossError as exc:  # its run ended FAILED; the candidate cannot be chosen
+        _say(f"rank {rank} seed {seed} diverged ({exc}); this config cannot be chosen")
+        return math.nan, ""
+    if metric not in outcome.val:
+        raise ConfigError(f"`metric` {metric!r} was not reported when training trial {trial_id}'s "
+                          f"config; validation metrics there: {sorted(outcome.val)}")
+    return float(outcome.val[metric]), outcome.run_id
+
+
+def _candidate_metrics(c: Candidate, metric: str) -> dict[str, float]:
+    out = {f"rank{c.rank}_{metric}_seed{s}": v for s, v in zip(c.seeds, c.scores)}
+    out.update({f"rank{c.rank}_{metric}_mean": c.mean, f"rank{c.rank}_{metric}_std": c.std,
+                f"rank{c.rank}_sweep_{metric}": c.sweep_score})
+    return out
+
+
+def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "val_accuracy",
+                    tracking_uri: Optional[str] = None, storage: str = DEFAULT_ROOT,
+                    data: Optional[DataConfig] = None, *, mode: str = "max",
+                    epochs: Optional[int] = None, max_train_examples: Optional[int] = None,
+                    output_dir: Optional[str] = None) -> SelectionResult:
+    """Re-train the sweep's ``top_k`` configs with ``seeds`` seeds each (config seed + 0..seeds-1),
+    choose by mean validation ``metric``, then test the chosen config's seed models.
+
+    ``data`` defaults to the sweep's own data settings; ``epochs`` overrides every config's epochs;
+    ``output_dir`` keeps the chosen models there (``seed-<seed>/`` each).
+    """
+    from trainables.data import load_raw_splits
+    from tuning import best, tracking
+
+    check_arguments(sweep, top_k, seeds, metric, mode, epochs)
+    uri = resolve_tracking_uri(tracking_uri, Path(storage).expanduser().resolve())
+    leaders = best.top_k(sweep, top_k, metric, mode, tracking_uri=tracking_uri, storage=storage)
+    if not leaders:
+        raise SelectionError(f"sweep {sweep!r} has no finished trial with a finite {metric!r} yet; "
+                             f"nothing to select from")
+    if len(leaders) < top_k:
+        _say(f"sweep {sweep!r} has only {len(leaders)} finished trial(s) with a finite {metric!r}; "
+             f"selecting among those")
+    data = data if data is not None else resolve_data(sweep, storage)
+    load_raw_splits(data)  # fail on bad data before anything is logged or trained
+    parent = tracking.sweep_run(uri, sweep)
+    params = {"sweep": sweep, "top_k": top_k, "seeds": seeds, "seed_offsets": f"0..{seeds - 1}",
+              "metric": metric, "mode": mode, "epochs": epochs if epochs else "config's",
+              "max_train_examples": max_train_examples or "all", **{
+                  f"data.{k}": v for k, v in data.to_dict().items()}}
+    for rank, trial in enumerate(leaders, start=1):
+        base = int(trial.config.get("seed", 0))
+        params[f"rank{rank}_trial_id"] = trial.trial_id
+        params[f"rank{rank}_trial_run_id"] = trial.run_id
+        params[f"rank{rank}_seeds"] = ",".join(str(base + j) for j in range(seeds))
+    run = tracking.SelectionRun(uri, sweep, params, run_name=f"select-top{len(leaders)}x{seeds}",
+                                parent_run_id=parent.info.run_id if parent else None)
+    _say(f"sweep {sweep!r}: top {len(leaders)} trial(s) by {metric}, {seeds} seed(s) each (the "
+         f"config's seed + 0..{seeds - 1}), validation only; MLflow run {run.run_id}")
+    workdir = Path(tempfile.mkdtemp(prefix="tunebert-select-"))
+    try:
+        result = _select(leaders, data, run, uri=uri, sweep=sweep, seeds=seeds, metric=metric,
+                         mode=mode, epochs=epochs, max_train_examples=max_train_examples,
+                         workdir=workdir, output_dir=output_dir)
+    except BaseException as exc:
+        run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
+                error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    run.end("FINISHED")
+    return result
+
+
+def _select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int, metric: str,
+            mode: str, epochs: Optional[int], max_train_examples: Optional[int], workdir: Path,
+            output_dir: Optional[str]) -> SelectionResult:
+    import yaml
+
+    from tuning import tracking
+
+    candidates: list[Candidate] = []
+    leader: Optional[Candidate] = None
+    for rank, trial in enumerate(leaders, start=1):
+        config = {**trial.config, **({"epochs": epochs} if epochs else {})}
+        base = int(config.get("seed", 0))
+        scores, run_ids = [], []
+        for offset in range(seeds):
+            seed = base + offset
+            _say(f"rank {rank}/{len(leaders)} trial {trial.trial_id} (sweep {metric} "
+                 f"{trial.metrics[metric]:.4f}): seed {offset + 1}/{seeds} = {seed}")
+            score, run_id = _train_seed(
+                config, data, uri=uri, sweep=sweep, parent_run_id=run.run_id, rank=rank,
+                trial_id=trial.trial_id, seed=seed, offset=offset,
+                checkpoint=workdir / f"rank{rank}" / f"seed-{seed}", metric=metric,
+                max_train_examples=max_train_examples)
+            scores.append(score)
+            run_ids.append(run_id)
+        mean, std = mean_std(scores)
+        candidate = Candidate(rank, trial.trial_id, trial.run_id, float(trial.metrics[metric]),
+                              config, tuple(base + j for j in range(seeds)), tuple(scores),
+                              tuple(run_ids), mean, std)
+        candidates.append(candidate)
+        run.log_metrics(_candidate_metrics(candidate, metric))
+        _say(f"rank {rank} trial {trial.trial_id}: {metric} "
+             f"{', '.join(f'{s:.4f}' for s in scores)} -> mean {mean:.4f} ± {std:.4f}")
+        # keep only the checkpoints of the best candidate so far (disk: two candidates at most)
+        previous = leader
+        if math.isfinite(candidate.mean):
+            leader = choose([c for c in (leader, candidate) if c is not None], mode)
+        for loser in (previous, candidate):
+            if loser is not None and loser is not leader:
+                shutil.rmtree(workdir / f"rank{loser.rank}", ignore_errors=True)
+
+    chosen = choose(candidates, mode)
+    if leader is not chosen:  # cannot happen: the running choice uses the same total order
+        raise RuntimeError(f"internal error: kept rank {leader.rank if leader else None}'s models "
+                           f"but chose rank {chosen.rank}")
+    candidates = [replace(c, chosen=c is chosen) for c in candidates]
+    chosen = next(c for c in candidates if c.chosen)
+    for c in candidates:
+        run.log_metrics({f"rank{c.rank}_chosen": float(c.chosen)})
+        for run_id in c.run_ids:
+            if run_id:
+                tracking.annotate_run(uri, run_id,
+                                      tags={"tunebert.selection.chosen": str(c.chosen).lower()})
+    run.set_tags({"tunebert.chosen_rank": chosen.rank, "tunebert.chosen_trial_id": chosen.trial_id,
+                  "tunebert.chosen_trial_run_id": chosen.trial_run_id,
+                  "tunebert.config": json.dumps(chosen.config, sort_keys=True)})
+    _say(f"chosen: rank {chosen.rank} trial {chosen.trial_id}, mean {metric} {chosen.mean:.4f} "
+         f"± {chosen.std:.4f}; now, and only for it, the test split")
+
+    # ---- the test split, for the chosen config's seed models only
+    checkpoints = [str(workdir / f"rank{chosen.rank}" / f"seed-{s}") for s in chosen.seeds]
+    per_seed = evaluate_on_test(checkpoints, data, chosen.config)
+    test_rows = []
+    chosen_cfg = registry.config_class(chosen.config["trainable"]).from_dict(chosen.config)
+    step = getattr(chosen_cfg, "total_epochs", chosen_cfg.epochs)  # as train_config logs test
+    for seed, run_id, metrics, directory in zip(chosen.seeds, chosen.run_ids, per_seed, checkpoints):
+        tracking.annotate_run(uri, run_id, metrics=metrics, step=step)
+        tracking.log_artifacts_to(uri, run_id, directory, "model")
+        test_rows.append({"seed": seed, "run_id": run_id, **metrics})
+        if output_dir:
+            shutil.copytree(directory, Path(output_dir) / f"seed-{seed}", dirs_exist_ok=True)
+    acc_mean, acc_std = mean_std(r["test_accuracy"] for r in test_rows)
+    f1_mean, f1_std = mean_std(r["test_macro_f1"] for r in test_rows)
+    run.log_metrics({f"chosen_{metric}_mean": chosen.mean, f"chosen_{metric}_std": chosen.std,
+                     "test_accuracy_mean": acc_mean, "test_accuracy_std": acc_std,
+                     "test_macro_f1_mean": f1_mean, "test_macro_f1_std": f1_std,
+                     **{f"test_accuracy_seed{r['seed']}": r["test_accuracy"] for r in test_rows},
+                     **{f"test_macro_f1_seed{r['seed']}": r["test_macro_f1"] for r in test_rows}})
+    result = SelectionResult(sweep, metric, mode, run.run_id, uri, tuple(candidates), chosen,
+                             tuple(test_rows), acc_mean, acc_std, f1_mean, f1_std,
+                             str(Path(output_dir).resolve()) if output_dir else None)
+    reports = workdir / "report"
+    reports.mkdir()
+    (reports / "selection.json").write_text(json.dumps(result.to_dict(), indent=2))
+    (reports / "selection.md").write_text(result.markdown())
+    (reports / "chosen_config.yaml").write_text(yaml.safe_dump(chosen.config, sort_keys=True))
+    for name in ("selection.json", "selection.md", "chosen_config.yaml"):
+        run.log_artifact(str(reports / name))
+    print()
+    print(result.markdown(), flush=True)
+    return result
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else "nan"
+
+
+def render_markdown(result: SelectionResult) -> str:
+    """The selection table and the chosen config's test result, as Markdown."""
+    m = result.metric
+    n = max(len(c.seeds) for c in result.candidates)
+    head = (["rank", "trial", f"sweep {m}"] + [f"seed+{j}" for j in range(n)]
+            + [f"mean {m}", "std", "chosen"])
+    lines = [f"# Final selection for sweep `{result.sweep}`", "",
+             f"Top {len(result.candidates)} trial(s) by `{m}` ({result.mode}), re-trained with "
+             f"{n} seed(s) each (the config's seed + 0..{n - 1}) on train, scored on validation "
+             f"only. Chosen: best mean; ties go to the lower std (sample, n-1), then the better "
+             f"rank.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in result.candidates:
+        cells = ([str(c.rank), c.trial_id, _fmt(c.sweep_score)] + [_fmt(s) for s in c.scores]
+                 + [""] * (n - len(c.scores))
+                 + [_fmt(c.mean), _fmt(c.std), "**yes**" if c.chosen else ""])
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Test split, chosen config (rank {result.chosen.rank}, trial "
+                  f"{result.chosen.trial_id}), {len(result.test)} seed model(s), evaluated once "
+                  f"after the choice:", "",
+              f"- test accuracy: **{_fmt(result.test_accuracy_mean)} ± "
+              f"{_fmt(result.test_accuracy_std)}**",
+              f"- test macro-F1: {_fmt(result.test_macro_f1_mean)} ± "
+              f"{_fmt(result.test_macro_f1_std)}",
+              "", "| seed | test accuracy | test macro-F1 |", "|---|---|---|"]
+    lines += [f"| {r['seed']} | {_fmt(r['test_accuracy'])} | {_fmt(r['test_macro_f1'])} |"
+              for r in result.test]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- the CLI subcommand
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="the sweep")
+    p.add_argument("--top-k", type=int, default=3,
+                   help="how many of the sweep's best configs (default: 3)")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="seeds per config: the config's seed + 0..SEEDS-1 (default: 3)")
+    p.add_argument("--metric", default="val_accuracy",
+                   help="validation metric to rank and choose by (default: val_accuracy)")
+    p.add_argument("--mode", choices=["max", "min"], default="max")
+    p.add_argument("--epochs", type=int, default=None, help="override every config's epochs")
+    p.add_argument("--output-dir", help="also keep the chosen config's seed models here (seed-<seed>/)")
+    g = p.add_argument_group("data (default: the sweep's own)")
+    g.add_argument("--data", default=None, help="'demo', a folder with train/validation/test files, "
+                                                "or hf:<hub dataset id>")
+    g.add_argument("--text-column", default=None, help="column holding the text")
+    g.add_argument("--label-column", default=None, help="column holding the label")
+    g = p.add_argument_group("where results go")
+    g.add_argument("--storage", default=DEFAULT_ROOT,
+                   help="the sweep's storage root (default: ./tunebert-runs)")
+    g.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                        "sqlite:///<storage>/mlflow.db)")
+    p.add_argument("--smoke-test", action="store_true",
+                   help="top 2 x 1 seed, 1 epoch on at most 64 training examples (checks the wiring)")
+
+
+def run(args) -> int:
+    from tuning.tracking import redact
+
+    top_k, seeds, epochs, limit = args.top_k, args.seeds, args.epochs, None
+    if args.smoke_test:
+        top_k, seeds, epochs, limit = min(top_k, 2), 1, 1, 64
+    check_arguments(args.name, top_k, seeds, args.metric, args.mode, epochs)
+    data = resolve_data(args.name, args.storage, args.data, args.text_column, args.label_column)
+    result = final_selection(args.name, top_k, seeds, args.metric, args.tracking_uri, args.storage,
+                             data, mode=args.mode, epochs=epochs, max_train_examples=limit,
+                             output_dir=args.output_dir)
+    _say(f"MLflow: {redact(result.tracking_uri)} (experiment {result.sweep!r}, run {result.run_id}; "
+         f"selection.md, selection.json, chosen_config.yaml)")
+    if result.output_dir:
+        _say(f"chosen models: {result.output_dir}")
+    return 0
