@@ -54,6 +54,9 @@ EXIT_USER_ERROR = 2  # tuning.cli.EXIT_USER_ERROR
 TMP = "/tmp"
 
 
+T0 = time.time()
+def _t(m): print(f"TIMING {time.time()-T0:7.1f} {m}", flush=True)
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -151,6 +154,7 @@ def postgres_uri():
                               text=True, timeout=120, env={**os.environ, "PGPASSWORD": password})
         assert done.returncode == 0, f"{cmd[0]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
 
+    _t("pg begin")
     run(bin_dir / "initdb", "-D", data, "-U", "mlflow", f"--pwfile={pwfile}",
         "--auth=scram-sha-256", "-E", "UTF8", "--locale=C")
     pwfile.unlink()
@@ -160,6 +164,7 @@ def postgres_uri():
         run(bin_dir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "mlflow", "mlflow", owner=False)
         # the driver named explicitly: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, while
         # the project's test extras bring psycopg2-binary
+        _t("pg up")
         yield f"postgresql+psycopg2://mlflow:{password}@127.0.0.1:{port}/mlflow"
     finally:
         subprocess.run([*as_owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate",
@@ -197,6 +202,7 @@ def mlflow_server(postgres_uri, tmp_path_factory) -> MlflowServer:
                 if proc.poll() is not None or time.time() > deadline:
                     raise RuntimeError(f"mlflow server did not start:\n{_tail(log)}")
                 time.sleep(0.5)
+        _t("mlflow up")
         yield MlflowServer(uri, folder / "artifacts")
     finally:
         _stop_group(proc)
@@ -285,9 +291,9 @@ def ray_cluster():
             with log.open("w") as out:
                 procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                               cwd=root, start_new_session=True))
-            _wait_for_log(procs[-1], log, "block forever", f"the Ray {name} node")
+            _wait_for_log(procs[-1], log, "block forever", f"the Ray {name} node"); _t(name)
         nodes = _alive_nodes(address, env, expected=2)
-        assert len(nodes) == 2, nodes
+        _t("nodes"); assert len(nodes) == 2, nodes
         head = next(n for n in nodes if "node:__internal_head__" in n["resources"])
         worker = next(n for n in nodes if "worker_node" in n["resources"])
         assert (head["ip"], worker["ip"]) == (HEAD_IP, WORKER_IP)
@@ -295,10 +301,11 @@ def ray_cluster():
         yield RayCluster(address, env, head["id"], worker["id"],
                          None if hide_error else node_local, hide_error)
     finally:
+        _t("ray teardown")
         for proc in reversed(procs):  # SIGTERM: `ray start --block` stops the node's processes
             _stop(proc)
         _kill_all_mentioning(str(root))  # whatever outlived its node (all of it names root)
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True); _t("ray down")
 
 
 def _cli(cluster: RayCluster, *args: str) -> subprocess.CompletedProcess:
@@ -321,7 +328,7 @@ def test_cli_sweep_on_a_two_node_cluster_logs_to_an_mlflow_server(ray_cluster, m
                 "--tracking-uri", uri, "--storage", str(shared), "--model", tiny_model_dir,
                 "--max-length", "64", "--epochs", "2", "--trials", "2", "--scheduler", "none",
                 "--max-concurrent", "2")
-    assert done.returncode == 0, _output(done)
+    _t("cli done"); assert done.returncode == 0, _output(done)
 
     client = MlflowClient(uri)  # everything below is read back through the server
     experiment = client.get_experiment_by_name("cluster")
