@@ -54,9 +54,6 @@ EXIT_USER_ERROR = 2  # tuning.cli.EXIT_USER_ERROR
 TMP = "/tmp"
 
 
-T0 = time.time()
-def _t(m): print(f"TIMING {time.time()-T0:7.1f} {m}", flush=True)
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -134,41 +131,41 @@ def postgres_uri():
             pytest.fail(message)
         pytest.skip(message)
     root = Path(tempfile.mkdtemp(prefix="tb-pg-", dir=TMP))
+    data, port, password = root / "data", _free_port(), secrets.token_hex(12)
+    pwfile = root / "pwfile"
+    pwfile.write_text(password)
     # PostgreSQL refuses to run as root: as root, its files and processes belong to `postgres`
-    as_owner: list[str] = []
+    as_postgres: list[str] = []
     if os.geteuid() == 0:
         import pwd
 
-        owner = pwd.getpwnam("postgres")
-        os.chown(root, owner.pw_uid, owner.pw_gid)
-        as_owner = ["runuser", "-u", "postgres", "--"]
-    password = secrets.token_hex(12)
-    pwfile = root / "pwfile"
-    pwfile.write_text(password)
-    if as_owner:
-        os.chown(pwfile, owner.pw_uid, owner.pw_gid)
-    data, port = root / "data", _free_port()
+        user = pwd.getpwnam("postgres")
+        for path in (root, pwfile):
+            os.chown(path, user.pw_uid, user.pw_gid)
+        as_postgres = ["runuser", "-u", "postgres", "--"]
 
-    def run(*cmd, owner=True):
-        done = subprocess.run([*(as_owner if owner else []), *map(str, cmd)], capture_output=True,
-                              text=True, timeout=120, env={**os.environ, "PGPASSWORD": password})
-        assert done.returncode == 0, f"{cmd[0]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    def run(*cmd, server_side=True):
+        done = subprocess.run([*(as_postgres if server_side else []), *map(str, cmd)],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PGPASSWORD": password})
+        assert done.returncode == 0, (f"{Path(str(cmd[0])).name} failed:\n{done.stdout[-2000:]}\n"
+                                      f"{done.stderr[-2000:]}\n{_tail(root / 'postgres.log')}")
 
-    _t("pg begin")
-    run(bin_dir / "initdb", "-D", data, "-U", "mlflow", f"--pwfile={pwfile}",
-        "--auth=scram-sha-256", "-E", "UTF8", "--locale=C")
-    pwfile.unlink()
     try:
+        run(bin_dir / "initdb", "-D", data, "-U", "mlflow", f"--pwfile={pwfile}",
+            "--auth=scram-sha-256", "-E", "UTF8", "--locale=C")
+        pwfile.unlink()
         run(bin_dir / "pg_ctl", "-D", data, "-l", root / "postgres.log", "-w", "-t", "60", "-o",
             f"-h 127.0.0.1 -p {port} -k {root} -F", "start")
-        run(bin_dir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "mlflow", "mlflow", owner=False)
+        run(bin_dir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "mlflow", "mlflow",
+            server_side=False)
         # the driver named explicitly: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, while
         # the project's test extras bring psycopg2-binary
-        _t("pg up")
         yield f"postgresql+psycopg2://mlflow:{password}@127.0.0.1:{port}/mlflow"
     finally:
-        subprocess.run([*as_owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "-w", "stop"], capture_output=True, timeout=60)
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m",
+                            "immediate", "-w", "stop"], capture_output=True, timeout=60)
         _kill_all_mentioning(str(root))
         shutil.rmtree(root, ignore_errors=True)
 
@@ -202,7 +199,6 @@ def mlflow_server(postgres_uri, tmp_path_factory) -> MlflowServer:
                 if proc.poll() is not None or time.time() > deadline:
                     raise RuntimeError(f"mlflow server did not start:\n{_tail(log)}")
                 time.sleep(0.5)
-        _t("mlflow up")
         yield MlflowServer(uri, folder / "artifacts")
     finally:
         _stop_group(proc)
@@ -291,9 +287,9 @@ def ray_cluster():
             with log.open("w") as out:
                 procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                               cwd=root, start_new_session=True))
-            _wait_for_log(procs[-1], log, "block forever", f"the Ray {name} node"); _t(name)
+            _wait_for_log(procs[-1], log, "block forever", f"the Ray {name} node")
         nodes = _alive_nodes(address, env, expected=2)
-        _t("nodes"); assert len(nodes) == 2, nodes
+        assert len(nodes) == 2, nodes
         head = next(n for n in nodes if "node:__internal_head__" in n["resources"])
         worker = next(n for n in nodes if "worker_node" in n["resources"])
         assert (head["ip"], worker["ip"]) == (HEAD_IP, WORKER_IP)
@@ -301,11 +297,10 @@ def ray_cluster():
         yield RayCluster(address, env, head["id"], worker["id"],
                          None if hide_error else node_local, hide_error)
     finally:
-        _t("ray teardown")
         for proc in reversed(procs):  # SIGTERM: `ray start --block` stops the node's processes
             _stop(proc)
         _kill_all_mentioning(str(root))  # whatever outlived its node (all of it names root)
-        shutil.rmtree(root, ignore_errors=True); _t("ray down")
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _cli(cluster: RayCluster, *args: str) -> subprocess.CompletedProcess:
@@ -328,7 +323,7 @@ def test_cli_sweep_on_a_two_node_cluster_logs_to_an_mlflow_server(ray_cluster, m
                 "--tracking-uri", uri, "--storage", str(shared), "--model", tiny_model_dir,
                 "--max-length", "64", "--epochs", "2", "--trials", "2", "--scheduler", "none",
                 "--max-concurrent", "2")
-    _t("cli done"); assert done.returncode == 0, _output(done)
+    assert done.returncode == 0, _output(done)
 
     client = MlflowClient(uri)  # everything below is read back through the server
     experiment = client.get_experiment_by_name("cluster")
