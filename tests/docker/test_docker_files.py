@@ -490,7 +490,8 @@ def test_compose_mlflow_server_command(compose_expanded):
     argv = the_command(compose_expanded["services"]["mlflow"], "mlflow", "server")
     params = mlflow_server_params(argv)
     uri = urlsplit(params["backend_store_uri"])
-    assert uri.scheme == "postgresql" and uri.hostname == "postgres" and uri.port == 5432
+    assert uri.scheme == "postgresql+psycopg2"  # SQLAlchemy maps bare postgresql:// to psycopg 3
+    assert uri.hostname == "postgres" and uri.port == 5432
     assert params["serve_artifacts"] and params["artifacts_destination"] == "/mlartifacts"
     assert params["host"] == "0.0.0.0"
     allowed = params["allowed_hosts"].split(",")
