@@ -29,7 +29,11 @@ def test_missing_local_folder_is_a_clear_error(tmp_path):
 
 
 def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # read at import time; set it as if the user had exported it before starting
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelLoadError, match="hub did not provide it.*minilm-l6"):
         load_tokenizer("no-such-org/no-such-model-xyz")
 

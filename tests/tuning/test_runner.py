@@ -107,7 +107,7 @@ def test_contrastive_sweep_of_each_mode(ray_local, tiny_model_dir, tmp_path, mod
     space.write_text(f"mode: {mode}\ncontrastive_epochs: 1\ncontrastive_batch_size: 32\nlr: 1.0e-3\n")
     cfg = SweepConfig(name=f"c-{mode}", trainable="contrastive", model=tiny_model_dir, max_length=64,
                       epochs=1, num_trials=2, storage=str(tmp_path), space_file=str(space),
-                      max_concurrent=2)
+                      max_concurrent=2, scheduler="none")  # every trial runs all its epochs
     run_sweep(cfg)
     client, parents, children = _runs(cfg.resolved_tracking_uri(), f"c-{mode}")
     assert len(parents) == 1 and len(children) == 2
