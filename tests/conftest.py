@@ -113,3 +113,26 @@ def massive_dir() -> Path:
     if not (MASSIVE / "train.jsonl").is_file():
         pytest.skip(f"MASSIVE not found at {MASSIVE}")
     return MASSIVE
+
+
+@pytest.fixture
+def run_trainable():
+    """Train a config with its family's ``fit`` on CPU, collecting every epoch's report; with
+    ``keep={epoch: folder}`` the checkpoints of those epochs are written there."""
+    import torch
+
+    from trainables import registry
+
+    def run(cfg, data, resume_dir=None, keep=None):
+        reports = []
+
+        def report(metrics, write):
+            reports.append(metrics)
+            if keep is not None and metrics["epoch"] in keep:
+                write(keep[metrics["epoch"]])
+
+        fit = registry.fit_function(cfg.trainable)
+        model = fit(cfg, data, device=torch.device("cpu"), report=report, resume_dir=resume_dir)
+        return reports, model
+
+    return run

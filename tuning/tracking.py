@@ -393,7 +393,25 @@ def download_artifacts(uri: str, run_id: str, path: str, destination: str) -> st
 # --------------------------------------------------------------------------- standalone training runs
 
 
-class TrainRun:
+class _OwnRun:
+    """A run this process opened itself and closes itself (training, selection, benchmark)."""
+
+    client: MlflowClient
+    run_id: str
+
+    def log_artifacts(self, local_dir: str, artifact_path: Optional[str] = None) -> None:
+        self.client.log_artifacts(self.run_id, local_dir, artifact_path)
+
+    def log_artifact(self, path: str) -> None:
+        self.client.log_artifact(self.run_id, path)
+
+    def end(self, status: str = "FINISHED", error: Optional[str] = None) -> None:
+        if error:
+            self.client.set_tag(self.run_id, ERROR, error[:MAX_TAG])
+        self.client.set_terminated(self.run_id, status)
+
+
+class TrainRun(_OwnRun):
     """A run for one standalone training (``tunebert train``): params, per-epoch metrics, test."""
 
     def __init__(self, uri: str, experiment: str, config: dict, run_name: str,
@@ -412,17 +430,6 @@ class TrainRun:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step)
                                                    for k, v in metrics.items() if k != "epoch"])
-
-    def log_artifacts(self, local_dir: str, artifact_path: Optional[str] = None) -> None:
-        self.client.log_artifacts(self.run_id, local_dir, artifact_path)
-
-    def log_artifact(self, path: str) -> None:
-        self.client.log_artifact(self.run_id, path)
-
-    def end(self, status: str = "FINISHED", error: Optional[str] = None) -> None:
-        if error:
-            self.client.set_tag(self.run_id, ERROR, error[:MAX_TAG])
-        self.client.set_terminated(self.run_id, status)
 
 
 # --------------------------------------------------------------------------- sweep reports
@@ -446,7 +453,7 @@ def _batches(items: list, size: int):
         yield items[start:start + size]
 
 
-class SelectionRun:
+class SelectionRun(_OwnRun):
     """A ``tunebert select`` run (``tunebert.kind=selection``) in the sweep's experiment, nested
     under the sweep's parent run; the re-training runs of the selection are nested under it."""
 
@@ -470,14 +477,6 @@ class SelectionRun:
 
     def set_tags(self, tags: dict) -> None:
         annotate_run(self.uri, self.run_id, tags=tags)
-
-    def log_artifact(self, path: str) -> None:
-        self.client.log_artifact(self.run_id, path)
-
-    def end(self, status: str = "FINISHED", error: Optional[str] = None) -> None:
-        if error:
-            self.client.set_tag(self.run_id, ERROR, error[:MAX_TAG])
-        self.client.set_terminated(self.run_id, status)
 
 
 def annotate_run(uri: str, run_id: str, *, metrics: Optional[dict] = None,

@@ -10,7 +10,6 @@ import torch
 from trainables import registry
 from trainables.errors import NonFiniteLossError
 
-CPU = torch.device("cpu")
 
 CASES = {
     "finetune": {"trainable": "finetune"},
@@ -31,26 +30,14 @@ def _config(tiny_model_dir, case, **changes):
     return registry.config_class(values["trainable"]).from_dict(values)
 
 
-def _run(cfg, data, resume_dir=None, keep=None):
-    reports = []
-
-    def report(metrics, write):
-        reports.append(metrics)
-        if keep is not None and metrics["epoch"] in keep:
-            write(keep[metrics["epoch"]])
-
-    model = registry.fit_function(cfg.trainable)(cfg, data, device=CPU, report=report, resume_dir=resume_dir)
-    return reports, model
-
-
 def _total(cfg):
     return getattr(cfg, "total_epochs", cfg.epochs)
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_reports_val_accuracy_every_epoch(tiny_model_dir, demo_data, case):
+def test_reports_val_accuracy_every_epoch(tiny_model_dir, demo_data, case, run_trainable):
     cfg = _config(tiny_model_dir, case)
-    reports, model = _run(cfg, demo_data)
+    reports, model = run_trainable(cfg, demo_data)
     assert [r["epoch"] for r in reports] == list(range(1, _total(cfg) + 1))
     for r in reports:
         assert 0.0 <= r["val_accuracy"] <= 1.0 and math.isfinite(r["lr"]) and r["samples_per_s"] > 0
@@ -61,10 +48,10 @@ def test_reports_val_accuracy_every_epoch(tiny_model_dir, demo_data, case):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_resume_matches_an_uninterrupted_run(tiny_model_dir, demo_data, tmp_path, case):
+def test_resume_matches_an_uninterrupted_run(tiny_model_dir, demo_data, tmp_path, case, run_trainable):
     cfg = _config(tiny_model_dir, case)
-    full, _ = _run(cfg, demo_data, keep={1: str(tmp_path / "ep1")})
-    resumed, _ = _run(cfg, demo_data, resume_dir=str(tmp_path / "ep1"))
+    full, _ = run_trainable(cfg, demo_data, keep={1: str(tmp_path / "ep1")})
+    resumed, _ = run_trainable(cfg, demo_data, resume_dir=str(tmp_path / "ep1"))
     assert [r["epoch"] for r in resumed] == list(range(2, _total(cfg) + 1))
     for a, b in zip(full[1:], resumed):
         assert a["val_accuracy"] == b["val_accuracy"]
@@ -74,20 +61,20 @@ def test_resume_matches_an_uninterrupted_run(tiny_model_dir, demo_data, tmp_path
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_honours_config_seed(tiny_model_dir, demo_data, case):
-    a, _ = _run(_config(tiny_model_dir, case, seed=1), demo_data)
-    b, _ = _run(_config(tiny_model_dir, case, seed=1), demo_data)
-    c, _ = _run(_config(tiny_model_dir, case, seed=2), demo_data)
+def test_honours_config_seed(tiny_model_dir, demo_data, case, run_trainable):
+    a, _ = run_trainable(_config(tiny_model_dir, case, seed=1), demo_data)
+    b, _ = run_trainable(_config(tiny_model_dir, case, seed=1), demo_data)
+    c, _ = run_trainable(_config(tiny_model_dir, case, seed=2), demo_data)
     assert [r["val_accuracy"] for r in a] == [r["val_accuracy"] for r in b]
     key = "train_loss"
     assert [r.get(key) for r in a] != [r.get(key) for r in c]
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_non_finite_loss_stops(tiny_model_dir, demo_data, case):
+def test_non_finite_loss_stops(tiny_model_dir, demo_data, case, run_trainable):
     cfg = _config(tiny_model_dir, case, optimizer="sgd", lr=10.0, momentum=0.99, grad_clip=0.0,
                   head_lr_multiplier=1000.0, epochs=4,
                   **({} if case == "finetune" else {"contrastive_optimizer": "sgd", "contrastive_lr": 10.0,
                                                     "temperature": 0.02}))
     with pytest.raises(NonFiniteLossError):
-        _run(cfg, demo_data)
+        run_trainable(cfg, demo_data)
