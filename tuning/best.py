@@ -1,7 +1,8 @@
 """Best configurations of a sweep, read from MLflow (works with no Ray and after the sweep exited).
 
-Only trials whose run FINISHED and whose metric is a finite number can be best: failed,
-killed, still-running and NaN runs never are.
+Only trials whose run FINISHED with a classifier and whose metric is a finite number can be
+best: failed, killed, still-running and NaN runs never are, nor contrastive trials stopped before
+their classifier stage.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ def top_k(sweep: str, k: int = 5, metric: str = "val_accuracy", mode: str = "max
     if k < 1:
         raise ConfigError(f"`k` must be >= 1, but got {k}")
     runs = [_to_trial(r) for r in tracking.trial_runs(_uri(tracking_uri, storage), sweep)]
-    candidates = [r for r in runs if r.status == "FINISHED"
+    # A contrastive trial stopped during its first stage (stage 1) reported a k-NN proxy, not a
+    # classifier's accuracy: it has no classifier to hand back, so it cannot be best.
+    candidates = [r for r in runs if r.status == "FINISHED" and r.metrics.get("stage", 2) != 1
                   and isinstance(r.metrics.get(metric), float) and math.isfinite(r.metrics[metric])]
     known = sorted({m for r in runs for m in r.metrics})
     if known and metric not in known:

@@ -148,3 +148,19 @@ def test_mixed_sweep_ranks_both_families_and_trains_the_best(ray_local, tiny_mod
                            experiment="retrain")
         assert out.config["trainable"] == trial.trainable
         assert 0.0 <= out.test["test_accuracy"] <= 1.0
+
+
+def test_contrastive_trials_stopped_in_their_first_stage_are_never_best(ray_local, tiny_model_dir, tmp_path):
+    # ASHA stops some trials after one contrastive epoch: their val_accuracy is a k-NN proxy
+    space = tmp_path / "space.yaml"
+    space.write_text("mode: two-stage\ncontrastive_epochs: 2\ncontrastive_batch_size: 32\nlr: 1.0e-3\n")
+    cfg = SweepConfig(name="stage1", trainable="contrastive", model=tiny_model_dir, max_length=64,
+                      epochs=1, num_trials=6, storage=str(tmp_path), space_file=str(space),
+                      max_concurrent=1, grace_period=1, reduction_factor=2, seed=4)
+    run_sweep(cfg)
+    client, _, children = _runs(cfg.resolved_tracking_uri(), "stage1")
+    stopped_early = [c for c in children if c.data.metrics.get("stage") == 1]
+    assert stopped_early, "ASHA stopped no trial in its contrastive stage"
+    ranked = top_k("stage1", 6, storage=str(tmp_path))
+    assert ranked and all(r.metrics["stage"] == 2 for r in ranked)
+    assert {r.run_id for r in ranked}.isdisjoint({c.info.run_id for c in stopped_early})
