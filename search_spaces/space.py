@@ -119,20 +119,15 @@ def suggest(trial, param: Param) -> Any:
 def sample(trial, space: SearchSpace, overrides: Optional[Mapping[str, Any]] = None) -> dict:
     """Define-by-run body: the trial's config as a dict of constants.
 
-    ``overrides`` (a preset's values for a warm-start trial) replace *fixed* parameters and
-    constants; searched parameters come from the trial, where Optuna already holds the enqueued
-    preset values.
+    ``overrides`` (a warm-start preset's values for parameters the space does not mention) are
+    added; the space's own parameters come from the trial, where Optuna already holds the
+    enqueued preset values of searched ones.
     """
-    overrides = overrides or {}
     config: dict[str, Any] = {}
     for param in space.params:
-        if not param.active(config):
-            continue
-        if isinstance(param.dist, Fixed) and param.name in overrides:
-            config[param.name] = overrides[param.name]
-        else:
+        if param.active(config):
             config[param.name] = suggest(trial, param)
-    for name, value in overrides.items():
-        if name not in config and space.get(name) is None:
-            config[name] = value
+    for name, value in (overrides or {}).items():
+        if space.get(name) is None:
+            config.setdefault(name, value)
     return {**config, **{k: v for k, v in space.constants.items() if k not in config}}

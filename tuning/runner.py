@@ -22,7 +22,7 @@ from search_spaces.space import SearchSpace
 from trainables import registry
 from trainables.data import TokenizedData, load_raw_splits, tokenize_splits
 from trainables.errors import ConfigError
-from trainables.models import load_tokenizer, resolve_model
+from trainables.models import load_tokenizer
 from tuning import tracking
 from tuning.config import SweepConfig, load_saved_sweep, warm_start_config
 from tuning.search import build_searcher, preview_configs, warm_start_values
@@ -109,11 +109,7 @@ def prepare(cfg: SweepConfig) -> Prepared:
     check_tracking_target(cfg, uri)
     say(f"loading data from {cfg.data.source!r} and tokenizer of {cfg.model!r}")
     raw = load_raw_splits(cfg.data)
-    tokenizer = load_tokenizer(cfg.model)
-    from trainables.models import load_encoder  # noqa: F401  (config check below)
-    from transformers import AutoConfig
-
-    AutoConfig.from_pretrained(resolve_model(cfg.model))
+    tokenizer = load_tokenizer(cfg.model)  # also proves the model id or folder exists
     data = tokenize_splits(raw, tokenizer, model=cfg.model, max_length=cfg.max_length)
     sizes = {k: len(v) for k, v in data.splits.items()}
     say(f"data: {sizes} examples, {data.num_labels} labels; tokenized once for all trials")
