@@ -266,12 +266,21 @@ def overhead(data_cfg: DataConfig, model: str, report: BenchReport, *, trials: i
 
 
 def _subset_folder(data_cfg: DataConfig, subset: int, folder: Path) -> Path:
-    """A folder with the first ``subset`` training rows (validation and test unchanged)."""
+    """A folder with ``subset`` training rows that cover every label (validation and test
+    unchanged): shuffled, then taken round-robin over labels."""
     raw = load_raw_splits(data_cfg)
     folder.mkdir(parents=True, exist_ok=True)
+    labels = raw["train"].labels
+    order = np.random.default_rng(0).permutation(len(labels))
+    seen: dict = {}
+    rank = np.empty(len(labels), dtype=np.int64)
+    for i in order:
+        rank[i] = seen.get(labels[i], 0)
+        seen[labels[i]] = rank[i] + 1
+    keep = sorted(order, key=lambda i: rank[i])[:subset]
     for split, part in raw.items():
-        n = subset if split == "train" else len(part.texts)
-        rows = ({"text": t, "label": l} for t, l in zip(part.texts[:n], part.labels[:n]))
+        idx = keep if split == "train" else range(len(part.texts))
+        rows = ({"text": part.texts[i], "label": part.labels[i]} for i in idx)
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
 
