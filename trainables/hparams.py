@@ -12,11 +12,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Optional
 
 from trainables.errors import ConfigError
+from trainables.schedules import SCHEDULERS
 
 POOLINGS = ("cls", "mean", "max")
 HEADS = ("linear", "mlp")
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 

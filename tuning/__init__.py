@@ -7,7 +7,16 @@ Ray running::
     config = best_config("my-sweep")
 """
 
-from tuning.best import best_config, best_run, top_k
+_BEST = ("best_config", "best_run", "top_k")
+
+
+def __getattr__(name: str):
+    # tuning.best pulls in mlflow and Ray; load it on first use so `tunebert --help` is quick
+    if name in _BEST:
+        from tuning import best
+
+        return getattr(best, name)
+    raise AttributeError(f"module 'tuning' has no attribute {name!r}")
 
 
 def final_selection(*args, **kwargs):

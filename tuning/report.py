@@ -28,8 +28,14 @@ from typing import Any, Optional
 import numpy as np
 
 from trainables.errors import ConfigError, UserError
-from tuning import tracking
 from tuning.config import DEFAULT_ROOT, check_sweep_name, resolve_tracking_uri
+
+
+def _tracking():
+    """``tuning.tracking`` (mlflow, Ray) loads on first use, so building the CLI stays fast."""
+    from tuning import tracking
+
+    return tracking
 
 METRIC = "val_accuracy"
 TOP_CURVES = 5
@@ -129,14 +135,14 @@ class Report:
 def load_trials(uri: str, sweep: str) -> list[TrialRecord]:
     """Every trial run of ``sweep``, in start order. Raises TrackingError for an unknown sweep."""
     records = []
-    for run in tracking.trial_runs(uri, sweep):
+    for run in _tracking().trial_runs(uri, sweep):
         tags = run.data.tags
         records.append(TrialRecord(
-            run_id=run.info.run_id, trial_id=tags.get(tracking.TRIAL_ID, run.info.run_id[:8]),
-            status=run.info.status, end_reason=tags.get(tracking.END_REASON, ""),
-            config=json.loads(tags.get(tracking.CONFIG, "{}")), metrics=dict(run.data.metrics),
+            run_id=run.info.run_id, trial_id=tags.get(_tracking().TRIAL_ID, run.info.run_id[:8]),
+            status=run.info.status, end_reason=tags.get(_tracking().END_REASON, ""),
+            config=json.loads(tags.get(_tracking().CONFIG, "{}")), metrics=dict(run.data.metrics),
             start_ms=int(run.info.start_time or 0), end_ms=run.info.end_time,
-            preset=tags.get("tunebert.preset"), error=tags.get(tracking.ERROR)))
+            preset=tags.get("tunebert.preset"), error=tags.get(_tracking().ERROR)))
     return sorted(records, key=lambda r: (r.start_ms, r.trial_id))
 
 
@@ -178,9 +184,9 @@ def saved_search_space(uri: str, parent_run_id: Optional[str], sweep_dir: Path) 
     import yaml
 
     text = None
-    if parent_run_id and "search_space.yaml" in tracking.artifact_paths(uri, parent_run_id):
+    if parent_run_id and "search_space.yaml" in _tracking().artifact_paths(uri, parent_run_id):
         with tempfile.TemporaryDirectory() as tmp:
-            text = Path(tracking.download_artifacts(uri, parent_run_id, "search_space.yaml", tmp)).read_text()
+            text = Path(_tracking().download_artifacts(uri, parent_run_id, "search_space.yaml", tmp)).read_text()
     elif (sweep_dir / "search_space.yaml").is_file():
         text = (sweep_dir / "search_space.yaml").read_text()
     loaded = yaml.safe_load(text) if text else None
@@ -248,8 +254,8 @@ def best_checkpoint(uri: str, parent_run_id: Optional[str], sweep_dir: Path, bes
                     into: Path) -> Optional[Path]:
     """A folder holding the best trial's checkpoint: the parent run's ``best_checkpoint/``
     artifact if it belongs to that trial, else the trial's last checkpoint in the sweep folder."""
-    if parent_run_id and "best_checkpoint" in tracking.artifact_paths(uri, parent_run_id):
-        folder = Path(tracking.download_artifacts(uri, parent_run_id, "best_checkpoint", str(into)))
+    if parent_run_id and "best_checkpoint" in _tracking().artifact_paths(uri, parent_run_id):
+        folder = Path(_tracking().download_artifacts(uri, parent_run_id, "best_checkpoint", str(into)))
         config = folder / "config.json"
         if config.is_file() and json.loads(config.read_text()) == best.config:
             return folder
@@ -579,7 +585,7 @@ def render_html(sweep: str, *, uri: str, parent_run_id: Optional[str], trials: l
                 figures: dict[str, Path], notes: dict[str, str], confusion: Optional[Confusion]) -> str:
     parts = [f"<h1>Sweep report: {html.escape(sweep)}</h1>",
              f"<p class=meta>Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from MLflow "
-             f"{html.escape(tracking.redact(uri))}, experiment {html.escape(sweep)}"
+             f"{html.escape(_tracking().redact(uri))}, experiment {html.escape(sweep)}"
              + (f", parent run {html.escape(parent_run_id)}" if parent_run_id else "") + ".</p>",
              "<h2>Summary</h2>", _table(None, summary_rows(trials, best, wall_s))]
     if best is not None:
@@ -650,7 +656,7 @@ def _wall_time(parent, trials: list[TrialRecord]) -> Optional[float]:
 
 def _top_curves(uri: str, trials: list[TrialRecord]) -> dict[str, dict[str, list[tuple[int, float]]]]:
     top = sorted((t for t in trials if t.scored), key=lambda t: t.value, reverse=True)[:TOP_CURVES]
-    return {f"{t.label} ({t.value:.3f})": {key: tracking.metric_history(uri, t.run_id, key)
+    return {f"{t.label} ({t.value:.3f})": {key: _tracking().metric_history(uri, t.run_id, key)
                                            for key in ("val_accuracy", "val_loss")}
             for t in top}
 
@@ -686,11 +692,11 @@ def build_report(sweep: str, *, storage: str = DEFAULT_ROOT, tracking_uri: Optio
     check_sweep_name(sweep)
     root = Path(storage).expanduser().resolve()
     uri = resolve_tracking_uri(tracking_uri, root)
-    say(f"reading the trials of sweep {sweep!r} from MLflow {tracking.redact(uri)}")
+    say(f"reading the trials of sweep {sweep!r} from MLflow {_tracking().redact(uri)}")
     trials = load_trials(uri, sweep)
     if not trials:
         raise ConfigError(f"sweep {sweep!r} has no trial runs in MLflow yet; nothing to report")
-    parent = tracking.sweep_run(uri, sweep)
+    parent = _tracking().sweep_run(uri, sweep)
     parent_id = parent.info.run_id if parent is not None else None
     out = Path(output).expanduser() if output else root / "reports" / sweep
     out.mkdir(parents=True, exist_ok=True)
@@ -756,7 +762,7 @@ def _log_folder(uri: str, run_id: str, html_path: Path, figures: dict[str, Path]
     with tempfile.TemporaryDirectory(prefix="tunebert-report-") as tmp:
         for path in [html_path, *figures.values()]:
             shutil.copy2(path, Path(tmp) / path.name)
-        tracking.log_report(uri, run_id, tmp, ARTIFACT_DIR)
+        _tracking().log_artifacts_to(uri, run_id, tmp, ARTIFACT_DIR)
 
 
 # --------------------------------------------------------------------------- the CLI command

@@ -440,10 +440,6 @@ def artifact_paths(uri: str, run_id: str, path: Optional[str] = None) -> list[st
     return [a.path for a in client_for(uri).list_artifacts(run_id, path)]
 
 
-def log_report(uri: str, run_id: str, local_dir: str, artifact_path: str = "report") -> None:
-    """Upload a rendered report folder (HTML + PNGs) to a run, under ``artifact_path``."""
-    client_for(uri).log_artifacts(run_id, local_dir, artifact_path)
-
 
 # --------------------------------------------------------------------------- final selection runs
 
