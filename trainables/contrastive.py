@@ -24,7 +24,7 @@ from torch import nn
 
 from trainables.augment import augment
 from trainables.checkpointing import load_checkpoint, restore_rng_states, save_checkpoint
-from trainables.data import EncodedSplit, TokenizedData, bucketed_batches, collate, steps_per_epoch
+from trainables.data import EncodedSplit, TokenizedData, collate, steps_per_epoch
 from trainables.errors import ConfigError
 from trainables.finetune import Reporter, build_classifier, classification_loss, maybe_inject_failure, top_lr
 from trainables.hparams import ContrastiveConfig

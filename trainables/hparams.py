@@ -8,7 +8,7 @@ and the rule.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Optional
 
 from trainables.errors import ConfigError

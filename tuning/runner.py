@@ -5,7 +5,6 @@ Everything a user can get wrong is checked in ``prepare`` before Ray starts.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from search_spaces.space import Categorical, Fixed, SearchSpace, sample
+from search_spaces.space import Categorical, SearchSpace, sample
 from trainables.errors import ConfigError
 
 

@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
-import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional
 
-import mlflow
-from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+
 from trainables import registry
-from trainables.data import DataConfig, load_raw_splits, steps_per_epoch, tokenize_splits
+from trainables.data import DataConfig, load_raw_splits, tokenize_splits
 from trainables.models import load_tokenizer
 from tuning import tracking
 
@@ -88,9 +90,11 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
     data = tokenize_splits(raw, tokenizer, model=cfg.model, max_length=cfg.max_length,
                            include_test=evaluate_test)
     if max_train_examples:
+        # a seeded random sample: data files are often sorted by label (MASSIVE is), so the
+        # first rows would all be one class
         train = data.splits["train"]
-        keep = slice(0, min(max_train_examples, len(train)))
-        data.splits["train"] = type(train)(train.input_ids[keep], train.labels[keep])
+        keep = np.random.default_rng(cfg.seed).permutation(len(train))[:max_train_examples]
+        data.splits["train"] = type(train)([train.input_ids[i] for i in keep], train.labels[keep])
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     run = tracking.TrainRun(tracking_uri, experiment, resolved,
                             run_name or f"train-{resolved.get('preset') or 'config'}",
