@@ -21,7 +21,7 @@ from trainables.hparams import FinetuneConfig
 from trainables.loops import evaluate, train_epoch
 from trainables.models import TextClassifier, freeze_bottom, load_encoder, num_encoder_layers, reinit_top
 from trainables.optim import build_optimizer, llrd_param_groups
-from trainables.runtime import seed_everything, supports_precision
+from trainables.runtime import resolve_precision, seed_everything, supports_precision
 from trainables.schedules import make_schedule
 
 # Called once per epoch with the metrics and a function that writes a checkpoint into a folder.
@@ -119,7 +119,8 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
     model = build_classifier(cfg, data.num_labels).to(device)
     total_steps = cfg.epochs * steps_per_epoch(len(train), cfg.batch_size)
     optimizer, scheduler = build_optimization(model, cfg, total_steps=total_steps)
-    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" and device.type == "cuda" else None
+    precision = resolve_precision(device, cfg.precision)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and device.type == "cuda" else None
     first_epoch = 1
     if resume_dir is not None:
         state = load_checkpoint(resume_dir)
@@ -136,10 +137,10 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
         stats = train_epoch(
             model, train, batch_size=cfg.batch_size, rng=np.random.default_rng([cfg.seed, epoch]),
             pad_token_id=data.pad_token_id, optimizer=optimizer, scheduler=scheduler,
-            loss_fn=loss_fn, device=device, precision=cfg.precision, grad_clip=cfg.grad_clip,
+            loss_fn=loss_fn, device=device, precision=precision, grad_clip=cfg.grad_clip,
             scaler=scaler, progress=progress)
         result = evaluate(model, val, batch_size=max(64, cfg.batch_size), pad_token_id=data.pad_token_id,
-                          num_labels=data.num_labels, device=device, precision=cfg.precision)
+                          num_labels=data.num_labels, device=device, precision=precision)
         metrics = {"epoch": epoch, "train_loss": stats.loss, **result.as_metrics("val"),
                    "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s}
 

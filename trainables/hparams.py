@@ -17,7 +17,7 @@ from trainables.schedules import SCHEDULERS
 POOLINGS = ("cls", "mean", "max")
 HEADS = ("linear", "mlp")
 OPTIMIZERS = ("adamw", "sgd")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _check_choice(name: str, value: Any, allowed: tuple) -> None:
@@ -88,7 +88,7 @@ class FinetuneConfig:
     freeze_layers: int = 0
     reinit_layers: int = 0
     seed: int = 0
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 where the device has fast bf16 units, else fp32/fp16
     # provenance: the named preset this config came from, if any
     preset: Optional[str] = None
 

@@ -18,10 +18,13 @@ import torch.nn.functional as F
 
 from trainables.data import EncodedSplit, bucketed_batches, collate
 from trainables.errors import NonFiniteLossError
+from trainables.runtime import resolve_precision
 
 
 def autocast_context(device: torch.device, precision: str):
-    """bf16/fp16 autocast where the device supports it; fp32 otherwise (a no-op context)."""
+    """bf16/fp16 autocast where the device supports it; fp32 otherwise (a no-op context).
+    ``auto`` resolves per device (``trainables.runtime.resolve_precision``)."""
+    precision = resolve_precision(device, precision)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=["asha", "none"], default="asha")
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto (default): bf16 on Ampere+ GPUs and CPUs with AVX512-BF16/AMX, fp16 on older "
+                        "GPUs, else fp32")
     g = p.add_argument_group("resources")
     g.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001); "
                                      "default: start Ray locally")
@@ -336,7 +338,9 @@ COMMANDS = {"sweep": _sweep, "resume": _resume, "best": _best, "train": _train,
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the exact command line, for outputs that record how they were made
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:

@@ -55,7 +55,7 @@ class SweepConfig:
     max_failures: int = 2
     keep_checkpoints: int = 1
     seed: int = 0
-    precision: str = "fp32"
+    precision: str = "auto"
     space_file: Optional[str] = None
     warm_start: tuple[str, ...] = ()
     searcher: str = "tpe"

@@ -1,0 +1,64 @@
+"""`tunebert bench`: the scaling rule of the table, argument errors, and every part end to end
+in smoke mode on the tiny model (the numbers mean nothing there; the wiring and outputs do)."""
+
+import json
+
+import pytest
+
+from tuning import bench
+from tuning.cli import main
+
+
+def test_capped_limits_only_encoder_training():
+    ft = bench._capped({"trainable": "finetune", "epochs": 10}, 2)
+    assert ft["epochs"] == 2
+    assert bench._capped({"trainable": "finetune", "epochs": 1}, 2)["epochs"] == 1
+    two_stage = bench._capped({"trainable": "contrastive", "mode": "two-stage", "contrastive_epochs": 13,
+                               "epochs": 20}, 2)
+    # the head on cached frozen features is cheap: its epochs stay as the preset says
+    assert (two_stage["contrastive_epochs"], two_stage["epochs"]) == (2, 20)
+    joint = bench._capped({"trainable": "contrastive", "mode": "joint", "contrastive_epochs": 0,
+                           "epochs": 20}, 2)
+    assert joint["epochs"] == 2
+
+
+def test_unknown_part_is_refused_before_any_work(tmp_path, capsys):
+    rc = main(["bench", "--parts", "throughput,speed", "--out", str(tmp_path / "out"),
+               "--storage", str(tmp_path / "runs")])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "speed" in err and "throughput" in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_smoke_throughput_and_table(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    rc = main(["bench", "--smoke-test", "--parts", "throughput,table", "--data", "demo",
+               "--model", tiny_model_dir, "--presets", "baseline,supcon", "--out", str(out),
+               "--storage", str(tmp_path / "runs")])
+    assert rc == 0
+    text = (out / "results.md").read_text()
+    assert "Command: `tunebert bench --smoke-test --parts throughput,table" in text
+    assert "| baseline |" in text and "| supcon |" in text and "84.9 %" in text and "87.4 %" in text
+    numbers = json.loads((out / "results.json").read_text())
+    assert numbers["throughput_ratio"] > 0 and numbers["epoch_seconds_massive_train"] > 0
+    assert 0.0 <= numbers["table_baseline_test_mean"] <= 1.0
+    assert (out / "throughput.png").stat().st_size > 1000
+    assert (out / "study_table.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_smoke_search_and_overhead(tmp_path, tiny_model_dir, ray_local):
+    out = tmp_path / "out"
+    rc = main(["bench", "--smoke-test", "--parts", "overhead,search", "--data", "demo",
+               "--model", tiny_model_dir, "--out", str(out), "--storage", str(tmp_path / "runs")])
+    assert rc == 0
+    text = (out / "results.md").read_text()
+    assert "## b. Sweep overhead" in text and "## c. Search efficiency" in text
+    assert "| ASHA + TPE |" in text and "| random, no early stopping |" in text
+    numbers = json.loads((out / "results.json").read_text())
+    assert numbers["sweep_overhead"] > -1.0
+    for searcher in ("tpe", "random"):
+        assert 0.0 <= numbers[f"search_{searcher}_test"] <= 1.0
+    assert (out / "search_efficiency.png").stat().st_size > 1000
