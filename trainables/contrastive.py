@@ -204,8 +204,11 @@ def fit(cfg: ContrastiveConfig, data: TokenizedData, *, device: torch.device, re
         restore_rng_states(state["rng"])
 
     def write_for(optimizer, scheduler, epoch):
+        resumable = epoch < first_stage_epochs + cfg.epochs  # nothing resumes after the last epoch
+
         def write(directory: str) -> None:
-            save_checkpoint(directory, model=model, optimizer=optimizer, scheduler=scheduler,
+            save_checkpoint(directory, model=model, optimizer=optimizer if resumable else None,
+                            scheduler=scheduler if resumable else None,
                             scaler=None, epoch=epoch, config=cfg.to_dict(),
                             label_map=data.label_map.to_dict(),
                             extra={"stage": "contrastive" if epoch <= first_stage_epochs else "classifier"})

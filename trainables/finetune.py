@@ -125,8 +125,9 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
     if resume_dir is not None:
         state = load_checkpoint(resume_dir)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        if state["optimizer"] is not None:  # None after the last epoch: nothing left to train
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
         restore_rng_states(state["rng"])
@@ -145,8 +146,11 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
                    "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s}
 
         def write(directory: str, _epoch: int = epoch) -> None:
-            save_checkpoint(directory, model=model, optimizer=optimizer, scheduler=scheduler,
-                            scaler=scaler, epoch=_epoch, config=cfg.to_dict(),
+            # after the last epoch nothing resumes: the model alone is a third of the bytes
+            resumable = _epoch < cfg.epochs
+            save_checkpoint(directory, model=model, optimizer=optimizer if resumable else None,
+                            scheduler=scheduler if resumable else None,
+                            scaler=scaler if resumable else None, epoch=_epoch, config=cfg.to_dict(),
                             label_map=data.label_map.to_dict())
 
         report(metrics, write)

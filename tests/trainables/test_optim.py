@@ -69,3 +69,25 @@ def test_optimizer_keeps_group_learning_rates():
     assert opt.param_groups[0]["nesterov"] is True
     with pytest.raises(ValueError):
         build_optimizer(groups, kind="lamb", lr=1.0, momentum=0.0, nesterov=False)
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_fused_kernels_and_the_same_step_as_the_reference(kind):
+    """The fused optimizer is used on CPU and takes the same step as torch's default one."""
+    torch.manual_seed(0)
+    start, grad = torch.randn(8, 4), torch.randn(8, 4)
+    params = []
+    for _ in range(2):
+        p = torch.nn.Parameter(start.clone())
+        p.grad = grad.clone()
+        params.append(p)
+    group = lambda p: [{"params": [p], "lr": 0.1, "weight_decay": 0.01}]  # noqa: E731
+    ours = build_optimizer(group(params[0]), kind=kind, lr=0.1, momentum=0.9, nesterov=False)
+    assert ours.defaults.get("fused") is True
+    reference = (torch.optim.AdamW(group(params[1]), lr=0.1) if kind == "adamw"
+                 else torch.optim.SGD(group(params[1]), lr=0.1, momentum=0.9))
+    for _ in range(3):
+        ours.step()
+        reference.step()
+    assert torch.allclose(params[0], params[1], atol=1e-6)
+    assert not torch.equal(params[0].detach(), start)
