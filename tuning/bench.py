@@ -418,27 +418,56 @@ def _capped(config: dict, epochs: int) -> dict:
     return config
 
 
+def _table_job(config: dict, data_cfg: DataConfig, uri: str, run_name: str, threads: Optional[int]) -> float:
+    """One (configuration, seed) of the table: train, then test accuracy. Runs in a worker
+    process when the table runs several at a time, pinned to its share of the cores."""
+    from tuning.train import train_config
+
+    if threads:
+        from trainables.runtime import set_threads
+
+        set_threads(threads)
+    say(f"table: {run_name}")
+    outcome = train_config(config, data_cfg, tracking_uri=uri, experiment="bench-study-table",
+                           run_name=run_name)
+    return outcome.test["test_accuracy"]
+
+
 def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds: int,
                 epochs: Optional[int], storage: Path, tuned: Optional[dict], out: Path,
-                presets: tuple[str, ...]) -> None:
+                presets: tuple[str, ...], workers: int = 1) -> None:
+    """Each preset (and the search's chosen config) over ``seeds`` seeds; ``workers`` runs at a
+    time (on a CPU, two one-thread runs get through more than one two-thread run)."""
     from search_spaces.presets import STUDY_TEST_ACCURACY, get_preset
     from tuning.config import resolve_tracking_uri
-    from tuning.train import train_config
 
     uri = resolve_tracking_uri(None, storage)
     rows = []
     configs = [(name, get_preset(name)) for name in presets]
     if tuned:
         configs.append(("tuned best config (search part)", dict(tuned)))
+    jobs = [(name, seed, {**(_capped(config, epochs) if epochs else config), "seed": seed})
+            for name, config in configs for seed in range(seeds)]
+    say(f"table: {len(jobs)} runs, {workers} at a time")
+    if workers <= 1:
+        accuracies = [_table_job(cfg, data_cfg, uri, f"{name}-seed{seed}", None) for name, seed, cfg in jobs]
+    else:
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor
+
+        from tuning import tracking
+
+        # create the store and the experiment once, here: workers racing to set up a fresh
+        # SQLite store collide in its schema migrations
+        tracking.ensure_experiment(tracking.client_for(uri), "bench-study-table", None)
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_table_job, cfg, data_cfg, uri, f"{name}-seed{seed}", threads)
+                       for name, seed, cfg in jobs]
+            accuracies = [f.result() for f in futures]
     for name, config in configs:
-        if epochs:
-            config = _capped(config, epochs)
-        tests = []
-        for seed in range(seeds):
-            say(f"table: {name}, seed {seed}")
-            out_run = train_config({**config, "seed": seed}, data_cfg, tracking_uri=uri,
-                                   experiment="bench-study-table", run_name=f"{name}-seed{seed}")
-            tests.append(out_run.test["test_accuracy"])
+        tests = [acc for (job_name, _, _), acc in zip(jobs, accuracies) if job_name == name]
         study = STUDY_TEST_ACCURACY.get(name)
         rows.append((name, tests, study))
         report.numbers[f"table_{name.split(' ')[0]}_test_mean"] = statistics.mean(tests)
@@ -499,6 +528,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-epochs", type=int, default=3)
     p.add_argument("--seeds", type=int, default=3, help="table: seeds per configuration")
     p.add_argument("--table-epochs", type=int, default=None, help="table: cap epochs (scaled-down run)")
+    p.add_argument("--table-workers", type=int, default=1,
+                   help="table: runs at a time, each on its share of the CPU cores (default 1)")
     p.add_argument("--presets", default="baseline,llrd,warmup,llrd_warmup,supcon,simclr")
     p.add_argument("--smoke-test", action="store_true",
                    help="tiny sizes everywhere (checks the wiring, numbers mean nothing)")
@@ -512,6 +543,8 @@ def run(args) -> int:
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise UserError(f"--parts: unknown part(s) {unknown}; choose from {list(PARTS)}")
+    if args.table_workers < 1:
+        raise UserError(f"--table-workers must be at least 1, but got {args.table_workers}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     storage = Path(args.storage).expanduser().resolve()
@@ -538,7 +571,8 @@ def run(args) -> int:
     if "table" in parts:
         study_table(data_cfg, args.model, report, seeds=args.seeds, epochs=args.table_epochs,
                     storage=storage, tuned=tuned, out=out,
-                    presets=tuple(p.strip() for p in args.presets.split(",") if p.strip()))
+                    presets=tuple(p.strip() for p in args.presets.split(",") if p.strip()),
+                    workers=args.table_workers)
     text = report.markdown(command)
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps(report.numbers, indent=2))

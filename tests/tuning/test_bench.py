@@ -35,7 +35,8 @@ def test_unknown_part_is_refused_before_any_work(tmp_path, capsys):
 def test_smoke_throughput_and_table(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     rc = main(["bench", "--smoke-test", "--parts", "throughput,table", "--data", "demo",
-               "--model", tiny_model_dir, "--presets", "baseline,supcon", "--out", str(out),
+               "--model", tiny_model_dir, "--presets", "baseline,supcon",
+               "--table-workers", "2", "--out", str(out),
                "--storage", str(tmp_path / "runs")])
     assert rc == 0
     text = (out / "results.md").read_text()
