@@ -342,7 +342,9 @@ def search(data_cfg: DataConfig, model: str, report: BenchReport, *, budget_s: f
         best = best_run(name, storage=str(storage))
         chosen[label] = best.config
         test = _chosen_on_test(cfg, data_cfg, best.config)
-        epochs_run = sum(int(r.data.metrics.get("epoch", 0)) for r in runs)
+        # the epoch is each metric's step, not a metric of its own
+        epochs_run = sum(len(tracking.metric_history(cfg.resolved_tracking_uri(), r.info.run_id, "val_accuracy"))
+                         for r in runs)
         report.numbers[f"search_{searcher}_best_val"] = best.metrics["val_accuracy"]
         report.numbers[f"search_{searcher}_test"] = test
         report.add("c. Search efficiency",

@@ -58,6 +58,10 @@ def test_smoke_search_and_overhead(tmp_path, tiny_model_dir, ray_local):
     text = (out / "results.md").read_text()
     assert "## b. Sweep overhead" in text and "## c. Search efficiency" in text
     assert "| ASHA + TPE |" in text and "| random, no early stopping |" in text
+    for line in text.splitlines():
+        if line.startswith(("| ASHA + TPE |", "| random, no early stopping |")):
+            trials, trial_epochs = int(line.split("|")[2]), int(line.split("|")[3])
+            assert trial_epochs >= 1 and trials >= 1
     numbers = json.loads((out / "results.json").read_text())
     assert numbers["sweep_overhead"] > -1.0
     for searcher in ("tpe", "random"):
