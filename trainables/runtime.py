@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from pathlib import Path
@@ -31,8 +32,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_has_fast_bf16() -> bool:
-    """AVX512-BF16 or AMX: CPUs whose bf16 matrix units make autocast faster than fp32."""
+    """AVX512-BF16 or AMX: CPUs whose bf16 matrix units make autocast faster than fp32. Read
+    once per process: ``resolve_precision`` runs for every training batch."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: no evidence either way, stay on fp32

@@ -34,6 +34,7 @@ def test_cpu_flag_detection_reads_cpuinfo(monkeypatch, tmp_path):
     fake.write_text("flags\t\t: fpu sse avx512f avx512_bf16\n")
     real_path = runtime.Path
     monkeypatch.setattr(runtime, "Path", lambda p: real_path(fake) if p == "/proc/cpuinfo" else real_path(p))
-    assert runtime._cpu_has_fast_bf16()
+    detect = runtime._cpu_has_fast_bf16.__wrapped__  # uncached: the real one reads once per process
+    assert detect()
     fake.write_text("flags\t\t: fpu sse avx2\n")
-    assert not runtime._cpu_has_fast_bf16()
+    assert not detect()
