@@ -22,6 +22,7 @@ import yaml
 
 from search_spaces.space import Categorical, Fixed, FloatRange, IntRange, Param, SearchSpace
 from trainables.errors import ConfigError, UserError
+from trainables.hparams import HPARAMS
 
 RANGE_KEYS = {"low", "high", "log", "step", "when"}
 
@@ -71,8 +72,9 @@ def _companions(name: str, value: Any) -> dict:
 
 def _parse_param(config_cls, source: str, name: str, spec: Any, existing: Param | None) -> Param:
     where = f"{source}: `{name}`"
-    field_type = {f.name: f.type for f in dataclasses.fields(config_cls)}[name]
-    when = existing.when if existing else {}
+    field_type = HPARAMS[name].kind
+    # a parameter the space leaves out keeps its declared condition (momentum only for sgd)
+    when = existing.when if existing else HPARAMS[name].when
     if isinstance(spec, list):
         spec = {"choices": spec}
     if not isinstance(spec, dict):
@@ -102,8 +104,8 @@ def _parse_param(config_cls, source: str, name: str, spec: Any, existing: Param 
             f"{where}: a range needs `low` and `high` (optional `log`, `step`, `when`); got keys "
             f"{sorted(spec)}. Use `choices: [...]` for a categorical or a plain value to fix it.")
     low, high, log = spec["low"], spec["high"], spec.get("log", False)
-    if field_type not in ("float", "int", "Optional[float]"):
-        raise SpaceError(f"{where} is a {field_type} parameter and cannot take a numeric range; "
+    if field_type not in ("float", "int", "optional_float", "optional_int"):
+        raise SpaceError(f"{where} is a {field_type.replace('_', ' ')} parameter and cannot take a numeric range; "
                          f"use `choices: [...]` or a fixed value")
     for key, v in (("low", low), ("high", high)):
         if not _is_number(v):
@@ -121,7 +123,7 @@ def _parse_param(config_cls, source: str, name: str, spec: Any, existing: Param 
         raise SpaceError(f"{where}: `step` cannot be combined with `log: true`")
     _check_value(config_cls, f"{where}.low", name, low)
     _check_value(config_cls, f"{where}.high", name, high)
-    if field_type == "int":
+    if field_type in ("int", "optional_int"):
         if not all(float(v).is_integer() for v in (low, high)):
             raise SpaceError(f"{where} is an integer parameter; low and high must be integers, "
                              f"got (low={low}, high={high})")

@@ -27,8 +27,9 @@ import math
 import numpy as np
 
 from trainables.errors import ConfigError
+from trainables.hparams import choices_of
 
-AUGMENTATIONS = frozenset({"none", "word_deletion", "span_cutoff", "shuffle"})
+AUGMENTATIONS = frozenset(choices_of("augmentation"))  # declared in trainables.hparams
 MAX_STRENGTH = 0.5
 SHUFFLE_WINDOW_PER_STRENGTH = 20  # window = 1 + round(20 * strength): 11 tokens at strength 0.5
 

@@ -1,4 +1,12 @@
-"""The fine-tuning hyperparameters: one frozen, validated dataclass.
+"""Every hyperparameter, declared once: default, allowed values, default search range, phase, doc.
+
+``HPARAMS`` is the single source of truth. The config dataclasses (``FinetuneConfig``,
+``ContrastiveConfig``) are generated from it, their validation reads its rules, the default
+search spaces (``search_spaces``) read its ranges, the CLI reads its defaults and choices, YAML
+overrides are checked against it, and the README's parameter table is rendered from it
+(``tunebert space --table``; a test keeps the README in step). A new parameter goes here and
+nowhere else; a test fails if another module spells out a choice list of a parameter declared
+here.
 
 ``FinetuneConfig.from_dict(d).to_dict()`` is the exact dict a trial trains with and the exact dict
 that reaches MLflow. Unknown keys and bad values raise ``ConfigError`` naming the key, the value
@@ -8,209 +16,352 @@ and the rule.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Optional
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
 
+from search_spaces.space import Categorical, Distribution, Fixed, FloatRange, IntRange
 from trainables.errors import ConfigError
-from trainables.schedules import SCHEDULERS
 
-POOLINGS = ("cls", "mean", "max")
-HEADS = ("linear", "mlp")
-OPTIMIZERS = ("adamw", "sgd")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FAMILIES = ("finetune", "contrastive")
+BOTH = FAMILIES
+CONTRASTIVE = ("contrastive",)
+FINETUNE = ("finetune",)
 
-
-def _check_choice(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"`{name}` must be one of {list(allowed)}, but got {value!r}")
-
-
-def _check_range(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"`{name}` must be a number, but got {value!r} ({type(value).__name__})")
-    ok = (low < value if low_open else low <= value) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ConfigError(f"`{name}` must lie in {bracket}{low}, {high}], but got {value!r}")
-
-
-def _check_int(name: str, value: Any, low: int, high: int = 10**9) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"`{name}` must be an integer, but got {value!r} ({type(value).__name__})")
-    if not low <= value <= high:
-        raise ConfigError(f"`{name}` must lie in [{low}, {high}], but got {value}")
-
-
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"`{name}` must be true or false, but got {value!r}")
+# Which part of training a parameter acts on (the "phase" column of the table).
+PHASES = {
+    "run": "the whole run; a sweep sets it once for every trial (a sweep-level setting)",
+    "model": "the encoder and the classification head",
+    "optimizer": "the optimizer of the classification stage (fine-tuning, or the classifier "
+                 "stage of a contrastive trial)",
+    "schedule": "the learning-rate schedule (both stages of a contrastive trial)",
+    "loop": "the training loop",
+    "recipe": "training recipe knobs for compact encoders (fine-tuning trials; 0 = off)",
+    "contrastive": "the contrastive stage or loss (contrastive trials)",
+}
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
-    """Everything one fine-tuning trial needs besides the data.
+class HParam:
+    """One hyperparameter. ``kind`` is one of bool, int, float, str, optional_float, optional_int.
 
-    Learning rates follow layer-wise decay (LLRD, Howard & Ruder 2018; Sun et al. 2019): the top
-    encoder layer trains at ``lr``, layer ``l`` below it at ``lr * llrd_decay**l``, the embeddings
-    lowest, and the classification head at ``lr * head_lr_multiplier``.
+    Validation: ``choices`` for categorical values, else ``[low, high]`` (``(low, high]`` when
+    ``low_open``). ``search`` is its distribution in the default search space (``None``: not
+    searched by default, the default value applies), ``when`` the condition under which it is
+    sampled (``{"head": ("mlp",)}``).
     """
 
-    TRAINABLE: ClassVar[str] = "finetune"
+    name: str
+    kind: str
+    default: Any
+    doc: str
+    phase: str
+    families: tuple[str, ...] = BOTH
+    choices: Optional[tuple] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    search: Optional[Distribution] = None
+    when: Mapping[str, tuple] = field(default_factory=dict)
 
-    trainable: str = "finetune"
-    model: str = "minilm-l6"
-    max_length: int = 128
-    # classifier
-    pooling: str = "mean"
-    head: str = "linear"
-    head_hidden: int = 256
-    classifier_dropout: float = 0.1
-    hidden_dropout: Optional[float] = None  # None keeps the pretrained encoder's value
-    attention_dropout: Optional[float] = None
-    # optimizer
-    optimizer: str = "adamw"
-    lr: float = 1e-4
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.01
-    llrd_decay: float = 1.0
-    head_lr_multiplier: float = 1.0
-    # schedule
-    scheduler: str = "linear"
-    warmup_ratio: float = 0.1
-    min_lr: float = 0.0
-    # loop
-    batch_size: int = 32
-    epochs: int = 4
-    grad_clip: float = 1.0  # 0 disables clipping
-    label_smoothing: float = 0.0
-    freeze_embeddings: bool = False
-    freeze_layers: int = 0
-    reinit_layers: int = 0
-    seed: int = 0
-    precision: str = "auto"  # bf16 where the device has fast bf16 units, else fp32/fp16
-    # provenance: the named preset this config came from, if any
-    preset: Optional[str] = None
+    def check(self, value: Any) -> None:
+        """Raise ``ConfigError`` unless ``value`` is valid for this parameter on its own."""
+        name = self.name
+        if self.kind.startswith("optional_") and value is None:
+            return
+        if self.choices is not None:
+            if value not in self.choices or isinstance(value, bool) != isinstance(self.choices[0], bool):
+                raise ConfigError(f"`{name}` must be one of {list(self.choices)}, but got {value!r}")
+            return
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"`{name}` must be true or false, but got {value!r}")
+        elif self.kind in ("int", "optional_int"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"`{name}` must be an integer, but got {value!r} "
+                                  f"({type(value).__name__})")
+            if not self.low <= value <= self.high:
+                raise ConfigError(f"`{name}` must lie in [{self.low}, {self.high}], but got {value}")
+        elif self.kind in ("float", "optional_float"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"`{name}` must be a number, but got {value!r} "
+                                  f"({type(value).__name__})")
+            ok = (self.low < value if self.low_open else self.low <= value) and value <= self.high
+            if not ok:
+                bracket = "(" if self.low_open else "["
+                raise ConfigError(f"`{name}` must lie in {bracket}{self.low}, {self.high}], but got {value!r}")
+        elif self.kind in ("str", "optional_str"):
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"`{name}` must be a non-empty string, but got {value!r}")
+
+    def coerce(self, value: Any) -> Any:
+        """YAML and MLflow hand back ints for floats such as ``lr: 1`` and floats for whole numbers."""
+        if self.kind in ("float", "optional_float") and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if self.kind in ("int", "optional_int") and isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+    def allowed(self) -> str:
+        """The rule in words, for docs and errors."""
+        if self.choices is not None:
+            return " \\| ".join(str(c) for c in self.choices)
+        if self.kind == "bool":
+            return "true \\| false"
+        if self.kind == "str":
+            return "any"
+        bracket = "(" if self.low_open else "["
+        rule = f"{bracket}{_num(self.low)}, {_num(self.high)}]"
+        return rule + (" or null" if self.kind.startswith("optional_") else "")
+
+
+def _num(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _p(name: str, kind: str, default: Any, doc: str, phase: str, **rules: Any) -> HParam:
+    return HParam(name, kind, default, doc, phase, **rules)
+
+
+SGD_ONLY = {"optimizer": ("sgd",)}
+TWO_STAGE = {"mode": ("two-stage", "two-stage-finetune")}
+AUGMENTED = {"augmentation": ("word_deletion", "span_cutoff", "shuffle")}
+
+# Default search ranges follow the BERT fine-tuning literature: learning rate 1e-5..3e-4 on a
+# log scale (Devlin et al. 2019 searched 2e-5..5e-5; Mosbach et al. 2021 and Sun et al. 2019 go
+# higher for small encoders), LLRD decay 0.7..1.0 (Sun et al. 2019 use 0.95; Zhang et al. 2021
+# ~0.9), warm-up 0..30 % of the steps, dropout 0..0.5, batch 16..128, weight decay 0..0.1, label
+# smoothing 0..0.2. Contrastive: temperature log 0.02..1 (SupCon and SimCLR both report strong
+# dependence on it, good values 0.05..0.5), contrastive batch 32..256 (more negatives help),
+# 1..5 contrastive epochs, joint lambda log 0.05..1 (Gunel et al. 2021 use 0.1..0.9).
+_DECLARED: tuple[HParam, ...] = (
+    # ---- run (sweep-level)
+    _p("trainable", "str", "finetune", "what a trial trains: fine-tuning or contrastive "
+       "pretraining + classifier", "run", choices=FAMILIES),
+    _p("model", "str", "minilm-l6", "hub id, local folder or alias (minilm-l6: the packaged "
+       "all-MiniLM-L6-v2)", "run"),
+    _p("max_length", "int", 128, "texts are truncated to this many tokens", "run", low=8, high=8192),
+    _p("epochs", "int", 4, "epochs of the classification stage (ASHA's max_t for fine-tuning; "
+       "contrastive trials add their contrastive epochs)", "run", low=1, high=10_000),
+    _p("seed", "int", 0, "seed of the model's initialisation, data order and dropout", "run",
+       low=0, high=2**32 - 1),
+    _p("precision", "str", "auto", "auto: bf16 autocast on Ampere+ GPUs and CPUs with "
+       "AVX512-BF16/AMX, fp16 on older GPUs, else fp32", "run", choices=("auto", "fp32", "bf16", "fp16")),
+    # ---- optimizer
+    _p("lr", "float", 1e-4, "learning rate of the top encoder layer", "optimizer", low=0.0,
+       high=10.0, low_open=True, search=FloatRange(1e-5, 3e-4, log=True)),
+    _p("optimizer", "str", "adamw", "adamw (fused where available) or sgd", "optimizer",
+       choices=("adamw", "sgd")),
+    _p("momentum", "float", 0.9, "SGD momentum", "optimizer", low=0.0, high=0.9999,
+       when=SGD_ONLY),
+    _p("nesterov", "bool", False, "Nesterov momentum (SGD with momentum > 0 only)", "optimizer",
+       when=SGD_ONLY),
+    _p("weight_decay", "float", 0.01, "decoupled weight decay, never on biases and LayerNorm",
+       "optimizer", low=0.0, high=1.0, search=FloatRange(0.0, 0.1)),
+    _p("llrd_decay", "float", 1.0, "layer-wise LR decay: layer l below the top trains at "
+       "lr * decay**l, the embeddings lowest", "optimizer", low=0.0, high=1.0, low_open=True,
+       search=FloatRange(0.7, 1.0)),
+    _p("head_lr_multiplier", "float", 1.0, "the classification head trains at lr * this",
+       "optimizer", low=0.0, high=10_000.0, low_open=True, search=FloatRange(1.0, 100.0, log=True)),
+    # ---- schedule
+    _p("scheduler", "str", "linear", "learning-rate schedule after warm-up", "schedule",
+       choices=("linear", "cosine", "constant"), search=Categorical(("linear", "cosine", "constant"))),
+    _p("warmup_ratio", "float", 0.1, "share of the steps spent warming up linearly", "schedule",
+       low=0.0, high=0.9, search=FloatRange(0.0, 0.3)),
+    _p("min_lr", "float", 0.0, "the schedule ends at this learning rate (<= lr)", "schedule",
+       low=0.0, high=10.0),
+    # ---- loop
+    _p("batch_size", "int", 32, "examples per optimizer step", "loop", low=1, high=65536,
+       search=Categorical((16, 32, 64, 128))),
+    _p("stop_epoch", "optional_int", None, "stop after this epoch while keeping the schedule of "
+       "`epochs` (set by `tunebert best` to the epoch that produced the score, so retraining "
+       "reproduces that model)", "loop", low=1, high=10_000),
+    _p("grad_clip", "float", 1.0, "gradient-norm clipping (0 disables it)", "loop", low=0.0,
+       high=1e6, search=Fixed(1.0)),
+    _p("label_smoothing", "float", 0.0, "label smoothing of the cross-entropy", "loop", low=0.0,
+       high=0.9, search=FloatRange(0.0, 0.2)),
+    _p("freeze_embeddings", "bool", False, "keep the word/position embeddings frozen", "loop"),
+    _p("freeze_layers", "int", 0, "freeze the bottom k encoder layers", "loop", low=0, high=1000),
+    _p("reinit_layers", "int", 0, "re-initialise the top k encoder layers", "loop", low=0, high=1000),
+    # ---- model
+    _p("pooling", "str", "mean", "sentence embedding: [CLS] token, mean or max over tokens",
+       "model", choices=("cls", "mean", "max"), search=Categorical(("cls", "mean", "max"))),
+    _p("head", "str", "linear", "classification head: linear, or an MLP with one hidden layer",
+       "model", choices=("linear", "mlp"), search=Categorical(("linear", "mlp"))),
+    _p("head_hidden", "int", 256, "hidden units of the MLP head", "model", low=1, high=1_000_000,
+       search=IntRange(16, 512, log=True), when={"head": ("mlp",)}),
+    _p("classifier_dropout", "float", 0.1, "dropout in front of the head", "model", low=0.0,
+       high=0.99, search=FloatRange(0.0, 0.5)),
+    _p("hidden_dropout", "optional_float", None, "encoder hidden dropout (null keeps the "
+       "pretrained value)", "model", low=0.0, high=0.99),
+    _p("attention_dropout", "optional_float", None, "encoder attention dropout (null keeps the "
+       "pretrained value)", "model", low=0.0, high=0.99),
+    # ---- recipe knobs (fine-tuning trials)
+    _p("ema_decay", "float", 0.0, "exponential moving average of the weights, updated every "
+       "step; evaluated and saved with the averaged weights (0 = off; 0.999 is typical)", "recipe",
+       families=FINETUNE, low=0.0, high=0.99999),
+    _p("swa_epochs", "int", 0, "stochastic weight averaging: the mean of the weights at the end "
+       "of each of the last k epochs, evaluated and saved (0 = off)", "recipe", families=FINETUNE,
+       low=0, high=10_000),
+    _p("rdrop_alpha", "float", 0.0, "R-Drop (Liang et al. 2021): weight of the symmetric KL "
+       "between two dropout passes (0 = off; 1..5 is typical)", "recipe", families=FINETUNE,
+       low=0.0, high=100.0),
+    _p("supcon_lambda", "float", 0.0, "joint SupCon (Gunel et al. 2021): cross-entropy + lambda * "
+       "SupCon on the pooled embeddings of two dropout views (0 = off)", "recipe",
+       families=FINETUNE, low=0.0, high=100.0),
+    _p("supcon_temperature", "float", 0.1, "temperature of the joint SupCon term", "recipe",
+       families=FINETUNE, low=0.0, high=10.0, low_open=True),
+    # ---- contrastive
+    _p("mode", "str", "two-stage", "two-stage (contrastive, then a classifier on the frozen "
+       "encoder), two-stage-finetune, or joint (CE + lambda * SupCon)", "contrastive",
+       families=CONTRASTIVE, choices=("two-stage", "two-stage-finetune", "joint"),
+       search=Categorical(("two-stage", "two-stage-finetune", "joint"))),
+    _p("loss", "str", "supcon", "contrastive loss: SupCon (labels) or SimCLR/NT-Xent (views)",
+       "contrastive", families=CONTRASTIVE, choices=("supcon", "simclr"),
+       search=Categorical(("supcon", "simclr")), when=TWO_STAGE),
+    _p("temperature", "float", 0.1, "temperature of the contrastive loss", "contrastive",
+       families=CONTRASTIVE, low=0.0, high=10.0, low_open=True, search=FloatRange(0.02, 1.0, log=True)),
+    _p("joint_lambda", "float", 0.5, "weight of SupCon in joint mode", "contrastive",
+       families=CONTRASTIVE, low=0.0, high=100.0, search=FloatRange(0.05, 1.0, log=True),
+       when={"mode": ("joint",)}),
+    _p("projection_dim", "int", 128, "output size of the projection head", "contrastive",
+       families=CONTRASTIVE, low=1, high=65536, search=Categorical((64, 128, 256))),
+    _p("contrastive_epochs", "int", 3, "epochs of the contrastive stage (0 only in joint mode)",
+       "contrastive", families=CONTRASTIVE, low=0, high=10_000, search=IntRange(1, 5), when=TWO_STAGE),
+    _p("contrastive_optimizer", "str", "adamw", "optimizer of the contrastive stage", "contrastive",
+       families=CONTRASTIVE, choices=("adamw", "sgd")),
+    _p("contrastive_lr", "float", 1e-4, "learning rate of the contrastive stage", "contrastive",
+       families=CONTRASTIVE, low=0.0, high=10.0, low_open=True,
+       search=FloatRange(1e-5, 3e-4, log=True), when=TWO_STAGE),
+    _p("contrastive_batch_size", "int", 64, "batch of the contrastive stage (more negatives "
+       "per batch)", "contrastive", families=CONTRASTIVE, low=2, high=65536,
+       search=Categorical((32, 64, 128, 256)), when=TWO_STAGE),
+    _p("augmentation", "str", "none", "text noise on top of the dropout views (SimCSE)",
+       "contrastive", families=CONTRASTIVE, choices=("none", "word_deletion", "span_cutoff", "shuffle"),
+       search=Categorical(("none", "word_deletion", "span_cutoff", "shuffle"))),
+    _p("augmentation_strength", "float", 0.1, "share of tokens the augmentation touches",
+       "contrastive", families=CONTRASTIVE, low=0.0, high=0.5, search=FloatRange(0.05, 0.3),
+       when=AUGMENTED),
+    _p("knn_k", "int", 10, "neighbours of the k-NN validation signal during the contrastive stage",
+       "contrastive", families=CONTRASTIVE, low=1, high=1000),
+    # ---- provenance
+    _p("preset", "optional_str", None, "the named preset this config came from, if any", "run"),
+)
+
+HPARAMS: dict[str, HParam] = {p.name: p for p in _DECLARED}
+SWEEP_LEVEL = tuple(p.name for p in _DECLARED if p.phase == "run" and p.name != "preset")
+
+
+def choices_of(name: str) -> tuple:
+    """The allowed values of a categorical parameter (for CLI ``choices=``)."""
+    choices = HPARAMS[name].choices
+    if choices is None:
+        raise KeyError(f"{name} is not a categorical parameter")
+    return choices
+
+
+def default_of(name: str) -> Any:
+    return HPARAMS[name].default
+
+
+def params_of_family(family: str) -> tuple[HParam, ...]:
+    return tuple(p for p in _DECLARED if family in p.families)
+
+
+# --------------------------------------------------------------------------- config classes
+
+
+class _Config:
+    """Behaviour shared by the generated config dataclasses (fields come from ``HPARAMS``)."""
+
+    TRAINABLE = ""
 
     def __post_init__(self) -> None:
         if self.trainable != self.TRAINABLE:
             raise ConfigError(f"`trainable` must be {self.TRAINABLE!r} for {type(self).__name__}, "
                               f"got {self.trainable!r}")
-        if not isinstance(self.model, str) or not self.model:
-            raise ConfigError(f"`model` must be a hub id, a local folder or an alias, got {self.model!r}")
-        _check_int("max_length", self.max_length, 8, 8192)
-        _check_choice("pooling", self.pooling, POOLINGS)
-        _check_choice("head", self.head, HEADS)
-        _check_int("head_hidden", self.head_hidden, 1)
-        _check_range("classifier_dropout", self.classifier_dropout, 0.0, 0.99)
-        for name in ("hidden_dropout", "attention_dropout"):
-            if getattr(self, name) is not None:
-                _check_range(name, getattr(self, name), 0.0, 0.99)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_range("lr", self.lr, 0.0, 10.0, low_open=True)
-        _check_range("momentum", self.momentum, 0.0, 0.9999)
-        _check_bool("nesterov", self.nesterov)
+        for name in self.field_names():
+            if name != "trainable":
+                HPARAMS[name].check(getattr(self, name))
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
             raise ConfigError(
                 f"`nesterov` needs optimizer 'sgd' with momentum > 0, but got "
-                f"(optimizer={self.optimizer!r}, momentum={self.momentum})"
-            )
-        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
-        _check_range("llrd_decay", self.llrd_decay, 0.0, 1.0, low_open=True)
-        _check_range("head_lr_multiplier", self.head_lr_multiplier, 0.0, 10_000.0, low_open=True)
-        _check_choice("scheduler", self.scheduler, SCHEDULERS)
-        _check_range("warmup_ratio", self.warmup_ratio, 0.0, 0.9)
-        _check_range("min_lr", self.min_lr, 0.0, self.lr)
-        _check_int("batch_size", self.batch_size, 1, 65536)
-        _check_int("epochs", self.epochs, 1, 10_000)
-        _check_range("grad_clip", self.grad_clip, 0.0, 1e6)
-        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.9)
-        _check_bool("freeze_embeddings", self.freeze_embeddings)
-        _check_int("freeze_layers", self.freeze_layers, 0, 1000)
-        _check_int("reinit_layers", self.reinit_layers, 0, 1000)
-        _check_int("seed", self.seed, 0, 2**32 - 1)
-        _check_choice("precision", self.precision, PRECISIONS)
+                f"(optimizer={self.optimizer!r}, momentum={self.momentum})")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"`min_lr` must lie in [0.0, lr={self.lr}], but got {self.min_lr!r}")
+        if self.stop_epoch is not None and self.stop_epoch > self.epochs:
+            raise ConfigError(f"`stop_epoch` ({self.stop_epoch}) cannot exceed `epochs` ({self.epochs})")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+        return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "FinetuneConfig":
-        """Build from a (possibly partial) dict; unset keys take the defaults above."""
+    def from_dict(cls, values: dict[str, Any]):
+        """Build from a (possibly partial) dict; unset keys take the declared defaults."""
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
-            raise ConfigError(
-                f"unknown {cls.TRAINABLE} parameter(s) {unknown}; allowed: {sorted(cls.field_names())}"
-            )
-        values = dict(values)
-        # YAML and MLflow hand back ints for floats such as `lr: 1` and floats for whole numbers
-        for f in fields(cls):
-            if f.name in values and f.type in ("float", "Optional[float]"):
-                v = values[f.name]
-                if isinstance(v, int) and not isinstance(v, bool):
-                    values[f.name] = float(v)
-            if f.name in values and f.type == "int":
-                v = values[f.name]
-                if isinstance(v, float) and v.is_integer():
-                    values[f.name] = int(v)
-        return cls(**values)
+            other = [k for k in unknown if k in HPARAMS]
+            hint = (f" ({other} apply to {[f for f in FAMILIES if f != cls.TRAINABLE]} trials only)"
+                    if other else "")
+            raise ConfigError(f"unknown {cls.TRAINABLE} parameter(s) {unknown}{hint}; allowed: "
+                              f"{sorted(cls.field_names())}")
+        return cls(**{k: HPARAMS[k].coerce(v) for k, v in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> "FinetuneConfig":
+    def replace(self, **changes: Any):
         return dataclasses.replace(self, **changes)
 
+    @property
+    def last_epoch(self) -> int:
+        """The classification-stage epoch training stops after (``stop_epoch`` or ``epochs``)."""
+        return self.stop_epoch or self.epochs
 
-MODES = ("two-stage", "two-stage-finetune", "joint")
-CONTRASTIVE_LOSSES = ("supcon", "simclr")
-AUGMENTATION_KINDS = ("none", "word_deletion", "span_cutoff", "shuffle")
+
+def _fields(family: str) -> list:
+    return [(p.name, Any, field(default=family if p.name == "trainable" else p.default))
+            for p in params_of_family(family)]
 
 
-@dataclass(frozen=True)
-class ContrastiveConfig(FinetuneConfig):
+class _FinetuneRules(_Config):
+    """Learning rates follow layer-wise decay (LLRD, Howard & Ruder 2018; Sun et al. 2019): the top
+    encoder layer trains at ``lr``, layer ``l`` below it at ``lr * llrd_decay**l``, the embeddings
+    lowest, and the classification head at ``lr * head_lr_multiplier``."""
+
+    TRAINABLE = "finetune"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.swa_epochs > self.last_epoch:
+            raise ConfigError(f"`swa_epochs` ({self.swa_epochs}) cannot exceed the epochs trained "
+                              f"({self.last_epoch})")
+        if self.ema_decay and self.swa_epochs:
+            raise ConfigError("`ema_decay` and `swa_epochs` both average the weights; use one of "
+                              f"them, but got (ema_decay={self.ema_decay}, swa_epochs={self.swa_epochs})")
+
+
+class _ContrastiveRules(_Config):
     """Contrastive pretraining of the encoder, then classification (or both at once).
 
     Modes: ``two-stage`` trains encoder + projection head with the contrastive loss for
     ``contrastive_epochs``, then freezes the encoder and trains the classifier head for
     ``epochs`` (the study's protocol); ``two-stage-finetune`` then fine-tunes the whole model
     instead; ``joint`` minimises cross-entropy + ``joint_lambda`` * SupCon for ``epochs``
-    (Gunel et al., ICLR 2021). The classification stage uses the fine-tuning fields (``lr``,
-    ``optimizer``, LLRD, schedule, ``batch_size``, ``epochs``); the contrastive stage has its own
-    optimizer, learning rate and batch size, and shares LLRD, warm-up and schedule.
+    (Gunel et al., ICLR 2021). Phases (see ``PHASES``): the classification stage uses the
+    ``optimizer``/``loop``/``model`` fields (``lr``, ``optimizer``, LLRD, ``batch_size``,
+    ``epochs``); the contrastive stage has its own optimizer, learning rate and batch size
+    (``contrastive_*``) and shares LLRD, warm-up and schedule.
     """
 
-    TRAINABLE: ClassVar[str] = "contrastive"
-
-    trainable: str = "contrastive"
-    mode: str = "two-stage"
-    loss: str = "supcon"
-    temperature: float = 0.1
-    projection_dim: int = 128
-    contrastive_epochs: int = 3
-    contrastive_optimizer: str = "adamw"
-    contrastive_lr: float = 1e-4
-    contrastive_batch_size: int = 64
-    augmentation: str = "none"  # views always differ by dropout (SimCSE); this adds text noise
-    augmentation_strength: float = 0.1
-    joint_lambda: float = 0.5
-    knn_k: int = 10
+    TRAINABLE = "contrastive"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_choice("mode", self.mode, MODES)
-        _check_choice("loss", self.loss, CONTRASTIVE_LOSSES)
-        _check_range("temperature", self.temperature, 0.0, 10.0, low_open=True)
-        _check_int("projection_dim", self.projection_dim, 1, 65536)
-        _check_int("contrastive_epochs", self.contrastive_epochs, 0 if self.mode == "joint" else 1, 10_000)
-        _check_choice("contrastive_optimizer", self.contrastive_optimizer, OPTIMIZERS)
-        _check_range("contrastive_lr", self.contrastive_lr, 0.0, 10.0, low_open=True)
-        _check_int("contrastive_batch_size", self.contrastive_batch_size, 2, 65536)
-        _check_choice("augmentation", self.augmentation, AUGMENTATION_KINDS)
-        _check_range("augmentation_strength", self.augmentation_strength, 0.0, 0.5)
-        _check_range("joint_lambda", self.joint_lambda, 0.0, 100.0)
-        _check_int("knn_k", self.knn_k, 1, 1000)
+        if self.mode != "joint" and self.contrastive_epochs < 1:
+            raise ConfigError(f"`contrastive_epochs` must lie in [1, 10000] in mode {self.mode!r}, "
+                              f"but got {self.contrastive_epochs}")
         if self.mode == "joint" and self.loss != "supcon":
             raise ConfigError(f"`mode` 'joint' combines cross-entropy with SupCon; `loss` must be "
                               f"'supcon', but got {self.loss!r}")
@@ -218,4 +369,39 @@ class ContrastiveConfig(FinetuneConfig):
     @property
     def total_epochs(self) -> int:
         """Epochs reported to Ray (ASHA's time axis): both stages, or ``epochs`` when joint."""
-        return self.epochs if self.mode == "joint" else self.contrastive_epochs + self.epochs
+        return self.last_epoch if self.mode == "joint" else self.contrastive_epochs + self.last_epoch
+
+
+FinetuneConfig = dataclasses.make_dataclass(
+    "FinetuneConfig", _fields("finetune"), bases=(_FinetuneRules,), frozen=True,
+    namespace={"__module__": __name__, "__doc__": "Everything one fine-tuning trial needs besides "
+               "the data; fields and defaults come from ``HPARAMS``. " + _FinetuneRules.__doc__})
+ContrastiveConfig = dataclasses.make_dataclass(
+    "ContrastiveConfig", _fields("contrastive"), bases=(_ContrastiveRules,), frozen=True,
+    namespace={"__module__": __name__, "__doc__": _ContrastiveRules.__doc__})
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def markdown_table() -> str:
+    """The README's parameter table, rendered from ``HPARAMS``."""
+    rows = ["| parameter | default | allowed | default search | phase | applies to | what it does |",
+            "|---|---|---|---|---|---|---|"]
+    for p in _DECLARED:
+        if p.name == "preset":
+            continue
+        search = "—"
+        if p.search is not None:
+            d = p.search.describe()
+            search = (str(d) if not isinstance(d, dict) else
+                      " \\| ".join(str(c) for c in d["choices"]) if "choices" in d else
+                      f"{_num(d['low'])}..{_num(d['high'])}" + (" log" if d.get("log") else ""))
+            if p.when:
+                search += " (when " + ", ".join(f"{k} {' / '.join(map(str, v))}" for k, v in p.when.items()) + ")"
+        if p.phase == "run":
+            search = "sweep setting"
+        default = "null" if p.default is None else str(p.default).lower() if isinstance(p.default, bool) else _num(p.default)
+        rows.append(f"| `{p.name}` | {default} | {p.allowed()} | {search} | {p.phase} | "
+                    f"{', '.join(p.families)} | {p.doc} |")
+    return "\n".join(rows) + "\n"

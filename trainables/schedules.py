@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import math
 
-SCHEDULERS = ("linear", "cosine", "constant")
+from trainables.hparams import choices_of
+
+SCHEDULERS = choices_of("scheduler")  # declared in trainables.hparams
 
 
 def warmup_steps_for(total_steps: int, warmup_ratio: float) -> int:

@@ -13,8 +13,26 @@ from pathlib import Path
 from typing import Any, Optional
 
 from trainables.errors import UserError
+from trainables.hparams import HPARAMS, choices_of
+from tuning.config import SCHEDULERS, SEARCHERS, TRAINABLE_CHOICES
 
 EXIT_USER_ERROR = 2
+
+
+def _default(name: str) -> Any:
+    """A sweep setting's default, as ``SweepConfig`` declares it (said once, read here)."""
+    import dataclasses
+
+    from tuning.config import SweepConfig
+
+    f = next(f for f in dataclasses.fields(SweepConfig) if f.name == name)
+    return f.default
+
+
+def _doc(name: str) -> str:
+    """A hyperparameter's doc line and default, from the registry."""
+    p = HPARAMS[name]
+    return f"{p.doc} (default: {p.default})"
 
 
 def _duration(text: str) -> float:
@@ -57,39 +75,41 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run a sweep: Optuna (TPE) proposes configs, ASHA stops weak "
                                    "trials early, every trial is logged to MLflow.")
     p.add_argument("--name", help="sweep name (default: sweep-<date>-<time>); resume uses it")
-    p.add_argument("--trainable", choices=["finetune", "contrastive", "any"], default="finetune",
+    p.add_argument("--trainable", choices=TRAINABLE_CHOICES, default=_default("trainable"),
                    help="what each trial trains: fine-tuning, contrastive pretraining + classifier "
                         "(SupCon/SimCLR), or any (the family is searched too)")
-    p.add_argument("--model", default="minilm-l6",
-                   help="hub id, local folder or alias (default: minilm-l6, the packaged "
-                        "all-MiniLM-L6-v2)")
-    p.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens")
-    p.add_argument("--trials", type=int, default=20, help="number of trials (default: 20)")
+    p.add_argument("--model", default=_default("model"), help=_doc("model"))
+    p.add_argument("--max-length", type=int, default=_default("max_length"), help=_doc("max_length"))
+    p.add_argument("--trials", type=int, default=_default("num_trials"),
+                   help="number of trials (default: %(default)s)")
     p.add_argument("--time-budget", type=_duration, default=None,
                    help="stop starting/running trials after this long (e.g. 2h, 45m)")
-    p.add_argument("--epochs", type=int, default=4,
-                   help="epochs per trial (classifier epochs for contrastive trials, which add "
-                        "their contrastive epochs); ASHA's max_t (default: 4)")
+    p.add_argument("--epochs", type=int, default=_default("epochs"), help=_doc("epochs"))
     p.add_argument("--space", dest="space_file", help="YAML file that narrows/widens/fixes/drops "
                                                       "parameters (see `tunebert space`)")
     p.add_argument("--warm-start", default="",
                    help="comma-separated presets or config files to try first, e.g. "
                         "llrd_warmup,warmup or best.yaml (see `tunebert presets`)")
-    p.add_argument("--searcher", choices=["tpe", "random"], default="tpe")
-    p.add_argument("--scheduler", choices=["asha", "none"], default="asha")
-    p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="auto (default): bf16 on Ampere+ GPUs and CPUs with AVX512-BF16/AMX, fp16 on older "
-                        "GPUs, else fp32")
+    p.add_argument("--searcher", choices=SEARCHERS, default=_default("searcher"))
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=_default("scheduler"))
+    p.add_argument("--grace-period", type=int, default=_default("grace_period"),
+                   help="ASHA: epochs before a trial can be stopped (default: %(default)s)")
+    p.add_argument("--reduction-factor", type=int, default=_default("reduction_factor"),
+                   help="ASHA: keep the best 1/N of the trials at each rung (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=_default("seed"), help="seed of the sampler and of every trial")
+    p.add_argument("--precision", choices=choices_of("precision"), default=_default("precision"),
+                   help=_doc("precision"))
     g = p.add_argument_group("resources")
     g.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001); "
                                      "default: start Ray locally")
-    g.add_argument("--cpus-per-trial", type=float, default=1.0)
-    g.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
+    g.add_argument("--cpus-per-trial", type=float, default=_default("cpus_per_trial"))
+    g.add_argument("--gpus-per-trial", type=float, default=_default("gpus_per_trial"),
+                   help="fractions allowed, e.g. 0.5")
     g.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
-    g.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its checkpoint")
-    g.add_argument("--keep-checkpoints", type=int, default=1, help="checkpoints kept per trial")
+    g.add_argument("--max-failures", type=int, default=_default("max_failures"),
+                   help="retries of a crashed trial from its checkpoint")
+    g.add_argument("--keep-checkpoints", type=int, default=_default("keep_checkpoints"),
+                   help="checkpoints kept per trial")
     _add_data_args(p)
     _add_store_args(p)
     p.add_argument("--smoke-test", action="store_true",
@@ -153,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list the named presets (the study's configurations)")
     p = sub.add_parser("space", help="print the search space as YAML (with --space applied)")
     p.add_argument("--space", dest="space_file")
-    p.add_argument("--trainable", choices=["finetune", "contrastive", "any"], default="finetune")
+    p.add_argument("--trainable", choices=TRAINABLE_CHOICES, default=_default("trainable"))
+    p.add_argument("--table", action="store_true",
+                   help="print every hyperparameter as a Markdown table (default, allowed values, "
+                        "default search range, phase) instead of the space")
     return parser
 
 
@@ -172,7 +195,8 @@ def _sweep(args) -> int:
         max_failures=args.max_failures, keep_checkpoints=args.keep_checkpoints, seed=args.seed,
         precision=args.precision, space_file=args.space_file,
         warm_start=tuple(s.strip() for s in args.warm_start.split(",") if s.strip()),
-        searcher=args.searcher, scheduler=args.scheduler, grace_period=args.grace_period)
+        searcher=args.searcher, scheduler=args.scheduler, grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor)
     if args.name:
         settings["name"] = args.name
     if args.smoke_test:
@@ -303,6 +327,11 @@ def _presets(args) -> int:
 def _space(args) -> int:
     import yaml
 
+    if args.table:
+        from trainables.hparams import markdown_table
+
+        print(markdown_table(), end="")
+        return 0
     from tuning.config import SweepConfig
     from tuning.runner import build_space
 

@@ -13,13 +13,14 @@ from typing import Any, Optional
 
 from trainables.data import DataConfig
 from trainables.errors import ConfigError
+from trainables.hparams import FAMILIES, default_of
 
 DEFAULT_ROOT = "tunebert-runs"
 SWEEP_FILE = "tunebert_sweep.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SEARCHERS = ("tpe", "random")
 SCHEDULERS = ("asha", "none")
-TRAINABLE_CHOICES = ("finetune", "contrastive", "any")  # any: the family is searched too
+TRAINABLE_CHOICES = FAMILIES + ("any",)  # any: the family is searched too
 
 
 def default_sweep_name() -> str:
@@ -41,9 +42,9 @@ class SweepConfig:
     name: str = field(default_factory=default_sweep_name)
     trainable: str = "finetune"
     data: DataConfig = field(default_factory=DataConfig)
-    model: str = "minilm-l6"
-    max_length: int = 128
-    epochs: int = 4
+    model: str = default_of("model")
+    max_length: int = default_of("max_length")
+    epochs: int = default_of("epochs")
     num_trials: int = 20
     time_budget_s: Optional[float] = None
     max_concurrent: Optional[int] = None
@@ -54,8 +55,8 @@ class SweepConfig:
     address: Optional[str] = None
     max_failures: int = 2
     keep_checkpoints: int = 1
-    seed: int = 0
-    precision: str = "auto"
+    seed: int = default_of("seed")
+    precision: str = default_of("precision")
     space_file: Optional[str] = None
     warm_start: tuple[str, ...] = ()
     searcher: str = "tpe"

@@ -14,13 +14,14 @@ def _apply(overrides):
 def test_narrow_fix_drop_add_choices():
     space = _apply({"lr": {"low": 2e-5, "high": 1e-4, "log": True}, "optimizer": "adamw",
                     "label_smoothing": None, "freeze_layers": {"low": 0, "high": 3},
-                    "batch_size": [32, 64]})
+                    "batch_size": [32, 64], "momentum": {"low": 0.8, "high": 0.99}})
     assert space.get("lr").dist == FloatRange(2e-5, 1e-4, log=True)
     assert space.get("optimizer").dist == Fixed("adamw")
     assert space.get("label_smoothing") is None
     assert space.get("freeze_layers").dist == IntRange(0, 3)
     assert space.get("batch_size").dist == Categorical((32, 64))
-    assert space.get("momentum").when == {"optimizer": ("sgd",)}  # condition kept
+    # a parameter the default space leaves out gets its declared condition
+    assert space.get("momentum").when == {"optimizer": ("sgd",)}
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -34,7 +35,7 @@ def test_narrow_fix_drop_add_choices():
     ({"pooling": {"low": 0, "high": 1}}, "cannot take a numeric range"),
     ({"freeze_layers": {"low": 0.5, "high": 2}}, "must be an integer"),
     ({"lr": {"lo": 1e-5, "hi": 1e-3}}, "a range needs `low` and `high`"),
-    ({"optimizer": None}, r"`momentum` depends on \['optimizer'\]"),
+    ({"head": None}, r"`head_hidden` depends on \['head'\]"),
 ])
 def test_bad_space_files_are_rejected_with_key_and_rule(overrides, match):
     with pytest.raises(SpaceError, match=match):

@@ -9,8 +9,19 @@ def _trial(seed=0):
     return optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
 
 
+def test_default_space_leaves_sgd_out():
+    # measured: SGD trails AdamW on MASSIVE at every learning rate tried (README, "The search space")
+    space = finetune_space()
+    assert space.get("optimizer") is None and space.get("momentum") is None
+
+
 def test_conditional_parameters_only_when_active():
-    space = finetune_space(model="m", epochs=3)
+    from search_spaces.overrides import apply_overrides
+    from trainables.hparams import FinetuneConfig
+
+    space = apply_overrides(finetune_space(model="m", epochs=3),
+                            {"optimizer": ["adamw", "sgd"], "momentum": {"low": 0.8, "high": 0.99},
+                             "nesterov": [False, True]}, config_cls=FinetuneConfig)
     seen_sgd = seen_adamw = False
     for seed in range(30):
         config = sample(_trial(seed), space)
