@@ -2,6 +2,10 @@
 
 A checkpoint folder holds ``state.pt`` (model, optimizer, scheduler, grad-scaler and RNG states,
 the finished epoch), ``config.json`` (the trial's resolved config) and ``label_map.json``.
+
+The model a run hands over is its best validation epoch's (with averaged weights when EMA/SWA is
+on), which may differ from the live weights training resumes from: ``best_model`` holds it then,
+and ``model_weights(state)`` returns the weights to hand over either way.
 """
 
 from __future__ import annotations
@@ -37,18 +41,20 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 def save_checkpoint(directory: str | Path, *, model: torch.nn.Module, optimizer, scheduler,
                     scaler, epoch: int, config: dict, label_map: dict,
-                    extra: Optional[dict] = None) -> Path:
+                    extra: Optional[dict] = None, best_model: Optional[dict] = None) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
-            "model": model.state_dict(),
+            # a module, or a state dict (the best epoch's weights after the last epoch)
+            "model": model.state_dict() if isinstance(model, torch.nn.Module) else model,
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "epoch": epoch,
             "rng": rng_states(),
             "extra": extra or {},
+            "best_model": best_model,
         },
         directory / STATE_FILE,
     )
@@ -63,3 +69,8 @@ def load_checkpoint(directory: str | Path) -> dict[str, Any]:
     state["config"] = json.loads((directory / CONFIG_FILE).read_text())
     state["label_map"] = json.loads((directory / LABEL_MAP_FILE).read_text())
     return state
+
+
+def model_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint hands over: its best epoch's when they differ from the live ones."""
+    return state.get("best_model") or state["model"]

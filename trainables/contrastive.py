@@ -26,7 +26,8 @@ from trainables.augment import augment
 from trainables.checkpointing import load_checkpoint, restore_rng_states, save_checkpoint
 from trainables.data import EncodedSplit, TokenizedData, collate, steps_per_epoch
 from trainables.errors import ConfigError
-from trainables.finetune import Reporter, build_classifier, classification_loss, maybe_inject_failure, top_lr
+from trainables.finetune import (BestEpoch, Reporter, build_classifier, classification_loss,
+                                 maybe_inject_failure, top_lr)
 from trainables.hparams import ContrastiveConfig
 from trainables.loops import EvalResult, evaluate, macro_f1, train_epoch
 from trainables.losses import ntxent_loss, supcon_loss
@@ -199,19 +200,26 @@ def fit(cfg: ContrastiveConfig, data: TokenizedData, *, device: torch.device, re
     first_stage_epochs = 0 if cfg.mode == "joint" else cfg.contrastive_epochs
     state = load_checkpoint(resume_dir) if resume_dir is not None else None
     done = state["epoch"] if state else 0
+    last = first_stage_epochs + cfg.last_epoch
+    best = BestEpoch()  # over the classifier stage: stage 1 has no classifier to hand over
     if state:
         model.load_state_dict(state["model"])
+        best.restore(state["extra"].get("best"), state.get("best_model") or state["model"])
         restore_rng_states(state["rng"])
 
     def write_for(optimizer, scheduler, epoch):
-        resumable = epoch < first_stage_epochs + cfg.epochs  # nothing resumes after the last epoch
+        resumable = epoch < last  # nothing resumes after the last epoch
 
         def write(directory: str) -> None:
-            save_checkpoint(directory, model=model, optimizer=optimizer if resumable else None,
+            final = not resumable and best.weights is not None
+            save_checkpoint(directory, model=best.weights if final else model,
+                            optimizer=optimizer if resumable else None,
                             scheduler=scheduler if resumable else None,
                             scaler=None, epoch=epoch, config=cfg.to_dict(),
                             label_map=data.label_map.to_dict(),
-                            extra={"stage": "contrastive" if epoch <= first_stage_epochs else "classifier"})
+                            extra={"stage": "contrastive" if epoch <= first_stage_epochs else "classifier",
+                                   "best": best.state()},
+                            best_model=best.weights if resumable else None)
         return write
 
     def resume_optimizer(optimizer, scheduler, stage_start: int) -> None:
@@ -238,7 +246,9 @@ def fit(cfg: ContrastiveConfig, data: TokenizedData, *, device: torch.device, re
                                 grad_clip=cfg.grad_clip, progress=progress, make_batch=views(epoch, rng))
             knn = knn_signal(model, data, k=cfg.knn_k, seed=cfg.seed, device=device)
             report({"epoch": epoch, "stage": 1, "contrastive_loss": stats.loss, "val_knn_accuracy": knn,
-                    "val_accuracy": knn, "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s},
+                    "val_accuracy": knn,
+                    "best_val_accuracy": knn,  # the proxy stands in until a classifier exists
+                    "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s},
                    write_for(optimizer, scheduler, epoch))
         done = first_stage_epochs
 
@@ -255,7 +265,7 @@ def fit(cfg: ContrastiveConfig, data: TokenizedData, *, device: torch.device, re
                                      pad_token_id=data.pad_token_id, device=device)
         val_features = embed_split(model.classifier, val, np.arange(len(val)),
                                    pad_token_id=data.pad_token_id, device=device)
-    for epoch in range(done + 1, first_stage_epochs + cfg.epochs + 1):
+    for epoch in range(done + 1, last + 1):
         maybe_inject_failure(epoch)
         rng = np.random.default_rng([cfg.seed, epoch])
         common = dict(batch_size=cfg.batch_size, rng=rng, pad_token_id=data.pad_token_id,
@@ -275,8 +285,11 @@ def fit(cfg: ContrastiveConfig, data: TokenizedData, *, device: torch.device, re
             result = evaluate(model.classifier, val, batch_size=max(64, cfg.batch_size),
                               pad_token_id=data.pad_token_id, num_labels=data.num_labels, device=device,
                               precision=cfg.precision)
-        report({"epoch": epoch, "stage": 2, "train_loss": stats.loss, **result.as_metrics("val"),
-                "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s},
-               write_for(optimizer, scheduler, epoch))
-    maybe_inject_failure(first_stage_epochs + cfg.epochs + 1)
+        metrics = {"epoch": epoch, "stage": 2, "train_loss": stats.loss, **result.as_metrics("val"),
+                   "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s}
+        best.update(epoch, metrics, model.state_dict())
+        report({**metrics, **best.as_metrics()}, write_for(optimizer, scheduler, epoch))
+    maybe_inject_failure(last + 1)
+    if best.weights is not None:
+        model.load_state_dict(best.weights)
     return model

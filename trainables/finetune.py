@@ -14,11 +14,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainables import registry
+from trainables.averaging import WeightAverage
 from trainables.checkpointing import load_checkpoint, restore_rng_states, save_checkpoint
 from trainables.data import TokenizedData, steps_per_epoch
 from trainables.errors import ConfigError
 from trainables.hparams import FinetuneConfig
 from trainables.loops import evaluate, train_epoch
+from trainables.losses import two_view_classification_loss
 from trainables.models import TextClassifier, freeze_bottom, load_encoder, num_encoder_layers, reinit_top
 from trainables.optim import build_optimizer, llrd_param_groups
 from trainables.runtime import resolve_precision, seed_everything, supports_precision
@@ -104,13 +107,93 @@ def classification_loss(label_smoothing: float):
     return loss_fn
 
 
+def finetune_loss(cfg):
+    """Cross-entropy, or with R-Drop and/or joint SupCon the two-dropout-pass loss
+    (``trainables.losses.two_view_classification_loss``): the batch goes through the model twice
+    in one forward (concatenated), so each text gets two independent dropout masks."""
+    if not (cfg.rdrop_alpha or cfg.supcon_lambda):
+        return classification_loss(cfg.label_smoothing)
+
+    def loss_fn(model, batch):
+        ids, mask, labels = batch
+        pooled = model.embed(torch.cat([ids, ids]), torch.cat([mask, mask]))  # (2B, hidden)
+        return two_view_classification_loss(
+            model.head(pooled), pooled, labels, label_smoothing=cfg.label_smoothing,
+            rdrop_alpha=cfg.rdrop_alpha, supcon_lambda=cfg.supcon_lambda,
+            supcon_temperature=cfg.supcon_temperature)
+    return loss_fn
+
+
+def reapply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, fresh: list[tuple[float, float]]) -> None:
+    """After loading an optimizer/scheduler state: the config's base learning rates and weight
+    decay win over the saved ones. A trial continued from another trial's checkpoint with a
+    mutated config (Population Based Training) trains with its own values; for an unchanged
+    config this changes nothing. ``fresh``: (base lr, weight decay) per param group, in order."""
+    for group, (base, decay) in zip(optimizer.param_groups, fresh):
+        group["initial_lr"] = base
+        group["weight_decay"] = decay
+    scheduler.base_lrs = [base for base, _ in fresh]
+    step = scheduler.last_epoch  # LambdaLR counts optimizer steps here
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(step)
+
+
+class BestEpoch:
+    """The best validation epoch so far (by ``val_accuracy``; a tie keeps the earlier epoch) and a
+    CPU copy of the weights that scored it: the model the run hands over."""
+
+    METRICS = registry.BEST_EPOCH_METRICS
+
+    def __init__(self):
+        self.epoch = 0
+        self.metrics: dict[str, float] = {}
+        self.weights: Optional[dict] = None
+
+    def update(self, epoch: int, metrics: dict, weights: dict) -> bool:
+        if self.epoch and not metrics["val_accuracy"] > self.metrics["val_accuracy"]:
+            return False
+        self.epoch = epoch
+        self.metrics = {k: metrics[k] for k in self.METRICS}
+        self.weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+        return True
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"best_epoch": self.epoch, **{f"best_{k}": v for k, v in self.metrics.items()}}
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "metrics": self.metrics}
+
+    def restore(self, saved: Optional[dict], weights: Optional[dict]) -> None:
+        if saved and saved.get("epoch"):
+            self.epoch, self.metrics, self.weights = saved["epoch"], dict(saved["metrics"]), weights
+
+
+@torch.no_grad()
+def _evaluate_weights(model, weights: Optional[dict], split, **kwargs):
+    """Evaluate ``model`` with ``weights`` swapped in (the averaged ones), then put the live
+    weights back; with ``weights=None`` the live model as it is."""
+    if weights is None:
+        return evaluate(model, split, **kwargs)
+    live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(weights)
+    try:
+        return evaluate(model, split, **kwargs)
+    finally:
+        model.load_state_dict(live)
+
+
 def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, report: Reporter,
         resume_dir: Optional[str] = None,
         progress: Optional[Callable[[int], None]] = None) -> TextClassifier:
-    """Fine-tune for ``cfg.epochs`` epochs, calling ``report`` after each one.
+    """Fine-tune for ``cfg.last_epoch`` epochs of a ``cfg.epochs``-epoch schedule, calling
+    ``report`` after each one, and return the model of the best validation epoch.
 
-    With ``resume_dir`` the model, optimizer, scheduler and RNG states come from that checkpoint
-    and training continues with the epoch after the one it saved.
+    Each epoch is evaluated with the averaged weights when EMA or SWA is on (once SWA has
+    averaged anything). Reports carry that epoch's ``val_*`` and the best epoch so far
+    (``best_epoch``, ``best_val_accuracy``, ...). With ``resume_dir`` the model, optimizer,
+    scheduler, averaging, best-epoch and RNG states come from that checkpoint and training
+    continues with the epoch after the one it saved; the config's learning rates and weight decay
+    apply from there on (``reapply_hyperparameters``).
     """
     if not supports_precision(device, cfg.precision):
         raise ConfigError(f"`precision` {cfg.precision!r} is not supported on {device}; use fp32")
@@ -119,8 +202,11 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
     model = build_classifier(cfg, data.num_labels).to(device)
     total_steps = cfg.epochs * steps_per_epoch(len(train), cfg.batch_size)
     optimizer, scheduler = build_optimization(model, cfg, total_steps=total_steps)
+    fresh = [(g["initial_lr"], g["weight_decay"]) for g in optimizer.param_groups]
     precision = resolve_precision(device, cfg.precision)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and device.type == "cuda" else None
+    average = WeightAverage.for_config(cfg, model)
+    best = BestEpoch()
     first_epoch = 1
     if resume_dir is not None:
         state = load_checkpoint(resume_dir)
@@ -128,31 +214,50 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
         if state["optimizer"] is not None:  # None after the last epoch: nothing left to train
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            reapply_hyperparameters(optimizer, scheduler, fresh)
         if scaler is not None and state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
+        if average is not None:
+            average.load_state_dict(state["extra"].get("average"))
+        best.restore(state["extra"].get("best"), state.get("best_model") or state["model"])
         restore_rng_states(state["rng"])
         first_epoch = state["epoch"] + 1
-    loss_fn = classification_loss(cfg.label_smoothing)
-    for epoch in range(first_epoch, cfg.epochs + 1):
+    loss_fn = finetune_loss(cfg)
+    eval_kwargs = dict(batch_size=max(64, cfg.batch_size), pad_token_id=data.pad_token_id,
+                       num_labels=data.num_labels, device=device, precision=precision)
+    for epoch in range(first_epoch, cfg.last_epoch + 1):
         maybe_inject_failure(epoch)
         stats = train_epoch(
             model, train, batch_size=cfg.batch_size, rng=np.random.default_rng([cfg.seed, epoch]),
             pad_token_id=data.pad_token_id, optimizer=optimizer, scheduler=scheduler,
             loss_fn=loss_fn, device=device, precision=precision, grad_clip=cfg.grad_clip,
-            scaler=scaler, progress=progress)
-        result = evaluate(model, val, batch_size=max(64, cfg.batch_size), pad_token_id=data.pad_token_id,
-                          num_labels=data.num_labels, device=device, precision=precision)
+            scaler=scaler, progress=progress,
+            after_step=average.after_step if average is not None else None)
+        if average is not None:
+            average.after_epoch(epoch)
+        averaged = average.weights() if average is not None else None
+        result = _evaluate_weights(model, averaged, val, **eval_kwargs)
         metrics = {"epoch": epoch, "train_loss": stats.loss, **result.as_metrics("val"),
                    "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s}
+        best.update(epoch, metrics, averaged if averaged is not None else model.state_dict())
+        metrics.update(best.as_metrics())
 
         def write(directory: str, _epoch: int = epoch) -> None:
-            # after the last epoch nothing resumes: the model alone is a third of the bytes
-            resumable = _epoch < cfg.epochs
-            save_checkpoint(directory, model=model, optimizer=optimizer if resumable else None,
-                            scheduler=scheduler if resumable else None,
-                            scaler=scaler if resumable else None, epoch=_epoch, config=cfg.to_dict(),
-                            label_map=data.label_map.to_dict())
+            extra = {"best": best.state(),
+                     "average": average.state_dict() if average is not None else None}
+            if _epoch < cfg.last_epoch:
+                save_checkpoint(directory, model=model, optimizer=optimizer, scheduler=scheduler,
+                                scaler=scaler, epoch=_epoch, config=cfg.to_dict(),
+                                label_map=data.label_map.to_dict(), extra=extra,
+                                best_model=best.weights)
+            else:  # nothing resumes after the last epoch: the handed-over model alone
+                save_checkpoint(directory, model=best.weights, optimizer=None,
+                                scheduler=None, scaler=None, epoch=_epoch, config=cfg.to_dict(),
+                                label_map=data.label_map.to_dict(), extra=extra)
 
         report(metrics, write)
-    maybe_inject_failure(cfg.epochs + 1)
+    maybe_inject_failure(cfg.last_epoch + 1)
+    if best.weights is not None:
+        model.load_state_dict(best.weights)
     return model
+

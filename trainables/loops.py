@@ -60,6 +60,7 @@ def train_epoch(
     scaler: Optional[torch.amp.GradScaler] = None,
     progress: Optional[Callable[[int], None]] = None,
     make_batch: Optional[Callable[[np.ndarray], tuple]] = None,
+    after_step: Optional[Callable[[], None]] = None,
 ) -> EpochStats:
     """One pass over ``split`` in length-bucketed random batches.
 
@@ -67,6 +68,7 @@ def train_epoch(
     Raises ``NonFiniteLossError`` on the first NaN/inf loss: continuing would only spread it.
     ``progress(n)`` is called after each batch with the number of samples it held.
     ``make_batch(indices)`` builds a batch's tensors (default: padded ids, mask and labels).
+    ``after_step()`` runs after every optimizer step (weight averaging).
     """
     if make_batch is None:
         make_batch = functools.partial(collate, split, pad_token_id=pad_token_id)
@@ -97,6 +99,8 @@ def train_epoch(
         else:
             optimizer.step()
         scheduler.step()
+        if after_step is not None:
+            after_step()
         total += value * len(indices)
         seen += len(indices)
         if progress is not None:

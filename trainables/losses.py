@@ -148,3 +148,52 @@ def ntxent_loss(features: torch.Tensor, temperature: float = 0.1) -> torch.Tenso
     anchors = torch.arange(2 * batch, device=log_prob.device)
     partner = anchors ^ 1  # the other view of the same text: 2b <-> 2b + 1
     return -log_prob[anchors, partner].mean()
+
+
+def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """``(KL(p_a || p_b) + KL(p_b || p_a)) / 2`` per example, averaged over the batch, where
+    ``p = softmax(logits)`` (the R-Drop regulariser, Liang et al. 2021, eq. 2).
+
+    logits_a, logits_b: (batch, classes). Computed in float32 from log-probabilities, so a
+    probability that underflows to 0 in one pass cannot make the loss infinite.
+    """
+    if logits_a.shape != logits_b.shape:
+        raise ValueError(f"symmetric_kl needs logits of one shape, got {tuple(logits_a.shape)} "
+                         f"and {tuple(logits_b.shape)}")
+    log_a = F.log_softmax(logits_a.float(), dim=-1)
+    log_b = F.log_softmax(logits_b.float(), dim=-1)
+    kl_ab = (log_a.exp() * (log_a - log_b)).sum(-1)  # (batch,)
+    kl_ba = (log_b.exp() * (log_b - log_a)).sum(-1)
+    return (0.5 * (kl_ab + kl_ba)).mean()
+
+
+def two_view_classification_loss(logits: torch.Tensor, pooled: torch.Tensor, labels: torch.Tensor, *,
+                                 label_smoothing: float = 0.0, rdrop_alpha: float = 0.0,
+                                 supcon_lambda: float = 0.0,
+                                 supcon_temperature: float = 0.1) -> torch.Tensor:
+    """Cross-entropy over two dropout passes of one batch, plus R-Drop and/or joint SupCon.
+
+    ``logits``: (2B, classes) and ``pooled``: (2B, hidden), rows ``0..B-1`` the first pass and
+    ``B..2B-1`` the second pass of the same ``B`` texts; ``labels``: (B,). Returns::
+
+        (CE(l1) + CE(l2)) / 2  +  rdrop_alpha * symmetric_kl(l1, l2)
+                               +  supcon_lambda * SupCon([z1, z2], labels, supcon_temperature)
+
+    R-Drop: Liang et al., NeurIPS 2021, eq. 3 (the mean of the two NLL terms rather than their
+    sum, so ``rdrop_alpha = 0`` is plain cross-entropy averaged over two passes). Joint SupCon:
+    Gunel et al., ICLR 2021, eq. 1-2, on the pooled embeddings (no projection head), with the two
+    passes as the views.
+    """
+    half = logits.shape[0] // 2
+    if logits.shape[0] != 2 * half or labels.shape != (half,):
+        raise ValueError(f"expected 2B rows of logits for B labels, got {logits.shape[0]} rows and "
+                         f"labels of shape {tuple(labels.shape)}")
+    l1, l2 = logits.float()[:half], logits.float()[half:]
+    loss = 0.5 * (F.cross_entropy(l1, labels, label_smoothing=label_smoothing)
+                  + F.cross_entropy(l2, labels, label_smoothing=label_smoothing))
+    if rdrop_alpha:
+        loss = loss + rdrop_alpha * symmetric_kl(l1, l2)
+    if supcon_lambda:
+        views = torch.stack([pooled[:half], pooled[half:]], dim=1)  # (B, 2, hidden)
+        loss = loss + supcon_lambda * supcon_loss(views, labels, supcon_temperature)
+    return loss

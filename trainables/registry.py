@@ -18,6 +18,14 @@ TRAINABLES: dict[str, tuple[type, str]] = {
     "contrastive": (ContrastiveConfig, "trainables.contrastive:fit"),
 }
 RAY_ENTRY_POINT = "trainables.entry:trainable"
+# Every trainable reports these for its best validation epoch as ``best_<name>`` (and the epoch as
+# ``best_epoch``); a sweep ranks, early-stops and searches on those.
+BEST_EPOCH_METRICS = ("val_accuracy", "val_loss", "val_macro_f1")
+
+
+def ranked_metric(metric: str) -> str:
+    """The result key a sweep optimises for ``metric``: its best epoch's value when reported."""
+    return f"best_{metric}" if metric in BEST_EPOCH_METRICS else metric
 
 
 def config_class(name: str) -> type:

@@ -3,6 +3,13 @@
 Only trials whose run FINISHED with a classifier and whose metric is a finite number can be
 best: failed, killed, still-running and NaN runs never are, nor contrastive trials stopped before
 their classifier stage.
+
+A trial is scored by its best validation epoch, not its last: trainables report ``best_epoch``
+and ``best_val_*`` (the scores of the model the trial hands over) every epoch, and ranking reads
+``best_<metric>`` (``score_key``). The config handed back records the epoch count that produced
+the score as ``stop_epoch`` (the schedule still spans ``epochs``), so retraining it reproduces
+that model. This is the one ranking function: ``best``, ``top_k``, ``report``, ``select`` and
+``train --from-sweep`` all call it.
 """
 
 from __future__ import annotations
@@ -31,6 +38,10 @@ class TrialRun:
     status: str
     tags: dict[str, str] = field(default_factory=dict)
 
+    def score(self, metric: str = "val_accuracy") -> float:
+        """The trial's score: ``metric`` at its best validation epoch."""
+        return self.metrics[score_key(metric, self.metrics)]
+
     @property
     def name(self) -> str:
         return self.tags.get("mlflow.runName", self.run_id)
@@ -40,9 +51,28 @@ def _uri(tracking_uri: Optional[str], storage: str) -> str:
     return resolve_tracking_uri(tracking_uri, Path(storage).expanduser().resolve())
 
 
+def score_key(metric: str, metrics: dict) -> str:
+    """The key a trial is ranked by: ``best_<metric>`` (its best epoch's) when it was reported."""
+    return f"best_{metric}" if f"best_{metric}" in metrics else metric
+
+
+def reproducing_config(config: dict[str, Any], metrics: dict[str, float]) -> dict[str, Any]:
+    """``config`` with ``stop_epoch`` set to the classification-stage epoch that produced the
+    trial's score, when that is not its last epoch."""
+    best_epoch = metrics.get("best_epoch")
+    if not best_epoch:
+        return config
+    stage1 = 0
+    if config.get("trainable") == "contrastive" and config.get("mode", "two-stage") != "joint":
+        stage1 = int(config.get("contrastive_epochs", 0))
+    stop = int(best_epoch) - stage1
+    epochs = int(config.get("epochs", 0))
+    return {**config, "stop_epoch": stop if 1 <= stop < epochs else None}
+
+
 def _to_trial(run) -> TrialRun:
     tags = run.data.tags
-    config = json.loads(tags.get(tracking.CONFIG, "{}"))
+    config = reproducing_config(json.loads(tags.get(tracking.CONFIG, "{}")), run.data.metrics)
     return TrialRun(run_id=run.info.run_id, trial_id=tags.get(tracking.TRIAL_ID, ""),
                     trainable=tags.get(tracking.TRAINABLE, config.get("trainable", "finetune")),
                     config=config, metrics=dict(run.data.metrics),
@@ -51,7 +81,8 @@ def _to_trial(run) -> TrialRun:
 
 def top_k(sweep: str, k: int = 5, metric: str = "val_accuracy", mode: str = "max", *,
           tracking_uri: Optional[str] = None, storage: str = DEFAULT_ROOT) -> list[TrialRun]:
-    """The ``k`` best finished trials of ``sweep``, best first, by the metric's last value."""
+    """The ``k`` best finished trials of ``sweep``, best first, by the metric at each trial's best
+    validation epoch (``score_key``); ``TrialRun.config`` reproduces that epoch's model."""
     if mode not in ("max", "min"):
         raise ConfigError(f"`mode` must be 'max' or 'min', but got {mode!r}")
     if k < 1:
@@ -60,12 +91,13 @@ def top_k(sweep: str, k: int = 5, metric: str = "val_accuracy", mode: str = "max
     # A contrastive trial stopped during its first stage (stage 1) reported a k-NN proxy, not a
     # classifier's accuracy: it has no classifier to hand back, so it cannot be best.
     candidates = [r for r in runs if r.status == "FINISHED" and r.metrics.get("stage", 2) != 1
-                  and isinstance(r.metrics.get(metric), float) and math.isfinite(r.metrics[metric])]
+                  and isinstance(r.metrics.get(score_key(metric, r.metrics)), float)
+                  and math.isfinite(r.metrics[score_key(metric, r.metrics)])]
     known = sorted({m for r in runs for m in r.metrics})
     if known and metric not in known:
         raise ConfigError(f"no trial of sweep {sweep!r} reported metric {metric!r}; "
                           f"metrics there: {known}")
-    candidates.sort(key=lambda r: r.metrics[metric], reverse=(mode == "max"))
+    candidates.sort(key=lambda r: r.metrics[score_key(metric, r.metrics)], reverse=(mode == "max"))
     return candidates[:k]
 
 

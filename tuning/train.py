@@ -136,8 +136,13 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
             run.log_artifacts(str(target), "model")
         checkpoint_dir = str(target) if output_dir else None
     run.end("FINISHED")
+    if last.get("best_epoch"):
+        print(f"[tunebert] kept the model of epoch {int(last['best_epoch'])} (best val_accuracy "
+              f"{last['best_val_accuracy']:.4f})", flush=True)
     if test_metrics:
         print(f"[tunebert] test_accuracy {test_metrics['test_accuracy']:.4f}  "
               f"test_macro_f1 {test_metrics['test_macro_f1']:.4f}", flush=True)
+    # the model kept is the best validation epoch's: its scores are the run's validation result
     val = {k: v for k, v in last.items() if k.startswith("val_")}
+    val.update({k[len("best_"):]: v for k, v in last.items() if k.startswith("best_val_")})
     return TrainOutcome(run.run_id, resolved, val, test_metrics, checkpoint_dir)

@@ -19,6 +19,9 @@ CASES = {
                                        "loss": "simclr", "contrastive_epochs": 1, "augmentation": "shuffle"},
     "contrastive-joint": {"trainable": "contrastive", "mode": "joint", "joint_lambda": 0.3,
                           "augmentation": "word_deletion"},
+    # the recipe knobs change the loss, the evaluated weights and the checkpoint's contents
+    "finetune-ema-rdrop": {"trainable": "finetune", "ema_decay": 0.9, "rdrop_alpha": 1.0},
+    "finetune-swa-supcon": {"trainable": "finetune", "swa_epochs": 2, "supcon_lambda": 0.5},
 }
 
 
@@ -78,3 +81,21 @@ def test_non_finite_loss_stops(tiny_model_dir, demo_data, case, run_trainable):
                                                     "temperature": 0.02}))
     with pytest.raises(NonFiniteLossError):
         run_trainable(cfg, demo_data)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hands_back_its_best_validation_epoch(tiny_model_dir, demo_data, case, run_trainable):
+    """The returned model is the best epoch's, and it scores what the reports say it does."""
+    from trainables.loops import evaluate
+
+    cfg = _config(tiny_model_dir, case, epochs=3)
+    reports, model = run_trainable(cfg, demo_data)
+    last = reports[-1]
+    scored = [r for r in reports if r.get("stage", 2) == 2]
+    best = max(scored, key=lambda r: r["val_accuracy"])  # max keeps the first of ties, as fit does
+    assert last["best_epoch"] == best["epoch"] and last["best_val_accuracy"] == best["val_accuracy"]
+    result = evaluate(model, demo_data.splits["validation"], batch_size=64,
+                      pad_token_id=demo_data.pad_token_id, num_labels=demo_data.num_labels,
+                      device=torch.device("cpu"), precision=cfg.precision)
+    assert result.accuracy == last["best_val_accuracy"]
+    assert result.loss == pytest.approx(last["best_val_loss"], rel=1e-5)

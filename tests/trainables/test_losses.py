@@ -182,3 +182,35 @@ def test_shape_errors_name_the_argument():
         supcon_loss(torch.randn(4, 2, 8), torch.arange(3))
     with pytest.raises(ValueError, match="empty batch"):
         ntxent_loss(torch.randn(0, 2, 8))
+
+
+def test_symmetric_kl_by_hand():
+    import math
+
+    from trainables.losses import symmetric_kl
+
+    # p = (0.5, 0.5), q = (0.8, 0.2) as logits log p, log q
+    p, q = torch.tensor([[0.5, 0.5]]), torch.tensor([[0.8, 0.2]])
+    kl_pq = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)
+    kl_qp = 0.8 * math.log(0.8 / 0.5) + 0.2 * math.log(0.2 / 0.5)
+    assert symmetric_kl(p.log(), q.log()).item() == pytest.approx(0.5 * (kl_pq + kl_qp), rel=1e-6)
+    assert symmetric_kl(p.log(), p.log()).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_two_view_loss_is_ce_plus_weighted_terms():
+    import torch.nn.functional as F
+
+    from trainables.losses import supcon_loss, symmetric_kl, two_view_classification_loss
+
+    torch.manual_seed(0)
+    logits, pooled = torch.randn(6, 4), torch.randn(6, 5)
+    labels = torch.tensor([0, 1, 1])
+    ce = 0.5 * (F.cross_entropy(logits[:3], labels) + F.cross_entropy(logits[3:], labels))
+    assert two_view_classification_loss(logits, pooled, labels).item() == pytest.approx(ce.item())
+    both = two_view_classification_loss(logits, pooled, labels, rdrop_alpha=2.0, supcon_lambda=0.5,
+                                        supcon_temperature=0.2)
+    supcon = supcon_loss(torch.stack([pooled[:3], pooled[3:]], 1), labels, 0.2)
+    expected = ce + 2.0 * symmetric_kl(logits[:3], logits[3:]) + 0.5 * supcon
+    assert both.item() == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="2B rows"):
+        two_view_classification_loss(logits[:5], pooled[:5], labels)

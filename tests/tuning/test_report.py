@@ -59,7 +59,7 @@ def test_report_of_a_tiny_sweep(ray_local, tiny_model_dir, tmp_path, fail_marker
     assert report.confusion.trial_id == outcome.best.trial_id
     assert report.confusion.total == val_size
     assert report.confusion.counts.shape == (12, 12)
-    assert report.confusion.accuracy == pytest.approx(outcome.best.metrics["val_accuracy"], abs=1e-6)
+    assert report.confusion.accuracy == pytest.approx(outcome.best.score("val_accuracy"), abs=1e-6)
 
     # the same files are artifacts of the parent run, under report/
     client = MlflowClient(cfg.resolved_tracking_uri())

@@ -33,7 +33,7 @@ def test_sweep_logs_parent_and_children_and_best_config(ray_local, tiny_model_di
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert len({c.data.tags["tunebert.trial_id"] for c in children}) == 3
-    last_acc = {}
+    best_acc = {}
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.info.status == "FINISHED"
@@ -44,27 +44,34 @@ def test_sweep_logs_parent_and_children_and_best_config(ray_local, tiny_model_di
         config = json.loads(child.data.tags["tunebert.config"])
         assert child.data.params["lr"] == str(config["lr"])  # params are the resolved config
         assert set(child.data.params) >= {"lr", "batch_size", "optimizer", "epochs", "model"}
-        last_acc[child.info.run_id] = max(history, key=lambda m: m.step).value
+        # a trial's score is its best validation epoch (a tie keeps the earlier epoch)
+        top = max(sorted(history, key=lambda m: m.step), key=lambda m: m.value)
+        best_acc[child.info.run_id] = (top.value, top.step)
+        assert child.data.metrics["best_val_accuracy"] == top.value
+        assert child.data.metrics["best_epoch"] == top.step
     # the warm-start preset ran first, with its own values (fixed ones included)
     preset_runs = [c for c in children if c.data.tags.get("tunebert.preset") == "llrd_warmup"]
     assert len(preset_runs) == 1
     p = json.loads(preset_runs[0].data.tags["tunebert.config"])
     assert (p["batch_size"], p["llrd_decay"], p["warmup_ratio"], p["head_hidden"], p["epochs"]) == (16, 0.9, 0.2, 10, 2)
-    # best config = the child with the highest last val_accuracy
-    expected = max(children, key=lambda c: last_acc[c.info.run_id])
-    assert best_config("e2e", storage=str(tmp_path)) == json.loads(expected.data.tags["tunebert.config"])
+    # best config = the child with the highest best-epoch val_accuracy; the exported config
+    # records the epoch that produced it (stop_epoch, None when it was the last)
+    expected = max(children, key=lambda c: best_acc[c.info.run_id][0])
+    value, epoch = best_acc[expected.info.run_id]
+    assert best_config("e2e", storage=str(tmp_path)) == {
+        **json.loads(expected.data.tags["tunebert.config"]), "stop_epoch": epoch if epoch < 2 else None}
     best = best_run("e2e", storage=str(tmp_path))
     assert best.run_id == expected.info.run_id == outcome.best.run_id
-    assert best.metrics["val_accuracy"] == pytest.approx(last_acc[expected.info.run_id])
+    assert best.score("val_accuracy") == pytest.approx(value)
     ranked = top_k("e2e", 3, storage=str(tmp_path))
-    assert [r.metrics["val_accuracy"] for r in ranked] == sorted(last_acc.values(), reverse=True)
+    assert [r.score() for r in ranked] == sorted((v for v, _ in best_acc.values()), reverse=True)
     # the best trial's checkpoint and label map are artifacts of the parent run
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_checkpoint", "label_map.json", "best_config.yaml", "search_space.yaml"} <= names
     ckpt = {a.path for a in client.list_artifacts(parent.info.run_id, "best_checkpoint")}
     assert "best_checkpoint/state.pt" in ckpt
     parent = client.get_run(parent.info.run_id)
-    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best.metrics["val_accuracy"])
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best.score())
     assert parent.data.tags["tunebert.best_trial_id"] == best.trial_id
 
 
