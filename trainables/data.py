@@ -261,6 +261,18 @@ class TokenizedData:
                              self.pad_token_id, dict(self.truncated))
 
 
+def encode_texts(tokenizer, texts: list[str], max_length: int) -> tuple[list[np.ndarray], int]:
+    """Token ids of each text (special tokens added), cut to ``max_length`` keeping the closing
+    special token; and how many texts were cut. Training and prediction both encode this way."""
+    ids, cut = [], 0
+    for seq in tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]:
+        if len(seq) > max_length:
+            cut += 1
+            seq = seq[: max_length - 1] + seq[-1:]  # keep the closing [SEP]
+        ids.append(np.asarray(seq, dtype=np.int32))
+    return ids, cut
+
+
 def tokenize_splits(raw: dict[str, RawSplit], tokenizer, *, model: str, max_length: int,
                     include_test: bool = True) -> TokenizedData:
     """Build the label map from train, encode labels and texts of each split once."""
@@ -271,16 +283,8 @@ def tokenize_splits(raw: dict[str, RawSplit], tokenizer, *, model: str, max_leng
             continue
         part = raw[split]
         labels = label_map.encode(part.labels, split=split, origin=part.origin)
-        full = tokenizer(part.texts, add_special_tokens=True, truncation=False)["input_ids"]
-        ids = []
-        cut = 0
-        for seq in full:
-            if len(seq) > max_length:
-                cut += 1
-                seq = seq[: max_length - 1] + seq[-1:]  # keep the closing [SEP]
-            ids.append(np.asarray(seq, dtype=np.int32))
+        ids, truncated[split] = encode_texts(tokenizer, part.texts, max_length)
         splits[split] = EncodedSplit(ids, labels)
-        truncated[split] = cut
     return TokenizedData(splits, label_map, model, max_length, int(tokenizer.pad_token_id or 0),
                          truncated)
 

@@ -29,7 +29,7 @@ import numpy as np
 from trainables.data import DataConfig, TokenizedData, bucketed_batches, collate, load_raw_splits, tokenize_splits
 from trainables.errors import UserError
 
-PARTS = ("throughput", "overhead", "search", "table")
+PARTS = ("throughput", "overhead", "search", "table", "ablation")
 WARMUP = 2  # untimed batches before each throughput measurement
 TRAINER_FP32 = "tunebert loop, fp32 (same batches as the reference)"
 REFERENCE = "plain loop, bucketed batches, fused AdamW, fp32 (reference)"
@@ -420,15 +420,11 @@ def _capped(config: dict, epochs: int) -> dict:
     return config
 
 
-def _table_job(config: dict, data_cfg: DataConfig, uri: str, run_name: str, threads: Optional[int]) -> float:
+def _table_job(config: dict, data_cfg: DataConfig, uri: str, run_name: str) -> float:
     """One (configuration, seed) of the table: train, then test accuracy. Runs in a worker
-    process when the table runs several at a time, pinned to its share of the cores."""
+    process when the table runs several at a time (``tuning.jobs.run_jobs``)."""
     from tuning.train import train_config
 
-    if threads:
-        from trainables.runtime import set_threads
-
-        set_threads(threads)
     say(f"table: {run_name}")
     outcome = train_config(config, data_cfg, tracking_uri=uri, experiment="bench-study-table",
                            run_name=run_name)
@@ -441,7 +437,9 @@ def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds:
     """Each preset (and the search's chosen config) over ``seeds`` seeds; ``workers`` runs at a
     time (on a CPU, two one-thread runs get through more than one two-thread run)."""
     from search_spaces.presets import STUDY_TEST_ACCURACY, get_preset
+    from tuning import tracking
     from tuning.config import resolve_tracking_uri
+    from tuning.jobs import run_jobs
 
     uri = resolve_tracking_uri(None, storage)
     rows = []
@@ -452,23 +450,12 @@ def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds:
     jobs = [(name, seed, {**(_capped(config, epochs) if epochs and name in presets else config), "seed": seed})
             for name, config in configs for seed in range(seeds)]
     say(f"table: {len(jobs)} runs, {workers} at a time")
-    if workers <= 1:
-        accuracies = [_table_job(cfg, data_cfg, uri, f"{name}-seed{seed}", None) for name, seed, cfg in jobs]
-    else:
-        import multiprocessing
-        import os
-        from concurrent.futures import ProcessPoolExecutor
-
-        from tuning import tracking
-
-        # create the store and the experiment once, here: workers racing to set up a fresh
-        # SQLite store collide in its schema migrations
-        tracking.ensure_experiment(tracking.client_for(uri), "bench-study-table", None)
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_table_job, cfg, data_cfg, uri, f"{name}-seed{seed}", threads)
-                       for name, seed, cfg in jobs]
-            accuracies = [f.result() for f in futures]
+    # create the store and the experiment once, here: workers racing to set up a fresh SQLite
+    # store collide in its schema migrations
+    tracking.ensure_experiment(tracking.client_for(uri), "bench-study-table", None)
+    accuracies = list(run_jobs(_table_job, [
+        {"config": cfg, "data_cfg": data_cfg, "uri": uri, "run_name": f"{name}-seed{seed}"}
+        for name, seed, cfg in jobs], workers))
     for name, config in configs:
         tests = [acc for (job_name, _, _), acc in zip(jobs, accuracies) if job_name == name]
         study = STUDY_TEST_ACCURACY.get(name)
@@ -535,6 +522,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table-workers", type=int, default=1,
                    help="table: runs at a time, each on its share of the CPU cores (default 1)")
     p.add_argument("--presets", default="baseline,llrd,warmup,llrd_warmup,supcon,simclr")
+    p.add_argument("--ablation-epochs", type=int, default=None,
+                   help="ablation: epochs per run (default: the hand config's 4)")
+    p.add_argument("--ablation-workers", type=int, default=1,
+                   help="ablation: runs at a time, each on its share of the CPU cores (default 1)")
     p.add_argument("--smoke-test", action="store_true",
                    help="tiny sizes everywhere (checks the wiring, numbers mean nothing)")
 
@@ -577,6 +568,8 @@ def run(args) -> int:
                     storage=storage, tuned=tuned, out=out,
                     presets=tuple(p.strip() for p in args.presets.split(",") if p.strip()),
                     workers=args.table_workers)
+    if "ablation" in parts:
+        _ablation_part(data_cfg, args, report, storage, out)
     text = report.markdown(command)
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps(report.numbers, indent=2))
@@ -584,6 +577,23 @@ def run(args) -> int:
     print(text)
     say(f"wrote {out / 'results.md'}")
     return 0
+
+
+def _ablation_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path, out: Path) -> None:
+    from tuning import ablation
+    from tuning.config import resolve_tracking_uri
+
+    epochs = args.ablation_epochs or (1 if args.smoke_test else ablation.HAND_CONFIG["epochs"])
+    rows = ablation.run_ablation(data_cfg, args.model, seeds=args.seeds, epochs=epochs,
+                                 uri=resolve_tracking_uri(None, storage), workers=args.ablation_workers,
+                                 max_train_examples=64 if args.smoke_test else None)
+    report.add("e. Recipe ablation", ablation.markdown(rows, seeds=args.seeds, epochs=epochs))
+    for row in rows:
+        key = row["variant"].split(" (")[0].replace("+ ", "").replace(" ", "_").lower()
+        report.numbers[f"ablation_{key}_val_mean"] = statistics.mean(row["val_accuracy"])
+    (out / "ablation.json").write_text(json.dumps(rows, indent=2))
+    ablation.plot(rows, out / "ablation.png")
+    report.figures.append(str(out / "ablation.png"))
 
 
 def _log_to_mlflow(storage: Path, out: Path) -> None:

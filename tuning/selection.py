@@ -11,17 +11,33 @@ A sweep's best trial is the best of many noisy draws, so its validation score is
 3. chooses the config with the best mean validation score over its seeds; ties go to the lower
    standard deviation, then to the better sweep rank. A config with a diverged seed (NaN loss)
    cannot be chosen;
-4. only then evaluates the chosen config's seed models on test. They are not re-trained: every
+4. hands over one model, chosen on validation too: the chosen config's best seed model (the best
+   validation score, as its training run reported it). With ``ensemble=True`` the chosen
+   config's seed models are also combined into one ensemble that averages their softmax
+   probabilities (``trainables.ensemble``); every seed model and the ensemble are then scored on
+   validation with the same evaluation, and the ensemble is handed over only if it is strictly
+   better than the best seed model;
+5. only then evaluates the chosen config's seed models on test (mean ± std), and the handed-over
+   model once (for a single model, that is its seed's row). They are not re-trained: every
    seed's model is written to a temporary checkpoint and the chosen ones are reloaded.
 
+With ``workers > 1`` the (candidate, seed) trainings run that many at a time in spawned processes,
+each on its share of the cores (``tuning.jobs``); the choice and the numbers do not depend on it
+beyond floating-point summation order across thread counts.
+
 Standard deviations are sample standard deviations (n - 1 in the denominator), 0 for one seed.
+
+The handed-over model is one folder that ``tuning.predict.load_model`` (``tunebert predict``)
+reads: a plain checkpoint folder, or an ensemble folder (``ensemble.json`` + ``member-<i>/``).
 
 MLflow: a ``tunebert.kind=selection`` run in the sweep's experiment, nested under the sweep's
 parent run, holds the table (``rank{r}_{metric}_seed{s}``, ``_mean``, ``_std``, ``rank{r}_chosen``),
 ``selection.json``, ``selection.md``, ``chosen_config.yaml`` and the chosen config's
-``test_accuracy_mean``/``_std`` and ``test_macro_f1_mean``/``_std``. Each re-training is a
-``tunebert.kind=train`` run nested under the selection run; only the chosen config's runs get
-test metrics and a ``model`` artifact.
+``test_accuracy_mean``/``_std`` and ``test_macro_f1_mean``/``_std``; and for the handed-over
+model ``single_{metric}`` (and ``ensemble_{metric}``), the tag ``tunebert.handed_over``
+(``single``/``ensemble``), ``handed_over_test_accuracy``/``_macro_f1`` and the artifact
+``handed_over_model/``. Each re-training is a ``tunebert.kind=train`` run nested under the
+selection run; only the chosen config's runs get test metrics and a ``model`` artifact.
 """
 
 from __future__ import annotations
@@ -32,13 +48,13 @@ import math
 import shutil
 import statistics
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from trainables import registry
 from trainables.data import DataConfig
-from trainables.errors import ConfigError, DataError, NonFiniteLossError, UserError
+from trainables.errors import ConfigError, DataError, ModelLoadError, NonFiniteLossError, UserError
 from tuning.config import DEFAULT_ROOT, check_sweep_name, load_saved_sweep, resolve_tracking_uri
 
 HELP = "re-train a sweep's top configs over seeds, choose by mean validation score, then test"
@@ -46,7 +62,13 @@ DESCRIPTION = (
     "Final selection: re-train the sweep's top-k configs with several seeds each (the config's "
     "seed + 0..seeds-1), on train, measuring validation only; choose the config with the best "
     "mean validation score (ties: lower std, then sweep rank); only then evaluate the chosen "
-    "config's models on test (mean ± std). Everything is logged to the sweep's MLflow experiment.")
+    "config's models on test (mean ± std). The handed-over model is the chosen config's best seed "
+    "model or, with --ensemble, the ensemble of its seed models if that is strictly better on "
+    "validation. Everything is logged to the sweep's MLflow experiment.")
+
+# what ``trainables.loops.evaluate`` measures: the metrics a single model and an ensemble can be
+# compared on
+ENSEMBLE_METRICS = ("val_accuracy", "val_macro_f1", "val_loss")
 
 
 def _say(message: str) -> None:
@@ -92,6 +114,12 @@ class SelectionResult:
     test_macro_f1_mean: float
     test_macro_f1_std: float
     output_dir: Optional[str] = None
+    handed_over: str = "single"        # "single" (the best seed model) or "ensemble"
+    single_val: float = math.nan       # the best seed model's validation metric
+    ensemble_val: Optional[float] = None  # the ensemble's, when one was built (ensemble=True)
+    handed_over_test: dict[str, float] = field(default_factory=dict)  # test_accuracy, test_macro_f1
+    model_dir: Optional[str] = None    # the handed-over model's folder, when output_dir was given
+    single_seed: Optional[int] = None  # the seed of the best seed model
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -144,10 +172,11 @@ def _check_count(name: str, value: Any) -> None:
 
 
 def check_arguments(sweep: str, top_k: int, seeds: int, metric: str, mode: str,
-                    epochs: Optional[int]) -> None:
+                    epochs: Optional[int], *, ensemble: bool = False, workers: int = 1) -> None:
     check_sweep_name(sweep)
     _check_count("top_k", top_k)
     _check_count("seeds", seeds)
+    _check_count("workers", workers)
     if epochs is not None:
         _check_count("epochs", epochs)
     if mode not in ("max", "min"):
@@ -155,6 +184,12 @@ def check_arguments(sweep: str, top_k: int, seeds: int, metric: str, mode: str,
     if not isinstance(metric, str) or not metric.startswith("val_"):
         raise ConfigError(f"`metric` must be a validation metric (val_...): selection never looks "
                           f"at the test split, but got {metric!r}")
+    if ensemble and seeds < 2:
+        raise ConfigError(f"`ensemble` needs `seeds` >= 2 (an ensemble of one model is that "
+                          f"model), but got seeds={seeds}")
+    if ensemble and metric not in ENSEMBLE_METRICS:
+        raise ConfigError(f"`ensemble` compares models on a metric the evaluation measures, one of "
+                          f"{list(ENSEMBLE_METRICS)}, but got metric={metric!r}")
 
 
 def resolve_data(sweep: str, storage: str = DEFAULT_ROOT, source: Optional[str] = None,
@@ -182,7 +217,7 @@ def resolve_data(sweep: str, storage: str = DEFAULT_ROOT, source: Optional[str] 
 def load_trained_model(directory: str | Path, num_labels: int):
     """Rebuild a model written by ``train_config(output_dir=...)`` from its checkpoint folder.
     Returns (model on CPU, checkpoint state)."""
-    from trainables.checkpointing import load_checkpoint
+    from trainables.checkpointing import load_checkpoint, model_weights
     from trainables.finetune import build_classifier
 
     state = load_checkpoint(directory)
@@ -192,35 +227,111 @@ def load_trained_model(directory: str | Path, num_labels: int):
         from trainables.contrastive import ContrastiveModel
 
         model = ContrastiveModel(model, cfg.projection_dim)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(model_weights(state))  # the best epoch's (averaged) weights
     return model, state
 
 
-def evaluate_on_test(checkpoints: Sequence[str], data_config: DataConfig, config: dict) -> list[dict]:
-    """Test metrics of each checkpoint's model: the only place selection reads the test split."""
+def _load_checkpoint_folder(folder: Path):
+    from trainables.checkpointing import CONFIG_FILE, LABEL_MAP_FILE, STATE_FILE
+
+    missing = [name for name in (STATE_FILE, CONFIG_FILE, LABEL_MAP_FILE)
+               if not (folder / name).is_file()]
+    if missing:
+        raise ModelLoadError(
+            f"{str(folder)!r} is not a model folder: it has no {', '.join(missing)}. A model folder "
+            f"holds {STATE_FILE}, {CONFIG_FILE} and {LABEL_MAP_FILE} (as `tunebert train "
+            f"--output-dir` writes it), or is an ensemble folder with ensemble.json (as `tunebert "
+            f"select --ensemble --output-dir DIR` writes DIR/model)")
+    num_labels = len(json.loads((folder / LABEL_MAP_FILE).read_text())["names"])
+    model, state = load_trained_model(folder, num_labels)
+    return model, state["config"], state["label_map"]
+
+
+def load_model_folder(folder: str | Path):
+    """(model on CPU, config, label map) of a model folder: a plain checkpoint folder as
+    ``train_config(output_dir=...)`` writes it, or an ensemble folder (``trainables.ensemble``),
+    whose members must share the label map and the tokenizer (``model``, ``max_length``); the
+    config returned is then the first member's. Raises ``ModelLoadError`` for anything else."""
+    from trainables.ensemble import ProbabilityEnsemble, is_ensemble_folder, read_ensemble
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ModelLoadError(f"model folder {str(folder)!r} does not exist; pass the folder "
+                             f"`tunebert train --output-dir` or `tunebert select --output-dir DIR` "
+                             f"(DIR/model) wrote")
+    if not is_ensemble_folder(folder):
+        return _load_checkpoint_folder(folder)
+    member_dirs, weights = read_ensemble(folder)
+    members = [_load_checkpoint_folder(m) for m in member_dirs]
+    _, config, label_map = members[0]
+    for directory, (_, other_config, other_labels) in zip(member_dirs[1:], members[1:]):
+        if other_labels != label_map:
+            raise ModelLoadError(f"ensemble {folder}: member {directory.name} has another label map "
+                                 f"than {member_dirs[0].name}; members must classify the same labels")
+        for key in ("model", "max_length"):
+            if other_config.get(key) != config.get(key):
+                raise ModelLoadError(
+                    f"ensemble {folder}: members must share one tokenizer, but `{key}` is "
+                    f"{config.get(key)!r} in {member_dirs[0].name} and {other_config.get(key)!r} "
+                    f"in {directory.name}")
+    return ProbabilityEnsemble([m for m, _, _ in members], weights), config, label_map
+
+
+def evaluate_folders(folders: Sequence[str | Path], data_config: DataConfig, config: dict,
+                     split: str) -> list[dict]:
+    """Metrics (``val_*`` or ``test_*``: loss, accuracy, macro_f1) of each model folder (plain or
+    ensemble) on ``split``. For ``'validation'`` the test split is not even tokenized; ``'test'``
+    is the only place selection reads the test split."""
     import torch
 
     from trainables.data import load_raw_splits, tokenize_splits
     from trainables.loops import evaluate
     from trainables.models import load_tokenizer
 
+    if split not in ("validation", "test"):
+        raise ValueError(f"split must be 'validation' or 'test', but got {split!r}")
     cfg = registry.config_class(config["trainable"]).from_dict(config)
     data = tokenize_splits(load_raw_splits(data_config), load_tokenizer(cfg.model), model=cfg.model,
-                           max_length=cfg.max_length)
+                           max_length=cfg.max_length, include_test=split == "test")
     label_map = json.loads(json.dumps(data.label_map.to_dict()))
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     results = []
-    for directory in checkpoints:
-        model, state = load_trained_model(directory, data.num_labels)
-        if state["label_map"] != label_map:
+    for directory in folders:
+        model, _, folder_labels = load_model_folder(directory)
+        if folder_labels != label_map:
             raise DataError(f"the data's label map changed since the model in {directory} was "
                             f"trained; selection needs the same data for training and testing")
-        result = evaluate(model.to(device), data.splits["test"], batch_size=64,
+        result = evaluate(model.to(device), data.splits[split], batch_size=64,
                           pad_token_id=data.pad_token_id, num_labels=data.num_labels,
                           device=device, precision=cfg.precision)
-        results.append(result.as_metrics("test"))
+        results.append(result.as_metrics("test" if split == "test" else "val"))
         del model
     return results
+
+
+def evaluate_on_test(checkpoints: Sequence[str], data_config: DataConfig, config: dict) -> list[dict]:
+    """Test metrics of each model folder: the only place selection reads the test split."""
+    return evaluate_folders(checkpoints, data_config, config, "test")
+
+
+def better(a: float, b: float, mode: str) -> bool:
+    """``a`` strictly better than ``b`` (higher for ``mode='max'``), ignoring the last bits (as
+    ``choose`` does); a NaN is never better."""
+    if not math.isfinite(a):
+        return False
+    if not math.isfinite(b):
+        return True
+    a, b = round(a, 12), round(b, 12)
+    return a > b if mode == "max" else a < b
+
+
+def best_seed(seeds: Sequence[int], scores: Sequence[float], mode: str) -> tuple[int, float]:
+    """(seed, score) of the best score; ties go to the earlier seed."""
+    index = 0
+    for i in range(1, len(scores)):
+        if better(scores[i], scores[index], mode):
+            index = i
+    return seeds[index], scores[index]
 
 
 # --------------------------------------------------------------------------- the selection
@@ -228,9 +339,13 @@ def evaluate_on_test(checkpoints: Sequence[str], data_config: DataConfig, config
 
 def _train_seed(config: dict, data: DataConfig, *, uri: str, sweep: str, parent_run_id: str,
                 rank: int, trial_id: str, seed: int, offset: int, checkpoint: Path, metric: str,
-                max_train_examples: Optional[int]) -> tuple[float, str]:
-    """Train one seed of one candidate, validation only; (its metric, its run id)."""
+                max_train_examples: Optional[int], announce: str = "") -> tuple[float, str]:
+    """Train one seed of one candidate, validation only; (its metric, its run id). Runs in a
+    worker process when selection trains several at a time (``tuning.jobs.run_jobs``)."""
     from tuning.train import train_config
+
+    if announce:
+        _say(announce)
 
     try:
         outcome = train_config(
@@ -261,17 +376,21 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
                     tracking_uri: Optional[str] = None, storage: str = DEFAULT_ROOT,
                     data: Optional[DataConfig] = None, *, mode: str = "max",
                     epochs: Optional[int] = None, max_train_examples: Optional[int] = None,
-                    output_dir: Optional[str] = None) -> SelectionResult:
+                    output_dir: Optional[str] = None, ensemble: bool = False,
+                    workers: int = 1) -> SelectionResult:
     """Re-train the sweep's ``top_k`` configs with ``seeds`` seeds each (config seed + 0..seeds-1),
-    choose by mean validation ``metric``, then test the chosen config's seed models.
+    choose by mean validation ``metric``, hand over one model chosen on validation, then test.
 
     ``data`` defaults to the sweep's own data settings; ``epochs`` overrides every config's epochs;
-    ``output_dir`` keeps the chosen models there (``seed-<seed>/`` each).
+    ``output_dir`` keeps the chosen models there (``seed-<seed>/`` each) and, with ``ensemble``,
+    the handed-over model in ``model/``. ``ensemble`` also tries the chosen config's seed models
+    as one probability-averaging ensemble (handed over only if strictly better on validation).
+    ``workers`` trainings run at a time, each in its own process on its share of the cores.
     """
     from trainables.data import load_raw_splits
     from tuning import best, tracking
 
-    check_arguments(sweep, top_k, seeds, metric, mode, epochs)
+    check_arguments(sweep, top_k, seeds, metric, mode, epochs, ensemble=ensemble, workers=workers)
     uri = resolve_tracking_uri(tracking_uri, Path(storage).expanduser().resolve())
     leaders = best.top_k(sweep, top_k, metric, mode, tracking_uri=tracking_uri, storage=storage)
     if not leaders:
@@ -285,8 +404,8 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
     parent = tracking.sweep_run(uri, sweep)
     params = {"sweep": sweep, "top_k": top_k, "seeds": seeds, "seed_offsets": f"0..{seeds - 1}",
               "metric": metric, "mode": mode, "epochs": epochs if epochs else "config's",
-              "max_train_examples": max_train_examples or "all", **{
-                  f"data.{k}": v for k, v in data.to_dict().items()}}
+              "max_train_examples": max_train_examples or "all", "ensemble": ensemble,
+              "workers": workers, **{f"data.{k}": v for k, v in data.to_dict().items()}}
     for rank, trial in enumerate(leaders, start=1):
         base = int(trial.config.get("seed", 0))
         params[f"rank{rank}_trial_id"] = trial.trial_id
@@ -300,7 +419,8 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
     try:
         result = _select(leaders, data, run, uri=uri, sweep=sweep, seeds=seeds, metric=metric,
                          mode=mode, epochs=epochs, max_train_examples=max_train_examples,
-                         workdir=workdir, output_dir=output_dir)
+                         workdir=workdir, output_dir=output_dir, ensemble=ensemble,
+                         workers=workers)
     except BaseException as exc:
         run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
                 error=f"{type(exc).__name__}: {exc}")
@@ -313,43 +433,53 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
 
 def _select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int, metric: str,
             mode: str, epochs: Optional[int], max_train_examples: Optional[int], workdir: Path,
-            output_dir: Optional[str]) -> SelectionResult:
+            output_dir: Optional[str], ensemble: bool = False, workers: int = 1) -> SelectionResult:
     import yaml
 
     from tuning import tracking
+    from tuning.jobs import run_jobs
 
+    configs = [{**trial.config, **({"epochs": epochs} if epochs else {})} for trial in leaders]
+    jobs = []  # (candidate, seed) trainings, rank-major
+    for rank, (trial, config) in enumerate(zip(leaders, configs), start=1):
+        for offset in range(seeds):
+            seed = int(config.get("seed", 0)) + offset
+            jobs.append(dict(
+                config=config, data=data, uri=uri, sweep=sweep, parent_run_id=run.run_id,
+                rank=rank, trial_id=trial.trial_id, seed=seed, offset=offset,
+                checkpoint=workdir / f"rank{rank}" / f"seed-{seed}", metric=metric,
+                max_train_examples=max_train_examples,
+                announce=f"rank {rank}/{len(leaders)} trial {trial.trial_id} (sweep {metric} "
+                         f"{trial.score(metric):.4f}): seed {offset + 1}/{seeds} = {seed}"))
+    # the store and the sweep's experiment exist already (the selection run is in it), so
+    # workers never race to create them
+    if workers > 1:
+        _say(f"training {len(jobs)} models, {workers} at a time")
+    results = run_jobs(_train_seed, jobs, workers)
     candidates: list[Candidate] = []
     leader: Optional[Candidate] = None
-    for rank, trial in enumerate(leaders, start=1):
-        config = {**trial.config, **({"epochs": epochs} if epochs else {})}
-        base = int(config.get("seed", 0))
-        scores, run_ids = [], []
-        for offset in range(seeds):
-            seed = base + offset
-            _say(f"rank {rank}/{len(leaders)} trial {trial.trial_id} (sweep {metric} "
-                 f"{trial.metrics[metric]:.4f}): seed {offset + 1}/{seeds} = {seed}")
-            score, run_id = _train_seed(
-                config, data, uri=uri, sweep=sweep, parent_run_id=run.run_id, rank=rank,
-                trial_id=trial.trial_id, seed=seed, offset=offset,
-                checkpoint=workdir / f"rank{rank}" / f"seed-{seed}", metric=metric,
-                max_train_examples=max_train_examples)
-            scores.append(score)
-            run_ids.append(run_id)
-        mean, std = mean_std(scores)
-        candidate = Candidate(rank, trial.trial_id, trial.run_id, float(trial.metrics[metric]),
-                              config, tuple(base + j for j in range(seeds)), tuple(scores),
-                              tuple(run_ids), mean, std)
-        candidates.append(candidate)
-        run.log_metrics(_candidate_metrics(candidate, metric))
-        _say(f"rank {rank} trial {trial.trial_id}: {metric} "
-             f"{', '.join(f'{s:.4f}' for s in scores)} -> mean {mean:.4f} ± {std:.4f}")
-        # keep only the checkpoints of the best candidate so far (disk: two candidates at most)
-        previous = leader
-        if math.isfinite(candidate.mean):
-            leader = choose([c for c in (leader, candidate) if c is not None], mode)
-        for loser in (previous, candidate):
-            if loser is not None and loser is not leader:
-                shutil.rmtree(workdir / f"rank{loser.rank}", ignore_errors=True)
+    try:
+        for rank, (trial, config) in enumerate(zip(leaders, configs), start=1):
+            base = int(config.get("seed", 0))
+            scores, run_ids = zip(*(next(results) for _ in range(seeds)))
+            mean, std = mean_std(scores)
+            candidate = Candidate(rank, trial.trial_id, trial.run_id, float(trial.score(metric)),
+                                  config, tuple(base + j for j in range(seeds)), tuple(scores),
+                                  tuple(run_ids), mean, std)
+            candidates.append(candidate)
+            run.log_metrics(_candidate_metrics(candidate, metric))
+            _say(f"rank {rank} trial {trial.trial_id}: {metric} "
+                 f"{', '.join(f'{s:.4f}' for s in scores)} -> mean {mean:.4f} ± {std:.4f}")
+            # keep only the checkpoints of the best candidate so far (disk: two candidates at
+            # most, plus those the workers are writing ahead)
+            previous = leader
+            if math.isfinite(candidate.mean):
+                leader = choose([c for c in (leader, candidate) if c is not None], mode)
+            for loser in (previous, candidate):
+                if loser is not None and loser is not leader:
+                    shutil.rmtree(workdir / f"rank{loser.rank}", ignore_errors=True)
+    finally:
+        results.close()  # on an error: cancel the trainings not started yet
 
     chosen = choose(candidates, mode)
     if leader is not chosen:  # cannot happen: the running choice uses the same total order
@@ -367,11 +497,24 @@ def _select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int,
                   "tunebert.chosen_trial_run_id": chosen.trial_run_id,
                   "tunebert.config": json.dumps(chosen.config, sort_keys=True)})
     _say(f"chosen: rank {chosen.rank} trial {chosen.trial_id}, mean {metric} {chosen.mean:.4f} "
-         f"± {chosen.std:.4f}; now, and only for it, the test split")
+         f"± {chosen.std:.4f}")
 
-    # ---- the test split, for the chosen config's seed models only
+    # ---- the handed-over model, chosen on validation too
     checkpoints = [str(workdir / f"rank{chosen.rank}" / f"seed-{s}") for s in chosen.seeds]
-    per_seed = evaluate_on_test(checkpoints, data, chosen.config)
+    handover = _hand_over(chosen, checkpoints, data, metric=metric, mode=mode, ensemble=ensemble,
+                          ensemble_dir=workdir / "ensemble")
+    run.log_metrics({f"single_{metric}": handover.single_val,
+                     **({f"ensemble_{metric}": handover.ensemble_val}
+                        if handover.ensemble_val is not None else {})})
+    run.set_tags({"tunebert.handed_over": handover.kind,
+                  "tunebert.handed_over_seed": handover.seed if handover.kind == "single" else ""})
+    _say(f"handed over: {handover.describe(metric)}; now, and only for the chosen config, the test "
+         f"split")
+
+    # ---- the test split: the chosen config's seed models, and the handed-over model once
+    per_model = evaluate_on_test(checkpoints + ([handover.folder] if handover.kind == "ensemble"
+                                                else []), data, chosen.config)
+    per_seed = per_model[:len(checkpoints)]
     test_rows = []
     chosen_cfg = registry.config_class(chosen.config["trainable"]).from_dict(chosen.config)
     step = getattr(chosen_cfg, "total_epochs", chosen_cfg.epochs)  # as train_config logs test
@@ -381,16 +524,32 @@ def _select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int,
         test_rows.append({"seed": seed, "run_id": run_id, **metrics})
         if output_dir:
             shutil.copytree(directory, Path(output_dir) / f"seed-{seed}", dirs_exist_ok=True)
+    handed_metrics = per_model[-1] if handover.kind == "ensemble" else \
+        next(r for r in test_rows if r["seed"] == handover.seed)
+    handed_over_test = {k: handed_metrics[k] for k in ("test_accuracy", "test_macro_f1")}
+    model_dir = None
+    if output_dir and ensemble:
+        model_dir = Path(output_dir) / "model"
+        shutil.rmtree(model_dir, ignore_errors=True)
+        shutil.copytree(handover.folder, model_dir)
+    elif output_dir:  # the best seed's folder, kept above, is the handed-over model
+        model_dir = Path(output_dir) / f"seed-{handover.seed}"
+    run.log_artifacts(str(handover.folder), "handed_over_model")
     acc_mean, acc_std = mean_std(r["test_accuracy"] for r in test_rows)
     f1_mean, f1_std = mean_std(r["test_macro_f1"] for r in test_rows)
     run.log_metrics({f"chosen_{metric}_mean": chosen.mean, f"chosen_{metric}_std": chosen.std,
                      "test_accuracy_mean": acc_mean, "test_accuracy_std": acc_std,
                      "test_macro_f1_mean": f1_mean, "test_macro_f1_std": f1_std,
                      **{f"test_accuracy_seed{r['seed']}": r["test_accuracy"] for r in test_rows},
-                     **{f"test_macro_f1_seed{r['seed']}": r["test_macro_f1"] for r in test_rows}})
+                     **{f"test_macro_f1_seed{r['seed']}": r["test_macro_f1"] for r in test_rows},
+                     **{f"handed_over_{k}": v for k, v in handed_over_test.items()}})
     result = SelectionResult(sweep, metric, mode, run.run_id, uri, tuple(candidates), chosen,
                              tuple(test_rows), acc_mean, acc_std, f1_mean, f1_std,
-                             str(Path(output_dir).resolve()) if output_dir else None)
+                             str(Path(output_dir).resolve()) if output_dir else None,
+                             handed_over=handover.kind, single_val=handover.single_val,
+                             ensemble_val=handover.ensemble_val, handed_over_test=handed_over_test,
+                             model_dir=str(model_dir.resolve()) if model_dir else None,
+                             single_seed=handover.seed)
     reports = workdir / "report"
     reports.mkdir()
     (reports / "selection.json").write_text(json.dumps(result.to_dict(), indent=2))
@@ -401,6 +560,44 @@ def _select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int,
     print()
     print(result.markdown(), flush=True)
     return result
+
+
+@dataclass(frozen=True)
+class _Handover:
+    kind: str                       # "single" or "ensemble"
+    folder: str                     # the handed-over model's folder (in the work folder)
+    seed: int                       # the best seed model's seed
+    single_val: float
+    ensemble_val: Optional[float]
+    members: int
+
+    def describe(self, metric: str) -> str:
+        single = f"best seed model (seed {self.seed}) {metric} {_fmt(self.single_val)}"
+        if self.ensemble_val is None:
+            return f"the {single}"
+        ensemble = f"ensemble of {self.members} seed models {_fmt(self.ensemble_val)}"
+        return f"the {self.kind} ({single}; {ensemble})"
+
+
+def _hand_over(chosen: Candidate, checkpoints: list[str], data: DataConfig, *, metric: str,
+               mode: str, ensemble: bool, ensemble_dir: Path) -> _Handover:
+    """The model to hand over, chosen on validation only: the best seed model, or the ensemble
+    of all seed models if it is strictly better. Without ``ensemble`` the seed models' scores
+    are those their training runs reported; with it, every seed model and the ensemble are
+    scored again, on the saved models and by the same evaluation, so they compare like for like."""
+    if not ensemble:
+        seed, score = best_seed(chosen.seeds, chosen.scores, mode)
+        return _Handover("single", checkpoints[chosen.seeds.index(seed)], seed, score, None, 1)
+    from trainables.ensemble import save_ensemble
+
+    save_ensemble(ensemble_dir, checkpoints)
+    scores = [m[metric] for m in evaluate_folders(checkpoints + [str(ensemble_dir)], data,
+                                                  chosen.config, "validation")]
+    seed, single_val = best_seed(chosen.seeds, scores[:-1], mode)
+    wins = better(scores[-1], single_val, mode)
+    folder = str(ensemble_dir) if wins else checkpoints[chosen.seeds.index(seed)]
+    return _Handover("ensemble" if wins else "single", folder, seed, single_val, scores[-1],
+                     len(checkpoints))
 
 
 # --------------------------------------------------------------------------- rendering
@@ -437,6 +634,25 @@ def render_markdown(result: SelectionResult) -> str:
               "", "| seed | test accuracy | test macro-F1 |", "|---|---|---|"]
     lines += [f"| {r['seed']} | {_fmt(r['test_accuracy'])} | {_fmt(r['test_macro_f1'])} |"
               for r in result.test]
+    lines += ["", "## Handed-over model", "",
+              f"Chosen on validation, before the test split was read: the best seed model, or the "
+              f"ensemble of the chosen config's {len(result.test)} seed models (mean of their "
+              f"probabilities) if that is strictly better.", "",
+              f"| model | {m} | handed over |", "|---|---|---|",
+              f"| best seed model (seed {result.single_seed}) | {_fmt(result.single_val)} | "
+              f"{'**yes**' if result.handed_over == 'single' else ''} |"]
+    if result.ensemble_val is None:
+        lines.append("| ensemble of the seed models | not tried (`--ensemble`) | |")
+    else:
+        lines.append(f"| ensemble of the {len(result.test)} seed models | "
+                     f"{_fmt(result.ensemble_val)} | "
+                     f"{'**yes**' if result.handed_over == 'ensemble' else ''} |")
+    test = result.handed_over_test
+    lines += ["", f"Handed-over model ({result.handed_over}) on test: accuracy "
+                  f"**{_fmt(test.get('test_accuracy', math.nan))}**, macro-F1 "
+                  f"{_fmt(test.get('test_macro_f1', math.nan))}."]
+    if result.model_dir:
+        lines += ["", f"Folder: `{result.model_dir}` (`tunebert predict {result.model_dir} TEXT`)."]
     return "\n".join(lines) + "\n"
 
 
@@ -453,7 +669,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="validation metric to rank and choose by (default: val_accuracy)")
     p.add_argument("--mode", choices=["max", "min"], default="max")
     p.add_argument("--epochs", type=int, default=None, help="override every config's epochs")
-    p.add_argument("--output-dir", help="also keep the chosen config's seed models here (seed-<seed>/)")
+    p.add_argument("--output-dir", help="also keep the chosen config's seed models here "
+                                        "(seed-<seed>/), and with --ensemble the handed-over "
+                                        "model (model/)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="also try the chosen config's seed models as one ensemble (mean of their "
+                        "probabilities); it is handed over if strictly better on validation than "
+                        "the best seed model (needs --seeds >= 2)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="trainings at a time, each in its own process on its share of the CPU "
+                        "cores (default: 1)")
     g = p.add_argument_group("data (default: the sweep's own)")
     g.add_argument("--data", default=None, help="'demo', a folder with train/validation/test files, "
                                                 "or hf:<hub dataset id>")
@@ -466,7 +691,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                         "sqlite:///<storage>/mlflow.db)")
     p.add_argument("--smoke-test", action="store_true",
-                   help="top 2 x 1 seed, 1 epoch on at most 64 training examples (checks the wiring)")
+                   help="top 2 x 1 seed (2 with --ensemble), 1 epoch on at most 64 training "
+                        "examples (checks the wiring)")
 
 
 def run(args) -> int:
@@ -474,14 +700,19 @@ def run(args) -> int:
 
     top_k, seeds, epochs, limit = args.top_k, args.seeds, args.epochs, None
     if args.smoke_test:
-        top_k, seeds, epochs, limit = min(top_k, 2), 1, 1, 64
-    check_arguments(args.name, top_k, seeds, args.metric, args.mode, epochs)
+        top_k, seeds, epochs, limit = min(top_k, 2), 2 if args.ensemble else 1, 1, 64
+    check_arguments(args.name, top_k, seeds, args.metric, args.mode, epochs,
+                    ensemble=args.ensemble, workers=args.workers)
     data = resolve_data(args.name, args.storage, args.data, args.text_column, args.label_column)
     result = final_selection(args.name, top_k, seeds, args.metric, args.tracking_uri, args.storage,
                              data, mode=args.mode, epochs=epochs, max_train_examples=limit,
-                             output_dir=args.output_dir)
+                             output_dir=args.output_dir, ensemble=args.ensemble,
+                             workers=args.workers)
     _say(f"MLflow: {redact(result.tracking_uri)} (experiment {result.sweep!r}, run {result.run_id}; "
-         f"selection.md, selection.json, chosen_config.yaml)")
+         f"selection.md, selection.json, chosen_config.yaml, handed_over_model/)")
     if result.output_dir:
         _say(f"chosen models: {result.output_dir}")
+    if result.model_dir:
+        _say(f"handed-over model ({result.handed_over}): {result.model_dir}; "
+             f"predict with: tunebert predict {result.model_dir} TEXT")
     return 0

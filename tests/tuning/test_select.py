@@ -5,14 +5,15 @@ import argparse
 import json
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from trainables.data import DataConfig
 from trainables.errors import ConfigError, UserError
-from tuning.selection import (Candidate, SelectionError, add_arguments, choose, final_selection,
-                           mean_std, resolve_data, run)
+from tuning.selection import (Candidate, SelectionError, add_arguments, best_seed, better, choose,
+                              final_selection, mean_std, resolve_data, run)
 
 
 def _candidate(rank, scores, **kw):
@@ -42,6 +43,14 @@ def test_choose_takes_the_best_mean_then_the_lower_std_then_the_better_rank():
     assert choose([_candidate(1, [0.4]), _candidate(2, [0.3])], mode="min").rank == 2
 
 
+def test_better_is_strict_and_best_seed_takes_the_earlier_seed_on_a_tie():
+    assert better(0.8, 0.7, "max") and not better(0.7, 0.8, "max") and better(0.7, 0.8, "min")
+    assert not better(0.3, 0.1 + 0.2, "max") and not better(0.1 + 0.2, 0.3, "min")  # ulps: a tie
+    assert not better(float("nan"), 0.1, "max") and better(0.1, float("nan"), "min")
+    assert best_seed((3, 4, 5), (0.5, 0.7, 0.7), "max") == (4, 0.7)
+    assert best_seed((3, 4, 5), (0.5, 0.7, 0.5), "min") == (3, 0.5)
+
+
 def test_a_candidate_with_a_diverged_seed_cannot_be_chosen():
     best_but_diverged = _candidate(1, [0.99, float("nan")])
     assert choose([best_but_diverged, _candidate(2, [0.5, 0.5])]).rank == 2
@@ -61,6 +70,11 @@ def test_a_candidate_with_a_diverged_seed_cannot_be_chosen():
     ({"mode": "median"}, "`mode` must be 'max' or 'min'"),
     ({"epochs": 0}, "`epochs` must be an integer >= 1"),
     ({"sweep": "bad name!"}, "sweep name 'bad name!' is not allowed"),
+    ({"workers": 0}, "`workers` must be an integer >= 1, but got 0"),
+    ({"ensemble": True, "seeds": 1}, "`ensemble` needs `seeds` >= 2 (an ensemble of one model is "
+                                     "that model), but got seeds=1"),
+    ({"ensemble": True, "metric": "val_knn_accuracy"},
+     "`ensemble` compares models on a metric the evaluation measures"),
 ])
 def test_bad_arguments_are_refused_before_anything_is_touched(kwargs, message, tmp_path):
     kwargs = {"sweep": "s", **kwargs}
@@ -82,7 +96,7 @@ def test_unknown_sweep_is_a_clear_user_error(tmp_path):
 def test_the_cli_subcommand_refuses_bad_counts(tmp_path):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    for flag in ("--top-k", "--seeds"):
+    for flag in ("--top-k", "--seeds", "--workers"):
         args = parser.parse_args(["s", flag, "0", "--storage", str(tmp_path), "--data", "demo"])
         with pytest.raises(UserError, match=f"`{flag[2:].replace('-', '_')}` must be an integer >= 1"):
             run(args)
@@ -102,31 +116,47 @@ def test_data_defaults_to_the_sweeps_own_and_fields_override_it(tmp_path):
 # --------------------------------------------------------------------------- end to end
 
 
-def _spy_on_the_test_split(monkeypatch):
+def _spy_on_the_test_split(monkeypatch, choice=False):
     """Record, in order, every tokenization (with or without test) and every evaluation of a
-    test split, wherever training and selection do them."""
+    test split, wherever training and selection do them; and every evaluation of a validation
+    split outside the training loops (selection's scoring of the handed-over candidates). With
+    ``choice``, also the moment the handed-over model is decided (its MLflow tag)."""
+    import trainables.contrastive  # noqa: F401  the training loops keep the real evaluate
     import trainables.data
+    import trainables.finetune  # noqa: F401
     import trainables.loops
+    import tuning.tracking
     import tuning.train
 
     events = []
     tokenize, evaluate = trainables.data.tokenize_splits, trainables.loops.evaluate
+    annotate = tuning.tracking.annotate_run
 
     def spy_tokenize(*args, include_test=True, **kwargs):
         data = tokenize(*args, include_test=include_test, **kwargs)
         events.append("tokenize+test" if "test" in data.splits else "tokenize")
         if "test" in data.splits:
             data.splits["test"].is_test = True
+        data.splits["validation"].is_validation = True
         return data
 
     def spy_evaluate(model, split, **kwargs):
         if getattr(split, "is_test", False):
             events.append("evaluate-test")
+        if getattr(split, "is_validation", False):
+            events.append("evaluate-validation")
         return evaluate(model, split, **kwargs)
+
+    def spy_annotate(uri, run_id, **kwargs):
+        if "tunebert.handed_over" in (kwargs.get("tags") or {}):
+            events.append("handed-over")
+        return annotate(uri, run_id, **kwargs)
 
     monkeypatch.setattr(trainables.data, "tokenize_splits", spy_tokenize)
     monkeypatch.setattr(tuning.train, "tokenize_splits", spy_tokenize)
     monkeypatch.setattr(trainables.loops, "evaluate", spy_evaluate)
+    if choice:
+        monkeypatch.setattr(tuning.tracking, "annotate_run", spy_annotate)
     return events
 
 
@@ -266,3 +296,192 @@ def test_train_config_can_leave_the_test_split_alone(tiny_model_dir, tmp_path, m
     assert logged.data.tags["mlflow.parentRunId"] == parent
     assert client.list_artifacts(val_only.run_id) == []
     assert (tmp_path / "ckpt" / "state.pt").is_file()  # kept locally all the same
+
+
+# --------------------------------------------------------------------------- the handed-over model
+
+
+@pytest.fixture(scope="module")
+def small_sweep(tmp_path_factory, tiny_model_dir, ray_local_module):
+    """One small sweep (3 one-epoch trials) for the hand-over tests; each test runs its own
+    selections on it and reads back only its own selection runs."""
+    from tuning.config import SweepConfig
+    from tuning.runner import run_sweep
+
+    storage = tmp_path_factory.mktemp("handover")
+    (storage / "space.yaml").write_text("lr: {low: 3.0e-4, high: 3.0e-3, log: true}\n")
+    cfg = SweepConfig(name="handover", model=tiny_model_dir, max_length=64, epochs=1,
+                      num_trials=3, storage=str(storage), scheduler="none", max_concurrent=2,
+                      seed=3, space_file=str(storage / "space.yaml"))
+    run_sweep(cfg)
+    return cfg
+
+
+def _rescore(result, split):
+    """Score the kept seed models and the handed-over folder again, on their own."""
+    from tuning.selection import evaluate_folders
+
+    folders = [f"{result.output_dir}/seed-{s}" for s in result.chosen.seeds] + [result.model_dir]
+    return evaluate_folders(folders, DataConfig("demo"), result.chosen.config, split)
+
+
+@pytest.mark.slow
+def test_the_ensemble_is_chosen_on_validation_and_only_then_tested(small_sweep, tmp_path,
+                                                                   monkeypatch):
+    from trainables.ensemble import is_ensemble_folder, read_ensemble
+
+    storage = small_sweep.storage
+    out = Path(storage) / "out-ensemble"
+    events = _spy_on_the_test_split(monkeypatch, choice=True)
+
+    result = final_selection("handover", top_k=2, seeds=3, metric="val_loss", mode="min",
+                             storage=storage, epochs=2, ensemble=True, output_dir=str(out))
+
+    # 6 trainings without test; validation for the 3 seed models and the ensemble; the choice;
+    # only then test: the 3 seed models, and the ensemble once if it is the one handed over
+    ensemble_won = result.handed_over == "ensemble"
+    assert events == (["tokenize"] * 6 + ["tokenize"] + ["evaluate-validation"] * 4
+                      + ["handed-over", "tokenize+test"] + ["evaluate-test"] * (3 + ensemble_won))
+    monkeypatch.undo()
+
+    # the choice: the best seed model by the same validation scoring, the ensemble only if
+    # strictly better; averaging three seeds' probabilities lowers the loss here
+    assert ensemble_won, f"single {result.single_val}, ensemble {result.ensemble_val}"
+    *seed_scores, ensemble_score = [m["val_loss"] for m in _rescore(result, "validation")]
+    assert result.single_seed == result.chosen.seeds[seed_scores.index(min(seed_scores))]
+    assert (result.single_val, result.ensemble_val) == (min(seed_scores), ensemble_score)
+    assert better(result.ensemble_val, result.single_val, "min")
+
+    # one folder: a manifest and the three seed models as members
+    assert result.model_dir == str((out / "model").resolve())
+    assert is_ensemble_folder(result.model_dir)
+    members, weights = read_ensemble(result.model_dir)
+    assert [m.name for m in members] == ["member-0", "member-1", "member-2"]
+    assert weights == pytest.approx([1 / 3] * 3)
+    assert sorted(p.name for p in out.iterdir()) == \
+        sorted(["model"] + [f"seed-{s}" for s in result.chosen.seeds])
+
+    # its test metrics: logged once, the same when measured again, the same as predicting
+    *_, again = _rescore(result, "test")
+    assert result.handed_over_test == {k: again[k] for k in ("test_accuracy", "test_macro_f1")}
+    from trainables.data import DataConfig, load_raw_splits
+    from tuning.predict import load_model
+
+    test = load_raw_splits(DataConfig("demo"))["test"]
+    predicted = load_model(result.model_dir).predict(test.texts)
+    accuracy = sum(p == str(t) for p, t in zip(predicted, test.labels)) / len(test.labels)
+    assert accuracy == pytest.approx(result.handed_over_test["test_accuracy"], abs=1e-12)
+
+    client = MlflowClient(small_sweep.resolved_tracking_uri())
+    selection = client.get_run(result.run_id)
+    logged = selection.data.metrics
+    assert selection.data.tags["tunebert.handed_over"] == "ensemble"
+    assert logged["single_val_loss"] == result.single_val
+    assert logged["ensemble_val_loss"] == result.ensemble_val
+    assert logged["handed_over_test_accuracy"] == result.handed_over_test["test_accuracy"]
+    assert logged["handed_over_test_macro_f1"] == result.handed_over_test["test_macro_f1"]
+    assert selection.data.params["ensemble"] == "True"
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "handed_over_model")}
+    assert {"handed_over_model/ensemble.json", "handed_over_model/member-0"} <= artifacts
+    markdown = result.markdown()
+    assert "## Handed-over model" in markdown
+    assert f"| ensemble of the 3 seed models | {result.ensemble_val:.4f} | **yes** |" in markdown
+    with open(client.download_artifacts(result.run_id, "selection.json", str(tmp_path))) as f:
+        saved = json.load(f)
+    assert saved["handed_over"] == "ensemble" and saved["model_dir"] == result.model_dir
+
+    # the CLI subcommand in smoke mode with --ensemble: 2 seeds, so there is an ensemble to try
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert run(parser.parse_args(["handover", "--storage", storage, "--smoke-test", "--ensemble",
+                                  "--metric", "val_loss", "--mode", "min"])) == 0
+    (smoke,) = [r for r in client.search_runs(
+        [selection.info.experiment_id], "tags.`tunebert.kind` = 'selection'")
+        if r.data.params["max_train_examples"] == "64" and r.data.params["ensemble"] == "True"]
+    assert smoke.data.tags["tunebert.handed_over"] in ("single", "ensemble")
+    assert "ensemble_val_loss" in smoke.data.metrics
+
+
+@pytest.mark.slow
+def test_the_single_model_is_handed_over_when_the_ensemble_is_not_strictly_better(
+        small_sweep, monkeypatch, capsys):
+    from trainables.ensemble import is_ensemble_folder
+
+    storage = small_sweep.storage
+    out = Path(storage) / "out-single"
+    events = _spy_on_the_test_split(monkeypatch, choice=True)
+
+    # the highest validation loss "wins": the ensemble's loss (the NLL of the mean probability)
+    # is at most its members' mean loss (Jensen), so at most the worst seed's, and it can never
+    # be strictly higher. A real run whose hand-over is known in advance.
+    result = final_selection("handover", top_k=1, seeds=2, metric="val_loss", mode="max",
+                             storage=storage, ensemble=True, output_dir=str(out))
+
+    assert result.handed_over == "single"
+    assert events == (["tokenize"] * 2 + ["tokenize"] + ["evaluate-validation"] * 3
+                      + ["handed-over", "tokenize+test"] + ["evaluate-test"] * 2)
+    monkeypatch.undo()
+    assert result.ensemble_val <= result.single_val
+    *seed_scores, _ = [m["val_loss"] for m in _rescore(result, "validation")]
+    assert result.single_val == max(seed_scores)
+    assert result.single_seed == result.chosen.seeds[seed_scores.index(max(seed_scores))]
+
+    # the handed-over model is that seed's plain model folder; its test row is that seed's
+    model_dir = Path(result.model_dir)
+    assert model_dir == (out / "model").resolve() and not is_ensemble_folder(model_dir)
+    assert (model_dir / "state.pt").read_bytes() == \
+        (out / f"seed-{result.single_seed}" / "state.pt").read_bytes()
+    (row,) = [r for r in result.test if r["seed"] == result.single_seed]
+    assert result.handed_over_test == {k: row[k] for k in ("test_accuracy", "test_macro_f1")}
+    client = MlflowClient(small_sweep.resolved_tracking_uri())
+    tags = client.get_run(result.run_id).data.tags
+    assert tags["tunebert.handed_over"] == "single"
+    assert tags["tunebert.handed_over_seed"] == str(result.single_seed)
+    assert "| best seed model (seed " in result.markdown()
+
+    from tuning.cli import main
+
+    capsys.readouterr()
+    assert main(["predict", str(model_dir), "wake me up at 7", "play some jazz"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[1] for line in lines] == ["wake me up at 7", "play some jazz"]
+
+
+@pytest.mark.slow
+def test_workers_give_the_same_selection_as_one_at_a_time(small_sweep):
+    """Two trainings at a time in worker processes, each on one share of the cores, against the
+    same trainings one at a time here. This process runs at the workers' thread count for both:
+    torch sums in another order on another number of threads, which moves losses in their last
+    digits; the pool itself must change nothing."""
+    import torch
+
+    from tuning.jobs import threads_per_worker
+
+    storage = small_sweep.storage
+    kwargs = dict(top_k=2, seeds=2, storage=storage, ensemble=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads_per_worker(2))
+    try:
+        one = final_selection("handover", workers=1, **kwargs)
+        two = final_selection("handover", workers=2, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+    def content(result):
+        d = result.to_dict()
+        for c in d["candidates"]:
+            c.pop("run_ids")
+        for row in d["test"]:
+            row.pop("run_id")
+        d.pop("run_id")
+        return d
+
+    assert content(two) == content(one)
+    assert (two.chosen.rank, two.chosen.trial_id) == (one.chosen.rank, one.chosen.trial_id)
+    client = MlflowClient(small_sweep.resolved_tracking_uri())
+    logged = [client.get_run(r.run_id).data for r in (one, two)]
+    assert logged[1].metrics == logged[0].metrics
+    assert logged[1].params["workers"] == "2"
+    experiment = client.get_run(two.run_id).info.experiment_id
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{two.run_id}'")
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
