@@ -87,16 +87,26 @@ def ray_runtime_env(fail_marker_path) -> dict:
     return ray_env(fail_marker_path)
 
 
-@pytest.fixture
-def ray_local(fail_marker_path):
-    """A local Ray for in-process end-to-end tests; started once and shared, unless a
-    multi-node test shut it down."""
+def _local_ray(fail_marker_path):
     import ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env=ray_env(fail_marker_path))
-    yield ray
+    return ray
+
+
+@pytest.fixture
+def ray_local(fail_marker_path):
+    """A local Ray for in-process end-to-end tests; started once and shared, unless a
+    multi-node test shut it down."""
+    yield _local_ray(fail_marker_path)
+
+
+@pytest.fixture(scope="module")
+def ray_local_module(fail_marker_path):
+    """The same local Ray, for a module-scoped fixture that runs one sweep for several tests."""
+    yield _local_ray(fail_marker_path)
 
 
 @pytest.fixture(scope="session", autouse=True)

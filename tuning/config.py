@@ -19,7 +19,10 @@ DEFAULT_ROOT = "tunebert-runs"
 SWEEP_FILE = "tunebert_sweep.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SEARCHERS = ("tpe", "random")
-SCHEDULERS = ("asha", "none")
+SCHEDULERS = ("asha", "none", "pbt", "pb2")
+POPULATION_SCHEDULERS = ("pbt", "pb2")  # mutate hyperparameters of running trials (tuning/pbt.py)
+# what PBT/PB2 mutate unless --mutate says otherwise: settings a trial can change mid-training
+PBT_MUTATIONS = ("lr", "classifier_dropout", "weight_decay", "label_smoothing")
 TRAINABLE_CHOICES = FAMILIES + ("any",)  # any: the family is searched too
 
 
@@ -63,6 +66,15 @@ class SweepConfig:
     scheduler: str = "asha"
     grace_period: int = 1
     reduction_factor: int = 3
+    # PBT/PB2 only: perturb every `perturbation_interval` epochs; the worst `quantile_fraction`
+    # of the population clones the best fraction and mutates the `mutate` parameters.
+    # `synchronous`: all members reach the same epoch before they are ranked (fair with few epochs,
+    # a clone goes on from its own epoch; idle workers wait for the slowest member); otherwise
+    # each trial is ranked on arrival against the others' latest scores, whatever their epoch.
+    perturbation_interval: int = 1
+    quantile_fraction: float = 0.25
+    mutate: tuple[str, ...] = PBT_MUTATIONS
+    synchronous: bool = True
     metric: str = "val_accuracy"
     mode: str = "max"
 
@@ -71,7 +83,7 @@ class SweepConfig:
         if self.trainable not in TRAINABLE_CHOICES:
             raise ConfigError(f"`trainable` must be one of {list(TRAINABLE_CHOICES)}, but got {self.trainable!r}")
         for name, low in (("max_length", 8), ("epochs", 1), ("grace_period", 1),
-                          ("reduction_factor", 2), ("keep_checkpoints", 1)):
+                          ("reduction_factor", 2), ("keep_checkpoints", 1), ("perturbation_interval", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"`{name}` must be an integer >= {low}, but got {value!r}")
@@ -97,6 +109,41 @@ class SweepConfig:
             raise ConfigError(f"`mode` must be 'max' or 'min', but got {self.mode!r}")
         if self.grace_period > self.epochs:
             raise ConfigError(f"`grace_period` ({self.grace_period}) cannot exceed `epochs` ({self.epochs})")
+        if self.scheduler in POPULATION_SCHEDULERS:
+            self._check_population()
+
+    def _check_population(self) -> None:
+        """PBT/PB2 settings that can be checked without the search space (tuning/pbt.py checks
+        the mutated parameters against the space)."""
+        flag = f"--scheduler {self.scheduler}"
+        if self.num_trials < 2:
+            raise ConfigError(f"{flag} needs a population: `num_trials` (--trials) must be >= 2, "
+                              f"but got {self.num_trials}")
+        if self.trainable != "finetune":
+            raise ConfigError(
+                f"{flag} works with --trainable finetune only, but got {self.trainable!r}: "
+                f"contrastive trials report a k-NN proxy during their first stage and have "
+                f"stage-specific learning rates, so they cannot be ranked against and cloned into "
+                f"each other mid-training. Use --scheduler asha for contrastive sweeps.")
+        if self.max_concurrent is not None:
+            raise ConfigError(
+                f"{flag} cannot take --max-concurrent ({self.max_concurrent}): every member of "
+                f"the population must exist from the start; Ray runs as many as the resources "
+                f"allow and takes turns with the rest. Limit parallelism with --cpus-per-trial "
+                f"or --gpus-per-trial instead.")
+        if self.perturbation_interval >= self.epochs:
+            raise ConfigError(
+                f"`perturbation_interval` ({self.perturbation_interval}) must be smaller than "
+                f"`epochs` ({self.epochs}): trials are perturbed every --perturbation-interval "
+                f"epochs and never after their last one, so nothing would ever be perturbed")
+        if isinstance(self.quantile_fraction, bool) or not isinstance(self.quantile_fraction, (int, float)) \
+                or not 0 < self.quantile_fraction <= 0.5:
+            raise ConfigError(f"`quantile_fraction` must lie in (0, 0.5], but got {self.quantile_fraction!r}")
+        if not isinstance(self.synchronous, bool):
+            raise ConfigError(f"`synchronous` must be true or false, but got {self.synchronous!r}")
+        if not self.mutate or not all(isinstance(name, str) and name for name in self.mutate):
+            raise ConfigError(f"`mutate` (--mutate) must name at least one parameter, "
+                              f"but got {list(self.mutate)!r}")
 
     # ------------------------------------------------------------------ places
     @property
@@ -119,6 +166,7 @@ class SweepConfig:
         d = dataclasses.asdict(self)
         d["data"] = self.data.to_dict()
         d["warm_start"] = list(self.warm_start)
+        d["mutate"] = list(self.mutate)
         return d
 
     @classmethod
@@ -129,8 +177,9 @@ class SweepConfig:
             raise ConfigError(f"unknown sweep setting(s) {unknown}")
         if isinstance(d.get("data"), dict):
             d["data"] = DataConfig.from_dict(d["data"])
-        if "warm_start" in d:
-            d["warm_start"] = tuple(d["warm_start"])
+        for key in ("warm_start", "mutate"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
 
     def save(self) -> Path:

@@ -39,6 +39,15 @@ PARENT = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 ERROR = "tunebert.error"
 END_REASON = "tunebert.end_reason"
+# PBT/PB2 lineage of a trial's run (see MlflowTrialLogger.record_clone): the latest clone in tags,
+# every clone in the run's LINEAGE_FILE artifact
+PBT_CLONED_FROM = "tunebert.pbt.cloned_from"  # the donor's Ray trial id
+PBT_CLONED_FROM_RUN = "tunebert.pbt.cloned_from_run"  # the donor's MLflow run id
+PBT_CLONED_AT_EPOCH = "tunebert.pbt.cloned_at_epoch"  # the donor checkpoint's epoch
+PBT_CHANGES = "tunebert.pbt.changes"  # JSON {param: {old, donor, new, op}}
+PBT_CONFIG = "tunebert.pbt.config"  # JSON: the config the trial trains with now
+PBT_CLONES = "tunebert.pbt.clones"  # how many times the trial was cloned into
+LINEAGE_FILE = "pbt_lineage.json"
 
 # Ray's bookkeeping keys in a result dict: not metrics of the model.
 RAY_RESULT_KEYS = {
@@ -236,15 +245,18 @@ class MlflowTrialLogger(Callback):
         error = self._deliver(entry)
         if error is not None:
             log.warning("MLflow %s failed (%s); queued, retrying in %.0fs while training goes on",
-                        method, error, RETRY_AFTER_S)
+                        getattr(method, "__name__", method), error, RETRY_AFTER_S)
             self._pending.append(entry)
             self._retry_at = time.time() + RETRY_AFTER_S
 
     def _deliver(self, entry: tuple) -> Optional[str]:
+        """``method``: a client method's name, OPEN, or one of ours taking the run id first."""
         trial, method, args, kwargs = entry
         try:
             run_id = self._resolve_run(trial)
-            if method != self.OPEN:
+            if callable(method):
+                method(run_id, *args, **kwargs)
+            elif method != self.OPEN:
                 getattr(self.client, method)(run_id, *args, **kwargs)
             return None
         except Exception as exc:  # tracking must never stop training
@@ -337,6 +349,45 @@ class MlflowTrialLogger(Callback):
         self.failed_writes = len(self._pending)
         if self._pending:
             log.warning("MLflow: %d write(s) not delivered yet", len(self._pending))
+
+    # -- PBT/PB2 lineage
+    def record_clone(self, trial, donor, event: dict) -> None:
+        """``trial`` now trains from ``donor``'s checkpoint with a new config (``event`` from
+        ``tuning.pbt.clone_event``). Its run keeps its params (the initial config) and its whole
+        metric history; the clone goes into tags (the latest) and LINEAGE_FILE (all of them)."""
+        self._call(trial, self._write_clone, donor, event)
+
+    def _write_clone(self, run_id: str, donor, event: dict) -> None:
+        event = {**event, "donor_run_id": self._resolve_run(donor)}
+        history = self._lineage(run_id)
+        if not history or history[-1].get("time") != event["time"]:  # a retried write appends once
+            history.append(event)
+        self.client.log_text(run_id, json.dumps(history, indent=2, sort_keys=True), LINEAGE_FILE)
+        tags = {PBT_CLONED_FROM: event["donor_trial_id"], PBT_CLONED_FROM_RUN: event["donor_run_id"],
+                PBT_CLONED_AT_EPOCH: str(event["donor_epoch"]), PBT_CLONES: str(len(history)),
+                PBT_CHANGES: json.dumps(event["changes"], sort_keys=True)[:MAX_TAG],
+                PBT_CONFIG: json.dumps(event["config"], sort_keys=True)[:MAX_TAG]}
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def _lineage(self, run_id: str) -> list:
+        """The clones recorded so far in the run's LINEAGE_FILE ([] if none)."""
+        import tempfile
+
+        if not any(a.path == LINEAGE_FILE for a in self.client.list_artifacts(run_id)):
+            return []
+        with tempfile.TemporaryDirectory() as folder:
+            return json.loads(Path(self.client.download_artifacts(run_id, LINEAGE_FILE, folder)).read_text())
+
+
+def record_clone(sweep_name: str, trial, donor, event: dict) -> None:
+    """The PBT/PB2 scheduler's ``on_clone`` (bound to the sweep with functools.partial, so it
+    pickles with the scheduler): hands the clone to the MLflow logger Ray is calling."""
+    live = MlflowTrialLogger.live(sweep_name)
+    if live is None:
+        log.warning("no MLflow logger for sweep %r: the clone of %s into %s is not recorded",
+                    sweep_name, donor.trial_id, trial.trial_id)
+        return
+    live.record_clone(trial, donor, event)
 
 
 def _error_summary(text: str) -> str:
