@@ -72,7 +72,9 @@ def reproducing_config(config: dict[str, Any], metrics: dict[str, float]) -> dic
 
 def _to_trial(run) -> TrialRun:
     tags = run.data.tags
-    config = reproducing_config(json.loads(tags.get(tracking.CONFIG, "{}")), run.data.metrics)
+    # a Population Based Training clone trains on with its mutated config: that one is current
+    current = tags.get(tracking.PBT_CONFIG) or tags.get(tracking.CONFIG, "{}")
+    config = reproducing_config(json.loads(current), run.data.metrics)
     return TrialRun(run_id=run.info.run_id, trial_id=tags.get(tracking.TRIAL_ID, ""),
                     trainable=tags.get(tracking.TRAINABLE, config.get("trainable", "finetune")),
                     config=config, metrics=dict(run.data.metrics),

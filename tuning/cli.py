@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from trainables.errors import UserError
 from trainables.hparams import HPARAMS, choices_of
-from tuning.config import SCHEDULERS, SEARCHERS, TRAINABLE_CHOICES
+from tuning.config import POPULATION_SCHEDULERS, SCHEDULERS, SEARCHERS, TRAINABLE_CHOICES
 
 EXIT_USER_ERROR = 2
 
@@ -63,17 +63,10 @@ def _add_store_args(p: argparse.ArgumentParser) -> None:
                         "sqlite:///<storage>/mlflow.db)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tunebert",
-        description="Hyperparameter sweeps for BERT-family text classifiers on Ray Tune, with "
-                    "Optuna search and every trial in MLflow.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    # ---------------------------------------------------------------- sweep
-    p = sub.add_parser("sweep", help="run a hyperparameter sweep",
-                       description="Run a sweep: Optuna (TPE) proposes configs, ASHA stops weak "
-                                   "trials early, every trial is logged to MLflow.")
+def add_sweep_arguments(p: argparse.ArgumentParser, *, time_budget_default: Optional[float] = None,
+                        time_budget_help: str = "stop starting/running trials after this long "
+                                                "(e.g. 2h, 45m)") -> None:
+    """The options that define a sweep (read back by ``sweep_settings``); `sweep` and `tune` use them."""
     p.add_argument("--name", help="sweep name (default: sweep-<date>-<time>); resume uses it")
     p.add_argument("--trainable", choices=TRAINABLE_CHOICES, default=_default("trainable"),
                    help="what each trial trains: fine-tuning, contrastive pretraining + classifier "
@@ -82,8 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=_default("max_length"), help=_doc("max_length"))
     p.add_argument("--trials", type=int, default=_default("num_trials"),
                    help="number of trials (default: %(default)s)")
-    p.add_argument("--time-budget", type=_duration, default=None,
-                   help="stop starting/running trials after this long (e.g. 2h, 45m)")
+    p.add_argument("--time-budget", type=_duration, default=time_budget_default, help=time_budget_help)
     p.add_argument("--epochs", type=int, default=_default("epochs"), help=_doc("epochs"))
     p.add_argument("--space", dest="space_file", help="YAML file that narrows/widens/fixes/drops "
                                                       "parameters (see `tunebert space`)")
@@ -91,11 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated presets or config files to try first, e.g. "
                         "llrd_warmup,warmup or best.yaml (see `tunebert presets`)")
     p.add_argument("--searcher", choices=SEARCHERS, default=_default("searcher"))
-    p.add_argument("--scheduler", choices=SCHEDULERS, default=_default("scheduler"))
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=_default("scheduler"),
+                   help="asha: stop weak trials early; none: run every trial to the end; pbt/pb2: "
+                        "population based training, weak trials clone strong ones and mutate "
+                        "--mutate (for clusters with many workers) (default: %(default)s)")
     p.add_argument("--grace-period", type=int, default=_default("grace_period"),
                    help="ASHA: epochs before a trial can be stopped (default: %(default)s)")
     p.add_argument("--reduction-factor", type=int, default=_default("reduction_factor"),
                    help="ASHA: keep the best 1/N of the trials at each rung (default: %(default)s)")
+    p.add_argument("--perturbation-interval", type=int, default=_default("perturbation_interval"),
+                   help="pbt/pb2: epochs between perturbations (default: %(default)s)")
+    p.add_argument("--quantile-fraction", type=float, default=_default("quantile_fraction"),
+                   help="pbt/pb2: the worst fraction of the population clones the best fraction "
+                        "(default: %(default)s)")
+    p.add_argument("--mutate", default=",".join(_default("mutate")),
+                   help="pbt/pb2: comma-separated numeric parameters of the space to mutate "
+                        "(default: %(default)s)")
+    p.add_argument("--asynchronous", dest="synchronous", action="store_false",
+                   help="pbt/pb2: rank each trial when it reaches an interval, against the others' "
+                        "latest scores, instead of waiting until all members reach the same epoch")
     p.add_argument("--seed", type=int, default=_default("seed"), help="seed of the sampler and of every trial")
     p.add_argument("--precision", choices=choices_of("precision"), default=_default("precision"),
                    help=_doc("precision"))
@@ -112,11 +118,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoints kept per trial")
     _add_data_args(p)
     _add_store_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunebert",
+        description="Hyperparameter sweeps for BERT-family text classifiers on Ray Tune, with "
+                    "Optuna search and every trial in MLflow.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # ---------------------------------------------------------------- sweep
+    p = sub.add_parser("sweep", help="run a hyperparameter sweep",
+                       description="Run a sweep: Optuna (TPE) proposes configs, ASHA stops weak "
+                                   "trials early, every trial is logged to MLflow.")
+    add_sweep_arguments(p)
     p.add_argument("--smoke-test", action="store_true",
                    help="2 trials x 1 epoch, to check that everything is wired up")
 
     # ---------------------------------------------------------------- resume
-    p = sub.add_parser("resume", help="resume a stopped or crashed sweep by name")
+    p = sub.add_parser("resume", help="resume a stopped or crashed sweep, or `tunebert tune` run, by name")
     p.add_argument("name")
     p.add_argument("--address", default=None)
     _add_store_args(p)
@@ -157,17 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(p)
 
     # ---------------------------------------------------------------- select / report
+    from tuning import pipeline
     from tuning import report as report_command
     from tuning import selection
 
     p = sub.add_parser("select", help=selection.HELP, description=selection.DESCRIPTION)
     selection.add_arguments(p)
+    p = sub.add_parser("tune", help=pipeline.HELP, description=pipeline.DESCRIPTION)
+    pipeline.add_arguments(p)
     p = sub.add_parser("report", help="HTML + PNG report of a sweep (history, importances, "
                                       "parallel coordinates, curves, confusion matrix)",
                        description="Write an HTML report with figures for a sweep to "
                                    "<storage>/reports/<name>/ and log it to the sweep's parent "
                                    "MLflow run under report/.")
     report_command.add_arguments(p)
+    from tuning import predict
+
+    p = sub.add_parser("predict", help=predict.HELP, description=predict.DESCRIPTION)
+    predict.add_arguments(p)
 
     # ---------------------------------------------------------------- presets / space
     sub.add_parser("presets", help="list the named presets (the study's configurations)")
@@ -180,9 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sweep(args) -> int:
-    from tuning.config import SweepConfig
-    from tuning.runner import run_sweep
+def sweep_settings(args) -> dict[str, Any]:
+    """``SweepConfig`` keyword arguments from the options ``add_sweep_arguments`` added."""
     from trainables.data import DataConfig
 
     settings: dict[str, Any] = dict(
@@ -196,11 +222,22 @@ def _sweep(args) -> int:
         precision=args.precision, space_file=args.space_file,
         warm_start=tuple(s.strip() for s in args.warm_start.split(",") if s.strip()),
         searcher=args.searcher, scheduler=args.scheduler, grace_period=args.grace_period,
-        reduction_factor=args.reduction_factor)
+        reduction_factor=args.reduction_factor, perturbation_interval=args.perturbation_interval,
+        quantile_fraction=args.quantile_fraction, synchronous=args.synchronous,
+        mutate=tuple(s.strip() for s in args.mutate.split(",") if s.strip()))
     if args.name:
         settings["name"] = args.name
-    if args.smoke_test:
-        settings.update(num_trials=2, epochs=1, grace_period=1)
+    return settings
+
+
+def _sweep(args) -> int:
+    from tuning.config import SweepConfig
+    from tuning.runner import run_sweep
+
+    settings = sweep_settings(args)
+    if args.smoke_test:  # PBT perturbs after epoch 1: its smoke test trains a second one
+        settings.update(num_trials=2, epochs=2 if settings["scheduler"] in POPULATION_SCHEDULERS else 1,
+                        grace_period=1, perturbation_interval=1)
     outcome = run_sweep(SweepConfig(**settings))
     _print_outcome(outcome, args.storage)
     return 0
@@ -220,8 +257,8 @@ def _print_outcome(outcome, storage: str) -> None:
         print("[tunebert] no trial finished with a finite metric; nothing to recommend")
         return
     best = outcome.best
-    print(f"[tunebert] best trial {best.trial_id}: val_accuracy {best.metrics.get('val_accuracy', float('nan')):.4f}  "
-          f"val_macro_f1 {best.metrics.get('val_macro_f1', float('nan')):.4f}")
+    print(f"[tunebert] best trial {best.trial_id}: val_accuracy {best.score('val_accuracy'):.4f}  "
+          f"val_macro_f1 {best.score('val_macro_f1') if 'val_macro_f1' in best.metrics else float('nan'):.4f}")
     print("[tunebert] best config:")
     print("  " + yaml.safe_dump(best.config, sort_keys=True).rstrip().replace("\n", "\n  "))
     print(f"[tunebert] results:   {outcome.sweep_dir} (Ray Tune state, checkpoints, best_config.yaml)")
@@ -234,8 +271,11 @@ def _print_outcome(outcome, storage: str) -> None:
 
 
 def _resume(args) -> int:
+    from tuning import pipeline
     from tuning.runner import resume_sweep
 
+    if pipeline.exists(args.name, args.storage):  # started by `tunebert tune`: continue all of it
+        return pipeline.resume(args)
     changes = {}
     if args.tracking_uri:
         changes["tracking_uri"] = args.tracking_uri
@@ -257,7 +297,7 @@ def _best(args) -> int:
         raise UserError(f"sweep {args.name!r} has no finished trial with a finite {args.metric!r} yet")
     if args.top > 1:
         rows = [{"rank": i + 1, "trial_id": r.trial_id, "run_id": r.run_id,
-                 args.metric: r.metrics[args.metric], "config": r.config} for i, r in enumerate(runs)]
+                 args.metric: r.score(args.metric), "epoch": int(r.metrics.get("best_epoch", 0)) or None, "config": r.config} for i, r in enumerate(runs)]
         text = json.dumps(rows, indent=2) if args.format == "json" else yaml.safe_dump(rows, sort_keys=False)
     else:
         config = runs[0].config
@@ -266,7 +306,7 @@ def _best(args) -> int:
     if args.output:
         Path(args.output).write_text(text)
         print(f"[tunebert] wrote the best config of {args.name!r} "
-              f"({args.metric} {runs[0].metrics[args.metric]:.4f}) to {args.output}", file=sys.stderr)
+              f"({args.metric} {runs[0].score(args.metric):.4f}) to {args.output}", file=sys.stderr)
     else:
         print(text, end="" if text.endswith("\n") else "\n")
     return 0
@@ -361,9 +401,21 @@ def _report(args) -> int:
     return report.run(args)
 
 
+def _tune(args) -> int:
+    from tuning import pipeline
+
+    return pipeline.run(args)
+
+
+def _predict(args) -> int:
+    from tuning import predict
+
+    return predict.run(args)
+
+
 COMMANDS = {"sweep": _sweep, "resume": _resume, "best": _best, "train": _train,
             "presets": _presets, "space": _space, "bench": _bench, "select": _select,
-            "report": _report}
+            "report": _report, "tune": _tune, "predict": _predict}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -84,8 +84,10 @@ class TrialRecord:
 
     @property
     def value(self) -> float:
-        """Final val_accuracy (NaN when the trial never reported one)."""
-        return float(self.metrics.get(METRIC, math.nan))
+        """The trial's score: val_accuracy at its best epoch (NaN when it never reported one)."""
+        from tuning.best import score_key
+
+        return float(self.metrics.get(score_key(METRIC, self.metrics), math.nan))
 
     @property
     def scored(self) -> bool:
@@ -266,6 +268,7 @@ def best_checkpoint(uri: str, parent_run_id: Optional[str], sweep_dir: Path, bes
 def rebuild_model(config: dict, state: dict, num_labels: int):
     """The trial's model, as its family builds it, with the checkpoint's weights."""
     from trainables import registry
+    from trainables.checkpointing import model_weights
     from trainables.finetune import build_classifier
 
     trainable = config.get("trainable", "finetune")
@@ -275,7 +278,7 @@ def rebuild_model(config: dict, state: dict, num_labels: int):
         from trainables.contrastive import ContrastiveModel
 
         model = ContrastiveModel(model, cfg.projection_dim)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(model_weights(state))  # the best epoch's (averaged) weights
     return model
 
 
@@ -393,7 +396,7 @@ def plot_history(trials: list[TrialRecord], path: Path) -> Path:
         ax.scatter([x], [best.value], s=260, marker="*", color="gold", edgecolors="black",
                    linewidths=0.6, zorder=4, label=f"best: {best.label}")
     ax.set_xlabel("trial, in start order")
-    ax.set_ylabel(f"final {METRIC}")
+    ax.set_ylabel(f"best-epoch {METRIC}")
     ax.set_title("Optimization history")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if shown:
@@ -468,7 +471,7 @@ def plot_parallel(trials: list[TrialRecord], kinds: dict[str, str], log_names: s
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01, fraction=0.03,
-                 label=f"final {METRIC}")
+                 label=f"best-epoch {METRIC}")
     ax.set_title(f"Parallel coordinates of the varying parameters ({len(scored)} finished trials; "
                  f"thick line: best)")
     return _save(fig, path)
@@ -495,7 +498,7 @@ def plot_learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], 
     handles, labels = left.get_legend_handles_labels()
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8,
-               title=f"trial (final {METRIC})", title_fontsize=8, frameon=False)
+               title=f"trial (best-epoch {METRIC})", title_fontsize=8, frameon=False)
     return _save(fig, path)
 
 
@@ -607,12 +610,12 @@ def render_html(sweep: str, *, uri: str, parent_run_id: Optional[str], trials: l
         parts += ["<h2>Failed trials</h2>",
                   _table(["trial", "error"], [[t.label, t.error or "unknown error"] for t in failed])]
     sections = [("history", "Optimization history",
-                 f"Final {METRIC} of every finished and failed trial in the order they started; the "
+                 f"Best-epoch {METRIC} of every finished and failed trial in the order they started; the "
                  f"orange line is the best finished trial so far."),
                 ("importance", "Parameter importances",
                  f"fANOVA importances of the varying parameters for {METRIC}, from the finished trials."),
                 ("parallel", "Parallel coordinates",
-                 f"Each line is a finished trial; colour is its final {METRIC}."),
+                 f"Each line is a finished trial; colour is its best-epoch {METRIC}."),
                 ("curves", "Learning curves",
                  f"{METRIC} and val_loss per epoch of the top {TOP_CURVES} finished trials."),
                 ("confusion", "Confusion matrix (validation split)",
@@ -704,7 +707,11 @@ def build_report(sweep: str, *, storage: str = DEFAULT_ROOT, tracking_uri: Optio
     notes: dict[str, str] = {}
     figures: dict[str, Path] = {}
     scored = [t for t in trials if t.scored]
-    best = max(scored, key=lambda t: t.value) if scored else None
+    # the one ranking function: `tunebert best` and the report never disagree
+    from tuning.best import top_k
+
+    leader = top_k(sweep, 1, METRIC, tracking_uri=uri, storage=storage)
+    best = next((t for t in trials if leader and t.trial_id == leader[0].trial_id), None)
 
     figures["history"] = plot_history(trials, out / "history.png")
 

@@ -5,6 +5,7 @@ Everything a user can get wrong is checked in ``prepare`` before Ray starts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from ray.tune.stopper import Stopper
 
 from search_spaces.contrastive import contrastive_space, mixed_space
 from search_spaces.finetune import SWEEP_LEVEL, finetune_space
@@ -23,7 +25,7 @@ from trainables.data import TokenizedData, load_raw_splits, tokenize_splits
 from trainables.errors import ConfigError
 from trainables.models import load_tokenizer
 from tuning import tracking
-from tuning.config import SweepConfig, load_saved_sweep, warm_start_config
+from tuning.config import POPULATION_SCHEDULERS, SweepConfig, load_saved_sweep, warm_start_config
 from tuning.search import build_searcher, preview_configs, warm_start_values
 
 log = logging.getLogger("tunebert")
@@ -44,6 +46,7 @@ class Prepared:
     presets: list[tuple[dict, dict]]
     data: TokenizedData  # without the test split: trials never see it
     tracking_uri: str
+    population: Optional[list[dict]] = None  # PBT/PB2: the trials' initial configs, resolved
 
 
 SPACES = {"finetune": finetune_space, "contrastive": contrastive_space, "any": mixed_space}
@@ -97,8 +100,17 @@ def prepare(cfg: SweepConfig) -> Prepared:
                               f"{cfg.trainable!r} trials; use --trainable {family} or --trainable any")
     for note in notes:
         say(f"note: {note}")
-    # a dry run of the sampler: every combination it can produce must be a valid config
-    for sampled in preview_configs(space, n=8 + len(presets), seed=cfg.seed, presets=presets):
+    population_based = cfg.scheduler in POPULATION_SCHEDULERS
+    if population_based:
+        from tuning import pbt
+
+        pbt.check_available(cfg.scheduler)
+        pbt.mutable_params(space, cfg.mutate, cfg.scheduler)
+    # a dry run of the sampler: every combination it can produce must be a valid config. PBT has
+    # no searcher: its population is the first --trials of these draws, all of them checked.
+    sampled_configs = preview_configs(space, n=max(8 + len(presets), cfg.num_trials if population_based else 0),
+                                      seed=cfg.seed, presets=presets)
+    for sampled in sampled_configs:
         try:
             registry.resolve_config(sampled)
         except ConfigError as exc:
@@ -114,7 +126,9 @@ def prepare(cfg: SweepConfig) -> Prepared:
     say(f"data: {sizes} examples, {data.num_labels} labels; tokenized once for all trials")
     if any(data.truncated.values()):
         say(f"note: texts longer than max_length={cfg.max_length} tokens were truncated: {data.truncated}")
-    return Prepared(cfg, space, presets, data.without_test(), uri)
+    return Prepared(cfg, space, presets, data.without_test(), uri,
+                    population=[registry.resolve_config(c) for c in sampled_configs[:cfg.num_trials]]
+                    if population_based else None)
 
 
 def trial_dirname(trial) -> str:
@@ -182,7 +196,39 @@ def check_shared_storage(cfg: SweepConfig) -> None:
             f"Kubernetes ReadWriteMany volume).")
 
 
-def _tuner(prep: Prepared, callback, *, restore: bool):
+class DeadlineStopper(Stopper):
+    """A Ray Tune stopper that stops every trial once the wall-clock time written in ``path``
+    (seconds since the epoch) has passed. Unlike ``time_budget_s``, which restarts in full when a
+    sweep is restored, the deadline lives in a file that can be rewritten before a resume (the
+    ``tune`` pipeline gives a resumed sweep phase only what is left of its share). Ray saves the
+    stopper with the experiment, so a restored sweep reads the same file."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        self._deadline: Optional[float] = None
+        self._read_at = 0.0
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        now = time.time()
+        if now - self._read_at >= 1.0:  # Ray asks every loop step; the file is read once a second
+            self._read_at = now
+            try:
+                self._deadline = float(Path(self.path).read_text().strip())
+            except (OSError, ValueError):
+                self._deadline = None  # no deadline (yet): nothing to stop for
+        return self._deadline is not None and now >= self._deadline
+
+    def __getstate__(self):
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
+
+
+def _tuner(prep: Prepared, callback, *, restore: bool, stop=None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -193,30 +239,42 @@ def _tuner(prep: Prepared, callback, *, restore: bool):
     if restore:
         return tune.Tuner.restore(str(cfg.sweep_dir), trainable=trainable, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
-    if cfg.scheduler == "asha":
-        longest = max([max_epochs(prep.space, cfg.epochs)] + [
-            cfg.epochs + int({**overrides, **enqueued}.get("contrastive_epochs", 0))
-            for enqueued, overrides in prep.presets])
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=longest,
-                                  grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor)
+    keep, param_space = cfg.keep_checkpoints, None
+    tune_metric = cfg.metric  # population schedulers exploit the current epoch's score
+    if cfg.scheduler in POPULATION_SCHEDULERS:
+        from tuning import pbt
+
+        scheduler = pbt.build_scheduler(cfg, prep.space,
+                                        on_clone=functools.partial(tracking.record_clone, cfg.name))
+        searcher, param_space = pbt.population_search(prep.population)
+        keep = pbt.checkpoints_to_keep(cfg)
     else:
-        scheduler = FIFOScheduler()
-    searcher = build_searcher(prep.space, kind=cfg.searcher, seed=cfg.seed, metric=cfg.metric,
-                              mode=cfg.mode, num_trials=cfg.num_trials, presets=prep.presets)
+        if cfg.scheduler == "asha":
+            longest = max([max_epochs(prep.space, cfg.epochs)] + [
+                cfg.epochs + int({**overrides, **enqueued}.get("contrastive_epochs", 0))
+                for enqueued, overrides in prep.presets])
+            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=longest,
+                                      grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor)
+        else:
+            scheduler = FIFOScheduler()
+        # ASHA and the searcher see each trial's best epoch so far: the score it is ranked by
+        tune_metric = registry.ranked_metric(cfg.metric)
+        searcher = build_searcher(prep.space, kind=cfg.searcher, seed=cfg.seed, metric=tune_metric,
+                                  mode=cfg.mode, num_trials=cfg.num_trials, presets=prep.presets)
     return tune.Tuner(
-        trainable,
+        trainable, param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=cfg.num_trials,
             time_budget_s=cfg.time_budget_s, max_concurrent_trials=cfg.max_concurrent,
-            metric=cfg.metric, mode=cfg.mode, trial_dirname_creator=trial_dirname,
+            metric=tune_metric, mode=cfg.mode, trial_dirname_creator=trial_dirname,
             # a new trial reuses a finished trial's worker process: no fresh interpreter, no second
             # import of torch and transformers, no second fetch of the tokenized data (seconds
             # per trial, most of the sweep overhead `tunebert bench` measured on short trials)
             reuse_actors=True),
         run_config=tune.RunConfig(
-            name=cfg.name, storage_path=str(cfg.ray_storage), callbacks=[callback],
+            name=cfg.name, storage_path=str(cfg.ray_storage), callbacks=[callback], stop=stop,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
             verbose=1),
     )
 
@@ -235,8 +293,9 @@ class SweepOutcome:
 TRACKING_GRACE_S = float(os.environ.get("TUNEBERT_TRACKING_GRACE_S", "60"))
 
 
-def run_sweep(cfg: SweepConfig, *, resume: bool = False) -> SweepOutcome:
-    """Run (or resume) a sweep to the end and record it in MLflow."""
+def run_sweep(cfg: SweepConfig, *, resume: bool = False, stop=None) -> SweepOutcome:
+    """Run (or resume) a sweep to the end and record it in MLflow. ``stop``: a Ray Tune stopper
+    (e.g. ``DeadlineStopper``) for a new sweep; a resumed one keeps the stopper it was saved with."""
     start = time.time()
     if resume and not (cfg.sweep_dir / "tuner.pkl").exists():
         raise ConfigError(f"sweep {cfg.name!r} has no Ray Tune state in {cfg.sweep_dir} to resume from")
@@ -258,12 +317,18 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False) -> SweepOutcome:
     cfg.save()
     (cfg.sweep_dir / "search_space.yaml").write_text(yaml.safe_dump(prep.space.describe(), sort_keys=False))
     callback = tracking.MlflowTrialLogger(uri, experiment_id, parent_id, registry.resolve_config, cfg.name)
+    searcher = cfg.searcher
+    if cfg.scheduler in POPULATION_SCHEDULERS:
+        searcher = "none (the population is random draws of the space)"
+        say(f"{cfg.scheduler}: every {cfg.perturbation_interval} epoch(s) the worst "
+            f"{cfg.quantile_fraction:.0%} of the population clone the best and mutate "
+            f"{', '.join(cfg.mutate)}")
     say(f"sweep {cfg.name!r}: {cfg.num_trials} trials x {cfg.epochs} epochs of {cfg.model!r}, "
-        f"trainable {cfg.trainable}, searcher {cfg.searcher}, scheduler {cfg.scheduler}; "
+        f"trainable {cfg.trainable}, searcher {searcher}, scheduler {cfg.scheduler}; "
         f"MLflow {tracking.redact(uri)}")
     finished = False
     try:
-        results = _tuner(prep, callback, restore=resume).fit()
+        results = _tuner(prep, callback, restore=resume, stop=stop).fit()
         finished = True
     finally:
         # after a restore Ray calls the callback saved with the experiment, not ours
@@ -317,7 +382,7 @@ def _finish(cfg: SweepConfig, uri: str, experiment_id: str, parent_id: str, resu
         best_file.write_text(yaml.safe_dump(best.config, sort_keys=False))
         extra.append(str(best_file))
     wall = time.time() - start
-    summary = {f"best_{cfg.metric}": best.metrics[cfg.metric] if best else float("nan"),
+    summary = {f"best_{cfg.metric}": best.score(cfg.metric) if best else float("nan"),
                "trials_finished": counts["FINISHED"], "trials_failed": counts["FAILED"],
                "trials_killed": counts["KILLED"], "wall_time_s": wall,
                "best_trial_id": best.trial_id if best else "none",
