@@ -125,6 +125,63 @@ def massive_dir() -> Path:
     return MASSIVE
 
 
+class MlflowServer:
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite behind it, in ``folder``) that a test can
+    stop (SIGKILL, as a crash) and start again on the same port and store."""
+
+    def __init__(self, folder: Path):
+        import socket
+
+        self.folder = folder
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.db = folder / "server.db"
+        self.proc = None
+
+    def start(self, timeout: float = 90) -> "MlflowServer":
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        mlflow_bin = Path(sys.executable).parent / "mlflow"
+        self.proc = subprocess.Popen(
+            [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{self.db}",
+             "--artifacts-destination", str(self.folder / "served-artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=1)
+                return self
+            except Exception:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("mlflow server did not start")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A started ``MlflowServer``; stopped at the end of the test."""
+    server = MlflowServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def run_trainable():
     """Train a config with its family's ``fit`` on CPU, collecting every epoch's report; with
@@ -146,3 +203,31 @@ def run_trainable():
         return reports, model
 
     return run
+
+
+def _encodings_of(secret: str) -> list[bytes]:
+    """A secret as it could appear in a file: raw, hex (Ray hex-encodes cloudpickled objects in
+    its JSON state) and base64 at the three byte alignments."""
+    import base64
+
+    raw = secret.encode()
+    found = [raw, raw.hex().encode(), raw.hex().upper().encode()]
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + raw)[4 * ((shift + 2) // 3):-4]
+        if len(encoded) >= 8:
+            found.append(encoded)
+    return found
+
+
+@pytest.fixture
+def secret_leaks():
+    """``secret_leaks(secret, blob_or_folder)``: where ``secret`` appears (raw, hex or base64) in
+    a bytes blob (``['<bytes>']``) or in any file under a folder (their paths); [] if nowhere."""
+    def find(secret: str, where) -> list[str]:
+        encodings = _encodings_of(secret)
+        if isinstance(where, (bytes, bytearray)):
+            return ["<bytes>"] if any(e in where for e in encodings) else []
+        return [str(p) for p in sorted(Path(where).rglob("*"))
+                if p.is_file() and any(e in p.read_bytes() for e in encodings)]
+
+    return find

@@ -45,6 +45,16 @@ class DataConfig:
     def from_dict(cls, d: dict[str, Any]) -> "DataConfig":
         return cls(**d)
 
+    def anchored(self) -> "DataConfig":
+        """The same data with a local folder given as an absolute path, so that a saved sweep
+        finds it again from any working directory ('demo' and hub ids stay as they are)."""
+        if self.source == "demo" or self.source.startswith("hf:"):
+            return self
+        path = Path(self.source).expanduser()
+        if not path.exists():
+            return self
+        return DataConfig(str(path.resolve()), self.text_column, self.label_column)
+
 
 @dataclass
 class RawSplit:
@@ -202,6 +212,12 @@ def _load_hub(dataset_id: str, config: DataConfig) -> dict[str, RawSplit]:
 
 def load_raw_splits(config: DataConfig) -> dict[str, RawSplit]:
     """Read and validate the three splits. Raises ``DataError`` with a fix for every problem."""
+    splits = _load_splits(config)
+    _check_train_labels(splits["train"], config)
+    return splits
+
+
+def _load_splits(config: DataConfig) -> dict[str, RawSplit]:
     source = config.source
     if source == "demo":
         return _load_folder(DEMO_DIR, config)
@@ -219,6 +235,31 @@ def load_raw_splits(config: DataConfig) -> dict[str, RawSplit]:
         f"data folder {source!r} does not exist. Pass a folder with train/validation/test "
         f".jsonl or .csv files, 'demo' for the built-in demo data, or hf:<dataset id>."
     )
+
+
+def _check_train_labels(train: RawSplit, config: DataConfig) -> None:
+    """A classifier needs two classes to tell apart; with one, every loss is zero (Ray used to
+    start and die inside a trial instead)."""
+    values = set(train.labels)
+    if len(values) < 2:
+        raise DataError(
+            f"train split ({train.origin}) has a single label, {next(iter(values))!r}, in column "
+            f"{config.label_column!r} ({len(train.labels)} rows): a classifier needs at least 2 "
+            f"classes. Check --label-column (is {config.label_column!r} the label?), or add "
+            f"examples of the other classes to the train split.")
+
+
+def data_fingerprint(splits: dict[str, RawSplit]) -> str:
+    """sha256 of the texts and labels of every split, in order: what a sweep trained and was
+    validated on, whatever the files' format or place. Resume compares it (``tuning.runner``)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        part = splits[split]
+        digest.update(json.dumps([split, part.texts, part.labels], ensure_ascii=False,
+                                 default=str).encode("utf-8"))
+    return f"sha256:{digest.hexdigest()}"
 
 
 # --------------------------------------------------------------------------- tokenizing

@@ -14,10 +14,27 @@ from typing import Callable
 import torch
 
 from trainables import registry
+from trainables.checkpointing import is_model_only
 from trainables.data import TokenizedData
-from trainables.errors import NonFiniteLossError
+from trainables.errors import ConfigError, NonFiniteLossError
 
 NONFINITE_MARKER = "nonfinite_loss.txt"
+# Ray Tune writes this into the experiment folder on the driver before any trial starts
+# (ray/tune/impl/tuner_internal.py, _TUNER_PKL); tuning.runner relies on it for resume too.
+SWEEP_STATE_FILE = "tuner.pkl"
+
+
+def check_storage_visible(folder: Path, node: str) -> None:
+    """Fail a trial at its start when the node it landed on cannot see the sweep folder
+    (``folder``, Ray's experiment folder in --storage): a node that joined after the sweep checked
+    its storage, or one that lost its mount. Its checkpoints would stay on that node's disk and no
+    other node could resume it."""
+    if not (folder / SWEEP_STATE_FILE).is_file():
+        raise ConfigError(
+            f"the sweep folder {folder} is not shared with Ray node {node}: the sweep's state is "
+            f"not visible from there, so this trial's checkpoints could not be read by the sweep "
+            f"or resumed on another node. --storage must be a folder every node mounts at the same "
+            f"path (NFS, EFS, a Kubernetes ReadWriteMany volume); fix the mount on that node.")
 
 
 def trainable(config: dict, data: TokenizedData) -> None:
@@ -34,6 +51,9 @@ def trainable(config: dict, data: TokenizedData) -> None:
     cfg = registry.config_class(name).from_dict({**config, "trainable": name})
     fit = registry.fit_function(name)
     node_id = ray.get_runtime_context().get_node_id()
+    # tunebert's --storage is a folder path, so Ray's storage path is one on this node's disk
+    check_storage_visible(Path(tune.get_context().get_storage().experiment_fs_path),
+                          f"{ray.util.get_node_ip_address()} (id {node_id[:12]})")
 
     def report(metrics: dict, write: Callable[[str], None]) -> None:
         with tempfile.TemporaryDirectory() as directory:
@@ -51,6 +71,11 @@ def trainable(config: dict, data: TokenizedData) -> None:
             fit(cfg, data, device=device, report=report)
         else:
             with checkpoint.as_directory() as directory:
+                if is_model_only(directory):
+                    # the sweep had ended this trial and pruned its checkpoint to its best model
+                    # (tuning.pruning waits until Ray's saved state records the end, so this is
+                    # a guard): it stays ended, with nothing to train and no epoch reported twice
+                    return
                 fit(cfg, data, device=device, report=report, resume_dir=directory)
     except NonFiniteLossError as exc:
         poisoned.write_text(str(exc))

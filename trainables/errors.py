@@ -21,5 +21,10 @@ class ModelLoadError(UserError):
     """A model that cannot be found or loaded."""
 
 
+class CheckpointError(ModelLoadError):
+    """A checkpoint folder that is missing, incomplete, corrupt, or holds more than tensors and
+    plain values (which is never loaded: unpickling arbitrary objects can run code)."""
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the trial cannot give a meaningful result."""

@@ -29,7 +29,7 @@ import numpy as np
 from trainables.data import DataConfig, TokenizedData, bucketed_batches, collate, load_raw_splits, tokenize_splits
 from trainables.errors import UserError
 
-PARTS = ("throughput", "overhead", "search", "table", "ablation")
+PARTS = ("throughput", "overhead", "search", "table", "ablation", "compare")
 WARMUP = 2  # untimed batches before each throughput measurement
 TRAINER_FP32 = "tunebert loop, fp32 (same batches as the reference)"
 REFERENCE = "plain loop, bucketed batches, fused AdamW, fp32 (reference)"
@@ -522,6 +522,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table-workers", type=int, default=1,
                    help="table: runs at a time, each on its share of the CPU cores (default 1)")
     p.add_argument("--presets", default="baseline,llrd,warmup,llrd_warmup,supcon,simclr")
+    p.add_argument("--tune-budget", type=float, default=7200.0,
+                   help="compare: seconds of the `tunebert tune` pipeline (default 7200 = 2h)")
     p.add_argument("--ablation-epochs", type=int, default=None,
                    help="ablation: epochs per run (default: the hand config's 4)")
     p.add_argument("--ablation-workers", type=int, default=1,
@@ -570,6 +572,8 @@ def run(args) -> int:
                     workers=args.table_workers)
     if "ablation" in parts:
         _ablation_part(data_cfg, args, report, storage, out)
+    if "compare" in parts:
+        _compare_part(data_cfg, args, report, storage, out)
     text = report.markdown(command)
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps(report.numbers, indent=2))
@@ -577,6 +581,23 @@ def run(args) -> int:
     print(text)
     say(f"wrote {out / 'results.md'}")
     return 0
+
+
+def _compare_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path, out: Path) -> None:
+    from tuning import compare
+    from tuning.config import resolve_tracking_uri
+
+    hand = compare.hand_baseline(data_cfg, args.model, seeds=args.seeds,
+                                 uri=resolve_tracking_uri(None, storage),
+                                 epochs=1 if args.smoke_test else None)
+    name = f"bench-tune-{time.strftime('%Y%m%d-%H%M%S')}"
+    tuned = compare.tune_pipeline(data_cfg, args.model, budget_s=args.tune_budget, storage=storage,
+                                  name=name, smoke=args.smoke_test)
+    report.add("f. Search against hand-tuning", compare.markdown(hand, tuned, args.tune_budget))
+    report.numbers.update({"compare_hand_test_mean": statistics.mean(r["test_accuracy"] for r in hand),
+                           "compare_tuned_test": tuned["test_accuracy"],
+                           "compare_tuned_config_test_mean": tuned["config_test_accuracy_mean"]})
+    (out / "compare.json").write_text(json.dumps({"hand": hand, "tuned": tuned}, indent=2, default=str))
 
 
 def _ablation_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path, out: Path) -> None:

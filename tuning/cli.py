@@ -44,13 +44,18 @@ def _duration(text: str) -> float:
     return h * 3600 + m * 60 + s
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
+def _add_data_args(p: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """``defaults=False`` (train): left unset, so that --from-sweep can tell given from default."""
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="demo",
+    default = ("demo", "text", "label") if defaults else (None, None, None)
+    where = "" if defaults else "the sweep's own with --from-sweep, else "
+    g.add_argument("--data", default=default[0],
                    help="'demo' (built-in), a folder with train/validation/test .jsonl/.csv files, "
-                        "or hf:<hub dataset id> (default: demo)")
-    g.add_argument("--text-column", default="text", help="column holding the text (default: text)")
-    g.add_argument("--label-column", default="label", help="column holding the label (default: label)")
+                        f"or hf:<hub dataset id> (default: {where}demo)")
+    g.add_argument("--text-column", default=default[1],
+                   help=f"column holding the text (default: {where}text)")
+    g.add_argument("--label-column", default=default[2],
+                   help=f"column holding the label (default: {where}label)")
 
 
 def _add_store_args(p: argparse.ArgumentParser) -> None:
@@ -112,6 +117,10 @@ def add_sweep_arguments(p: argparse.ArgumentParser, *, time_budget_default: Opti
     g.add_argument("--gpus-per-trial", type=float, default=_default("gpus_per_trial"),
                    help="fractions allowed, e.g. 0.5")
     g.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
+    g.add_argument("--wait-for-nodes", action="store_true",
+                   help="with --address: queue trials even when no node has --cpus-per-trial/"
+                        "--gpus-per-trial yet, because an autoscaler will add one (otherwise "
+                        "refused: the trials would wait forever)")
     g.add_argument("--max-failures", type=int, default=_default("max_failures"),
                    help="retries of a crashed trial from its checkpoint")
     g.add_argument("--keep-checkpoints", type=int, default=_default("keep_checkpoints"),
@@ -165,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="also keep the trained model in this folder")
     p.add_argument("--experiment", default=None,
                    help="MLflow experiment (default: the sweep's for --from-sweep, else tunebert-train)")
-    _add_data_args(p)
+    p.add_argument("--other-data", action="store_true",
+                   help="with --from-sweep: train on --data/--text-column/--label-column although "
+                        "the sweep was tuned on other data (refused without this flag)")
+    _add_data_args(p, defaults=False)
     _add_store_args(p)
     p.add_argument("--smoke-test", action="store_true", help="1 epoch on at most 64 training examples")
 
@@ -224,6 +236,7 @@ def sweep_settings(args) -> dict[str, Any]:
         searcher=args.searcher, scheduler=args.scheduler, grace_period=args.grace_period,
         reduction_factor=args.reduction_factor, perturbation_interval=args.perturbation_interval,
         quantile_fraction=args.quantile_fraction, synchronous=args.synchronous,
+        wait_for_nodes=args.wait_for_nodes,
         mutate=tuple(s.strip() for s in args.mutate.split(",") if s.strip()))
     if args.name:
         settings["name"] = args.name
@@ -286,11 +299,24 @@ def _resume(args) -> int:
     return 0
 
 
+def reachable_store(tracking_uri: Optional[str], storage: str) -> str:
+    """The MLflow store a command reads, refused within seconds when MLflow cannot use or reach
+    it (MLflow's own HTTP retries wait minutes)."""
+    from tuning import tracking
+    from tuning.config import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri, Path(storage).expanduser().resolve())
+    tracking.bound_http_waits()
+    tracking.check_store(uri)
+    return uri
+
+
 def _best(args) -> int:
     import yaml
 
     from tuning.best import top_k
 
+    reachable_store(args.tracking_uri, args.storage)
     runs = top_k(args.name, max(1, args.top), args.metric, args.mode,
                  tracking_uri=args.tracking_uri, storage=args.storage)
     if not runs:
@@ -326,12 +352,11 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 def _train(args) -> int:
     from search_spaces.presets import get_preset
-    from trainables.data import DataConfig
     from tuning.best import best_config
-    from tuning.config import load_config_file, resolve_tracking_uri
+    from tuning.config import load_config_file
     from tuning.train import train_config
 
-    uri = resolve_tracking_uri(args.tracking_uri, Path(args.storage).expanduser().resolve())
+    uri = reachable_store(args.tracking_uri, args.storage)
     experiment = args.experiment or "tunebert-train"
     tags = {}
     if args.config:
@@ -346,11 +371,51 @@ def _train(args) -> int:
     if args.model:
         config["model"] = args.model
     if args.smoke_test:
-        config["epochs"] = 1
-    train_config(config, DataConfig(args.data, args.text_column, args.label_column),
-                 tracking_uri=uri, experiment=experiment, output_dir=args.output_dir, tags=tags,
+        config.update(epochs=1, stop_epoch=None)
+    train_config(config, _train_data(args), tracking_uri=uri, experiment=experiment,
+                 output_dir=args.output_dir, tags=tags,
                  max_train_examples=64 if args.smoke_test else None)
     return 0
+
+
+def _train_data(args):
+    """The data `tunebert train` uses: with --from-sweep the sweep's own (as `select`), where other
+    data, or the same folder with changed contents, is refused unless --other-data says it is
+    meant; else --data or the demo."""
+    from trainables.data import DataConfig, data_fingerprint, load_raw_splits
+    from trainables.errors import ConfigError
+    from tuning.config import load_saved_sweep
+    from tuning.selection import resolve_data
+
+    given = {k: v for k, v in (("source", args.data), ("text_column", args.text_column),
+                               ("label_column", args.label_column)) if v is not None}
+    if not args.from_sweep:
+        return DataConfig(**given)
+    try:
+        swept = resolve_data(args.from_sweep, args.storage)
+    except ConfigError:
+        if "source" not in given:
+            raise
+        return DataConfig(**given)  # the sweep's settings are not here: the data given is all we know
+    asked = DataConfig(**{**swept.to_dict(), **given})
+    if args.other_data:
+        return asked
+    if asked.anchored() != swept.anchored():
+        raise ConfigError(
+            f"sweep {args.from_sweep!r} was tuned on --data {swept.source!r} (text column "
+            f"{swept.text_column!r}, label column {swept.label_column!r}), but this command asks "
+            f"for {asked.source!r} ({asked.text_column!r}/{asked.label_column!r}): the test score "
+            f"would not be the tuned config's on its own data, yet it would be logged in the "
+            f"sweep's experiment. Leave out --data/--text-column/--label-column to train on the "
+            f"sweep's data, or add --other-data to train on other data on purpose.")
+    fingerprint = load_saved_sweep(args.from_sweep, args.storage).data_fingerprint
+    if fingerprint and data_fingerprint(load_raw_splits(asked)) != fingerprint:
+        raise ConfigError(
+            f"the data of sweep {args.from_sweep!r} ({swept.source!r}) changed since the sweep ran "
+            f"(its fingerprint differs): the test score would not be the tuned config's on the data "
+            f"it was tuned on. Put the original files back, or add --other-data to train on the "
+            f"data as it is now.")
+    return asked
 
 
 def _presets(args) -> int:
@@ -392,12 +457,14 @@ def _bench(args) -> int:
 def _select(args) -> int:
     from tuning import selection
 
+    reachable_store(args.tracking_uri, args.storage)
     return selection.run(args)
 
 
 def _report(args) -> int:
     from tuning import report
 
+    reachable_store(args.tracking_uri, args.storage)
     return report.run(args)
 
 
@@ -419,9 +486,12 @@ COMMANDS = {"sweep": _sweep, "resume": _resume, "best": _best, "train": _train,
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from tuning.interrupt import Interrupted, exit_soon, raise_on_sigterm
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the exact command line, for outputs that record how they were made
+    raise_on_sigterm()  # docker stop, Kubernetes: stop as cleanly as Ctrl-C does
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:
@@ -429,11 +499,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         return EXIT_USER_ERROR
     except BrokenPipeError:  # output piped into `head` and the like
         return 0
-    except KeyboardInterrupt:
-        name = getattr(args, "name", None)
-        hint = f"; resume with: tunebert resume {name}" if name and args.command in ("sweep", "resume") else ""
-        print(f"\ntunebert {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as interrupt.Interrupted
+        signame = f" by {exc.args[0]}" if isinstance(exc, Interrupted) else ""
+        if getattr(exc, "resume_hint", None):  # a sweep: its runs are marked KILLED in MLflow
+            hint = f"; the sweep stopped and is marked KILLED in MLflow; resume with: {exc.resume_hint}"
+        else:
+            name = getattr(args, "name", None)
+            hint = f"; resume with: tunebert resume {name}" if name and args.command in ("sweep", "resume") else ""
+        print(f"\ntunebert {args.command}: interrupted{signame}{hint}", file=sys.stderr)
+        if not isinstance(exc, Interrupted):
+            return 130
+        exit_soon(exc.exit_status)  # a real stop signal: do not wait a minute for a Ray that is gone
+        return exc.exit_status
 
 
 if __name__ == "__main__":

@@ -77,6 +77,16 @@ class SweepConfig:
     synchronous: bool = True
     metric: str = "val_accuracy"
     mode: str = "max"
+    # on a cluster (--address), queue trials even when no node has the resources one trial
+    # needs yet, because an autoscaler will add such nodes (otherwise refused: they would wait
+    # forever)
+    wait_for_nodes: bool = False
+    # Set when the sweep starts (``anchored`` and ``runner.run_sweep``), not by the user:
+    # ``uid`` names this sweep apart from any other sweep of the same name (it is tagged on the
+    # MLflow experiment, so a reused name cannot merge two sweeps); ``data_fingerprint`` is
+    # ``trainables.data.data_fingerprint`` of the data it trains on (resume refuses other data).
+    uid: Optional[str] = None
+    data_fingerprint: Optional[str] = None
 
     def __post_init__(self) -> None:
         check_sweep_name(self.name)
@@ -107,6 +117,8 @@ class SweepConfig:
             raise ConfigError(f"`scheduler` must be one of {list(SCHEDULERS)}, but got {self.scheduler!r}")
         if self.mode not in ("max", "min"):
             raise ConfigError(f"`mode` must be 'max' or 'min', but got {self.mode!r}")
+        if not isinstance(self.wait_for_nodes, bool):
+            raise ConfigError(f"`wait_for_nodes` must be true or false, but got {self.wait_for_nodes!r}")
         if self.grace_period > self.epochs:
             raise ConfigError(f"`grace_period` ({self.grace_period}) cannot exceed `epochs` ({self.epochs})")
         if self.scheduler in POPULATION_SCHEDULERS:
@@ -161,6 +173,23 @@ class SweepConfig:
     def resolved_tracking_uri(self) -> str:
         return resolve_tracking_uri(self.tracking_uri, self.root)
 
+    def anchored(self) -> "SweepConfig":
+        """These settings as a new sweep saves them: storage, data folder, space file and
+        warm-start files as absolute paths and the MLflow store resolved (--tracking-uri, else
+        $MLFLOW_TRACKING_URI, else the SQLite file under the storage), so that resume finds the
+        same things from any working directory and in any environment."""
+        def absolute(path: str) -> str:
+            candidate = Path(path).expanduser()
+            return str(candidate.resolve()) if candidate.exists() else path
+
+        from search_spaces.presets import PRESETS
+
+        return dataclasses.replace(
+            self, storage=str(self.root), data=self.data.anchored(),
+            space_file=absolute(self.space_file) if self.space_file else None,
+            warm_start=tuple(w if w in PRESETS else absolute(w) for w in self.warm_start),
+            tracking_uri=anchor_store_uri(self.resolved_tracking_uri()))
+
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -182,10 +211,22 @@ class SweepConfig:
                 d[key] = tuple(d[key])
         return cls(**d)
 
+    def saved_dict(self) -> dict[str, Any]:
+        """``to_dict`` as written to disk: a password in the tracking URI is masked (resume takes
+        it from --tracking-uri or $MLFLOW_TRACKING_URI again, see ``resume_store``)."""
+        from tuning.credentials import redact
+
+        d = self.to_dict()
+        if d.get("tracking_uri"):
+            d["tracking_uri"] = redact(d["tracking_uri"])
+        return d
+
     def save(self) -> Path:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         path = self.sweep_dir / SWEEP_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2))
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(self.saved_dict(), indent=2))
+        partial.replace(path)  # atomic: a kill never leaves half a file
         return path
 
 
@@ -196,6 +237,51 @@ def resolve_tracking_uri(explicit: Optional[str], root: Path) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def anchor_store_uri(uri: str) -> str:
+    """``uri`` with a relative SQLite or folder store made absolute (servers are unchanged)."""
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        if path and not path.startswith("/") and not path.startswith(":memory:"):
+            return f"sqlite:///{Path(path).expanduser().resolve()}"
+        return uri
+    if "://" not in uri and not uri.startswith(("sqlite:", "file:")):
+        return str(Path(uri).expanduser().resolve())
+    return uri
+
+
+def resume_store(name: str, saved: Optional[str], given: Optional[str]) -> Optional[str]:
+    """The MLflow store a resumed sweep logs to: the one it started with (``saved``, with a
+    password masked), never another. A restored sweep's trials keep logging where they started
+    (Ray brings back the logger saved with the experiment), so another store would split the
+    sweep's record in two.
+
+    ``given``: --tracking-uri at resume (None if not given); it must name the saved store, and
+    is what supplies its password. Without it the saved store is used, its password taken from
+    $MLFLOW_TRACKING_URI when that names the same store (``credentials.reveal``). ``saved`` None
+    (a sweep saved before stores were recorded): ``given`` as before."""
+    from tuning.credentials import MASK, has_password, redact, reveal
+
+    if saved is None:
+        return given
+    if given is not None:
+        given = anchor_store_uri(given)
+        if redact(given) == saved:
+            return given
+        raise ConfigError(
+            f"sweep {name!r} logs to the MLflow store {saved}, but --tracking-uri names "
+            f"{redact(given)}: its trials would keep logging to the first store while a second "
+            f"parent run opened in the other. Resume without --tracking-uri (the sweep remembers "
+            f"its store), or start a new sweep with another --name to log elsewhere.")
+    if MASK not in saved:
+        return saved
+    if has_password(reveal(saved)):
+        return reveal(saved)
+    raise ConfigError(
+        f"sweep {name!r} logs to the MLflow store {saved}, whose password is not saved (secrets "
+        f"stay out of saved state). Pass the store with its password to resume: set "
+        f"MLFLOW_TRACKING_URI (or --tracking-uri) to that URI with the password filled in.")
 
 
 def load_saved_sweep(name: str, storage: str = DEFAULT_ROOT) -> SweepConfig:

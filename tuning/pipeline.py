@@ -69,6 +69,8 @@ PIPELINE_FILE = "tunebert_pipeline.json"
 DEADLINE_FILE = "tunebert_sweep_deadline"   # read by runner.DeadlineStopper
 ALIVE_FILE = "tunebert_pipeline.alive"      # touched while a process works on the pipeline
 HEARTBEAT_S = 10.0
+# `tunebert tune` without --trials: the sweep phase's time share, not a count, ends the sweep
+BUDGET_TRIALS = 1000
 PROBE_TRAIN_EXAMPLES = 96                   # three batches of 32: enough for a steady rate
 PROBE_VAL_EXAMPLES = 32
 PHASES = ("sweep", "select", "done")
@@ -303,9 +305,9 @@ def training_epochs(config: dict[str, Any], epochs: Optional[int] = None) -> int
     classifier epochs replaced by ``epochs`` when given (as the selection does)."""
     from trainables import registry
 
-    config = {**config, **({"epochs": epochs} if epochs else {})}
+    config = {**config, **({"epochs": epochs, "stop_epoch": None} if epochs else {})}
     cfg = registry.config_class(config.get("trainable", "finetune")).from_dict(config)
-    return int(getattr(cfg, "total_epochs", cfg.epochs))
+    return int(getattr(cfg, "total_epochs", cfg.last_epoch))  # a sweep's stop_epoch shortens it
 
 
 # --------------------------------------------------------------------------- state on disk
@@ -364,7 +366,7 @@ class Pipeline:
 
     def save(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"sweep": self.sweep.to_dict(), "pipeline": self.config.to_dict(),
+        text = json.dumps({"sweep": self.sweep.saved_dict(), "pipeline": self.config.to_dict(),
                            "state": self.state.to_dict()}, indent=2)
         partial = self.path.with_suffix(".json.partial")
         partial.write_text(text)
@@ -447,7 +449,8 @@ class _Session:
         setattr(state, attr, getattr(state, attr) + time.time() - self.start)
         state.session = None
         self.pipeline.save()
-        if kind is KeyboardInterrupt:
+        # Ctrl-C or SIGTERM (interrupt.Interrupted); a stopped sweep names its resume command itself
+        if kind is not None and issubclass(kind, KeyboardInterrupt) and not getattr(exc, "resume_hint", None):
             say(f"interrupted in the {self.phase} phase; continue with: tunebert resume "
                 f"{self.pipeline.sweep.name}" + _storage_flag(self.pipeline.sweep.storage))
 
@@ -477,6 +480,7 @@ def start_pipeline(sweep: SweepConfig, config: PipelineConfig) -> Pipeline:
     from tuning import runner
 
     started = time.time()
+    sweep = sweep.anchored()  # absolute paths and the MLflow store, as the sweep will save them
     for path in (sweep.sweep_dir / "tuner.pkl", sweep.sweep_dir / PIPELINE_FILE):
         if path.exists():
             raise ConfigError(f"a sweep named {sweep.name!r} already exists in {sweep.sweep_dir}; "
@@ -488,6 +492,7 @@ def start_pipeline(sweep: SweepConfig, config: PipelineConfig) -> Pipeline:
         raise ConfigError(f"--output-dir {out} is not an empty folder; the handed-over model goes "
                           f"there. Choose a new or empty folder.")
     prep = runner.prepare(sweep)
+    runner.claim_name(prep, resume=False)  # before the speed is measured: a reused name is refused
     trial_epochs = runner.max_epochs(prep.space, sweep.epochs)
     epoch_s = measure_epoch_seconds(prep)
     if epoch_s is None:
@@ -541,19 +546,30 @@ def advance(pipeline: Pipeline, until: str = "done") -> Pipeline:
 
 
 def run_pipeline(sweep: SweepConfig, config: PipelineConfig) -> Pipeline:
-    """The whole job: plan, sweep, select, test. Returns the finished pipeline."""
-    return advance(start_pipeline(sweep, config))
+    """The whole job: plan, sweep, select, test. Returns the finished pipeline. One driver at a
+    time (``sweep_lock``)."""
+    from tuning.sweep_lock import sweep_lock
+
+    with sweep_lock(sweep.sweep_dir, sweep.name):
+        return advance(start_pipeline(sweep, config))
 
 
 def resume_pipeline(name: str, storage: str = DEFAULT_ROOT, **changes: Any) -> Pipeline:
-    """Continue a stopped pipeline; ``changes`` (tracking_uri, address) apply to its sweep."""
-    pipeline = load_pipeline(name, storage)
-    if changes:
+    """Continue a stopped pipeline; ``changes`` (tracking_uri, address) apply to its sweep. The
+    MLflow store must be the one it started with (``config.resume_store``). One driver at a time
+    (``sweep_lock``)."""
+    from tuning.config import resume_store
+    from tuning.sweep_lock import sweep_lock
+
+    with sweep_lock(pipeline_path(name, storage).parent, name):
+        pipeline = load_pipeline(name, storage)
+        changes["tracking_uri"] = resume_store(name, pipeline.sweep.tracking_uri,
+                                               changes.get("tracking_uri"))
         pipeline.sweep = SweepConfig.from_dict({**pipeline.sweep.to_dict(), **changes})
-    if pipeline.state.phase != "done":
-        say(f"continuing {name!r} in its {pipeline.state.phase} phase "
-            f"({_clock(pipeline.state.total_s)} of {_clock(pipeline.config.budget_s)} used)")
-    return advance(pipeline)
+        if pipeline.state.phase != "done":
+            say(f"continuing {name!r} in its {pipeline.state.phase} phase "
+                f"({_clock(pipeline.state.total_s)} of {_clock(pipeline.config.budget_s)} used)")
+        return advance(pipeline)
 
 
 def _sweep_phase(pipeline: Pipeline) -> None:
@@ -679,6 +695,9 @@ def _result_summary(result, metric: str) -> dict[str, Any]:
             "ensemble_val": None if result.ensemble_val is None else float(result.ensemble_val),
             "test_accuracy": float(result.handed_over_test["test_accuracy"]),
             "test_macro_f1": float(result.handed_over_test["test_macro_f1"]),
+            # the chosen config's seed models one by one (mean ± std): what one training gives
+            "config_test_accuracy_mean": float(result.test_accuracy_mean),
+            "config_test_accuracy_std": float(result.test_accuracy_std),
             "config": result.chosen.config, "trial_id": result.chosen.trial_id,
             "rank": result.chosen.rank, "seeds": list(result.chosen.seeds),
             "selection_run_id": result.run_id}
@@ -758,6 +777,9 @@ def render_summary(pipeline: Pipeline) -> str:
               f"- validation {metric}: **{val}**" + (f" ({'; '.join(scores)})" if scores else ""),
               f"- test accuracy: **{result['test_accuracy']:.4f}**, test macro-F1 "
               f"{result['test_macro_f1']:.4f} (read once, after the choice)",
+              *([f"- the chosen config's seed models one by one: test accuracy "
+                 f"{result['config_test_accuracy_mean']:.4f} ± {result['config_test_accuracy_std']:.4f}"]
+                if result.get("config_test_accuracy_mean") is not None else []),
               f"- use it: `{predict_command(result['model_dir'])}`", "",
               "Config:", "", "```yaml", yaml.safe_dump(result["config"], sort_keys=True).rstrip(),
               "```", ""]
@@ -788,6 +810,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     add_sweep_arguments(p, time_budget_default=_default("budget_s"), time_budget_help=(
         "the whole job's time: sweep, final selection and test (default: 2h); e.g. 45m, 1h30m"))
+    p.set_defaults(trials=None)  # `tune` fills its budget: see BUDGET_TRIALS
+    for action in p._actions:
+        if action.dest == "trials":
+            action.help = ("number of trials (default: as many as the sweep's share of the time "
+                           "budget allows)")
     g = p.add_argument_group("final selection")
     g.add_argument("--top-k", type=int, default=_default("top_k"),
                    help="re-train this many of the sweep's best configs (default: %(default)s; "
@@ -797,8 +824,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-ensemble", dest="ensemble", action="store_false",
                    help="hand over the best single model; by default the ensemble of the chosen "
                         "config's seed models is handed over when it scores better on validation")
-    g.add_argument("--select-workers", type=int, default=_default("select_workers"),
-                   help="selection trainings at a time (default: %(default)s)")
+    g.add_argument("--select-workers", type=int, default=None,
+                   help="selection trainings at a time (default: as many as the sweep runs trials "
+                        "at once on this machine's CPUs, i.e. cores // --cpus-per-trial; 1 with GPUs)")
     g.add_argument("--output-dir", default=None,
                    help="new or empty folder for the handed-over model (default: "
                         "<storage>/models/<name>)")
@@ -806,9 +834,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="2 trials x 1 epoch, then top 2 x 2 seeds x 1 epoch on 64 examples")
 
 
+def default_select_workers(cpus_per_trial: float, gpus_per_trial: float, cores: Optional[int] = None) -> int:
+    """Selection trainings at a time: the sweep's own parallelism on a CPU-only machine (two
+    one-thread trainings get through ~1.8x the work of one two-thread training on 2 cores,
+    `tunebert bench` part d); one at a time when trials use GPUs."""
+    import os
+
+    if gpus_per_trial > 0:
+        return 1
+    return max(1, int((cores or os.cpu_count() or 1) // max(cpus_per_trial, 1e-9)))
+
+
 def run(args) -> int:
     from tuning.cli import sweep_settings
 
+    if args.trials is None:  # the budget decides how many trials the sweep gets
+        args.trials = BUDGET_TRIALS
+    if args.select_workers is None:
+        args.select_workers = default_select_workers(args.cpus_per_trial, args.gpus_per_trial)
     settings = sweep_settings(args)
     pipeline_settings: dict[str, Any] = dict(
         budget_s=args.time_budget, top_k=args.top_k, seeds=args.seeds, ensemble=args.ensemble,

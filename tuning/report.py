@@ -259,8 +259,11 @@ def best_checkpoint(uri: str, parent_run_id: Optional[str], sweep_dir: Path, bes
     if parent_run_id and "best_checkpoint" in _tracking().artifact_paths(uri, parent_run_id):
         folder = Path(_tracking().download_artifacts(uri, parent_run_id, "best_checkpoint", str(into)))
         config = folder / "config.json"
-        if config.is_file() and json.loads(config.read_text()) == best.config:
-            return folder
+        try:
+            if config.is_file() and json.loads(config.read_text()) == best.config:
+                return folder  # read later with weights_only=True (validation_confusion)
+        except (ValueError, UnicodeDecodeError):  # a damaged artifact: use the sweep folder's copy
+            pass
     local = sorted(sweep_dir.glob(f"*_{best.trial_id}/checkpoint_*/state.pt"))
     return local[-1].parent if local else None
 
@@ -688,6 +691,15 @@ def _confusion_step(uri: str, parent_run_id: Optional[str], sweep: str, storage:
             return None, f"Skipped: {exc}"
 
 
+def pick_best(trials: list, sweep: str, uri: str, storage: str):
+    """The report's best trial: the one `tunebert best` returns (the one ranking function, so the
+    two never disagree: stage-1 contrastive trials excluded, best epoch, same tie-break)."""
+    from tuning.best import top_k
+
+    leader = top_k(sweep, 1, METRIC, tracking_uri=uri, storage=storage)
+    return next((t for t in trials if leader and t.trial_id == leader[0].trial_id), None)
+
+
 def build_report(sweep: str, *, storage: str = DEFAULT_ROOT, tracking_uri: Optional[str] = None,
                  output: Optional[str] = None, log_to_mlflow: bool = True) -> Report:
     """Render the report of ``sweep`` into ``output`` (default ``<storage>/reports/<sweep>/``)
@@ -707,11 +719,7 @@ def build_report(sweep: str, *, storage: str = DEFAULT_ROOT, tracking_uri: Optio
     notes: dict[str, str] = {}
     figures: dict[str, Path] = {}
     scored = [t for t in trials if t.scored]
-    # the one ranking function: `tunebert best` and the report never disagree
-    from tuning.best import top_k
-
-    leader = top_k(sweep, 1, METRIC, tracking_uri=uri, storage=storage)
-    best = next((t for t in trials if leader and t.trial_id == leader[0].trial_id), None)
+    best = pick_best(trials, sweep, uri, storage)
 
     figures["history"] = plot_history(trials, out / "history.png")
 

@@ -5,10 +5,13 @@ Everything a user can get wrong is checked in ``prepare`` before Ray starts.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
+import signal
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -21,11 +24,16 @@ from search_spaces.finetune import SWEEP_LEVEL, finetune_space
 from search_spaces.overrides import load_space
 from search_spaces.space import SearchSpace
 from trainables import registry
-from trainables.data import TokenizedData, load_raw_splits, tokenize_splits
-from trainables.errors import ConfigError
+from trainables.data import TokenizedData, data_fingerprint, load_raw_splits, tokenize_splits
+from trainables.errors import ConfigError, UserError
 from trainables.models import load_tokenizer
 from tuning import tracking
-from tuning.config import POPULATION_SCHEDULERS, SweepConfig, load_saved_sweep, warm_start_config
+from tuning.pruning import CheckpointPruner
+from tuning.config import (DEFAULT_ROOT, POPULATION_SCHEDULERS, SweepConfig, load_saved_sweep,
+                           resume_store, warm_start_config)
+from tuning.interrupt import (Interrupted, reclaim_sigterm, sigterm_blocked_in_children,
+                              stop_tune_gracefully)
+from tuning.sweep_lock import sweep_lock
 from tuning.search import build_searcher, preview_configs, warm_start_values
 
 log = logging.getLogger("tunebert")
@@ -47,6 +55,7 @@ class Prepared:
     data: TokenizedData  # without the test split: trials never see it
     tracking_uri: str
     population: Optional[list[dict]] = None  # PBT/PB2: the trials' initial configs, resolved
+    data_fingerprint: Optional[str] = None  # trainables.data.data_fingerprint of the three splits
 
 
 SPACES = {"finetune": finetune_space, "contrastive": contrastive_space, "any": mixed_space}
@@ -87,8 +96,94 @@ def check_tracking_target(cfg: SweepConfig, uri: str) -> None:
             f"can reach and pass --tracking-uri http://HOST:5000 (or set MLFLOW_TRACKING_URI).")
 
 
+def _format_resources(resources: dict) -> str:
+    return ", ".join(f"{resources.get(key, 0):g} {key}s" for key in ("CPU", "GPU"))
+
+
+def check_local_resources(cfg: SweepConfig) -> None:
+    """The embedded Ray gets this machine's CPUs and GPUs: a trial that needs more could never
+    start, and Ray would wait for it forever."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cfg.cpus_per_trial > cpus:
+        raise ConfigError(
+            f"--cpus-per-trial {cfg.cpus_per_trial:g} asks for more CPUs than this machine has "
+            f"({cpus}): no trial could ever start and the sweep would wait forever. Use "
+            f"--cpus-per-trial {cpus} or less (fractions such as 0.5 run trials side by side), or "
+            f"join a bigger Ray cluster with --address.")
+    if cfg.gpus_per_trial > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if cfg.gpus_per_trial > gpus:
+            have = "no GPU that PyTorch can use" if gpus == 0 else f"{gpus} GPU(s)"
+            raise ConfigError(
+                f"--gpus-per-trial {cfg.gpus_per_trial:g} asks for GPUs, but this machine has "
+                f"{have} (torch.cuda.device_count() = {gpus}): no trial could ever start and the "
+                f"sweep would wait forever. Leave --gpus-per-trial at 0 to train on the CPU, or "
+                f"join a Ray cluster with GPUs with --address.")
+
+
+# on a cluster, how long the resource check waits for nodes still joining (a KubeRay RayJob is
+# submitted as soon as its cluster is up) before it refuses the sweep
+NODE_WAIT_S = 30.0
+
+
+def check_trial_resources(cfg: SweepConfig, node_wait_s: float = NODE_WAIT_S) -> None:
+    """Right after Ray starts or is joined, before any trial is queued: some node must have
+    what one trial asks for, else trials wait forever. On a cluster, nodes still joining get
+    ``node_wait_s``; an autoscaler may still add such a node: nodes its configuration allows
+    count too (as Ray Train checks its workers), and --wait-for-nodes skips the check."""
+    import ray
+
+    need = {key: value for key, value in (("CPU", cfg.cpus_per_trial), ("GPU", cfg.gpus_per_trial))
+            if value > 0}
+
+    def alive_nodes() -> list[dict]:
+        return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+
+    def fits(nodes: list[dict]) -> bool:
+        return any(all(res.get(key, 0) >= value for key, value in need.items()) for res in nodes)
+
+    nodes = alive_nodes()
+    if fits(nodes):
+        return
+    if cfg.address and not cfg.wait_for_nodes and node_wait_s > 0:
+        say(f"no node has {_format_resources(need)} for one trial yet; waiting up to "
+            f"{node_wait_s:.0f}s for nodes to join")
+        end = time.time() + node_wait_s
+        while time.time() < end:
+            time.sleep(2.0)
+            nodes = alive_nodes()
+            if fits(nodes):
+                return
+    if cfg.address and cfg.wait_for_nodes:
+        say(f"note: no node has {_format_resources(need)} for one trial yet; waiting for the "
+            f"autoscaler to add one (--wait-for-nodes)")
+        return
+    try:  # the autoscaler's limits, where Ray publishes them (autoscaler v2, e.g. KubeRay)
+        from ray._private.state import state
+
+        ceiling = state.get_max_resources_from_cluster_config() or {}
+    except Exception:
+        ceiling = {}
+    if ceiling and all(ceiling.get(key, 0) >= value for key, value in need.items()):
+        say(f"note: no node has {_format_resources(need)} for one trial yet; the autoscaler can "
+            f"add one")
+        return
+    largest = max(nodes, key=lambda res: (res.get("GPU", 0), res.get("CPU", 0)), default={})
+    where = f"the Ray cluster at --address {cfg.address}" if cfg.address else "the local Ray"
+    fix = ("Lower --cpus-per-trial / --gpus-per-trial, add a node that has them, or, if an "
+           "autoscaler will add such nodes, pass --wait-for-nodes." if cfg.address else
+           "Lower --cpus-per-trial / --gpus-per-trial.")
+    raise ConfigError(
+        f"no node of {where} can run a trial: one trial needs {_format_resources(need)}, and the "
+        f"largest of its {len(nodes)} node(s) has {_format_resources(largest)}. Trials would wait "
+        f"forever for resources that never come. {fix}")
+
+
 def prepare(cfg: SweepConfig) -> Prepared:
-    """Validate the space, presets, model and data; tokenize once. No Ray yet."""
+    """Validate the space, presets, model, resources, MLflow store and data; tokenize once. No
+    Ray yet. ``cfg.data_fingerprint`` (a resumed sweep's) must match the data found now."""
     space = build_space(cfg)
     presets, notes = [], []
     for name in cfg.warm_start:
@@ -116,10 +211,23 @@ def prepare(cfg: SweepConfig) -> Prepared:
         except ConfigError as exc:
             source = cfg.space_file or "the default space"
             raise ConfigError(f"{source} can produce an invalid trial config: {exc}") from None
+    if not cfg.address:
+        check_local_resources(cfg)
     uri = cfg.resolved_tracking_uri()
     check_tracking_target(cfg, uri)
+    tracking.bound_http_waits()
+    tracking.check_store(uri)
     say(f"loading data from {cfg.data.source!r} and tokenizer of {cfg.model!r}")
     raw = load_raw_splits(cfg.data)
+    fingerprint = data_fingerprint(raw)
+    if cfg.data_fingerprint and fingerprint != cfg.data_fingerprint:
+        sizes = {split: len(part.texts) for split, part in raw.items()}
+        raise ConfigError(
+            f"the data of sweep {cfg.name!r} changed since it started: {cfg.data.source!r} "
+            f"(columns {cfg.data.text_column!r}/{cfg.data.label_column!r}, now {sizes} examples) "
+            f"has fingerprint {fingerprint[:19]}..., the sweep trained on {cfg.data_fingerprint[:19]}... "
+            f"Resuming would rank trials trained on different data together. Put the original "
+            f"files back to resume, or start a new sweep (another --name) on the new data.")
     tokenizer = load_tokenizer(cfg.model)  # also proves the model id or folder exists
     data = tokenize_splits(raw, tokenizer, model=cfg.model, max_length=cfg.max_length)
     sizes = {k: len(v) for k, v in data.splits.items()}
@@ -128,7 +236,7 @@ def prepare(cfg: SweepConfig) -> Prepared:
         say(f"note: texts longer than max_length={cfg.max_length} tokens were truncated: {data.truncated}")
     return Prepared(cfg, space, presets, data.without_test(), uri,
                     population=[registry.resolve_config(c) for c in sampled_configs[:cfg.num_trials]]
-                    if population_based else None)
+                    if population_based else None, data_fingerprint=fingerprint)
 
 
 def trial_dirname(trial) -> str:
@@ -137,6 +245,8 @@ def trial_dirname(trial) -> str:
 
 
 def _init_ray(cfg: SweepConfig) -> None:
+    """Start this sweep's own Ray (no --address) or join the cluster at --address, then check
+    what a cluster needs: a store every node's trials can reach and shared storage."""
     import ray
 
     if ray.is_initialized():
@@ -149,8 +259,19 @@ def _init_ray(cfg: SweepConfig) -> None:
                               f"({str(exc).splitlines()[0][:200]}). Check that `ray start --head` "
                               f"runs there and the address/port, or leave --address out to run "
                               f"locally.") from None
+        check_joined_cluster(cfg)
         check_shared_storage(cfg)
     else:
+        # Without --address the sweep starts its own Ray, always: address="local" never joins
+        # $RAY_ADDRESS or a `ray start` cluster on this machine (which `ray.init()` would do
+        # silently, skipping the checks above). RAY_ADDRESS is dropped so nothing in this process
+        # or its Ray workers connects there either.
+        ignored = os.environ.pop("RAY_ADDRESS", None)
+        if ignored:
+            ignored = tracking.redact(ignored)  # a ray:// address may carry credentials
+            say(f"note: RAY_ADDRESS={ignored} is set, but without --address the sweep starts its own "
+                f"Ray on this machine and ignores it; pass --address auto (or --address {ignored}) "
+                f"to run on that cluster")
         # An embedded Ray serves this process only, so none of its servers (GCS, raylet, workers)
         # should listen beyond the loopback interface. Ray's own switch for that is single-node
         # mode; it is read from the environment at import time, hence both lines.
@@ -158,12 +279,32 @@ def _init_ray(cfg: SweepConfig) -> None:
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false", "False")
-        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=True)
+        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=True)
+
+
+def check_joined_cluster(cfg: SweepConfig) -> None:
+    """``check_tracking_target`` for the cluster actually joined: ``--address auto`` (or
+    $RAY_ADDRESS) is only known once joined, and must meet the same rule as an explicit address."""
+    import ray
+
+    joined = ray.get_runtime_context().gcs_address
+    try:
+        check_tracking_target(dataclasses.replace(cfg, address=joined), cfg.resolved_tracking_uri())
+    except ConfigError as exc:
+        if joined == cfg.address:
+            raise
+        raise ConfigError(f"--address {cfg.address} joined the Ray cluster at {joined}: {exc}") from None
 
 
 def check_shared_storage(cfg: SweepConfig) -> None:
     """On a cluster, every alive node must see the sweep's storage folder (checkpoints are
-    written by the node that runs a trial and read by whichever node resumes it)."""
+    written by the node that runs a trial and read by whichever node resumes it).
+
+    Nodes that join later (an autoscaler adding workers, as docker/cluster.yaml starts with none)
+    cannot be probed now: every trial checks the folder again on the node it lands on
+    (``trainables.entry.check_storage_visible``) and fails at once, before training, when that
+    node cannot see it. When this node is the only one alive, the check here proves nothing, and
+    the sweep says so."""
     import uuid
 
     import ray
@@ -171,6 +312,12 @@ def check_shared_storage(cfg: SweepConfig) -> None:
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) <= 1:
+        where = nodes[0].get("NodeManagerAddress", "?") if nodes else "?"
+        say(f"warning: only one Ray node is alive ({where}), so --storage {cfg.ray_storage} could "
+            f"not be checked against other nodes. Nodes that join later are checked by each trial "
+            f"on the node it runs on: a trial on a node that cannot see this folder fails at its "
+            f"start with that message (retried up to --max-failures times, possibly elsewhere). "
+            f"Use a folder every node mounts at the same path (NFS, EFS, a ReadWriteMany volume).")
         return
     cfg.ray_storage.mkdir(parents=True, exist_ok=True)
     probe = cfg.ray_storage / f".tunebert-probe-{uuid.uuid4().hex}"
@@ -230,15 +377,22 @@ class DeadlineStopper(Stopper):
 
 def _tuner(prep: Prepared, callback, *, restore: bool, stop=None):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tuning.asha import RUNGS_FILE, ResumableASHA
 
     cfg = prep.config
     trainable = tune.with_resources(
         tune.with_parameters(registry.ray_entry_point(), data=prep.data),
         {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     if restore:
-        return tune.Tuner.restore(str(cfg.sweep_dir), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=False, restart_errored=False)
+        # MLflow runs ahead of Ray's saved state: the logger Ray restores reconciles the two
+        tracking.MlflowTrialLogger.expect_restore(cfg.name)
+        if any(cfg.sweep_dir.glob("experiment_state-*.json")):
+            return tune.Tuner.restore(str(cfg.sweep_dir), trainable=trainable, resume_unfinished=True,
+                                      resume_errored=False, restart_errored=False)
+        # stopped between writing tuner.pkl and Ray's first snapshot: nothing to restore
+        say(f"note: sweep {cfg.name!r} stopped before Ray saved any state; starting its trials again")
     keep, param_space = cfg.keep_checkpoints, None
     tune_metric = cfg.metric  # population schedulers exploit the current epoch's score
     if cfg.scheduler in POPULATION_SCHEDULERS:
@@ -253,8 +407,9 @@ def _tuner(prep: Prepared, callback, *, restore: bool, stop=None):
             longest = max([max_epochs(prep.space, cfg.epochs)] + [
                 cfg.epochs + int({**overrides, **enqueued}.get("contrastive_epochs", 0))
                 for enqueued, overrides in prep.presets])
-            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=longest,
-                                      grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor)
+            scheduler = ResumableASHA(cfg.sweep_dir / RUNGS_FILE, time_attr="training_iteration",
+                                      max_t=longest, grace_period=cfg.grace_period,
+                                      reduction_factor=cfg.reduction_factor)
         else:
             scheduler = FIFOScheduler()
         # ASHA and the searcher see each trial's best epoch so far: the score it is ranked by
@@ -272,7 +427,9 @@ def _tuner(prep: Prepared, callback, *, restore: bool, stop=None):
             # per trial, most of the sweep overhead `tunebert bench` measured on short trials)
             reuse_actors=True),
         run_config=tune.RunConfig(
-            name=cfg.name, storage_path=str(cfg.ray_storage), callbacks=[callback], stop=stop,
+            name=cfg.name, storage_path=str(cfg.ray_storage), stop=stop,
+            callbacks=[callback, CheckpointPruner(cfg.name, str(cfg.sweep_dir),
+                                                  population_based=cfg.scheduler in POPULATION_SCHEDULERS)],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
             verbose=1),
@@ -293,18 +450,69 @@ class SweepOutcome:
 TRACKING_GRACE_S = float(os.environ.get("TUNEBERT_TRACKING_GRACE_S", "60"))
 
 
+def resume_command(cfg: SweepConfig) -> str:
+    """The command that continues this sweep (or its `tunebert tune` pipeline)."""
+    import shlex
+
+    default = Path(DEFAULT_ROOT).expanduser().resolve()
+    return f"tunebert resume {cfg.name}" + ("" if cfg.root == default else f" --storage {shlex.quote(str(cfg.root))}")
+
+
+def settings_to_run(cfg: SweepConfig, *, resume: bool) -> SweepConfig:
+    """What a run records and uses: a new sweep's settings anchored (absolute paths, the MLflow
+    store resolved) with a fresh ``uid``; a resumed sweep's with the store it started with
+    (``config.resume_store``: the saved one, or refused when another is asked for)."""
+    if not resume:
+        return dataclasses.replace(cfg.anchored(), uid=cfg.uid or uuid.uuid4().hex)
+    saved = load_saved_sweep(cfg.name, cfg.storage)
+    given = cfg.tracking_uri if cfg.tracking_uri != saved.tracking_uri else None
+    store = resume_store(cfg.name, saved.tracking_uri, given)
+    cfg = dataclasses.replace(cfg, uid=cfg.uid or uuid.uuid4().hex)  # a sweep saved without one
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if given is None and saved.tracking_uri and env and tracking.redact(env) != saved.tracking_uri:
+        say(f"note: MLFLOW_TRACKING_URI is {tracking.redact(env)}, but sweep {cfg.name!r} logs to "
+            f"{saved.tracking_uri}; resuming there")
+    return dataclasses.replace(cfg, tracking_uri=store).anchored()
+
+
+def claim_name(prep: Prepared, *, resume: bool) -> None:
+    """Refuse to run sweep ``prep.config`` in an MLflow experiment that holds another sweep of
+    its name (``tracking.claim_experiment``)."""
+    cfg = prep.config
+    tracking.claim_experiment(prep.tracking_uri, cfg.name, cfg.uid, resume=resume)
+
+
 def run_sweep(cfg: SweepConfig, *, resume: bool = False, stop=None) -> SweepOutcome:
     """Run (or resume) a sweep to the end and record it in MLflow. ``stop``: a Ray Tune stopper
-    (e.g. ``DeadlineStopper``) for a new sweep; a resumed one keeps the stopper it was saved with."""
+    (e.g. ``DeadlineStopper``) for a new sweep; a resumed one keeps the stopper it was saved with.
+
+    Everything a user can get wrong is refused before Ray starts; one driver at a time holds the
+    sweep's lock. Ctrl-C or SIGTERM stops the sweep the way Ray Tune saves it, marks the parent
+    run and open trial runs KILLED and raises ``interrupt.Interrupted`` with the resume command."""
     start = time.time()
     if resume and not (cfg.sweep_dir / "tuner.pkl").exists():
         raise ConfigError(f"sweep {cfg.name!r} has no Ray Tune state in {cfg.sweep_dir} to resume from")
     if not resume and (cfg.sweep_dir / "tuner.pkl").exists():
         raise ConfigError(f"a sweep named {cfg.name!r} already exists in {cfg.sweep_dir}; resume it "
                           f"with `tunebert resume {cfg.name}` or choose another --name")
+    cfg = settings_to_run(cfg, resume=resume)
     prep = prepare(cfg)
+    with sweep_lock(cfg.sweep_dir, cfg.name):
+        return _run_locked(prep, resume=resume, stop=stop, start=start)
+
+
+def _run_locked(prep: Prepared, *, resume: bool, stop, start: float) -> SweepOutcome:
+    if not resume and (prep.config.sweep_dir / "tuner.pkl").exists():  # another driver was faster
+        raise ConfigError(f"a sweep named {prep.config.name!r} already exists in "
+                          f"{prep.config.sweep_dir}; choose another --name")
+    prep.config = cfg = dataclasses.replace(
+        prep.config, data_fingerprint=prep.config.data_fingerprint or prep.data_fingerprint)
     uri = prep.tracking_uri
-    _init_ray(cfg)  # joins or starts Ray and checks shared storage before anything is recorded
+    claim_name(prep, resume=resume)
+    with sigterm_blocked_in_children():  # a SIGTERM to the process group stops the sweep, not Ray
+        _init_ray(cfg)  # joins or starts Ray and checks shared storage before anything is recorded
+        reclaim_sigterm()  # before a SIGTERM that came meanwhile is delivered
+    check_trial_resources(cfg)
     tracking.bound_http_waits()
     artifact_root = (cfg.root / "mlartifacts" / cfg.name).as_uri() if tracking.is_local_store(uri) else None
     try:
@@ -314,6 +522,10 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, stop=None) -> SweepOutc
             f"cannot reach the MLflow store {tracking.redact(uri)} to start the sweep "
             f"({str(exc).splitlines()[0][:200]}). Start the server or fix --tracking-uri; nothing "
             f"was run.") from None
+    try:
+        tracking.tag_sweep_uid(uri, experiment_id, cfg.uid)
+    except Exception as exc:  # a store that just went down: the next resume tags it
+        log.warning("could not tag the MLflow experiment with the sweep's uid: %s", exc)
     cfg.save()
     (cfg.sweep_dir / "search_space.yaml").write_text(yaml.safe_dump(prep.space.describe(), sort_keys=False))
     callback = tracking.MlflowTrialLogger(uri, experiment_id, parent_id, registry.resolve_config, cfg.name)
@@ -327,22 +539,38 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, stop=None) -> SweepOutc
         f"trainable {cfg.trainable}, searcher {searcher}, scheduler {cfg.scheduler}; "
         f"MLflow {tracking.redact(uri)}")
     finished = False
-    try:
-        results = _tuner(prep, callback, restore=resume, stop=stop).fit()
-        finished = True
-    finally:
-        # after a restore Ray calls the callback saved with the experiment, not ours
-        live = tracking.MlflowTrialLogger.live(cfg.name) or callback
-        if not finished:
-            _close_quietly(uri, experiment_id, parent_id, live)
+    with stop_tune_gracefully() as stopping:
+        try:
+            results = _tuner(prep, callback, restore=resume, stop=stop).fit()
+            finished = stopping.signum is None  # Ray Tune returns normally when interrupted
+        except KeyboardInterrupt as exc:  # SIGTERM, Ctrl-C twice, or before Ray Tune's loop ran
+            raise Interrupted(stopping.signum or getattr(exc, "signum", signal.SIGINT),
+                              resume_command(cfg)) from None
+        except Exception:
+            if stopping.signum is None:
+                raise  # else: Ray failing while it stops is part of the interruption
+        finally:
+            # after a restore Ray calls the callback saved with the experiment, not ours
+            live = tracking.MlflowTrialLogger.live(cfg.name) or callback
+            if not finished:
+                _close_quietly(uri, experiment_id, parent_id, live)
+    if stopping.signum is not None:
+        raise Interrupted(stopping.signum, resume_command(cfg))
     lost = live.flush_until(TRACKING_GRACE_S) if live.pending_writes() else 0
     if lost:
-        say(f"warning: the MLflow store {tracking.redact(uri)} did not come back within "
-            f"{TRACKING_GRACE_S:.0f}s; {lost} write(s) were not delivered. Training results are safe "
-            f"in {cfg.sweep_dir} (Ray Tune result files and checkpoints).")
-        return SweepOutcome(cfg.name, uri, cfg.sweep_dir, None, _counts_from_ray(results),
-                            time.time() - start)
+        return _store_gone(cfg, uri, results, live, start, f"{lost} write(s) were not delivered")
     return _finish(cfg, uri, experiment_id, parent_id, results, live, start)
+
+
+def _store_gone(cfg: SweepConfig, uri: str, results, live, start: float, what: str) -> SweepOutcome:
+    """The sweep ended but its MLflow store stayed unreachable: say what is where, and that a
+    resume (which reconciles MLflow with Ray's saved state) records the end once it is back."""
+    live.stop()
+    say(f"warning: the MLflow store {tracking.redact(uri)} did not come back within "
+        f"{TRACKING_GRACE_S:.0f}s; {what}. Training results are safe in {cfg.sweep_dir} (Ray Tune "
+        f"result files and checkpoints); once the store is back, `{resume_command(cfg)}` records "
+        f"each trial's end and the sweep's.")
+    return SweepOutcome(cfg.name, uri, cfg.sweep_dir, None, _counts_from_ray(results), time.time() - start)
 
 
 def _counts_from_ray(results) -> dict[str, int]:
@@ -361,10 +589,31 @@ def _close_quietly(uri: str, experiment_id: str, parent_id: str, live) -> None:
                                   summary={"end_reason": "sweep process stopped"}, best_checkpoint=None)
     except Exception as exc:  # the store may be the reason we are stopping
         log.warning("could not mark runs as KILLED in MLflow: %s", exc)
+    finally:
+        live.stop()
 
 
 def _finish(cfg: SweepConfig, uri: str, experiment_id: str, parent_id: str, results, live,
             start: float) -> SweepOutcome:
+    """Record the sweep's end (counts, best trial, artifacts) on its parent run; a store that
+    fails meanwhile is retried for up to TRACKING_GRACE_S."""
+    deadline = time.time() + TRACKING_GRACE_S
+    while True:
+        try:
+            return _record_end(cfg, uri, experiment_id, parent_id, results, live, start)
+        except UserError:
+            raise
+        except Exception as exc:  # the store went away as the sweep ended
+            if time.time() >= deadline:
+                return _store_gone(cfg, uri, results, live, start, "the end of the sweep is not "
+                                   f"recorded ({str(exc).splitlines()[0][:200]})")
+            log.warning("MLflow failed while recording the end of the sweep (%s); retrying",
+                        str(exc).splitlines()[0][:200])
+            time.sleep(2.0)
+
+
+def _record_end(cfg: SweepConfig, uri: str, experiment_id: str, parent_id: str, results, live,
+                start: float) -> SweepOutcome:
     from tuning.best import top_k
 
     tracking.close_open_trial_runs(uri, experiment_id, "KILLED")
@@ -389,6 +638,7 @@ def _finish(cfg: SweepConfig, uri: str, experiment_id: str, parent_id: str, resu
                "mlflow_delayed_writes": live.delayed_writes}
     tracking.finish_sweep_run(uri, parent_id, status="FINISHED", summary=summary,
                               best_checkpoint=best_checkpoint, extra_files=extra)
+    live.stop()
     return SweepOutcome(cfg.name, uri, cfg.sweep_dir, best, counts, wall)
 
 

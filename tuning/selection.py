@@ -214,13 +214,21 @@ def resolve_data(sweep: str, storage: str = DEFAULT_ROOT, source: Optional[str] 
 # --------------------------------------------------------------------------- reloading a model
 
 
-def load_trained_model(directory: str | Path, num_labels: int):
-    """Rebuild a model written by ``train_config(output_dir=...)`` from its checkpoint folder.
-    Returns (model on CPU, checkpoint state)."""
+def load_trained_model(directory: str | Path, num_labels: Optional[int] = None):
+    """Rebuild a model written by ``train_config(output_dir=...)`` from its checkpoint folder
+    (read tensors-only: ``trainables.checkpointing.load_checkpoint``). ``num_labels``: default
+    the checkpoint's label map's. Returns (model on CPU, checkpoint state)."""
     from trainables.checkpointing import load_checkpoint, model_weights
+    from trainables.errors import CheckpointError
     from trainables.finetune import build_classifier
 
     state = load_checkpoint(directory)
+    if num_labels is None:
+        names = state["label_map"].get("names") if isinstance(state["label_map"], dict) else None
+        if not isinstance(names, list) or not names:
+            raise CheckpointError(f"{Path(directory) / 'label_map.json'} has no list of label names; "
+                                  f"the model folder is damaged: use another one or re-train")
+        num_labels = len(names)
     cfg = registry.config_class(state["config"]["trainable"]).from_dict(state["config"])
     model = build_classifier(cfg, num_labels)
     if cfg.trainable == "contrastive":  # a classifier plus its projection head
@@ -242,8 +250,7 @@ def _load_checkpoint_folder(folder: Path):
             f"holds {STATE_FILE}, {CONFIG_FILE} and {LABEL_MAP_FILE} (as `tunebert train "
             f"--output-dir` writes it), or is an ensemble folder with ensemble.json (as `tunebert "
             f"select --ensemble --output-dir DIR` writes DIR/model)")
-    num_labels = len(json.loads((folder / LABEL_MAP_FILE).read_text())["names"])
-    model, state = load_trained_model(folder, num_labels)
+    model, state = load_trained_model(folder)
     return model, state["config"], state["label_map"]
 
 
@@ -439,7 +446,9 @@ def _select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int,
     from tuning import tracking
     from tuning.jobs import run_jobs
 
-    configs = [{**trial.config, **({"epochs": epochs} if epochs else {})} for trial in leaders]
+    # an epochs override trains the whole new schedule: the sweep's stop_epoch no longer applies
+    configs = [{**trial.config, **({"epochs": epochs, "stop_epoch": None} if epochs else {})}
+               for trial in leaders]
     jobs = []  # (candidate, seed) trainings, rank-major
     for rank, (trial, config) in enumerate(zip(leaders, configs), start=1):
         for offset in range(seeds):

@@ -6,9 +6,10 @@ its Ray trial id). A trial that is retried or resumed finds its run again by tha
 logging into it, so no trial ever gets a second run. A standalone training run has
 ``tunebert.kind=train``.
 
-Tracking must never kill training: every write from the sweep callback is caught; writes that
-fail (a server that is down) are kept and sent again on the next callback, and the number of
-writes still missing at the end is recorded as a tag on the parent run.
+Tracking must never kill or stall training: the sweep callback only queues its writes; one writer
+thread delivers them in order, keeps those that fail (a server that is down or silent) and tries
+again on a timer; the number of writes that were delayed is recorded on the parent run. A resumed
+sweep is reconciled with Ray Tune's saved state (see ``MlflowTrialLogger``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -25,6 +30,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from trainables.errors import UserError
+from tuning import credentials
 
 log = logging.getLogger("tunebert.tracking")
 for _noisy in ("mlflow", "alembic"):
@@ -39,6 +45,10 @@ PARENT = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 ERROR = "tunebert.error"
 END_REASON = "tunebert.end_reason"
+# the Ray Tune experiment a trial run belongs to (a uuid the pickled MlflowTrialLogger carries):
+# reconciling a restore touches only that experiment's runs
+RAY_EXPERIMENT = "tunebert.ray_experiment"
+ORPHAN = "tunebert.orphan"  # a run of a trial Ray never recorded (see MlflowTrialLogger); deleted
 # PBT/PB2 lineage of a trial's run (see MlflowTrialLogger.record_clone): the latest clone in tags,
 # every clone in the run's LINEAGE_FILE artifact
 PBT_CLONED_FROM = "tunebert.pbt.cloned_from"  # the donor's Ray trial id
@@ -55,10 +65,12 @@ RAY_RESULT_KEYS = {
     "time_this_iter_s", "date", "hostname", "node_ip", "trial_id", "config", "experiment_tag",
     "checkpoint_dir_name", "should_checkpoint", "training_iteration", "experiment_id", "node_id",
 }
-# A dead tracking server must not stall the sweep: few retries, short timeouts, and after a
-# failure no new attempt for RETRY_AFTER_S seconds (writes queue up meanwhile).
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# A dead or silent tracking server must not stall anyone: one request gives up after ~10 s
+# (a 5 s connect/read timeout, tried twice, no backoff sleep between: MLflow 3.x reads these
+# variables at every request; its own defaults wait minutes). The sweep's writer thread then
+# waits RETRY_AFTER_S seconds before the next attempt while writes queue up.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
 RETRY_AFTER_S = 10.0
 
 
@@ -75,10 +87,8 @@ class TrackingError(UserError):
 
 
 def redact(text: str) -> str:
-    """Hide a password in a URI such as postgresql://user:pw@host/db."""
-    import re
-
-    return re.sub(r"(://[^:/@\s]+):[^@/\s]+@", r"\1:***@", text)
+    """Hide a password in a URI such as postgresql://user:pw@host/db (``tuning.credentials``)."""
+    return credentials.redact(text)
 
 
 def is_local_store(uri: str) -> bool:
@@ -87,6 +97,7 @@ def is_local_store(uri: str) -> bool:
 
 
 def client_for(uri: str) -> MlflowClient:
+    uri = credentials.reveal(uri)  # a masked URI read back from saved state gets its password
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri)
@@ -194,11 +205,27 @@ class MlflowTrialLogger(Callback):
     Runs in the driver, so only one process writes to the store (no SQLite lock contention).
     Picklable (Ray saves callbacks with the experiment state): it keeps only the URI and ids and
     rebuilds the client and the trial→run map after a restore, by searching runs by their
-    trial-id tag. Writes that fail are queued in order and delivered when the store answers again.
+    trial-id tag.
+
+    Ray's hooks never wait on MLflow: they put writes in an ordered queue that one writer thread
+    delivers. A write that fails (a server that is down or silent) stays at the head of the queue
+    and is tried again every ``RETRY_AFTER_S`` seconds on that timer, whether or not trials report
+    anything meanwhile, so a driver killed later has lost only what was still undeliverable.
+
+    A restored sweep (``expect_restore``) is reconciled with Ray's saved state, which trails what
+    MLflow already holds by up to Ray's snapshot period (~10 s):
+
+    - a run whose trial Ray never recorded (started after Ray's last snapshot; Ray samples a
+      replacement) is an orphan: tagged ``ORPHAN``, ended KILLED and deleted (MLflow keeps
+      deleted runs restorable), so counts, ``best`` and reports never see it;
+    - a trial Ray restored as ended gets its run ended with Ray's status and last result;
+    - a trial Ray runs again from an older checkpoint finds its run: steps the run already holds
+      are not logged again (per metric), and a FINISHED run is not reopened as RUNNING.
     """
 
     OPEN = "open"  # pseudo-method: just find or create the trial's run
     _live: dict[str, "MlflowTrialLogger"] = {}  # sweep name -> the instance Ray is calling
+    _restoring: set[str] = set()  # sweeps whose next Ray setup is a restore
 
     @classmethod
     def live(cls, sweep_name: str) -> Optional["MlflowTrialLogger"]:
@@ -206,8 +233,16 @@ class MlflowTrialLogger(Callback):
         copy saved with the experiment, not the one the runner built)."""
         return cls._live.get(sweep_name)
 
+    @classmethod
+    def expect_restore(cls, sweep_name: str) -> None:
+        """The next experiment Ray sets up for ``sweep_name`` is a restore: reconcile MLflow with
+        the trials Ray brings back before anything else is written."""
+        cls._restoring.add(sweep_name)
+
     def setup(self, **info):
         MlflowTrialLogger._live[self.sweep_name] = self
+        self._reconcile_due = self.sweep_name in MlflowTrialLogger._restoring
+        MlflowTrialLogger._restoring.discard(self.sweep_name)
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str,
                  resolve_config: Callable[[dict], dict], sweep_name: str):
@@ -216,17 +251,39 @@ class MlflowTrialLogger(Callback):
         self.parent_run_id = parent_run_id
         self.resolve_config = resolve_config
         self.sweep_name = sweep_name
-        self._client: Optional[MlflowClient] = None
-        self._run_ids: dict[str, str] = {}
-        self._pending: list[tuple] = []
-        self._retry_at = 0.0
+        self.ray_experiment = uuid.uuid4().hex  # see RAY_EXPERIMENT
         self.failed_writes = 0
         self.delayed_writes = 0
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        """What lives only in this process: the client, the caches, the queue and its writer."""
+        self._client: Optional[MlflowClient] = None
+        self._run_ids: dict[str, str] = {}
+        self._logged_before: dict[str, dict[str, int]] = {}  # trial -> metric -> last step an earlier driver logged
+        self._pending: deque = deque()
+        self._lock = threading.Condition()
+        self._writer: Optional[threading.Thread] = None
+        self._retry_at = 0.0
+        self._retry_every = RETRY_AFTER_S
+        self._failures = 0  # failed deliveries so far; entries remember the count when queued
+        self._outage = False
+        self._stopped = False
+        self._reconcile_due = False
+        self.skipped_steps = 0  # metric values not logged again after a restore
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state.update(_client=None, _run_ids={}, _pending=[], _retry_at=0.0)
+        keep = ("uri", "experiment_id", "parent_run_id", "resolve_config", "sweep_name",
+                "ray_experiment", "failed_writes", "delayed_writes")
+        state = {k: self.__dict__.get(k) for k in keep}
+        # no password in Ray's saved state: a restored logger gets it back from memory or
+        # MLFLOW_TRACKING_URI (client_for -> credentials.reveal)
+        state["uri"] = credentials.redact(credentials.reveal(self.uri))
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_runtime()
 
     @property
     def client(self) -> MlflowClient:
@@ -234,25 +291,52 @@ class MlflowTrialLogger(Callback):
             self._client = client_for(self.uri)
         return self._client
 
-    # -- delivery with a queue
-    def _call(self, trial, method: str, *args, **kwargs) -> None:
-        """Deliver one write for ``trial``'s run, or queue it behind earlier failed ones."""
-        entry = (trial, method, args, kwargs)
-        self._flush()
-        if self._pending:
-            self._pending.append(entry)
-            return
-        error = self._deliver(entry)
-        if error is not None:
-            log.warning("MLflow %s failed (%s); queued, retrying in %.0fs while training goes on",
-                        getattr(method, "__name__", method), error, RETRY_AFTER_S)
-            self._pending.append(entry)
-            self._retry_at = time.time() + RETRY_AFTER_S
+    # -- delivery: an ordered queue and one writer thread
+    def _call(self, trial, method, *args, **kwargs) -> None:
+        """Queue one write for ``trial``'s run (``trial`` None: ``method`` takes no run id)."""
+        with self._lock:
+            self._pending.append((trial, method, args, kwargs, self._failures))
+            self._lock.notify_all()
+            if self._writer is None or not self._writer.is_alive():
+                self._stopped = False
+                self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                                name=f"tunebert-mlflow-{self.sweep_name}")
+                self._writer.start()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopped and (not self._pending or time.time() < self._retry_at):
+                    self._lock.wait(None if not self._pending else max(0.0, self._retry_at - time.time()))
+                if self._stopped:
+                    return
+                entry = self._pending[0]
+            error = self._deliver(entry)  # outside the lock: it may wait on the network
+            with self._lock:
+                if error is None:
+                    self._pending.popleft()
+                    if entry[4] < self._failures:  # it waited out at least one failure
+                        self.delayed_writes += 1
+                    if self._outage and not self._pending:
+                        self._outage = False
+                        log.warning("MLflow reachable again: queued writes delivered")
+                else:
+                    if not self._outage:
+                        log.warning("MLflow %s failed (%s); writes are queued and retried every "
+                                    "%.0fs while training goes on",
+                                    getattr(entry[1], "__name__", entry[1]), error, self._retry_every)
+                    self._outage = True
+                    self._failures += 1
+                    self._retry_at = time.time() + self._retry_every
+                self._lock.notify_all()
 
     def _deliver(self, entry: tuple) -> Optional[str]:
         """``method``: a client method's name, OPEN, or one of ours taking the run id first."""
-        trial, method, args, kwargs = entry
+        trial, method, args, kwargs, _ = entry
         try:
+            if trial is None:
+                method(*args, **kwargs)
+                return None
             run_id = self._resolve_run(trial)
             if callable(method):
                 method(run_id, *args, **kwargs)
@@ -262,29 +346,28 @@ class MlflowTrialLogger(Callback):
         except Exception as exc:  # tracking must never stop training
             return (str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
 
-    def _flush(self, force: bool = False) -> None:
-        if not self._pending or (not force and time.time() < self._retry_at):
-            return
-        while self._pending:
-            if self._deliver(self._pending[0]) is not None:
-                self._retry_at = time.time() + RETRY_AFTER_S
-                return
-            self._pending.pop(0)
-            self.delayed_writes += 1
-        log.warning("MLflow reachable again: queued writes delivered")
-
     def pending_writes(self) -> int:
-        return len(self._pending)
+        with self._lock:
+            return len(self._pending)
 
     def flush_until(self, deadline_s: float) -> int:
-        """Keep retrying queued writes until they are delivered or ``deadline_s`` passes."""
+        """Wait until the queued writes are delivered or ``deadline_s`` passes, retrying every
+        2 s meanwhile; returns how many are still undelivered."""
         end = time.time() + deadline_s
-        while self._pending and time.time() < end:
-            self._flush(force=True)
-            if self._pending:
-                time.sleep(min(2.0, max(0.0, end - time.time())))
-        self.failed_writes = len(self._pending)
-        return self.failed_writes
+        with self._lock:
+            self._retry_every = min(RETRY_AFTER_S, 2.0)
+            self._retry_at = min(self._retry_at, time.time())
+            self._lock.notify_all()
+            while self._pending and time.time() < end:
+                self._lock.wait(min(0.5, max(0.0, end - time.time())))
+            self.failed_writes = len(self._pending)
+            return self.failed_writes
+
+    def stop(self) -> None:
+        """Stop the writer (after its current attempt); undelivered writes are dropped."""
+        with self._lock:
+            self._stopped = True
+            self._lock.notify_all()
 
     def _resolve_run(self, trial) -> str:
         """The trial's run id: cached, found by its trial-id tag, or created. Raises if the
@@ -294,15 +377,26 @@ class MlflowTrialLogger(Callback):
             return run_id
         found = _runs(self.client, self.experiment_id, f"tags.`{TRIAL_ID}` = '{trial.trial_id}'")
         if found:
-            run_id = found[0].info.run_id
-            if found[0].info.status != "RUNNING":
+            run = found[0]
+            run_id = run.info.run_id
+            # an earlier driver logged these: a trial Ray runs again from an older checkpoint
+            # reports them again, and they are not logged twice
+            self._logged_before[trial.trial_id] = {
+                key: max(m.step for m in self.client.get_metric_history(run_id, key))
+                for key in run.data.metrics}
+            # KILLED (the driver went down) continues; a FINISHED run keeps its status while Ray
+            # re-runs a trial its saved state had not seen end
+            if run.info.status not in ("RUNNING", "FINISHED"):
                 self.client.update_run(run_id, status="RUNNING")
+            if not run.data.params:  # created, then the store failed before its params
+                self.client.log_batch(run_id, params=params_of(self.resolve_config(trial.config)))
         else:
             config = self.resolve_config(trial.config)
             run = self.client.create_run(
                 self.experiment_id, run_name=f"{config['trainable']}-{trial.trial_id}",
                 tags={KIND: "trial", SWEEP: self.sweep_name, TRIAL_ID: trial.trial_id,
-                      PARENT: self.parent_run_id, TRAINABLE: config["trainable"],
+                      RAY_EXPERIMENT: self.ray_experiment, PARENT: self.parent_run_id,
+                      TRAINABLE: config["trainable"],
                       CONFIG: json.dumps(config, sort_keys=True)[:MAX_TAG],
                       **({"tunebert.preset": config["preset"]} if config.get("preset") else {})})
             run_id = run.info.run_id
@@ -310,7 +404,69 @@ class MlflowTrialLogger(Callback):
         self._run_ids[trial.trial_id] = run_id
         return run_id
 
+    def _log_result(self, run_id: str, trial_id: str, metrics: list, tags: list) -> None:
+        before = self._logged_before.get(trial_id, {})
+        fresh = [m for m in metrics if m.step > before.get(m.key, 0)]
+        self.skipped_steps += len(metrics) - len(fresh)
+        self.client.log_batch(run_id, metrics=fresh, tags=tags)
+
+    # -- reconciling a restored sweep with Ray's saved state
+    def _reconcile(self, restored: dict[str, "_RestoredTrial"]) -> None:
+        """See the class docstring. ``restored``: what Ray brought back, by trial id."""
+        runs = {}
+        for run in _runs(self.client, self.experiment_id, f"tags.`{KIND}` = 'trial'"):
+            tags = run.data.tags
+            mine = tags.get(RAY_EXPERIMENT) == self.ray_experiment if self.ray_experiment else \
+                tags.get(PARENT) == self.parent_run_id  # a sweep started before this tag existed
+            if not mine:
+                continue  # another sweep's run in this experiment: never touched
+            if tags.get(TRIAL_ID) in restored:
+                runs[tags[TRIAL_ID]] = run
+                continue
+            run_id = run.info.run_id
+            self.client.log_batch(run_id, tags=[
+                RunTag(ORPHAN, "true"),
+                RunTag(END_REASON, "orphan: started after Ray's last saved state, so the resumed "
+                                   "sweep ran a new trial in its place")])
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run_id, "KILLED")
+            self.client.delete_run(run_id)
+            log.warning("MLflow: run %s of trial %s, which Ray never recorded, was ended and "
+                        "deleted (tag %s)", run_id, tags.get(TRIAL_ID), ORPHAN)
+        for trial in restored.values():
+            if trial.status not in ("TERMINATED", "ERROR"):
+                continue  # Ray runs it again: its hooks bring the run up to date
+            run = runs.get(trial.trial_id)
+            if run is not None and run.info.status in ("FINISHED", "FAILED"):
+                continue
+            # Ray saw it end, MLflow did not (the driver died with the writes queued)
+            run_id = self._resolve_run(trial)
+            last = trial.last_result
+            if "epoch" in last:
+                step = int(last["epoch"])
+                self._log_result(run_id, trial.trial_id, [
+                    Metric(k, v, int(time.time() * 1000), step) for k, v in metrics_of(last).items()], [])
+            status, reason = ("FAILED", "error") if trial.status == "ERROR" else self._end_of(trial)
+            self.client.set_tag(run_id, END_REASON, reason)
+            self.client.set_terminated(run_id, status)
+
+    def _end_of(self, trial) -> tuple[str, str]:
+        """The MLflow status and end reason of a trial Ray ended without an error."""
+        last = trial.last_result or {}
+        if "epoch" not in last:  # stopped (time budget, interruption) before its first report
+            return "KILLED", "stopped before it reported an epoch"
+        config = self.resolve_config(trial.config)
+        total = config.get("epochs") if config.get("trainable") == "finetune" else \
+            (config["epochs"] + (0 if config.get("mode") == "joint" else config.get("contrastive_epochs", 0)))
+        return "FINISHED", ("completed" if last.get("epoch") == total
+                            else "stopped early (scheduler or time budget)")
+
     # -- Ray hooks
+    def on_step_begin(self, iteration, trials, **info):
+        if self._reconcile_due:  # the first step after a restore: Ray's trials are all back
+            self._reconcile_due = False
+            self._call(None, self._reconcile, {t.trial_id: _RestoredTrial.of(t) for t in trials})
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self._call(trial, self.OPEN)
 
@@ -320,20 +476,12 @@ class MlflowTrialLogger(Callback):
         metrics = [Metric(k, v, now, step) for k, v in metrics_of(result).items()]
         tags = [RunTag("tunebert.node_ip", str(result.get("node_ip", ""))),
                 RunTag("tunebert.node_id", str(result.get("node_id", "")))]
-        self._call(trial, "log_batch", metrics=metrics, tags=tags)
+        self._call(trial, self._log_result, trial.trial_id, metrics, tags)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = trial.last_result or {}
-        if "epoch" not in last:  # stopped (time budget, interruption) before its first report
-            self._call(trial, "set_tag", END_REASON, "stopped before it reported an epoch")
-            self._call(trial, "set_terminated", "KILLED")
-            return
-        config = self.resolve_config(trial.config)
-        total = config.get("epochs") if config.get("trainable") == "finetune" else \
-            (config["epochs"] + (0 if config.get("mode") == "joint" else config.get("contrastive_epochs", 0)))
-        reason = "completed" if last.get("epoch") == total else "stopped early (scheduler or time budget)"
+        status, reason = self._end_of(trial)
         self._call(trial, "set_tag", END_REASON, reason)
-        self._call(trial, "set_terminated", "FINISHED")
+        self._call(trial, "set_terminated", status)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         text = ""
@@ -345,17 +493,16 @@ class MlflowTrialLogger(Callback):
         self._call(trial, "set_terminated", "FAILED")
 
     def on_experiment_end(self, trials, **info):
-        self._flush(force=True)
-        self.failed_writes = len(self._pending)
-        if self._pending:
-            log.warning("MLflow: %d write(s) not delivered yet", len(self._pending))
+        pending = self.pending_writes()
+        if pending:
+            log.warning("MLflow: %d write(s) not delivered yet", pending)
 
     # -- PBT/PB2 lineage
     def record_clone(self, trial, donor, event: dict) -> None:
         """``trial`` now trains from ``donor``'s checkpoint with a new config (``event`` from
         ``tuning.pbt.clone_event``). Its run keeps its params (the initial config) and its whole
         metric history; the clone goes into tags (the latest) and LINEAGE_FILE (all of them)."""
-        self._call(trial, self._write_clone, donor, event)
+        self._call(trial, self._write_clone, _RestoredTrial.of(donor), event)
 
     def _write_clone(self, run_id: str, donor, event: dict) -> None:
         event = {**event, "donor_run_id": self._resolve_run(donor)}
@@ -377,6 +524,21 @@ class MlflowTrialLogger(Callback):
             return []
         with tempfile.TemporaryDirectory() as folder:
             return json.loads(Path(self.client.download_artifacts(run_id, LINEAGE_FILE, folder)).read_text())
+
+
+@dataclass(frozen=True)
+class _RestoredTrial:
+    """What the writer thread needs of a Ray trial, copied in Ray's thread (Ray keeps changing
+    the live object)."""
+
+    trial_id: str
+    status: str
+    config: dict
+    last_result: dict
+
+    @classmethod
+    def of(cls, trial) -> "_RestoredTrial":
+        return cls(trial.trial_id, trial.status, dict(trial.config), dict(trial.last_result or {}))
 
 
 def record_clone(sweep_name: str, trial, donor, event: dict) -> None:
@@ -539,3 +701,74 @@ def annotate_run(uri: str, run_id: str, *, metrics: Optional[dict] = None,
 def log_artifacts_to(uri: str, run_id: str, local_dir: str, artifact_path: Optional[str] = None) -> None:
     """Upload a folder to an existing (possibly finished) run."""
     client_for(uri).log_artifacts(run_id, local_dir, artifact_path)
+
+
+# --------------------------------------------------------------------------- checks before Ray starts
+# (tuning.runner.prepare / run_sweep and the reading commands in tuning.cli)
+
+SWEEP_UID = "tunebert.sweep_uid"  # experiment tag: which sweep (SweepConfig.uid) owns it
+
+
+def check_store(uri: str) -> None:
+    """Refuse, within seconds, a tracking URI MLflow cannot use or a server that does not
+    answer. Call ``bound_http_waits`` first (MLflow's own retries wait minutes). Local stores
+    (SQLite, a folder) are not opened: they are created when first written."""
+    if is_local_store(uri):
+        return
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        if "unsupported URI" in reason or "registered" in reason or "plugin" in reason:
+            raise TrackingError(
+                f"--tracking-uri {redact(uri)} is not a store MLflow can use ({redact(reason)}). "
+                f"Use http://HOST:PORT for an MLflow server, sqlite:///path/to/mlflow.db, "
+                f"postgresql://USER@HOST/DB, or leave it out for the SQLite file under "
+                f"--storage.") from None
+        raise TrackingError(
+            f"cannot reach the MLflow store {redact(uri)} ({redact(reason)}). Start the server, "
+            f"or fix --tracking-uri / MLFLOW_TRACKING_URI.") from None
+
+
+def claim_experiment(uri: str, sweep_name: str, uid: Optional[str], *, resume: bool) -> None:
+    """Refuse to record sweep ``uid`` in an experiment that holds another sweep of the same name:
+    a name reused after its Ray folder was deleted (``best`` would rank both sweeps together), a
+    deleted experiment (MLflow would bring its old runs back), or, on resume, an experiment
+    tagged with another sweep's uid."""
+    client = client_for(uri)
+    experiment = client.get_experiment_by_name(sweep_name)
+    if experiment is None:
+        return
+    where = f"MLflow experiment {sweep_name!r} (id {experiment.experiment_id}) in {redact(uri)}"
+    if experiment.lifecycle_stage == "deleted":
+        if resume:
+            raise TrackingError(
+                f"the {where} of this sweep is deleted. Restore it to continue the sweep "
+                f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`), or "
+                f"start a new sweep with another --name.")
+        raise TrackingError(
+            f"the {where} is deleted but still holds the runs of an earlier sweep of that name; "
+            f"a new sweep would bring them back and mix them with its own. Choose another --name, "
+            f"or remove the old runs for good first (`mlflow gc --backend-store-uri URI "
+            f"--experiment-ids {experiment.experiment_id}`).")
+    owner = experiment.tags.get(SWEEP_UID)
+    if resume:
+        if owner is not None and uid is not None and owner != uid:
+            raise TrackingError(
+                f"the {where} belongs to another sweep of the same name (uid {owner}, this one "
+                f"is {uid}): resuming would merge the two. Resume with the --storage and "
+                f"--tracking-uri this sweep started with.")
+        return
+    has_runs = bool(client.search_runs([experiment.experiment_id], max_results=1,
+                                       run_view_type=ViewType.ALL))
+    if owner is not None or has_runs:
+        raise TrackingError(
+            f"the {where} already holds an earlier sweep of that name whose Ray Tune folder is "
+            f"gone, so it cannot be resumed; a new sweep there would be ranked together with it "
+            f"by `tunebert best`. Choose another --name, or delete the old experiment for good "
+            f"first (`mlflow experiments delete`, then `mlflow gc`).")
+
+
+def tag_sweep_uid(uri: str, experiment_id: str, uid: str) -> None:
+    """Mark the experiment as sweep ``uid``'s (see ``claim_experiment``)."""
+    client_for(uri).set_experiment_tag(experiment_id, SWEEP_UID, uid)

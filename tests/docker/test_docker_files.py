@@ -499,12 +499,49 @@ def test_compose_mlflow_server_command(compose_expanded):
 
 
 def test_compose_password_comes_from_the_environment(compose):
-    """One variable sets the database password and the URI MLflow uses; the default is marked local-only."""
+    """One variable sets the database password and the one MLflow connects with (libpq reads
+    PGPASSWORD; the URI names no password); the default is marked local-only."""
     variable = compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
     assert re.fullmatch(r"\$\{POSTGRES_PASSWORD:-\w+\}", variable), f"got {variable!r}"
-    assert f":{variable}@postgres:" in service_command(compose["services"]["mlflow"])
+    assert service_env(compose["services"]["mlflow"])["PGPASSWORD"] == variable
+    argv = the_command(compose["services"]["mlflow"], "mlflow", "server")
+    uri = urlsplit(mlflow_server_params(argv)["backend_store_uri"])
+    assert uri.username == "mlflow" and uri.password is None
     line = next(l for l in (DOCKER / "compose.yaml").read_text().splitlines() if "POSTGRES_PASSWORD: " in l)
     assert "local" in line, "say next to the default password that it is for local use only"
+
+
+PASSWORD_IN_TEXT = re.compile(
+    r"://[^:/@\s]+:[^@/\s]+@"              # a URI with user:password@
+    r"|\$\{?\w*(PASSWORD|PASSWD|SECRET|TOKEN)\w*"  # a secret variable expanded into the line
+    r"|--password(?!-stdin)\b|(^|\s)-p\s*\S", re.I)
+
+
+def process_arguments(service: dict) -> list[str]:
+    """What a compose service puts on command lines: its command, entrypoint and healthcheck test."""
+    found = []
+    for key in ("command", "entrypoint"):
+        value = service.get(key)
+        found += [value] if isinstance(value, str) else list(value or [])
+    test = (service.get("healthcheck") or {}).get("test") or []
+    found += [test] if isinstance(test, str) else list(test)
+    return [str(v) for v in found]
+
+
+@pytest.mark.parametrize("service", ["postgres", "mlflow", "ray-head", "ray-worker", "sweep"])
+def test_compose_puts_no_secret_on_a_command_line(compose, service):
+    """Process arguments are world-readable (`ps`, /proc/PID/cmdline, `docker inspect`): the
+    database password reaches PostgreSQL and MLflow through the environment only."""
+    for text in process_arguments(compose["services"][service]):
+        match = PASSWORD_IN_TEXT.search(text)
+        assert match is None, f"{service}: a secret on the command line ({match.group(0)!r}) in {text!r}"
+
+
+def test_cluster_files_put_no_secret_on_a_command_line(cluster, rayjob):
+    lines = [rayjob["spec"]["entrypoint"], *cluster["head_start_ray_commands"],
+             *cluster["worker_start_ray_commands"], *cluster["docker"]["run_options"]]
+    for text in lines:
+        assert PASSWORD_IN_TEXT.search(text) is None, text
 
 
 @pytest.mark.slow

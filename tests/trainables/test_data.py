@@ -149,3 +149,31 @@ def test_collate_pads_to_batch_max():
     assert ids.tolist() == [[101, 5, 102], [101, 102, 0]]
     assert mask.tolist() == [[1, 1, 1], [1, 1, 0]]
     assert labels.tolist() == [1, 0]
+
+
+def test_a_train_split_with_a_single_label_is_refused(tmp_path):
+    one = [{"text": "turn on", "label": "on"}, {"text": "switch on", "label": "on"}]
+    _folder(tmp_path, train=one, val=one, test=one)
+    with pytest.raises(DataError, match=r"train split \(.*train\.jsonl\) has a single label, 'on', "
+                                        r"in column 'label' \(2 rows\): a classifier needs at least 2"):
+        load_raw_splits(DataConfig(str(tmp_path)))
+
+
+def test_data_fingerprint_follows_contents_not_files(tmp_path):
+    from trainables.data import data_fingerprint
+
+    rows = [{"text": "turn on", "label": "on"}, {"text": "turn off", "label": "off"}]
+    jsonl = load_raw_splits(DataConfig(str(_folder(tmp_path / "a", rows, rows, rows))))
+    csv = load_raw_splits(DataConfig(str(_folder(tmp_path / "b", rows, rows, rows, ext=".csv"))))
+    assert data_fingerprint(jsonl) == data_fingerprint(csv)  # same rows, other format
+    changed = [{**rows[0], "text": "turn it on"}, rows[1]]
+    other = load_raw_splits(DataConfig(str(_folder(tmp_path / "c", rows, changed, rows))))
+    assert data_fingerprint(other) != data_fingerprint(jsonl)  # one validation text differs
+
+
+def test_data_config_anchored_makes_folders_absolute(tmp_path, monkeypatch):
+    _folder(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert DataConfig("data", "t", "l").anchored() == DataConfig(str(tmp_path / "data"), "t", "l")
+    for source in ("demo", "hf:org/set", "org/set", "missing-folder"):
+        assert DataConfig(source).anchored() == DataConfig(source)

@@ -65,3 +65,21 @@ def test_reproducing_config_counts_classifier_epochs_of_two_stage_trials():
     assert reproducing_config({"epochs": 4}, {}) == {"epochs": 4}  # older runs: nothing to add
     assert score_key("val_accuracy", {"best_val_accuracy": 1.0}) == "best_val_accuracy"
     assert score_key("val_accuracy", {"val_accuracy": 1.0}) == "val_accuracy"
+
+
+def test_report_picks_the_trial_best_picks(sweep, tmp_path):
+    """Issue 11 item 8: report used its own ranking (last epoch, no stage-1 exclusion)."""
+    from mlflow.tracking import MlflowClient
+
+    from tuning.best import best_run
+    from tuning.report import load_trials, pick_best
+
+    uri, ids = sweep
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name("s").experiment_id
+    # a contrastive trial stopped in its first stage: its "val_accuracy" is a k-NN proxy
+    stage1 = _trial(client, experiment_id, "d", {"trainable": "contrastive", "epochs": 4}, [0.99])
+    client.log_metric(stage1, "stage", 1, step=1)
+    trials = load_trials(uri, "s")
+    best = pick_best(trials, "s", uri, str(tmp_path))
+    assert best.trial_id == best_run("s", tracking_uri=uri).trial_id == "a"

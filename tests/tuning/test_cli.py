@@ -37,6 +37,9 @@ def cli(*args, cwd=None, timeout=600, env=None):
     (["train", "--preset", "nope"], "unknown preset 'nope'"),
     (["train", "--config", "/no/config.yaml"], "no such file"),
     (["train", "--preset", "baseline", "--set", "lr=-1"], "`lr` must lie in"),
+    (["sweep", "--cpus-per-trial", "4096"], "--cpus-per-trial 4096 asks for more CPUs than this machine has"),
+    (["sweep", "--gpus-per-trial", "4096"], "--gpus-per-trial 4096 asks for GPUs, but this machine has"),
+    (["sweep", "--tracking-uri", "foo://bar"], "--tracking-uri foo://bar is not a store MLflow can use"),
 ])
 def test_bad_input_exits_2_with_a_message(args, message, tmp_path, capsys):
     rc = main([*args, "--storage", str(tmp_path)] if args[0] != "presets" else args)
@@ -157,3 +160,178 @@ def test_resume_after_the_driver_is_killed(tiny_model_dir, massive_dir, tmp_path
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     by_lr = sorted(t.params["lr"] for t in trials)
     assert by_lr == sorted(json.loads(r.data.tags["tunebert.config"])["lr"] for r in after)
+
+
+# ------------------------------------------------------------------ refused before Ray, in seconds
+
+
+def test_a_single_label_train_split_is_refused_before_ray(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = "".join(json.dumps({"text": f"turn on number {i}", "label": "on"}) + "\n" for i in range(5))
+    for split in ("train", "validation", "test"):
+        (data / f"{split}.jsonl").write_text(rows)
+    rc = main(["sweep", "--data", str(data), "--storage", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "has a single label, 'on', in column 'label'" in err and "needs at least 2 classes" in err
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_no_gpu_is_refused_before_ray(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.device_count():
+        pytest.skip("this machine has a GPU")
+    rc = main(["sweep", "--gpus-per-trial", "1", "--storage", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no GPU that PyTorch can use" in err and "--gpus-per-trial at 0" in err
+    assert not (tmp_path / "ray").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["best", "s"], "cannot reach the MLflow store http://127.0.0.1:9"),
+    (["train", "--from-sweep", "s"], "cannot reach the MLflow store http://127.0.0.1:9"),
+    (["select", "s"], "cannot reach the MLflow store http://127.0.0.1:9"),
+    (["report", "s"], "cannot reach the MLflow store http://127.0.0.1:9"),
+    (["sweep", "--name", "s"], "cannot reach the MLflow store http://127.0.0.1:9"),
+    (["sweep", "--name", "s", "--tracking-uri", "foo://bar"], "--tracking-uri foo://bar is not a store"),
+])
+def test_an_unusable_tracking_store_fails_within_seconds(args, message, tmp_path):
+    """No MLflow server on 127.0.0.1:9: every command that reads or writes MLflow says so in
+    seconds (MLflow's own retries wait minutes), before Ray starts."""
+    uri = [] if "--tracking-uri" in args else ["--tracking-uri", "http://127.0.0.1:9"]
+    start = time.time()
+    proc = cli(*args, *uri, "--storage", str(tmp_path), timeout=120)
+    assert time.time() - start < 60  # the interpreter and its imports included
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert ("Start the server" if "reach" in message else "Use http://HOST:PORT") in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "Ray" not in proc.stdout + proc.stderr  # Ray never started
+    assert not (tmp_path / "ray").exists()
+
+
+# ------------------------------------------------------------------ sweeps made by hand for the CLI
+
+
+def _data_folder(folder: Path, labels=("on", "off")) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"text": f"turn it {label} please {i}", "label": label} for i in range(6) for label in labels]
+    for split in ("train", "validation", "test"):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def _recorded_sweep(tmp_path, name, data, model, *, uid="uid-1", trial_status="FINISHED"):
+    """What a finished sweep leaves: its saved settings (as run_sweep saves them) and an MLflow
+    experiment with one finished trial run; no Ray needed."""
+    import dataclasses
+
+    from mlflow.tracking import MlflowClient
+
+    from trainables import data as data_module
+    from trainables import registry
+    from tuning import tracking
+    from tuning.config import SWEEP_FILE, SweepConfig
+
+    cfg = SweepConfig(name=name, storage=str(tmp_path), data=data_module.DataConfig(str(data)),
+                      model=model, max_length=32, epochs=1, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    fingerprint = getattr(data_module, "data_fingerprint", lambda raw: None)(  # None before it existed
+        data_module.load_raw_splits(cfg.data))
+    cfg.sweep_dir.mkdir(parents=True)
+    settings = {**cfg.to_dict(), "uid": uid, "data_fingerprint": fingerprint}
+    known = {f.name for f in dataclasses.fields(SweepConfig)}  # (the code before had neither)
+    (cfg.sweep_dir / SWEEP_FILE).write_text(json.dumps({k: v for k, v in settings.items() if k in known}))
+    client = MlflowClient(cfg.tracking_uri)
+    experiment_id = client.create_experiment(name, tags={tracking.SWEEP: name, "tunebert.sweep_uid": uid})
+    parent = client.create_run(experiment_id, tags={tracking.KIND: "sweep", tracking.SWEEP: name})
+    config = registry.resolve_config({"trainable": "finetune", "model": model, "max_length": 32,
+                                      "epochs": 1, "batch_size": 16})
+    run = client.create_run(experiment_id, tags={
+        tracking.KIND: "trial", tracking.SWEEP: name, tracking.TRIAL_ID: "t1",
+        tracking.PARENT: parent.info.run_id, tracking.TRAINABLE: "finetune",
+        tracking.CONFIG: json.dumps(config, sort_keys=True)})
+    for key in ("val_accuracy", "best_val_accuracy"):
+        client.log_metric(run.info.run_id, key, 0.5, step=1)
+    client.set_terminated(run.info.run_id, trial_status)
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    return cfg, client
+
+
+def _train_runs(client):
+    experiment = client.get_experiment_by_name("s")
+    return client.search_runs([experiment.experiment_id], "tags.`tunebert.kind` = 'train'")
+
+
+def test_train_from_sweep_uses_the_sweeps_own_data(tiny_model_dir, tmp_path, capsys):
+    data = _data_folder(tmp_path / "intents")
+    cfg, client = _recorded_sweep(tmp_path, "s", data, tiny_model_dir)
+    assert main(["train", "--from-sweep", "s", "--storage", str(tmp_path), "--smoke-test"]) == 0
+    [run] = _train_runs(client)
+    assert run.data.tags["tunebert.data"] == str(data)  # not the built-in demo data
+    # another --data is refused, unless asked for on purpose
+    rc = main(["train", "--from-sweep", "s", "--storage", str(tmp_path), "--data", "demo", "--smoke-test"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"was tuned on --data '{data}'" in err and "--other-data" in err
+    assert main(["train", "--from-sweep", "s", "--storage", str(tmp_path), "--data", "demo",
+                 "--other-data", "--smoke-test"]) == 0
+    assert sorted(r.data.tags["tunebert.data"] for r in _train_runs(client)) == sorted([str(data), "demo"])
+    # the sweep's folder with other contents is refused too
+    _data_folder(data, labels=("on", "off", "dim"))
+    rc = main(["train", "--from-sweep", "s", "--storage", str(tmp_path), "--smoke-test"])
+    assert rc == 2 and "changed since the sweep ran" in capsys.readouterr().err
+
+
+def test_resume_with_another_store_is_refused(tiny_model_dir, tmp_path, capsys):
+    cfg, _ = _recorded_sweep(tmp_path, "s", _data_folder(tmp_path / "intents"), tiny_model_dir)
+    (cfg.sweep_dir / "tuner.pkl").write_bytes(b"")  # Ray's state; never read: refused before
+    rc = main(["resume", "s", "--storage", str(tmp_path), "--tracking-uri",
+               f"sqlite:///{tmp_path / 'other.db'}"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"sweep 's' logs to the MLflow store sqlite:///{tmp_path / 'mlflow.db'}" in err
+    assert "Resume without --tracking-uri" in err
+    assert not (tmp_path / "other.db").exists()
+
+
+def test_resume_while_another_driver_runs_the_sweep_is_refused(tiny_model_dir, tmp_path, capsys):
+    from tuning import sweep_lock
+
+    cfg, _ = _recorded_sweep(tmp_path, "s", _data_folder(tmp_path / "intents"), tiny_model_dir)
+    (cfg.sweep_dir / "tuner.pkl").write_bytes(b"")
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (cfg.sweep_dir / sweep_lock.LOCK_FILE).write_text(json.dumps(
+            {"pid": driver.pid, "start": sweep_lock._start_time(driver.pid), "host": os.uname().nodename,
+             "since": "now"}))
+        rc = main(["resume", "s", "--storage", str(tmp_path)])
+    finally:
+        driver.kill()
+        driver.wait()
+    err = capsys.readouterr().err
+    assert rc == 2 and f"is being run or resumed by another driver (pid {driver.pid}" in err
+
+
+@pytest.mark.parametrize("command, how", [("sweep", "ray folder deleted"),
+                                          ("sweep", "experiment deleted"),
+                                          ("tune", "ray folder deleted")])
+def test_a_reused_sweep_name_is_refused(command, how, tiny_model_dir, tmp_path):
+    import shutil
+
+    cfg, client = _recorded_sweep(tmp_path, "s", _data_folder(tmp_path / "intents"), tiny_model_dir)
+    shutil.rmtree(cfg.sweep_dir)
+    if how == "experiment deleted":
+        client.delete_experiment(client.get_experiment_by_name("s").experiment_id)
+    proc = cli(command, "--name", "s", "--model", tiny_model_dir, "--max-length", "32",
+               *(["--smoke-test"] if command == "tune" else ["--trials", "1", "--epochs", "1"]),
+               "--data", str(tmp_path / "intents"), "--storage", str(tmp_path), timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    expected = "is deleted but still holds the runs of an earlier sweep" if how == "experiment deleted" \
+        else "already holds an earlier sweep of that name whose Ray Tune folder is gone"
+    assert expected in proc.stderr and "Choose another --name" in proc.stderr
+    assert "Ray" not in proc.stdout  # refused before Ray started
+    experiment = client.get_experiment_by_name("s")
+    assert experiment.lifecycle_stage == ("deleted" if how == "experiment deleted" else "active")
+    assert len(client.search_runs([experiment.experiment_id], run_view_type=3)) == 2  # untouched
+    assert not cfg.sweep_dir.exists()

@@ -36,6 +36,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -182,12 +183,17 @@ def mlflow_server(postgres_uri, tmp_path_factory) -> MlflowServer:
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
     log = folder / "server.log"
+    # as docker/compose.yaml starts it: the password in the environment (libpq reads PGPASSWORD),
+    # none on the command line
+    parts = urlsplit(postgres_uri)
+    store = urlunsplit(parts._replace(netloc=f"{parts.username}@{parts.hostname}:{parts.port}"))
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", postgres_uri,
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", store,
              "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PGPASSWORD": parts.password})
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180  # first start creates the schema (alembic migrations)
@@ -374,3 +380,171 @@ def test_storage_only_the_driver_sees_is_refused(ray_cluster, mlflow_server, tin
     assert MlflowClient(mlflow_server.uri).get_experiment_by_name("nodelocal") is None
     assert not list(storage.rglob("*tunebert-probe*"))
     assert not (storage / "ray" / "nodelocal" / "tuner.pkl").exists()
+
+
+# --------------------------------------------------------------------------- which Ray a sweep uses
+
+
+@dataclass
+class RayNodes:
+    """Ray nodes a test starts one by one (``ray start --block`` on loopback addresses, token
+    auth), all stopped at its end."""
+
+    root: Path
+    env: dict
+    procs: list
+
+    def _start(self, name: str, cmd: list[str]) -> None:
+        log = self.root / f"{name}.log"
+        with log.open("w") as out:
+            self.procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                                               cwd=self.root, start_new_session=True))
+        _wait_for_log(self.procs[-1], log, "block forever", f"the Ray {name} node")
+
+    def head(self, ip: str) -> str:
+        """A head with no CPUs at ``ip``; returns its address."""
+        port = _free_port()
+        self._start(f"head-{ip}", [str(BIN / "ray"), "start", "--head", "--node-ip-address", ip,
+                                   "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false",
+                                   "--temp-dir", str(self.root / f"head-{ip}"), *self.common])
+        return f"{ip}:{port}"
+
+    def worker(self, address: str, ip: str, hidden: Optional[Path] = None) -> None:
+        """A worker with 2 CPUs; ``hidden``: a folder covered by an empty tmpfs on that node."""
+        cmd = [str(BIN / "ray"), "start", "--address", address, "--node-ip-address", ip, "--num-cpus", "2",
+               "--temp-dir", str(self.root / f"worker-{ip}"), *self.common]
+        if hidden is not None:
+            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   'mount -t tmpfs tmpfs "$0" && exec "$@"', str(hidden), *cmd]
+        self._start(f"worker-{ip}", cmd)
+
+    common = ["--object-store-memory", str(100 * 2**20), "--disable-usage-stats", "--block"]
+
+
+@pytest.fixture
+def ray_nodes():
+    root = Path(tempfile.mkdtemp(prefix="tb-rn-", dir=TMP))
+    token = root / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "MLFLOW_TRACKING_URI"}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    nodes = RayNodes(root, env, [])
+    try:
+        yield nodes
+    finally:
+        for proc in reversed(nodes.procs):
+            _stop(proc)
+        _kill_all_mentioning(str(root))
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _trial_runs(uri: str, name: str) -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None, f"no experiment {name!r} in {uri}"
+    return [r for r in client.search_runs([experiment.experiment_id], max_results=100)
+            if r.data.tags.get("tunebert.kind") == "trial"]
+
+
+def test_an_embedded_sweep_starts_its_own_ray_whatever_ray_address_says(ray_cluster, tiny_model_dir, tmp_path):
+    """Without --address the sweep never joins $RAY_ADDRESS (or a `ray start` cluster on the
+    machine), which would skip the checks a cluster gets; it says that it ignores it."""
+    storage = tmp_path / "runs"
+    done = subprocess.run(
+        [sys.executable, "-m", "tuning.cli", "sweep", "--name", "embedded", "--storage", str(storage),
+         "--model", tiny_model_dir, "--max-length", "64", "--epochs", "1", "--trials", "1",
+         "--scheduler", "none"],
+        capture_output=True, text=True, cwd=REPO, timeout=420,
+        env={**ray_cluster.env, "RAY_ADDRESS": ray_cluster.address})
+    assert done.returncode == 0, _output(done)
+    (run,) = _trial_runs(f"sqlite:///{storage / 'mlflow.db'}", "embedded")
+    # it trained on the sweep's own loopback-only Ray, not on the cluster's worker
+    assert run.data.tags["tunebert.node_ip"] == "127.0.0.1"
+    assert run.data.tags["tunebert.node_id"] not in (ray_cluster.head_id, ray_cluster.worker_id)
+    assert f"RAY_ADDRESS={ray_cluster.address} is set, but without --address" in done.stdout, _output(done)
+
+
+def test_address_auto_meets_the_rules_of_an_explicit_address(ray_nodes, tiny_model_dir, tmp_path):
+    """`--address auto` (here through $RAY_ADDRESS, as in a RayJob) joining a cluster other
+    machines can join is refused with a local SQLite store, as the same explicit address is."""
+    from ray._private.services import get_node_ip_address
+
+    outward = get_node_ip_address()
+    if outward.startswith("127."):
+        pytest.skip("this machine has no address beyond loopback")
+    address = ray_nodes.head(outward)
+    storage = tmp_path / "runs"
+    done = subprocess.run(
+        [sys.executable, "-m", "tuning.cli", "sweep", "--name", "auto", "--address", "auto",
+         "--storage", str(storage), "--model", tiny_model_dir, "--max-length", "64", "--epochs", "1",
+         "--trials", "1"],
+        capture_output=True, text=True, cwd=REPO, timeout=420, env={**ray_nodes.env, "RAY_ADDRESS": address})
+    assert done.returncode == EXIT_USER_ERROR, _output(done)
+    assert "Traceback" not in done.stderr, _output(done)
+    assert f"--address auto joined the Ray cluster at {address}" in done.stderr, _output(done)
+    assert "is a local file" in done.stderr and "--tracking-uri http://HOST:5000" in done.stderr
+    assert not (storage / "ray" / "auto" / "tuner.pkl").exists()
+
+
+def test_a_node_that_joins_later_cannot_train_on_storage_it_cannot_see(ray_nodes, mlflow_server,
+                                                                     tiny_model_dir):
+    """A cluster that starts with its head alone (docker/cluster.yaml: 0 workers until the
+    autoscaler adds them): the start-up probe cannot check other nodes and the sweep says so;
+    a worker that joins later without the shared folder gets no trial to train: the trial fails
+    at its start, before any epoch, naming the node and the folder."""
+    node_local = ray_nodes.root / "node-local"
+    node_local.mkdir()
+    hide_error = _can_hide_a_folder(node_local)
+    if hide_error:
+        pytest.skip(f"cannot give the worker node its own view of a folder: {hide_error}")
+    address = ray_nodes.head("127.0.0.4")
+    log = ray_nodes.root / "sweep.log"
+    with log.open("w") as out:
+        sweep = subprocess.Popen(
+            [sys.executable, "-m", "tuning.cli", "sweep", "--name", "late", "--address", address,
+             "--tracking-uri", mlflow_server.uri, "--storage", str(node_local / "runs"),
+             "--model", tiny_model_dir, "--max-length", "64", "--epochs", "1", "--trials", "1",
+             "--scheduler", "none", "--max-failures", "0", "--wait-for-nodes"],
+            stdout=out, stderr=subprocess.STDOUT, env=ray_nodes.env, cwd=REPO, start_new_session=True)
+    try:
+        _wait_for_log(sweep, log, "only one Ray node is alive", "the sweep's storage warning", timeout=300)
+        ray_nodes.worker(address, "127.0.0.5", hidden=node_local)
+        sweep.wait(timeout=420)
+    finally:
+        _stop_group(sweep)
+    output = _tail(log, 20000)
+    assert "could not be checked against other nodes" in output, output
+    (run,) = _trial_runs(mlflow_server.uri, "late")
+    assert run.info.status == "FAILED", output
+    error = run.data.tags.get("tunebert.error", "")
+    assert f"the sweep folder {node_local / 'runs' / 'ray' / 'late'} is not shared with Ray node 127.0.0.5" in error, error
+    assert not MlflowClient(mlflow_server.uri).get_metric_history(run.info.run_id, "val_accuracy")  # no epoch
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_a_password_in_the_tracking_uri_never_reaches_saved_state(postgres_uri, tiny_model_dir, tmp_path,
+                                                                  secret_leaks):
+    """A sweep logging straight to PostgreSQL with the password in --tracking-uri: the password
+    is used (the database refuses a wrong one) but is nowhere in the sweep folder, neither the
+    saved settings (tunebert_sweep.json) nor Ray's pickled and JSON state, nor the output."""
+    password = urlsplit(postgres_uri).password
+    storage = tmp_path / "runs"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tuning.cli", "sweep", "--name", "secret", "--tracking-uri", postgres_uri,
+         "--storage", str(storage), "--model", tiny_model_dir, "--max-length", "64", "--epochs", "1",
+         "--trials", "2", "--scheduler", "none"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=420, env=env)
+    assert done.returncode == 0, _output(done)
+    runs = _trial_runs(postgres_uri, "secret")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    sweep_dir = storage / "ray" / "secret"
+    assert (sweep_dir / "tuner.pkl").is_file() and (sweep_dir / "tunebert_sweep.json").is_file()
+    assert list(sweep_dir.glob("experiment_state*.json")) and list(sweep_dir.glob("searcher-state*.pkl"))
+    assert secret_leaks(password, storage) == []
+    assert password not in done.stdout + done.stderr
+    saved = json.loads((sweep_dir / "tunebert_sweep.json").read_text())
+    assert saved["tracking_uri"] == postgres_uri.replace(password, "***")

@@ -259,6 +259,24 @@ def test_a_clone_trains_with_its_mutated_learning_rate(pbt_sweep):
 
 
 @pytest.mark.slow
+def test_checkpoints_are_pruned_once_the_population_has_ended(pbt_sweep):
+    """Donors' checkpoints stay while the population trains (a clone restores one); at the end
+    every member keeps one model-only checkpoint (tuning.pruning)."""
+    from trainables.checkpointing import load_checkpoint
+    from tuning.pruning import checkpoint_folders
+
+    cfg, _ = pbt_sweep
+    trial_dirs = [p for p in cfg.sweep_dir.iterdir() if p.is_dir() and p.name.startswith("trainable_")]
+    assert len(trial_dirs) == 2
+    for trial_dir in trial_dirs:
+        folders = checkpoint_folders(trial_dir)
+        assert len(folders) == 1, f"{trial_dir.name} kept {[f.name for f in folders]}"
+        state = load_checkpoint(folders[0])
+        assert state["extra"]["model_only"] is True and state["optimizer"] is None
+        assert state["epoch"] == EPOCHS
+
+
+@pytest.mark.slow
 def test_pb2_sweep_records_its_clones(tmp_path, tiny_model_dir, ray_local):
     from tuning.runner import run_sweep
 

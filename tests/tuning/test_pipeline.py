@@ -185,7 +185,8 @@ def _predicts(model_dir, text="wake me up at seven"):
 @pytest.mark.slow
 def test_tune_smoke_test_end_to_end(ray_local, tiny_model_dir, tmp_path, capsys, monkeypatch):
     events = _spy_on_the_test_split(monkeypatch)
-    rc = main(["tune", "--smoke-test", "--name", "whole", "--model", tiny_model_dir,
+    # one selection worker: the spy below sees only this process's trainings
+    rc = main(["tune", "--smoke-test", "--name", "whole", "--select-workers", "1", "--model", tiny_model_dir,
                "--max-length", "64", "--storage", str(tmp_path), "--time-budget", "1h"])
     out = capsys.readouterr().out
     assert rc == 0

@@ -1,0 +1,63 @@
+"""Sweep settings as saved for resume: absolute paths, the MLflow store remembered without its
+password, and resume refusing another store."""
+
+import json
+
+import pytest
+
+from trainables.data import DataConfig
+from trainables.errors import ConfigError
+from tuning.config import SWEEP_FILE, SweepConfig, load_saved_sweep, resume_store
+
+
+def test_a_new_sweep_saves_absolute_paths_and_its_store(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "space.yaml").write_text("lr: {low: 1.0e-5, high: 1.0e-4}\n")
+    (tmp_path / "good.yaml").write_text("lr: 1.0e-4\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = SweepConfig(name="s", storage="runs", data=DataConfig("data"), space_file="space.yaml",
+                      warm_start=("llrd_warmup", "good.yaml"))
+    cfg.anchored().save()
+    saved = json.loads((tmp_path / "runs" / "ray" / "s" / SWEEP_FILE).read_text())
+    assert saved["storage"] == str(tmp_path / "runs")
+    assert saved["data"]["source"] == str(tmp_path / "data")
+    assert saved["space_file"] == str(tmp_path / "space.yaml")
+    assert saved["warm_start"] == ["llrd_warmup", str(tmp_path / "good.yaml")]
+    assert saved["tracking_uri"] == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    # a relative SQLite store named on the command line is anchored too
+    relative = SweepConfig(name="s", storage="runs", tracking_uri="sqlite:///other.db").anchored()
+    assert relative.tracking_uri == f"sqlite:///{tmp_path / 'other.db'}"
+
+
+def test_the_environments_store_is_remembered(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    SweepConfig(name="s", storage=str(tmp_path)).anchored().save()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    saved = load_saved_sweep("s", str(tmp_path))
+    assert saved.tracking_uri == "http://mlflow.internal:5000"
+    assert resume_store("s", saved.tracking_uri, None) == "http://mlflow.internal:5000"
+
+
+def test_a_password_is_not_saved_and_comes_back_from_the_environment(tmp_path, monkeypatch):
+    uri = "postgresql://carol:s3cret-x@127.0.0.1:5999/sweeps"
+    SweepConfig(name="s", storage=str(tmp_path), tracking_uri=uri).anchored().save()
+    text = (tmp_path / "ray" / "s" / SWEEP_FILE).read_text()
+    assert "s3cret-x" not in text
+    saved = load_saved_sweep("s", str(tmp_path)).tracking_uri
+    assert saved == "postgresql://carol:***@127.0.0.1:5999/sweeps"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ConfigError, match="whose password is not saved.*set MLFLOW_TRACKING_URI"):
+        resume_store("s", saved, None)
+    assert resume_store("s", saved, uri) == uri  # --tracking-uri with the password
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert resume_store("s", saved, None) == uri
+
+
+def test_resume_refuses_another_store(tmp_path):
+    saved = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(ConfigError, match=r"sweep 's' logs to the MLflow store sqlite:///.*mlflow\.db, "
+                                          r"but --tracking-uri names http://elsewhere:5000"):
+        resume_store("s", saved, "http://elsewhere:5000")
+    assert resume_store("s", saved, saved) == saved
+    assert resume_store("s", None, "http://x:5000") == "http://x:5000"  # saved before stores were

@@ -1,0 +1,133 @@
+"""A trial that has ended keeps one checkpoint holding its best epoch's model only, and the sweep
+reports its disk use (printed and logged to the parent run). Real local Ray, Optuna, SQLite MLflow."""
+
+import json
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from trainables.checkpointing import load_checkpoint
+from tuning.config import SweepConfig
+from tuning.pruning import checkpoint_folders
+
+EPOCHS = 3
+
+
+@pytest.mark.slow
+def test_ended_trials_keep_only_their_best_model(ray_local, tiny_model_dir, demo_data, tmp_path, capsys):
+    from trainables.loops import evaluate
+    from tuning.report import rebuild_model
+    from tuning.runner import run_sweep
+
+    # ASHA with one trial at a time: a good config first (warm start), then configs that barely
+    # learn, which fall below the first rung's top half and are stopped after epoch 1 with the
+    # resumable state (optimizer, best weights) still in their checkpoint; two checkpoints are
+    # kept per running trial
+    (tmp_path / "space.yaml").write_text("lr: {low: 1.0e-7, high: 1.0e-6, log: true}\n")
+    (tmp_path / "good.yaml").write_text("lr: 3.0e-3\n")
+    cfg = SweepConfig(name="prune", model=tiny_model_dir, max_length=64, epochs=EPOCHS, num_trials=4,
+                      storage=str(tmp_path), scheduler="asha", grace_period=1, reduction_factor=2,
+                      max_concurrent=1, keep_checkpoints=2, precision="fp32", seed=3,
+                      space_file=str(tmp_path / "space.yaml"), warm_start=(str(tmp_path / "good.yaml"),))
+    run_sweep(cfg)
+    client = MlflowClient(cfg.resolved_tracking_uri())
+    experiment = client.get_experiment_by_name("prune")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    trials = {r.data.tags["tunebert.trial_id"]: r for r in runs if r.data.tags.get("tunebert.kind") == "trial"}
+    parent = next(r for r in runs if r.data.tags.get("tunebert.kind") == "sweep")
+    last_epoch = {t: max(m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy"))
+                  for t, r in trials.items()}
+    stopped = [t for t in trials if last_epoch[t] < EPOCHS]
+    assert len(trials) == 4 and stopped, "ASHA stopped no trial: the test needs one"
+
+    for trial_id, run in trials.items():
+        (trial_dir,) = cfg.sweep_dir.glob(f"*_{trial_id}")
+        folders = checkpoint_folders(trial_dir)
+        assert len(folders) == 1, f"trial {trial_id} kept {[f.name for f in folders]}"
+        state = load_checkpoint(folders[0])
+        assert state["extra"]["model_only"] is True
+        assert state["optimizer"] is None and state["scheduler"] is None and state["best_model"] is None
+        assert state["epoch"] == last_epoch[trial_id]  # the last epoch it reported
+        # what is left is the model it hands over: it scores its best epoch's validation accuracy
+        model = rebuild_model(state["config"], state, demo_data.num_labels)
+        result = evaluate(model, demo_data.splits["validation"], batch_size=64,
+                          pad_token_id=demo_data.pad_token_id, num_labels=demo_data.num_labels,
+                          device=torch.device("cpu"), precision="fp32")
+        assert result.accuracy == run.data.metrics["best_val_accuracy"], trial_id
+
+    printed = capsys.readouterr().out
+    assert "[tunebert] disk: the sweep folder" in printed and "freed" in printed
+    metrics = client.get_run(parent.info.run_id).data.metrics
+    assert metrics["disk_pruned_mb"] > 0
+    assert 0 < metrics["disk_checkpoints_mb"] <= metrics["disk_sweep_mb"]
+
+
+def _finished_trials(db) -> set[str]:
+    """Trial ids whose MLflow run is FINISHED, straight from the SQLite file (cheap to poll)."""
+    import sqlite3
+
+    if not db.is_file():
+        return set()
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2)
+        try:
+            return {trial for trial, in con.execute(
+                "select t.value from runs r join tags t on t.run_uuid = r.run_uuid "
+                "and t.key = 'tunebert.trial_id' where r.status = 'FINISHED'")}
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return set()
+
+
+@pytest.mark.slow
+def test_a_trial_is_pruned_only_once_rays_saved_state_records_its_end(tiny_model_dir, tmp_path):
+    """Ray saves its experiment state every few seconds (here: only at its first step and at the
+    end), so a driver killed just after a trial ended resumes that trial from its checkpoint: the
+    checkpoint must still be the resumable one. After the resume every trial ends pruned."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    args = ["sweep", "--name", "lagging", "--model", tiny_model_dir, "--max-length", "64", "--storage",
+            str(tmp_path), "--trials", "3", "--epochs", "2", "--scheduler", "none", "--max-concurrent", "1",
+            "--keep-checkpoints", "3", "--seed", "0"]
+    proc = subprocess.Popen([sys.executable, "-m", "tuning.cli", *args], cwd=repo,
+                            env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "3600"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    try:
+        while not _finished_trials(tmp_path / "mlflow.db"):
+            assert proc.poll() is None and time.time() < deadline, f"no trial finished (exit {proc.poll()})"
+            time.sleep(0.05)
+        time.sleep(0.3)  # (a pruner that went by the in-memory status would have acted by now)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    sweep_dir = tmp_path / "ray" / "lagging"
+    saved = json.loads(sorted(sweep_dir.glob("experiment_state-*.json"))[-1].read_text())
+    saved_ended = {json.loads(t)["trial_id"] for t, _ in saved["trial_data"] if json.loads(t)["status"] == "TERMINATED"}
+    ended = _finished_trials(tmp_path / "mlflow.db") - saved_ended
+    assert ended, "Ray's saved state caught up with MLflow: the case this test is about did not happen"
+    for trial_id in ended:
+        (trial_dir,) = sweep_dir.glob(f"*_{trial_id}")
+        folders = checkpoint_folders(trial_dir)
+        assert len(folders) == 2, [f.name for f in folders]  # both epochs: Ray may resume from either
+        assert not any(load_checkpoint(f)["extra"].get("model_only") for f in folders)
+        assert load_checkpoint(folders[0])["optimizer"] is not None
+
+    resumed = subprocess.run([sys.executable, "-m", "tuning.cli", "resume", "lagging", "--storage", str(tmp_path)],
+                             cwd=repo, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = json.loads(sorted(sweep_dir.glob("experiment_state-*.json"))[-1].read_text())
+    trial_ids = [json.loads(t)["trial_id"] for t, _ in final["trial_data"]]
+    assert len(trial_ids) == 3
+    for trial_id in trial_ids:  # (a trial Ray never recorded before the kill is not one of them)
+        (trial_dir,) = sweep_dir.glob(f"*_{trial_id}")
+        folders = checkpoint_folders(trial_dir)
+        assert len(folders) == 1 and load_checkpoint(folders[0])["extra"]["model_only"] is True, trial_id

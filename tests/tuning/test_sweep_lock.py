@@ -1,0 +1,69 @@
+"""One driver per sweep: the lock file in the sweep folder, with real processes as owners."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tuning import sweep_lock
+from tuning.sweep_lock import LOCK_FILE, SweepLocked
+
+
+def _hold(pid: int, host: str = None) -> dict:
+    return {"pid": pid, "start": sweep_lock._start_time(pid), "host": host or socket.gethostname(),
+            "since": "2030-01-01 00:00:00"}
+
+
+@pytest.fixture
+def other_process():
+    """A live process that is not this one (the lock's owner in a test)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_live_driver_keeps_the_lock(tmp_path, other_process):
+    (tmp_path / LOCK_FILE).write_text(json.dumps(_hold(other_process.pid)))
+    with pytest.raises(SweepLocked, match=rf"sweep 's' is being run or resumed by another driver "
+                                          rf"\(pid {other_process.pid} on host .*delete .*{LOCK_FILE}"):
+        with sweep_lock.sweep_lock(tmp_path, "s"):
+            pass
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == other_process.pid  # untouched
+
+
+def test_a_dead_or_reused_pid_is_a_stale_lock(tmp_path, other_process):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for owner in (_hold(dead.pid), {**_hold(other_process.pid), "start": "1"}):  # gone; pid reused
+        (tmp_path / LOCK_FILE).write_text(json.dumps(owner))
+        with sweep_lock.sweep_lock(tmp_path, "s") as path:
+            assert json.loads(path.read_text())["pid"] == os.getpid()
+        assert not (tmp_path / LOCK_FILE).exists()  # released on exit
+
+
+def test_another_hosts_lock_is_stale_once_its_heartbeat_stops(tmp_path, other_process):
+    lock = tmp_path / LOCK_FILE
+    lock.write_text(json.dumps(_hold(other_process.pid, host="elsewhere")))
+    with pytest.raises(SweepLocked, match="on host elsewhere"):  # cannot tell: fresh, so refused
+        with sweep_lock.sweep_lock(tmp_path, "s"):
+            pass
+    old = time.time() - sweep_lock.STALE_AFTER_S - 5
+    os.utime(lock, (old, old))
+    with sweep_lock.sweep_lock(tmp_path, "s"):
+        pass
+
+
+def test_the_lock_is_reentrant_and_released_on_errors(tmp_path):
+    folder = tmp_path / "ray" / "s"
+    with pytest.raises(RuntimeError):
+        with sweep_lock.sweep_lock(folder, "s") as path:
+            with sweep_lock.sweep_lock(folder, "s"):  # `tune` holds it, its sweep phase takes it again
+                assert path.is_file()
+            assert path.is_file()  # still held by the outer block
+            raise RuntimeError("boom")
+    assert not (tmp_path / "ray").exists()  # nothing was written: the folders it made are gone

@@ -1,0 +1,190 @@
+"""tuning.tracking: bounded waits on a silent server, queued writes delivered on a timer (also
+when no trial reports anything, so a driver killed later has lost nothing), and the
+reconciliation of a restored sweep's MLflow record with Ray Tune's saved state."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from ray.tune.experiment import Trial
+
+from trainables import registry
+from tuning import tracking
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _silent_server():
+    """A socket on 127.0.0.1 that accepts every connection and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server, held
+
+
+def test_a_silent_server_makes_no_request_wait_more_than_about_10s():
+    server, held = _silent_server()
+    saved = {key: os.environ.pop(key, None) for key in tracking.HTTP_DEFAULTS}
+    try:
+        tracking.bound_http_waits()
+        client = MlflowClient(f"http://127.0.0.1:{server.getsockname()[1]}")
+        start = time.time()
+        with pytest.raises(Exception):
+            client.get_experiment_by_name("anything")
+        waited = time.time() - start
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
+        server.close()
+    assert held, "the request never reached the silent server"
+    assert waited < 12, f"one request waited {waited:.1f}s on a server that never answers"
+
+
+def _stub(trial_id: str, *, status: str = Trial.PENDING, last_result: dict | None = None) -> Trial:
+    trial = Trial("trainable", config={"trainable": "finetune", "epochs": 2, "lr": 1e-3},
+                  trial_id=trial_id, stub=True)
+    trial.set_status(status)
+    if last_result is not None:
+        trial.run_metadata.last_result = dict(last_result)
+    return trial
+
+
+def _result(epoch: int, value: float) -> dict:
+    return {"epoch": epoch, "training_iteration": epoch, "val_accuracy": value, "train_loss": 1.0 / epoch}
+
+
+DRIVER = textwrap.dedent("""
+    import sys, time
+    from ray.tune.experiment import Trial
+    from trainables import registry
+    from tuning import tracking
+
+    tracking.bound_http_waits()
+    uri, experiment_id, parent_id = sys.argv[1:4]
+    logger = tracking.MlflowTrialLogger(uri, experiment_id, parent_id, registry.resolve_config, "timer")
+    logger.setup()
+    trial = Trial("trainable", config={"trainable": "finetune", "epochs": 1}, trial_id="t1", stub=True)
+    logger.on_trial_start(0, [trial], trial)
+    while logger.pending_writes():
+        time.sleep(0.1)
+    print("started", flush=True)
+    sys.stdin.readline()  # the server is down now
+    result = {"epoch": 1, "training_iteration": 1, "val_accuracy": 0.5, "train_loss": 1.0}
+    logger.on_trial_result(1, [trial], trial, result)
+    trial.run_metadata.last_result = result
+    logger.on_trial_complete(1, [trial], trial)
+    print("queued", flush=True)
+    time.sleep(3600)  # no trial reports anything any more: only a timer can deliver the writes
+""")
+
+
+@pytest.mark.slow
+def test_queued_writes_reach_mlflow_on_a_timer_before_the_driver_is_killed(mlflow_server):
+    """The server is down when a trial's last result and end are logged; it comes back; nothing
+    else happens in the driver. The writes arrive on their own, so a SIGKILL afterwards loses
+    nothing."""
+    uri = mlflow_server.uri
+    experiment_id, parent_id = tracking.start_sweep_run(uri, "timer", {}, None)
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, uri, experiment_id, parent_id], cwd=REPO,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        assert driver.stdout.readline().strip() == "started"
+        mlflow_server.stop()
+        driver.stdin.write("go\n")
+        driver.stdin.flush()
+        assert driver.stdout.readline().strip() == "queued"
+        time.sleep(2)  # the first delivery fails against the dead server
+        mlflow_server.start()
+        client = MlflowClient(uri)
+        deadline = time.time() + tracking.RETRY_AFTER_S + 20
+        run = None
+        while time.time() < deadline:
+            run = client.search_runs([experiment_id], "tags.`tunebert.trial_id` = 't1'")[0]
+            if run.info.status == "FINISHED":
+                break
+            time.sleep(0.5)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
+    assert run.data.tags["tunebert.end_reason"] == "completed"
+
+
+def test_a_restored_logger_reconciles_mlflow_with_rays_saved_state(tmp_path):
+    """Ray's snapshot trails MLflow. The driver logged three trials, then died; Ray's saved state
+    holds ``done`` unfinished after epoch 1 (MLflow: FINISHED after 2 epochs), ``ended`` finished
+    (MLflow: its last epoch and end never arrived) and no ``orphan`` at all."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id, parent_id = tracking.start_sweep_run(uri, "recon", {}, None)
+    first = tracking.MlflowTrialLogger(uri, experiment_id, parent_id, registry.resolve_config, "recon")
+    saved_with_ray = pickle.dumps(first)  # Ray pickles the callback with the experiment
+    first.setup()
+    done, orphan, ended = _stub("done"), _stub("orphan"), _stub("ended")
+    for trial in (done, orphan, ended):
+        first.on_trial_start(0, [], trial)
+        first.on_trial_result(0, [], trial, _result(1, 0.25))
+    first.on_trial_result(0, [], done, _result(2, 0.5))
+    done.run_metadata.last_result = _result(2, 0.5)
+    first.on_trial_complete(0, [], done)
+    assert first.flush_until(30) == 0
+    first.stop()
+    client = MlflowClient(uri)
+    runs = {r.data.tags["tunebert.trial_id"]: r for r in
+            client.search_runs([experiment_id], "tags.`tunebert.kind` = 'trial'")}
+    assert runs["done"].info.status == "FINISHED"
+
+    tracking.MlflowTrialLogger.expect_restore("recon")
+    restored = pickle.loads(saved_with_ray)
+    restored.setup()
+    again = _stub("done", last_result=_result(1, 0.25))
+    ray_ended = _stub("ended", status=Trial.TERMINATED, last_result=_result(2, 0.75))
+    restored.on_step_begin(0, [again, ray_ended])
+    restored.on_trial_start(0, [again, ray_ended], again)  # Ray runs it again from epoch 1
+    assert restored.flush_until(30) == 0
+    assert client.get_run(runs["done"].info.run_id).info.status == "FINISHED"  # not reopened
+    restored.on_trial_result(0, [], again, _result(2, 0.5))
+    again.run_metadata.last_result = _result(2, 0.5)
+    restored.on_trial_complete(0, [], again)
+    assert restored.flush_until(30) == 0
+    restored.stop()
+
+    active = {r.data.tags["tunebert.trial_id"]: r for r in
+              client.search_runs([experiment_id], "tags.`tunebert.kind` = 'trial'")}
+    assert set(active) == {"done", "ended"}  # the orphan is no trial of the sweep
+    gone = client.get_run(runs["orphan"].info.run_id)
+    assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "KILLED"
+    assert gone.data.tags[tracking.ORPHAN] == "true"
+    for trial_id in ("done", "ended"):
+        run = active[trial_id]
+        assert run.info.status == "FINISHED"
+        for key in ("val_accuracy", "train_loss"):
+            assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2]
+    assert active["ended"].data.metrics["val_accuracy"] == 0.75  # Ray's last result, backfilled
+    assert active["ended"].data.tags["tunebert.end_reason"] == "completed"
+    assert restored.skipped_steps == 2  # epoch 2 of `done`, reported again, not logged again
