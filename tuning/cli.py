@@ -124,7 +124,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser, *, time_budget_default: Opti
     g.add_argument("--max-failures", type=int, default=_default("max_failures"),
                    help="retries of a crashed trial from its checkpoint")
     g.add_argument("--keep-checkpoints", type=int, default=_default("keep_checkpoints"),
-                   help="checkpoints kept per trial")
+                   help="checkpoints kept per running trial; a trial that has ended keeps only "
+                        "its best epoch's model (default: %(default)s)")
     _add_data_args(p)
     _add_store_args(p)
 

@@ -539,8 +539,11 @@ def test_mlflow_server_lost_while_the_sweep_records_its_end(ray_local, tiny_mode
         return original(*args, **kwargs)
 
     monkeypatch.setattr(tracking, "close_open_trial_runs", die_then_come_back)
-    outcome = run_sweep(cfg)
-    outage["thread"].join()
+    try:
+        outcome = run_sweep(cfg)
+    finally:  # the server is back before the fixture stops it
+        if outage:
+            outage["thread"].join()
     assert outcome.best is not None and outcome.counts["FINISHED"] == 2
     client, runs = _children(mlflow_server.uri, "endlost")
     parent = client.search_runs([client.get_experiment_by_name("endlost").experiment_id],
