@@ -35,6 +35,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+EXPERIMENT = "bench-ablation"
+
+
 def _say(message: str) -> None:
     print(f"[tunebert] bench: ablation: {message}", flush=True)
 
@@ -42,13 +45,23 @@ def _say(message: str) -> None:
 def ablation_job(config: dict, data: DataConfig, uri: str, run_name: str,
                  max_train_examples: Optional[int]) -> dict[str, float]:
     """Train one (row, seed); validation scores of its best epoch, and its wall time."""
+    from tuning import tracking
+    from tuning.jobs import job_key, job_tags
     from tuning.train import train_config
 
+    key = job_key(config, data, max_train_examples=max_train_examples)
+    done = tracking.finished_job(uri, EXPERIMENT, key)
+    if done is not None:  # finished by an earlier run of the benchmark: not trained again
+        metrics = done["metrics"]
+        _say(f"{run_name}: finished before (MLflow run {done['run_id']}), not trained again")
+        return {"val_accuracy": metrics.get("best_val_accuracy", metrics["val_accuracy"]),
+                "val_macro_f1": metrics.get("best_val_macro_f1", metrics["val_macro_f1"]),
+                "seconds": done["seconds"]}
     _say(run_name)
     start = time.time()
-    outcome = train_config(config, data, tracking_uri=uri, experiment="bench-ablation",
+    outcome = train_config(config, data, tracking_uri=uri, experiment=EXPERIMENT,
                            run_name=run_name, evaluate_test=False, log_model=False,
-                           max_train_examples=max_train_examples)
+                           max_train_examples=max_train_examples, tags=job_tags(key))
     return {"val_accuracy": outcome.val["val_accuracy"], "val_macro_f1": outcome.val["val_macro_f1"],
             "seconds": time.time() - start}
 
@@ -67,7 +80,7 @@ def run_ablation(data: DataConfig, model: str, *, seeds: int, epochs: Optional[i
                         "seed": seed}, "data": data, "uri": uri,
              "run_name": f"{name} seed{seed}", "max_train_examples": max_train_examples}
             for name, changes in variants.items() for seed in range(seeds)]
-    tracking.ensure_experiment(tracking.client_for(uri), "bench-ablation", None)
+    tracking.ensure_experiment(tracking.client_for(uri), EXPERIMENT, None)
     _say(f"{len(jobs)} runs ({len(variants)} variants x {seeds} seeds), {workers} at a time")
     results = list(run_jobs(ablation_job, jobs, workers))
     rows = []

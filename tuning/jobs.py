@@ -15,8 +15,13 @@ relative on the tiny test model) and, rarely, an accuracy.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from typing import Any, Callable, Iterator, Sequence
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 
 def threads_per_worker(workers: int) -> int:
@@ -55,3 +60,37 @@ def run_jobs(fn: Callable, jobs: Sequence[dict], workers: int = 1) -> Iterator[A
             yield future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def job_key(config: dict, data: Any, *, max_train_examples: Optional[int] = None) -> str:
+    """A benchmark job's identity: its config, its data (source and columns) and its sample
+    cap, hashed. The code version is recorded beside it (``job_tags``), not part of it, so a
+    benchmark resumed after an unrelated commit keeps the jobs it finished."""
+    data_dict = data.to_dict() if hasattr(data, "to_dict") else dict(data)
+    blob = json.dumps({"config": config, "data": data_dict, "max_train_examples": max_train_examples},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """The git commit of the checkout this code runs from (``+dirty`` with local changes), or the
+    package version when it runs from an installed copy."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return "tunebert " + version("tunebert")
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def job_tags(key: str) -> dict[str, str]:
+    return {"tunebert.bench_job": key, "tunebert.code_version": code_version()}

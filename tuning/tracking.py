@@ -592,6 +592,25 @@ def sweep_run(uri: str, sweep_name: str):
     return runs[0] if runs else None
 
 
+BENCH_JOB = "tunebert.bench_job"  # a benchmark job's key (tuning.jobs.job_key)
+
+
+def finished_job(uri: str, experiment: str, job_key: str) -> Optional[dict]:
+    """The latest metrics and wall seconds of a FINISHED run tagged ``BENCH_JOB = job_key`` in
+    ``experiment``, or None: a benchmark run again skips the jobs it already finished."""
+    client = client_for(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = _runs(client, found.experiment_id,
+                 f"tags.`{BENCH_JOB}` = '{job_key}' and attributes.status = 'FINISHED'")
+    if not runs:
+        return None
+    run = runs[0]
+    return {"run_id": run.info.run_id, "metrics": dict(run.data.metrics),
+            "seconds": (run.info.end_time - run.info.start_time) / 1000.0}
+
+
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in client_for(uri).get_metric_history(run_id, key)]
 

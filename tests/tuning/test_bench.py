@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tuning import bench
+from tuning import ablation, bench, tracking
 from tuning.cli import main
 
 
@@ -67,3 +67,36 @@ def test_smoke_search_and_overhead(tmp_path, tiny_model_dir, ray_local):
     for searcher in ("tpe", "random"):
         assert 0.0 <= numbers[f"search_{searcher}_test"] <= 1.0
     assert (out / "search_efficiency.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_smoke_ablation_run_again_skips_the_jobs_it_finished(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "out"
+    argv = ["bench", "--smoke-test", "--parts", "ablation", "--data", "demo", "--model", tiny_model_dir,
+            "--seeds", "1", "--out", str(out), "--storage", str(tmp_path / "runs")]
+    assert main(argv) == 0
+    first = json.loads((out / "ablation.json").read_text())
+    assert len(first) == len(ablation.VARIANTS)
+    assert all(0.0 <= row["val_accuracy"][0] <= 1.0 for row in first)
+    capsys.readouterr()
+    assert main(argv) == 0  # the same command again: every job is found finished in MLflow
+    said = capsys.readouterr().out
+    assert said.count("not trained again") == len(ablation.VARIANTS)
+    assert "training finetune" not in said
+    again = json.loads((out / "ablation.json").read_text())
+    assert [row["val_accuracy"] for row in again] == [row["val_accuracy"] for row in first]
+    client = tracking.client_for(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(ablation.EXPERIMENT).experiment_id])
+    assert len(runs) == len(ablation.VARIANTS)  # one run per job, none doubled
+    assert all(r.data.tags["tunebert.code_version"] for r in runs)
+
+
+def test_job_key_follows_config_and_data_not_the_order_of_keys():
+    from tuning.jobs import job_key
+    from trainables.data import DataConfig
+
+    data = DataConfig("demo")
+    assert job_key({"lr": 1e-4, "seed": 0}, data) == job_key({"seed": 0, "lr": 1e-4}, data)
+    assert job_key({"lr": 1e-4, "seed": 0}, data) != job_key({"lr": 1e-4, "seed": 1}, data)
+    assert job_key({"lr": 1e-4}, data) != job_key({"lr": 1e-4}, DataConfig("other"))
+    assert job_key({"lr": 1e-4}, data) != job_key({"lr": 1e-4}, data, max_train_examples=64)
