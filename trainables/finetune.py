@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,12 +18,14 @@ import torch.nn.functional as F
 from trainables import registry
 from trainables.averaging import WeightAverage
 from trainables.checkpointing import load_checkpoint, restore_rng_states, save_checkpoint
-from trainables.data import TokenizedData, steps_per_epoch
+from trainables.data import EncodedSplit, TokenizedData, encode_texts, steps_per_epoch
+from trainables.deploy import PeakMemory, deployment_metrics, parameter_count, probe_batch
 from trainables.errors import ConfigError
 from trainables.hparams import FinetuneConfig
 from trainables.loops import evaluate, train_epoch
 from trainables.losses import two_view_classification_loss
-from trainables.models import TextClassifier, freeze_bottom, load_encoder, num_encoder_layers, reinit_top
+from trainables.models import (TextClassifier, freeze_bottom, load_encoder, num_encoder_layers,
+                                quantize_int8, reinit_top)
 from trainables.optim import build_optimizer, llrd_param_groups
 from trainables.runtime import resolve_precision, seed_everything, supports_precision
 from trainables.schedules import make_schedule
@@ -31,12 +34,16 @@ from trainables.schedules import make_schedule
 Reporter = Callable[[dict, Callable[[str], None]], None]
 
 FAIL_MARKER_ENV = "TUNEBERT_FAIL_MARKER"
+# `perturb_eval` perturbs the validation texts with this seed, whatever the trial's seed: every
+# trial and every seed of a config is scored on the same perturbed texts, so the scores compare.
+PERTURB_EVAL_SEED = 0
 
 
 def build_classifier(cfg, num_labels: int) -> TextClassifier:
-    """Encoder + head as the config says, with freezing and top-layer re-initialisation applied."""
+    """Encoder (its bottom ``num_layers`` layers, or all) + head as the config says, with freezing
+    and top-layer re-initialisation applied."""
     encoder = load_encoder(cfg.model, hidden_dropout=cfg.hidden_dropout,
-                           attention_dropout=cfg.attention_dropout)
+                           attention_dropout=cfg.attention_dropout, num_layers=cfg.num_layers)
     layers = num_encoder_layers(encoder)
     for name in ("freeze_layers", "reinit_layers"):
         if getattr(cfg, name) > layers:
@@ -154,6 +161,7 @@ class BestEpoch:
             return False
         self.epoch = epoch
         self.metrics = {k: metrics[k] for k in self.METRICS}
+        self.metrics.update({k: metrics[k] for k in registry.OPTIONAL_BEST_EPOCH_METRICS if k in metrics})
         self.weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
         return True
 
@@ -182,6 +190,60 @@ def _evaluate_weights(model, weights: Optional[dict], split, **kwargs):
         model.load_state_dict(live)
 
 
+def perturbed_validation(spec: str, data: TokenizedData) -> EncodedSplit:
+    """The validation split with its texts perturbed as ``spec`` says (``trainables.perturb``),
+    tokenized again the way training tokenizes (``encode_texts``); the labels are the same.
+
+    A trial receives token ids, not texts, so the texts perturbed are the tokenizer's decoding of
+    the ids: for an uncased model the lower-cased, accent-stripped text the model reads anyway;
+    pieces the vocabulary lacks ([UNK]) are left out."""
+    from trainables.models import load_tokenizer
+    from trainables.perturb import parse_spec, perturb_texts
+
+    val = data.splits["validation"]
+    tokenizer = load_tokenizer(data.model)
+    texts = tokenizer.batch_decode([ids.tolist() for ids in val.input_ids], skip_special_tokens=True,
+                                   clean_up_tokenization_spaces=True)
+    noisy = perturb_texts(texts, parse_spec(spec, what="`perturb_eval`"), seed=PERTURB_EVAL_SEED)
+    ids, _ = encode_texts(tokenizer, noisy, data.max_length)
+    return EncodedSplit(ids, val.labels)
+
+
+def handed_over_metrics(cfg: FinetuneConfig, model: TextClassifier, weights: dict,
+                        data: TokenizedData) -> dict[str, float]:
+    """Deployment metrics of the model the run hands over (``weights`` in ``model``'s
+    architecture), measured on a CPU copy once, after the last epoch (``trainables.deploy``):
+    ``params_m``, ``size_mb`` and, with ``cfg.deploy_metrics``, CPU latency at batch 1 and
+    throughput at batch 32 on fixed texts padded to ``max_length``.
+
+    With ``cfg.quantize`` they describe the int8 model (``quantize_int8``), which is also scored
+    on the validation split (``val_accuracy_int8``, ``val_loss_int8``, ``val_macro_f1_int8``);
+    ``val_accuracy`` and the best-epoch choice stay the fp32 model's: training is fp32, and the
+    model folder keeps fp32 weights and quantizes when loaded."""
+    deployed = copy.deepcopy(model).to("cpu")
+    deployed.load_state_dict(weights)
+    deployed.eval()
+    parameters = parameter_count(deployed)
+    metrics: dict[str, float] = {}
+    if cfg.quantize:
+        deployed = quantize_int8(deployed)
+        result = evaluate(deployed, data.splits["validation"], batch_size=max(64, cfg.batch_size),
+                          pad_token_id=data.pad_token_id, num_labels=data.num_labels,
+                          device=torch.device("cpu"), precision="fp32")
+        metrics.update({"val_accuracy_int8": result.accuracy, "val_loss_int8": result.loss,
+                        "val_macro_f1_int8": result.macro_f1})
+    probe = None
+    if cfg.deploy_metrics:
+        from trainables.models import load_tokenizer
+
+        # never longer than the position embeddings: training truncates texts there too
+        length = min(cfg.max_length, getattr(model.encoder.config, "max_position_embeddings",
+                                             cfg.max_length))
+        probe = probe_batch(load_tokenizer(data.model), length)
+    metrics.update(deployment_metrics(deployed, parameters=parameters, probe=probe))
+    return metrics
+
+
 def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, report: Reporter,
         resume_dir: Optional[str] = None,
         progress: Optional[Callable[[int], None]] = None) -> TextClassifier:
@@ -189,15 +251,19 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
     ``report`` after each one, and return the model of the best validation epoch.
 
     Each epoch is evaluated with the averaged weights when EMA or SWA is on (once SWA has
-    averaged anything). Reports carry that epoch's ``val_*`` and the best epoch so far
-    (``best_epoch``, ``best_val_accuracy``, ...). With ``resume_dir`` the model, optimizer,
-    scheduler, averaging, best-epoch and RNG states come from that checkpoint and training
-    continues with the epoch after the one it saved; the config's learning rates and weight decay
-    apply from there on (``reapply_hyperparameters``).
+    averaged anything). Reports carry that epoch's ``val_*`` (with ``cfg.perturb_eval`` also
+    ``val_accuracy_perturbed``, see ``perturbed_validation``), the best epoch so far
+    (``best_epoch``, ``best_val_accuracy``, ...), the epoch's training time (``epoch_seconds``)
+    and the peak training memory so far (``peak_memory_mb``, ``trainables.deploy.PeakMemory``);
+    the last epoch adds the handed-over model's deployment metrics (``handed_over_metrics``).
+    With ``resume_dir`` the model, optimizer, scheduler, averaging, best-epoch and RNG states come
+    from that checkpoint and training continues with the epoch after the one it saved; the
+    config's learning rates and weight decay apply from there on (``reapply_hyperparameters``).
     """
     if not supports_precision(device, cfg.precision):
         raise ConfigError(f"`precision` {cfg.precision!r} is not supported on {device}; use fp32")
     seed_everything(cfg.seed)
+    memory = PeakMemory(device)
     train, val = data.splits["train"], data.splits["validation"]
     model = build_classifier(cfg, data.num_labels).to(device)
     total_steps = cfg.epochs * steps_per_epoch(len(train), cfg.batch_size)
@@ -223,6 +289,7 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
         restore_rng_states(state["rng"])
         first_epoch = state["epoch"] + 1
     loss_fn = finetune_loss(cfg)
+    noisy_val = perturbed_validation(cfg.perturb_eval, data) if cfg.perturb_eval else None
     eval_kwargs = dict(batch_size=max(64, cfg.batch_size), pad_token_id=data.pad_token_id,
                        num_labels=data.num_labels, device=device, precision=precision)
     for epoch in range(first_epoch, cfg.last_epoch + 1):
@@ -238,9 +305,15 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
         averaged = average.weights() if average is not None else None
         result = _evaluate_weights(model, averaged, val, **eval_kwargs)
         metrics = {"epoch": epoch, "train_loss": stats.loss, **result.as_metrics("val"),
-                   "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s}
+                   "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s,
+                   "epoch_seconds": stats.seconds, "peak_memory_mb": memory.mb()}
+        if noisy_val is not None:
+            metrics["val_accuracy_perturbed"] = _evaluate_weights(model, averaged, noisy_val,
+                                                                  **eval_kwargs).accuracy
         best.update(epoch, metrics, averaged if averaged is not None else model.state_dict())
         metrics.update(best.as_metrics())
+        if epoch == cfg.last_epoch:  # once per trial: the timings cost seconds
+            metrics.update(handed_over_metrics(cfg, model, best.weights, data))
 
         def write(directory: str, _epoch: int = epoch) -> None:
             extra = {"best": best.state(),

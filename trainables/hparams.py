@@ -38,6 +38,8 @@ PHASES = {
     "loop": "the training loop",
     "recipe": "training recipe knobs for compact encoders (fine-tuning trials; 0 = off)",
     "contrastive": "the contrastive stage or loss (contrastive trials)",
+    "eval": "what a trial measures besides its training; fixed for a sweep in a space file, "
+            "not searched",
 }
 
 
@@ -110,6 +112,8 @@ class HParam:
             return "true \\| false"
         if self.kind == "str":
             return "any"
+        if self.kind == "optional_str":
+            return "string or null"
         bracket = "(" if self.low_open else "["
         rule = f"{bracket}{_num(self.low)}, {_num(self.high)}]"
         return rule + (" or null" if self.kind.startswith("optional_") else "")
@@ -196,6 +200,14 @@ _DECLARED: tuple[HParam, ...] = (
        "pretrained value)", "model", low=0.0, high=0.99),
     _p("attention_dropout", "optional_float", None, "encoder attention dropout (null keeps the "
        "pretrained value)", "model", low=0.0, high=0.99),
+    _p("num_layers", "int", 0, "keep only the bottom k layers of the pretrained encoder (0 = all): "
+       "a smaller, faster model, usually less accurate; the model folder records the truncated "
+       "encoder", "model", low=0, high=1000),
+    _p("quantize", "bool", False, "dynamic int8 quantization of the Linear layers for CPU "
+       "inference (torch.ao.quantization.quantize_dynamic) of the handed-over model: training "
+       "and val_accuracy stay fp32, the last epoch reports the int8 model's val_accuracy_int8, "
+       "size and latency, and loading a model folder quantizes again", "model",
+       families=FINETUNE),
     # ---- recipe knobs (fine-tuning trials)
     _p("ema_decay", "float", 0.0, "exponential moving average of the weights, updated every "
        "step; evaluated and saved with the averaged weights (0 = off; 0.999 is typical)", "recipe",
@@ -244,6 +256,14 @@ _DECLARED: tuple[HParam, ...] = (
        when=AUGMENTED),
     _p("knn_k", "int", 10, "neighbours of the k-NN validation signal during the contrastive stage",
        "contrastive", families=CONTRASTIVE, low=1, high=1000),
+    # ---- evaluation (fine-tuning trials)
+    _p("perturb_eval", "optional_str", None, "also evaluate the validation split with perturbed "
+       "texts and report val_accuracy_perturbed (rank with --metric val_accuracy_perturbed): "
+       "KIND:RATE[,KIND:RATE...] such as typo:0.1,delete:0.05 (kinds in trainables/perturb.py; "
+       "null = off)", "eval", families=FINETUNE),
+    _p("deploy_metrics", "bool", True, "time the handed-over model on the CPU after the last "
+       "epoch (latency_ms_p50/p95 at batch 1, throughput_b32; a few seconds per trial); false "
+       "skips the timing, sizes and memory are still reported", "eval", families=FINETUNE),
     # ---- provenance
     _p("preset", "optional_str", None, "the named preset this config came from, if any", "run"),
 )
@@ -291,6 +311,10 @@ class _Config:
             raise ConfigError(f"`min_lr` must lie in [0.0, lr={self.lr}], but got {self.min_lr!r}")
         if self.stop_epoch is not None and self.stop_epoch > self.epochs:
             raise ConfigError(f"`stop_epoch` ({self.stop_epoch}) cannot exceed `epochs` ({self.epochs})")
+        if getattr(self, "perturb_eval", None) is not None:
+            from trainables.perturb import parse_spec
+
+            parse_spec(self.perturb_eval, what="`perturb_eval`")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

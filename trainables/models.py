@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainables.errors import ModelLoadError
+from trainables.errors import ConfigError, ModelLoadError
 
 DEFAULT_MODEL = "minilm-l6"
 
@@ -74,8 +74,14 @@ def load_tokenizer(name: str):
 
 
 def load_encoder(name: str, *, hidden_dropout: float | None = None,
-                 attention_dropout: float | None = None) -> nn.Module:
-    """``AutoModel`` with optional overrides of the encoder's dropout probabilities."""
+                 attention_dropout: float | None = None, num_layers: int = 0) -> nn.Module:
+    """``AutoModel`` with optional overrides of the encoder's dropout probabilities.
+
+    ``num_layers`` k > 0 keeps only the bottom k encoder layers (with the embeddings): the config
+    says k layers, so ``from_pretrained`` builds k and loads the pretrained weights of layers
+    0..k-1, leaving the upper layers' weights unread. ``save_pretrained`` then writes k into the
+    folder's config.json, so a saved truncated encoder loads truncated. Raises ``ConfigError``
+    when k exceeds the encoder's layers."""
     from transformers import AutoConfig, AutoModel
 
     _quiet_transformers()
@@ -88,6 +94,13 @@ def load_encoder(name: str, *, hidden_dropout: float | None = None,
         config.hidden_dropout_prob = hidden_dropout
     if attention_dropout is not None:
         config.attention_probs_dropout_prob = attention_dropout
+    if num_layers:
+        attr = _layer_count_attribute(config, name)
+        available = int(getattr(config, attr))
+        if not 0 < num_layers <= available:
+            raise ConfigError(f"`num_layers` is {num_layers} but model {name!r} has "
+                              f"{available} encoder layers; use 1..{available}, or 0 for all")
+        setattr(config, attr, num_layers)
     kwargs = {"add_pooling_layer": False} if config.model_type == "bert" else {}
     try:
         return AutoModel.from_pretrained(path, config=config, **kwargs)
@@ -95,12 +108,20 @@ def load_encoder(name: str, *, hidden_dropout: float | None = None,
         raise _load_failure(name, exc) from exc
 
 
+_LAYER_COUNT_ATTRIBUTES = ("num_hidden_layers", "n_layers", "num_layers")
+
+
+def _layer_count_attribute(config, what: str) -> str:
+    """The config attribute that holds the number of encoder layers (BERT's, DistilBERT's, ...)."""
+    for attr in _LAYER_COUNT_ATTRIBUTES:
+        if hasattr(config, attr):
+            return attr
+    raise ValueError(f"cannot tell how many layers {what} has")
+
+
 def num_encoder_layers(encoder: nn.Module) -> int:
     config = encoder.config
-    for attr in ("num_hidden_layers", "n_layers", "num_layers"):
-        if hasattr(config, attr):
-            return int(getattr(config, attr))
-    raise ValueError(f"cannot tell how many layers {type(encoder).__name__} has")
+    return int(getattr(config, _layer_count_attribute(config, type(encoder).__name__)))
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
@@ -191,3 +212,46 @@ def reinit_top(model: TextClassifier, layers: int, *, seed: int) -> None:
             elif isinstance(module, nn.LayerNorm):
                 module.weight.fill_(1.0)
                 module.bias.zero_()
+
+
+class Int8Classifier(nn.Module):
+    """A classifier with every ``nn.Linear`` dynamically quantized to int8 for CPU inference
+    (``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantized per batch
+    at run time; embeddings and LayerNorm stay fp32). Built from an fp32 model, which it leaves
+    untouched.
+
+    PyTorch's dynamic int8 kernels exist for the CPU only, so the model pins itself there: moving
+    it (``.to``, ``.cuda``, ``.half``) leaves it as it is, inputs on another device are computed
+    on the CPU and the logits sent back, and autocast is off inside (the kernels take fp32). It is
+    for prediction and measurement only; a model folder stores the fp32 weights and ``quantize``
+    (``trainables.export``), and loading quantizes again.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        import copy
+        import warnings
+
+        from torch.ao.quantization import quantize_dynamic
+
+        fp32 = copy.deepcopy(model).to("cpu").eval()
+        with warnings.catch_warnings():
+            # torch.ao.quantization announces its move to torchao on every call
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+            self.quantized = quantize_dynamic(fp32, {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+    def _apply(self, fn, recurse=True):  # the int8 kernels run on the CPU in fp32 only
+        return self
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(batch, seq) → (batch, num_labels) fp32 logits, on the inputs' device."""
+        device = input_ids.device
+        with torch.autocast("cpu", enabled=False):
+            logits = self.quantized(input_ids.to("cpu"), attention_mask.to("cpu"))
+        return logits.to(device)
+
+
+def quantize_int8(model: nn.Module) -> Int8Classifier:
+    """An int8 copy of ``model`` for CPU inference (see ``Int8Classifier``)."""
+    return Int8Classifier(model)

@@ -8,7 +8,8 @@ whose ``forward(input_ids, attention_mask)`` gives class logits, and reports ``v
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 from trainables.errors import ConfigError
 from trainables.hparams import ContrastiveConfig, FinetuneConfig
@@ -21,11 +22,78 @@ RAY_ENTRY_POINT = "trainables.entry:trainable"
 # Every trainable reports these for its best validation epoch as ``best_<name>`` (and the epoch as
 # ``best_epoch``); a sweep ranks, early-stops and searches on those.
 BEST_EPOCH_METRICS = ("val_accuracy", "val_loss", "val_macro_f1")
+# Reported only when the trial's config asks for them (``perturb_eval``: accuracy on perturbed
+# validation texts), then kept for the best epoch (chosen by ``val_accuracy``) like the above:
+# ranking by ``best_val_accuracy_perturbed`` ranks the models the trials hand over.
+OPTIONAL_BEST_EPOCH_METRICS = ("val_accuracy_perturbed",)
 
 
 def ranked_metric(metric: str) -> str:
     """The result key a sweep optimises for ``metric``: its best epoch's value when reported."""
-    return f"best_{metric}" if metric in BEST_EPOCH_METRICS else metric
+    return f"best_{metric}" if metric in BEST_EPOCH_METRICS + OPTIONAL_BEST_EPOCH_METRICS else metric
+
+
+@dataclass(frozen=True)
+class ReportedMetric:
+    """A metric a trial reports, as far as a sweep may rank, search or constrain on it.
+
+    ``every_epoch``: in every report (else only in the report of the trial's last epoch, so a trial
+    ASHA stops early never has it); ``finetune_only``: contrastive trials never report it;
+    ``needs``: the trial config flag that must be on for it to be reported; ``unit``: for axis
+    labels ("" for a score in [0, 1] or a loss)."""
+
+    name: str
+    every_epoch: bool = True
+    finetune_only: bool = False
+    needs: Optional[str] = None
+    unit: str = ""
+
+
+# Every metric a sweep may rank, search or constrain on (trainables/finetune.py and
+# trainables/contrastive.py report them; trainables/deploy.py measures the deployment ones).
+REPORTED_METRICS: dict[str, ReportedMetric] = {m.name: m for m in (
+    ReportedMetric("val_accuracy"), ReportedMetric("val_loss"), ReportedMetric("val_macro_f1"),
+    ReportedMetric("val_accuracy_perturbed", finetune_only=True, needs="perturb_eval"),
+    ReportedMetric("train_loss"),
+    ReportedMetric("samples_per_s", unit="texts/s"),
+    ReportedMetric("epoch_seconds", finetune_only=True, unit="s"),
+    ReportedMetric("peak_memory_mb", finetune_only=True, unit="MB"),
+    ReportedMetric("params_m", every_epoch=False, finetune_only=True, unit="million parameters"),
+    ReportedMetric("size_mb", every_epoch=False, finetune_only=True, unit="MB"),
+    ReportedMetric("latency_ms_p50", every_epoch=False, finetune_only=True, needs="deploy_metrics", unit="ms"),
+    ReportedMetric("latency_ms_p95", every_epoch=False, finetune_only=True, needs="deploy_metrics", unit="ms"),
+    ReportedMetric("throughput_b32", every_epoch=False, finetune_only=True, needs="deploy_metrics",
+                   unit="texts/s"),
+    ReportedMetric("val_accuracy_int8", every_epoch=False, finetune_only=True, needs="quantize"),
+)}
+
+
+def reported_metric(name: str, what: str, trainable: str = "finetune") -> ReportedMetric:
+    """``name``'s entry in ``REPORTED_METRICS``; ``what`` names the setting (for the error), and
+    ``trainable`` the sweep's family (``any``: both), whose trials must all be able to report it."""
+    if name not in REPORTED_METRICS:
+        raise ConfigError(
+            f"{what} names metric {name!r}, which trials do not report; known metrics: "
+            f"{sorted(REPORTED_METRICS)} (latency_ms_*/throughput_b32 need `deploy_metrics` on, the "
+            f"default, and like params_m and size_mb are reported only at a trial's last epoch)")
+    metric = REPORTED_METRICS[name]
+    if metric.finetune_only and trainable != "finetune":
+        raise ConfigError(f"{what} names {name!r}, which only fine-tuning trials report, but the "
+                          f"sweep's trainable is {trainable!r}: use --trainable finetune")
+    return metric
+
+
+def check_reported(names: list[str], configs: list[dict]) -> None:
+    """Refuse metrics that resolved trial ``configs`` would not report because a flag they
+    need (``ReportedMetric.needs``) is off, e.g. latency with ``deploy_metrics: false``."""
+    for name in names:
+        needs = REPORTED_METRICS[name].needs if name in REPORTED_METRICS else None
+        off = [c for c in configs if c.get("trainable", "finetune") == "finetune" and not c.get(needs)]
+        if needs and off:
+            raise ConfigError(
+                f"the sweep ranks or constrains on {name!r}, which a trial reports only with "
+                f"`{needs}` on, but the search space sets {needs}={off[0].get(needs)!r}: set it "
+                f"in the space file (e.g. `{needs}: true`) or leave {name!r} out")
 
 
 def config_class(name: str) -> type:

@@ -10,7 +10,6 @@ about 1.7x the compute per epoch; the wall time per run is reported beside the s
 from __future__ import annotations
 
 import statistics
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -42,53 +41,34 @@ def _say(message: str) -> None:
     print(f"[tunebert] bench: ablation: {message}", flush=True)
 
 
-def ablation_job(config: dict, data: DataConfig, uri: str, run_name: str,
-                 max_train_examples: Optional[int]) -> dict[str, float]:
-    """Train one (row, seed); validation scores of its best epoch, and its wall time."""
-    from tuning import tracking
-    from tuning.jobs import job_key, job_tags
-    from tuning.train import train_config
-
-    key = job_key(config, data, max_train_examples=max_train_examples)
-    done = tracking.finished_job(uri, EXPERIMENT, key)
-    if done is not None:  # finished by an earlier run of the benchmark: not trained again
-        metrics = done["metrics"]
-        _say(f"{run_name}: finished before (MLflow run {done['run_id']}), not trained again")
-        return {"val_accuracy": metrics.get("best_val_accuracy", metrics["val_accuracy"]),
-                "val_macro_f1": metrics.get("best_val_macro_f1", metrics["val_macro_f1"]),
-                "seconds": done["seconds"]}
-    _say(run_name)
-    start = time.time()
-    outcome = train_config(config, data, tracking_uri=uri, experiment=EXPERIMENT,
-                           run_name=run_name, evaluate_test=False, log_model=False,
-                           max_train_examples=max_train_examples, tags=job_tags(key))
-    return {"val_accuracy": outcome.val["val_accuracy"], "val_macro_f1": outcome.val["val_macro_f1"],
-            "seconds": time.time() - start}
-
-
 def run_ablation(data: DataConfig, model: str, *, seeds: int, epochs: Optional[int], uri: str,
                  workers: int = 1, variants: Optional[dict[str, dict]] = None,
-                 max_train_examples: Optional[int] = None) -> list[dict[str, Any]]:
-    """One row per variant: its per-seed validation accuracies and mean wall seconds."""
-    from tuning import tracking
-    from tuning.jobs import run_jobs
+                 max_train_examples: Optional[int] = None,
+                 storage: Optional[Path] = None) -> list[dict[str, Any]]:
+    """One row per variant: its per-seed validation accuracies (best epoch) and mean wall
+    seconds, read from the jobs' MLflow runs. Each (row, seed) is a resumable job
+    (``tuning.jobs.run_bench_jobs``; with ``storage`` it continues from its checkpoint)."""
+    from tuning.jobs import bench_job, run_bench_jobs
 
     variants = variants or VARIANTS
     base = {**HAND_CONFIG, "model": model, **({"epochs": epochs} if epochs else {})}
     fit = {"swa_epochs": lambda k: min(k, base["epochs"])}  # a shortened run (smoke test)
-    jobs = [{"config": {**base, **{k: fit.get(k, lambda v: v)(v) for k, v in changes.items()},
-                        "seed": seed}, "data": data, "uri": uri,
-             "run_name": f"{name} seed{seed}", "max_train_examples": max_train_examples}
-            for name, changes in variants.items() for seed in range(seeds)]
-    tracking.ensure_experiment(tracking.client_for(uri), EXPERIMENT, None)
-    _say(f"{len(jobs)} runs ({len(variants)} variants x {seeds} seeds), {workers} at a time")
-    results = list(run_jobs(ablation_job, jobs, workers))
+    jobs = {name: [bench_job(f"{name} seed{seed}",
+                             {**base, **{k: fit.get(k, lambda v: v)(v) for k, v in changes.items()},
+                              "seed": seed}, data, uri=uri, experiment=EXPERIMENT, storage=storage,
+                             max_train_examples=max_train_examples, evaluate_test=False,
+                             log_model=False)
+                   for seed in range(seeds)] for name, changes in variants.items()}
+    _say(f"{len(variants)} variants x {seeds} seeds, {workers} at a time")
+    records = run_bench_jobs([job for mine in jobs.values() for job in mine], uri=uri,
+                             experiment=EXPERIMENT, workers=workers, say=_say)
     rows = []
-    for i, (name, changes) in enumerate(variants.items()):
-        mine = results[i * seeds:(i + 1) * seeds]
+    for name, changes in variants.items():
+        mine = [records[job.name] for job in jobs[name]]
+        metrics = [r["metrics"] for r in mine]
         rows.append({"variant": name, "changes": changes,
-                     "val_accuracy": [r["val_accuracy"] for r in mine],
-                     "val_macro_f1": [r["val_macro_f1"] for r in mine],
+                     "val_accuracy": [m.get("best_val_accuracy", m["val_accuracy"]) for m in metrics],
+                     "val_macro_f1": [m.get("best_val_macro_f1", m["val_macro_f1"]) for m in metrics],
                      "seconds": statistics.mean(r["seconds"] for r in mine)})
     return rows
 

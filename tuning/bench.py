@@ -12,6 +12,11 @@ Parts (each writes rows of the markdown table and a PNG):
 Everything is measured as ratios within one run; absolute numbers depend on the machine and are
 reported for context only. ``--train-subset`` and ``--epochs`` scale the expensive parts down
 (the table says when they did).
+
+The jobs of ``table``, ``ablation`` and the hand baseline of ``compare`` are resumable
+(``tuning.jobs.run_bench_jobs``): the same command run again skips the jobs MLflow holds as
+finished, continues the others from their last epoch's checkpoint in their own runs, says
+the progress and the time left after every job, then writes its results from what MLflow holds.
 """
 
 from __future__ import annotations
@@ -420,47 +425,63 @@ def _capped(config: dict, epochs: int) -> dict:
     return config
 
 
-def _table_job(config: dict, data_cfg: DataConfig, uri: str, run_name: str) -> float:
-    """One (configuration, seed) of the table: train, then test accuracy. Runs in a worker
-    process when the table runs several at a time (``tuning.jobs.run_jobs``)."""
-    from tuning.train import train_config
+TABLE_EXPERIMENT = "bench-study-table"
+TUNED = "tuned best config (search part)"
 
-    say(f"table: {run_name}")
-    outcome = train_config(config, data_cfg, tracking_uri=uri, experiment="bench-study-table",
-                           run_name=run_name)
-    return outcome.test["test_accuracy"]
+
+def table_job_name(row: str, seed: int) -> str:
+    """``baseline-seed0``: what ``--jobs`` matches (``tuned-seed0`` for the search's config)."""
+    return f"{'tuned' if row == TUNED else row}-seed{seed}"
+
+
+def table_job_names(presets: tuple[str, ...], seeds: int, tuned: bool) -> list[str]:
+    rows = [*presets, *([TUNED] if tuned else [])]
+    return [table_job_name(row, seed) for row in rows for seed in range(seeds)]
+
+
+def ours_cell(tests: list[float], seeds: int) -> str:
+    """Mean ± std over the seeds; a row short of seeds says so rather than giving a mean that
+    is not comparable with the complete rows."""
+    if len(tests) == seeds:
+        return _pm(tests)
+    found = f": {', '.join(f'{100 * t:.2f}' for t in tests)} %" if tests else ""
+    return f"— ({len(tests)} of {seeds} seeds{found})"
 
 
 def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds: int,
                 epochs: Optional[int], storage: Path, tuned: Optional[dict], out: Path,
-                presets: tuple[str, ...], workers: int = 1) -> None:
+                presets: tuple[str, ...], workers: int = 1, pick: Optional[str] = None) -> None:
     """Each preset (and the search's chosen config) over ``seeds`` seeds; ``workers`` runs at a
-    time (on a CPU, two one-thread runs get through more than one two-thread run)."""
+    time (on a CPU, two one-thread runs get through more than one two-thread run).
+
+    Each (configuration, seed) is one resumable job (``tuning.jobs.run_bench_jobs``); ``pick``
+    (``--jobs``) trains only the jobs it matches. The table is then written from the runs MLflow
+    holds, so jobs finished by earlier invocations count, and a row short of seeds is marked."""
     from search_spaces.presets import STUDY_TEST_ACCURACY, get_preset
-    from tuning import tracking
     from tuning.config import resolve_tracking_uri
-    from tuning.jobs import run_jobs
+    from tuning.jobs import bench_job, pick_jobs, run_bench_jobs
 
     uri = resolve_tracking_uri(None, storage)
-    rows = []
-    configs = [(name, get_preset(name)) for name in presets]
+    # the presets name no model: each trains --model (the study's own was bert-base-uncased)
+    configs = [(name, {**get_preset(name), "model": model}) for name in presets]
     if tuned:
-        configs.append(("tuned best config (search part)", dict(tuned)))
+        configs.append((TUNED, dict(tuned)))
     # the tuned config keeps the length it was chosen at; the presets are capped when asked
-    jobs = [(name, seed, {**(_capped(config, epochs) if epochs and name in presets else config), "seed": seed})
+    jobs = [(name, bench_job(table_job_name(name, seed),
+                             {**(_capped(config, epochs) if epochs and name in presets else config), "seed": seed},
+                             data_cfg, uri=uri, experiment=TABLE_EXPERIMENT, storage=storage))
             for name, config in configs for seed in range(seeds)]
-    say(f"table: {len(jobs)} runs, {workers} at a time")
-    # create the store and the experiment once, here: workers racing to set up a fresh SQLite
-    # store collide in its schema migrations
-    tracking.ensure_experiment(tracking.client_for(uri), "bench-study-table", None)
-    accuracies = list(run_jobs(_table_job, [
-        {"config": cfg, "data_cfg": data_cfg, "uri": uri, "run_name": f"{name}-seed{seed}"}
-        for name, seed, cfg in jobs], workers))
-    for name, config in configs:
-        tests = [acc for (job_name, _, _), acc in zip(jobs, accuracies) if job_name == name]
-        study = STUDY_TEST_ACCURACY.get(name)
-        rows.append((name, tests, study))
-        report.numbers[f"table_{name.split(' ')[0]}_test_mean"] = statistics.mean(tests)
+    names = [job.name for _, job in jobs]
+    records = run_bench_jobs([job for _, job in jobs], uri=uri, experiment=TABLE_EXPERIMENT,
+                             workers=workers, say=lambda message: say(f"table: {message}"),
+                             selected=pick_jobs(names, pick) if pick else None)
+    rows = []
+    for name, _ in configs:
+        tests = [records[job.name]["metrics"]["test_accuracy"] for row, job in jobs
+                 if row == name and records[job.name] is not None]
+        rows.append((name, tests, STUDY_TEST_ACCURACY.get(name)))
+        if len(tests) == seeds:
+            report.numbers[f"table_{name.split(' ')[0]}_test_mean"] = statistics.mean(tests)
     scaled = (f" (presets scaled down: at most {epochs} epochs of encoder training per run; the "
               f"classifier epochs on a frozen encoder keep the preset's number; the tuned config "
               f"trains as long as in its sweep)") if epochs else ""
@@ -468,13 +489,17 @@ def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds:
                f"study: bert-base-uncased, one run each.\n")
     report.add("d. The study's table", "| configuration | ours (mean ± std) | study |\n|---|---:|---:|")
     for name, tests, study in rows:
-        report.add("d. The study's table", f"| {name} | {_pm(tests)} | {f'{study} %' if study else '—'} |")
-    _table_plot(out / "study_table.png", rows, model)
+        report.add("d. The study's table", f"| {name} | {ours_cell(tests, seeds)} | {f'{study} %' if study else '—'} |")
+    if any(len(tests) < seeds for _, tests, _ in rows):
+        report.add("d. The study's table", "\nA row marked — lacks finished runs: `--jobs` left them "
+                   "out. Run the command again without `--jobs` (finished jobs are not trained again).")
+    _table_plot(out / "study_table.png", rows, model, seeds)
     report.figures.append(str(out / "study_table.png"))
 
 
-def _table_plot(path: Path, rows, model: str) -> None:
-    """Ours (mean ± std over seeds) beside the study's single runs, one group per configuration."""
+def _table_plot(path: Path, rows, model: str, seeds: int) -> None:
+    """Ours (mean ± std over seeds) beside the study's single runs, one group per configuration;
+    a row short of seeds has no bar of ours and says how many it has."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -482,12 +507,13 @@ def _table_plot(path: Path, rows, model: str) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     x = np.arange(len(rows))
-    means = [100 * statistics.mean(t) for _, t, _ in rows]
-    stds = [100 * statistics.stdev(t) if len(t) > 1 else 0.0 for _, t, _ in rows]
+    means = [100 * statistics.mean(t) if len(t) == seeds else np.nan for _, t, _ in rows]
+    stds = [100 * statistics.stdev(t) if len(t) == seeds > 1 else 0.0 for _, t, _ in rows]
     ax.bar(x - 0.2, means, 0.4, yerr=stds, capsize=4, label=f"ours: {model}, mean ± std", color="#4477aa")
     study = [s if s else np.nan for _, _, s in rows]
     ax.bar(x + 0.2, study, 0.4, label="study: bert-base-uncased, one run", color="#cc6677")
-    ax.set_xticks(x, [r[0].replace(" (search part)", "") for r in rows], rotation=20, ha="right")
+    ax.set_xticks(x, [r[0].replace(" (search part)", "") + (f" ({len(r[1])} of {seeds} seeds)" if len(r[1]) < seeds
+                                                           else "") for r in rows], rotation=20, ha="right")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title("MASSIVE en-US test accuracy")
@@ -518,10 +544,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-budget", type=float, default=3600.0, help="search: seconds per strategy")
     p.add_argument("--search-epochs", type=int, default=3)
     p.add_argument("--seeds", type=int, default=3, help="table: seeds per configuration")
-    p.add_argument("--table-epochs", type=int, default=None, help="table: cap epochs (scaled-down run)")
+    p.add_argument("--table-epochs", type=int, default=None, help="table: cap epochs (scaled-down run; --smoke-test: 1 unless given)")
     p.add_argument("--table-workers", type=int, default=1,
                    help="table: runs at a time, each on its share of the CPU cores (default 1)")
     p.add_argument("--presets", default="baseline,llrd,warmup,llrd_warmup,supcon,simclr")
+    p.add_argument("--jobs", default=None, metavar="PATTERN[,PATTERN]",
+                   help="table: train only the jobs whose names match, e.g. 'baseline-seed0', "
+                        "'llrd*', '*-seed1' (glob patterns); jobs finished earlier still count, "
+                        "rows missing jobs are marked (default: all jobs)")
     p.add_argument("--tune-budget", type=float, default=7200.0,
                    help="compare: seconds of the `tunebert tune` pipeline (default 7200 = 2h)")
     p.add_argument("--ablation-epochs", type=int, default=None,
@@ -548,7 +578,16 @@ def run(args) -> int:
     data_cfg = DataConfig(args.data, args.text_column, args.label_column)
     if args.smoke_test:
         args.batches, args.repeats, args.overhead_trials, args.overhead_subset = 3, 1, 2, 64
-        args.search_budget, args.search_epochs, args.seeds, args.table_epochs = 20, 1, 1, 1
+        args.search_budget, args.search_epochs, args.seeds = 20, 1, 1
+        args.table_epochs = args.table_epochs or 1
+    presets = tuple(p.strip() for p in args.presets.split(",") if p.strip())
+    if args.jobs is not None:
+        if "table" not in parts:
+            raise UserError(f"--jobs picks jobs of the table part, but --parts {args.parts!r} has no "
+                            f"table; add it, or leave --jobs out")
+        from tuning.jobs import pick_jobs
+
+        pick_jobs(table_job_names(presets, args.seeds, tuned="search" in parts), args.jobs)
     if args.smoke_test:
         data_cfg = DataConfig(str(_subset_folder(data_cfg, 128, storage / "smoke-data")))
     report = BenchReport()
@@ -567,9 +606,8 @@ def run(args) -> int:
         tuned = chosen.get("ASHA + TPE")
     if "table" in parts:
         study_table(data_cfg, args.model, report, seeds=args.seeds, epochs=args.table_epochs,
-                    storage=storage, tuned=tuned, out=out,
-                    presets=tuple(p.strip() for p in args.presets.split(",") if p.strip()),
-                    workers=args.table_workers)
+                    storage=storage, tuned=tuned, out=out, presets=presets,
+                    workers=args.table_workers, pick=args.jobs)
     if "ablation" in parts:
         _ablation_part(data_cfg, args, report, storage, out)
     if "compare" in parts:
@@ -589,7 +627,7 @@ def _compare_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path
 
     hand = compare.hand_baseline(data_cfg, args.model, seeds=args.seeds,
                                  uri=resolve_tracking_uri(None, storage),
-                                 epochs=1 if args.smoke_test else None)
+                                 epochs=1 if args.smoke_test else None, storage=storage)
     name = f"bench-tune-{time.strftime('%Y%m%d-%H%M%S')}"
     tuned = compare.tune_pipeline(data_cfg, args.model, budget_s=args.tune_budget, storage=storage,
                                   name=name, smoke=args.smoke_test)
@@ -607,7 +645,7 @@ def _ablation_part(data_cfg: DataConfig, args, report: BenchReport, storage: Pat
     epochs = args.ablation_epochs or (1 if args.smoke_test else ablation.HAND_CONFIG["epochs"])
     rows = ablation.run_ablation(data_cfg, args.model, seeds=args.seeds, epochs=epochs,
                                  uri=resolve_tracking_uri(None, storage), workers=args.ablation_workers,
-                                 max_train_examples=64 if args.smoke_test else None)
+                                 max_train_examples=64 if args.smoke_test else None, storage=storage)
     report.add("e. Recipe ablation", ablation.markdown(rows, seeds=args.seeds, epochs=epochs))
     for row in rows:
         key = row["variant"].split(" (")[0].replace("+ ", "").replace(" ", "_").lower()

@@ -50,12 +50,41 @@ def _add_data_args(p: argparse.ArgumentParser, *, defaults: bool = True) -> None
     default = ("demo", "text", "label") if defaults else (None, None, None)
     where = "" if defaults else "the sweep's own with --from-sweep, else "
     g.add_argument("--data", default=default[0],
-                   help="'demo' (built-in), a folder with train/validation/test .jsonl/.csv files, "
-                        f"or hf:<hub dataset id> (default: {where}demo)")
+                   help="'demo' (built-in), a folder with train/validation/test files (.jsonl, "
+                        ".json, .csv, .tsv, .parquet), or hf:<hub dataset id> "
+                        f"(default: {where}demo)")
     g.add_argument("--text-column", default=default[1],
                    help=f"column holding the text (default: {where}text)")
     g.add_argument("--label-column", default=default[2],
                    help=f"column holding the label (default: {where}label)")
+    # the rest default to None ("not given"); DataConfig declares the defaults
+    from trainables.data import DEFAULT_VAL_FRACTION
+
+    g.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                   help="carve a stratified validation split of this share of train (for data "
+                        "without one; refused when the data has one, unless --split-names "
+                        f"validation=none) (default: {where}{DEFAULT_VAL_FRACTION}, only when the "
+                        "data has no validation split)")
+    g.add_argument("--split-seed", type=int, default=None,
+                   help=f"seed of that validation split (default: {where}0)")
+    g.add_argument("--delimiter", default=None,
+                   help="CSV delimiter: , ; tab or | (default: detected; tab for .tsv)")
+    g.add_argument("--split-names", default=None, metavar="ROLE=NAME,...",
+                   help="the dataset's own split (or file) names, e.g. "
+                        "train=train,validation=dev,test=eval; validation=none carves validation "
+                        "from train (default: train; validation, val, dev or valid; test)")
+    g.add_argument("--skip-bad-rows", action="store_true", default=None,
+                   help="drop rows with an empty text or a missing label and list them "
+                        "(default: refuse such data, naming the rows)")
+
+
+def data_options(args) -> dict[str, Any]:
+    """``DataConfig`` keyword arguments for the data options besides --data/--text-column/
+    --label-column that were given (``_add_data_args``)."""
+    given = {"val_fraction": args.val_fraction, "split_seed": args.split_seed,
+             "delimiter": args.delimiter, "split_names": args.split_names,
+             "skip_bad_rows": args.skip_bad_rows}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _add_store_args(p: argparse.ArgumentParser) -> None:
@@ -130,6 +159,44 @@ def add_sweep_arguments(p: argparse.ArgumentParser, *, time_budget_default: Opti
     _add_store_args(p)
 
 
+def _add_objective_args(p: argparse.ArgumentParser) -> None:
+    """What `sweep` optimises (read back by ``objective_settings``)."""
+    g = p.add_argument_group("objectives and constraints")
+    g.add_argument("--metric", default=None,
+                   help=f"the metric to optimise (default: {_default('metric')}); see --objective "
+                        f"for several")
+    g.add_argument("--mode", choices=["max", "min"], default=None,
+                   help=f"direction of --metric (default: {_default('mode')})")
+    g.add_argument("--objective", action="append", default=[], metavar="METRIC:MODE",
+                   help="repeatable: optimise several metrics at once, e.g. --objective "
+                        "val_accuracy:max --objective latency_ms_p50:min (Optuna multi-objective "
+                        "TPE; ASHA stops on the first, which must be reported every epoch; "
+                        "`tunebert best --front` lists the Pareto front)")
+    g.add_argument("--constraint", action="append", default=[], metavar="METRIC<=X",
+                   help="repeatable: a trial must meet METRIC<=X or METRIC>=X to be feasible, e.g. "
+                        "latency_ms_p50<=5, size_mb<=100, peak_memory_mb<=4000; an infeasible "
+                        "trial (or one that never reported METRIC) is never best")
+
+
+def objective_settings(args) -> dict[str, Any]:
+    """``SweepConfig`` keyword arguments from ``_add_objective_args``' options."""
+    from trainables.errors import ConfigError
+    from tuning.config import Constraint, Objective
+
+    objectives = [Objective.parse(text) for text in args.objective]
+    settings: dict[str, Any] = {"constraints": tuple(str(Constraint.parse(c)) for c in args.constraint)}
+    if objectives:
+        first = objectives[0]
+        if (args.metric or first.metric, args.mode or first.mode) != (first.metric, first.mode):
+            raise ConfigError(f"--metric/--mode ({args.metric}:{args.mode}) disagree with the first "
+                              f"--objective ({first}); give one or the other")
+        settings.update(metric=first.metric, mode=first.mode,
+                        objectives=tuple(str(o) for o in objectives) if len(objectives) > 1 else ())
+    else:
+        settings.update(metric=args.metric or _default("metric"), mode=args.mode or _default("mode"))
+    return settings
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunebert",
@@ -142,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run a sweep: Optuna (TPE) proposes configs, ASHA stops weak "
                                    "trials early, every trial is logged to MLflow.")
     add_sweep_arguments(p)
+    _add_objective_args(p)
     p.add_argument("--smoke-test", action="store_true",
                    help="2 trials x 1 epoch, to check that everything is wired up")
 
@@ -154,8 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
     # ---------------------------------------------------------------- best
     p = sub.add_parser("best", help="print or export the best config of a sweep (reads MLflow)")
     p.add_argument("name")
-    p.add_argument("--metric", default="val_accuracy")
-    p.add_argument("--mode", choices=["max", "min"], default="max")
+    p.add_argument("--metric", default=None,
+                   help="rank by this one metric (default: the sweep's own objectives)")
+    p.add_argument("--mode", choices=["max", "min"], default=None,
+                   help="direction of --metric (default: the sweep's for it, else max)")
+    p.add_argument("--front", action="store_true",
+                   help="print the Pareto front of a sweep's objectives as a table (feasible, "
+                        "non-dominated trials, best on the first objective first)")
+    p.add_argument("--prefer", metavar="METRIC", default=None,
+                   help="several objectives: hand back the front's point best on this objective "
+                        "(default: the first objective)")
     p.add_argument("--top", type=int, default=1, help="show the top K trials instead of one config")
     p.add_argument("--format", choices=["yaml", "json"], default="yaml")
     p.add_argument("--output", "-o", help="write the config to this file instead of stdout")
@@ -172,7 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value (YAML syntax), repeatable: --set epochs=2")
     p.add_argument("--model", help="override the config's model")
-    p.add_argument("--output-dir", help="also keep the trained model in this folder")
+    p.add_argument("--output-dir", help="also keep the trained model in this folder (a "
+                                        "self-contained Hugging Face style model folder)")
+    p.add_argument("--register-model", metavar="NAME", default=None,
+                   help="also register the trained model in the MLflow Model Registry as a new "
+                        "version of NAME, tagged with its sweep, trial, run and data fingerprint")
     p.add_argument("--experiment", default=None,
                    help="MLflow experiment (default: the sweep's for --from-sweep, else tunebert-train)")
     p.add_argument("--other-data", action="store_true",
@@ -208,6 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help=predict.HELP, description=predict.DESCRIPTION)
     predict.add_arguments(p)
+    from tuning import evaluate
+
+    p = sub.add_parser("evaluate", help=evaluate.HELP, description=evaluate.DESCRIPTION)
+    evaluate.add_arguments(p)
+    from tuning import ui
+
+    p = sub.add_parser("ui", help=ui.HELP, description=ui.DESCRIPTION)
+    ui.add_arguments(p)
+    _add_store_args(p)
 
     # ---------------------------------------------------------------- presets / space
     sub.add_parser("presets", help="list the named presets (the study's configurations)")
@@ -226,7 +315,8 @@ def sweep_settings(args) -> dict[str, Any]:
 
     settings: dict[str, Any] = dict(
         trainable=args.trainable,
-        data=DataConfig(args.data, args.text_column, args.label_column), model=args.model,
+        data=DataConfig(args.data, args.text_column, args.label_column, **data_options(args)),
+        model=args.model,
         max_length=args.max_length, epochs=args.epochs, num_trials=args.trials,
         time_budget_s=args.time_budget, max_concurrent=args.max_concurrent,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
@@ -248,7 +338,7 @@ def _sweep(args) -> int:
     from tuning.config import SweepConfig
     from tuning.runner import run_sweep
 
-    settings = sweep_settings(args)
+    settings = {**sweep_settings(args), **objective_settings(args)}
     if args.smoke_test:  # PBT perturbs after epoch 1: its smoke test trains a second one
         settings.update(num_trials=2, epochs=2 if settings["scheduler"] in POPULATION_SCHEDULERS else 1,
                         grace_period=1, perturbation_interval=1)
@@ -315,28 +405,58 @@ def reachable_store(tracking_uri: Optional[str], storage: str) -> str:
 def _best(args) -> int:
     import yaml
 
-    from tuning.best import top_k
+    from tuning.best import front, front_rows, sweep_goal, top_k
 
     reachable_store(args.tracking_uri, args.storage)
-    runs = top_k(args.name, max(1, args.top), args.metric, args.mode,
-                 tracking_uri=args.tracking_uri, storage=args.storage)
-    if not runs:
-        raise UserError(f"sweep {args.name!r} has no finished trial with a finite {args.metric!r} yet")
-    if args.top > 1:
-        rows = [{"rank": i + 1, "trial_id": r.trial_id, "run_id": r.run_id,
-                 args.metric: r.score(args.metric), "epoch": int(r.metrics.get("best_epoch", 0)) or None, "config": r.config} for i, r in enumerate(runs)]
-        text = json.dumps(rows, indent=2) if args.format == "json" else yaml.safe_dump(rows, sort_keys=False)
+    goal = sweep_goal(args.name, tracking_uri=args.tracking_uri, storage=args.storage).preferring(args.prefer)
+    if args.front:
+        if args.metric:
+            raise UserError("--front lists the Pareto front of the sweep's own objectives; leave "
+                            "out --metric (or use --top K to rank by one metric)")
+        runs = front(args.name, goal=goal, tracking_uri=args.tracking_uri, storage=args.storage)
+        if not runs:
+            raise UserError(f"sweep {args.name!r} has no finished trial with {goal.wanted()} yet "
+                            f"(latency and size are reported at a trial's last epoch: trials "
+                            f"ASHA stopped early have none)")
+        rows = front_rows(runs, goal)
+        text = json.dumps(rows, indent=2) if args.format == "json" else _front_table(args.name, goal, rows)
     else:
-        config = runs[0].config
-        text = json.dumps(config, indent=2, sort_keys=True) if args.format == "json" \
-            else yaml.safe_dump(config, sort_keys=True)
+        runs = top_k(args.name, max(1, args.top), args.metric, args.mode, goal=goal,
+                     tracking_uri=args.tracking_uri, storage=args.storage)
+        if not runs:
+            ranked_by = f"a finite {args.metric!r}" if args.metric else goal.wanted()
+            raise UserError(f"sweep {args.name!r} has no finished trial with {ranked_by} yet")
+        metrics = [args.metric] if args.metric else goal.metrics
+        if args.top > 1:
+            rows = [{"rank": i + 1, "trial_id": r.trial_id, "run_id": r.run_id,
+                     **{m: r.score(m) for m in metrics},
+                     "epoch": int(r.metrics.get("best_epoch", 0)) or None, "config": r.config}
+                    for i, r in enumerate(runs)]
+            text = json.dumps(rows, indent=2) if args.format == "json" else yaml.safe_dump(rows, sort_keys=False)
+        else:
+            config = runs[0].config
+            text = json.dumps(config, indent=2, sort_keys=True) if args.format == "json" \
+                else yaml.safe_dump(config, sort_keys=True)
     if args.output:
         Path(args.output).write_text(text)
-        print(f"[tunebert] wrote the best config of {args.name!r} "
-              f"({args.metric} {runs[0].score(args.metric):.4f}) to {args.output}", file=sys.stderr)
+        what = "Pareto front" if args.front else "best config"
+        scores = ", ".join(f"{m} {runs[0].score(m):.4g}" for m in ([args.metric] if args.metric else goal.metrics))
+        print(f"[tunebert] wrote the {what} of {args.name!r} ({scores}) to {args.output}", file=sys.stderr)
     else:
         print(text, end="" if text.endswith("\n") else "\n")
     return 0
+
+
+def _front_table(name: str, goal, rows: list[dict]) -> str:
+    """``front_rows`` as an aligned text table under a line that says how to read it."""
+    columns = [c for c in rows[0] if c != "config"]
+    cells = [[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
+    return "\n".join([f"# Pareto front of sweep {name!r}: {goal}. Feasible finished trials that no "
+                      f"other one beats on every objective, best on {goal.metrics[0]} first; row 1 is "
+                      f"what `tunebert best {name}` hands back.",
+                      line(columns), line(["-" * w for w in widths]), *map(line, cells)]) + "\n"
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -353,9 +473,9 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 def _train(args) -> int:
     from search_spaces.presets import get_preset
-    from tuning.best import best_config
+    from tuning.best import best_run
     from tuning.config import load_config_file
-    from tuning.train import train_config
+    from tuning.train import check_output_dir, train_config
 
     uri = reachable_store(args.tracking_uri, args.storage)
     experiment = args.experiment or "tunebert-train"
@@ -365,17 +485,27 @@ def _train(args) -> int:
     elif args.preset:
         config = get_preset(args.preset)
     else:
-        config = best_config(args.from_sweep, tracking_uri=args.tracking_uri, storage=args.storage)
+        best = best_run(args.from_sweep, tracking_uri=args.tracking_uri, storage=args.storage)
+        config = dict(best.config)
         experiment = args.experiment or args.from_sweep
-        tags["tunebert.from_sweep"] = args.from_sweep
+        tags.update({"tunebert.from_sweep": args.from_sweep, "tunebert.from_trial_id": best.trial_id,
+                     "tunebert.from_trial_run_id": best.run_id})
     config.update(_parse_set(args.set))
     if args.model:
         config["model"] = args.model
     if args.smoke_test:
         config.update(epochs=1, stop_epoch=None)
-    train_config(config, _train_data(args), tracking_uri=uri, experiment=experiment,
-                 output_dir=args.output_dir, tags=tags,
-                 max_train_examples=64 if args.smoke_test else None)
+    check_output_dir(args.output_dir)
+    outcome = train_config(config, _train_data(args), tracking_uri=uri, experiment=experiment,
+                           output_dir=args.output_dir, tags=tags,
+                           max_train_examples=64 if args.smoke_test else None,
+                           register_model=args.register_model)
+    if outcome.checkpoint_dir:
+        print(f"[tunebert] model folder: {outcome.checkpoint_dir} "
+              f"(tunebert predict {outcome.checkpoint_dir} TEXT)")
+    print(f"[tunebert] MLflow model: {outcome.model_uri}"
+          + (f", registered as {outcome.registered_uri}" if outcome.registered_uri else ""),
+          flush=True)
     return 0
 
 
@@ -383,6 +513,8 @@ def _train_data(args):
     """The data `tunebert train` uses: with --from-sweep the sweep's own (as `select`), where other
     data, or the same folder with changed contents, is refused unless --other-data says it is
     meant; else --data or the demo."""
+    import dataclasses
+
     from trainables.data import DataConfig, data_fingerprint, load_raw_splits
     from trainables.errors import ConfigError
     from tuning.config import load_saved_sweep
@@ -390,6 +522,7 @@ def _train_data(args):
 
     given = {k: v for k, v in (("source", args.data), ("text_column", args.text_column),
                                ("label_column", args.label_column)) if v is not None}
+    given.update(data_options(args))
     if not args.from_sweep:
         return DataConfig(**given)
     try:
@@ -399,15 +532,19 @@ def _train_data(args):
             raise
         return DataConfig(**given)  # the sweep's settings are not here: the data given is all we know
     asked = DataConfig(**{**swept.to_dict(), **given})
-    if args.other_data:
-        return asked
+    if args.other_data:  # other data: the rows the sweep carved as validation are not its own
+        return dataclasses.replace(asked, validation_ids=None)
     if asked.anchored() != swept.anchored():
+        split_changes = {k: v for k, v in asked.to_dict().items()
+                         if k in data_options(args) and swept.to_dict()[k] != v}
         raise ConfigError(
             f"sweep {args.from_sweep!r} was tuned on --data {swept.source!r} (text column "
             f"{swept.text_column!r}, label column {swept.label_column!r}), but this command asks "
-            f"for {asked.source!r} ({asked.text_column!r}/{asked.label_column!r}): the test score "
+            f"for {asked.source!r} ({asked.text_column!r}/{asked.label_column!r}"
+            f"{''.join(f', {k}={v!r}' for k, v in split_changes.items())}): the test score "
             f"would not be the tuned config's on its own data, yet it would be logged in the "
-            f"sweep's experiment. Leave out --data/--text-column/--label-column to train on the "
+            f"sweep's experiment. Leave out --data/--text-column/--label-column (and the other "
+            f"data options) to train on the "
             f"sweep's data, or add --other-data to train on other data on purpose.")
     fingerprint = load_saved_sweep(args.from_sweep, args.storage).data_fingerprint
     if fingerprint and data_fingerprint(load_raw_splits(asked)) != fingerprint:
@@ -481,9 +618,22 @@ def _predict(args) -> int:
     return predict.run(args)
 
 
+def _evaluate(args) -> int:
+    from tuning import evaluate
+
+    return evaluate.run(args)
+
+
+def _ui(args) -> int:
+    from tuning import ui
+
+    return ui.run(args, reachable_store(args.tracking_uri, args.storage))
+
+
 COMMANDS = {"sweep": _sweep, "resume": _resume, "best": _best, "train": _train,
             "presets": _presets, "space": _space, "bench": _bench, "select": _select,
-            "report": _report, "tune": _tune, "predict": _predict}
+            "report": _report, "tune": _tune, "predict": _predict,
+            "evaluate": _evaluate, "ui": _ui}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

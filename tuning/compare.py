@@ -24,37 +24,30 @@ def _say(message: str) -> None:
     print(f"[tunebert] bench: compare: {message}", flush=True)
 
 
-def hand_job(config: dict, data: DataConfig, uri: str, run_name: str) -> dict[str, float]:
-    from tuning import tracking
-    from tuning.jobs import job_key, job_tags
-    from tuning.train import train_config
-
-    key = job_key(config, data)
-    done = tracking.finished_job(uri, HAND_EXPERIMENT, key)
-    if done is not None:  # finished by an earlier run of the benchmark: not trained again
-        metrics = done["metrics"]
-        _say(f"{run_name}: finished before (MLflow run {done['run_id']}), not trained again")
-        return {"val_accuracy": metrics.get("best_val_accuracy", metrics["val_accuracy"]),
-                "test_accuracy": metrics["test_accuracy"], "seconds": done["seconds"]}
-    start = time.time()
-    outcome = train_config(config, data, tracking_uri=uri, experiment=HAND_EXPERIMENT,
-                           run_name=run_name, log_model=False, tags=job_tags(key))
-    return {"val_accuracy": outcome.val["val_accuracy"], "test_accuracy": outcome.test["test_accuracy"],
-            "seconds": time.time() - start}
-
-
 def hand_baseline(data: DataConfig, model: str, *, seeds: int, uri: str,
-                  epochs: Optional[int] = None) -> list[dict[str, float]]:
+                  epochs: Optional[int] = None, storage: Optional[Path] = None) -> list[dict[str, float]]:
     """The hand config (``tuning.ablation.HAND_CONFIG``), one seed after another, each on every
-    core, as `tunebert train --config` runs it."""
+    core, as `tunebert train --config` runs it: per seed the best epoch's validation accuracy,
+    the test accuracy and the wall seconds, read from the jobs' MLflow runs. Each seed is a
+    resumable job (``tuning.jobs.run_bench_jobs``; with ``storage`` it continues from its
+    checkpoint)."""
     from tuning.ablation import HAND_CONFIG
-    from tuning.jobs import run_jobs
+    from tuning.jobs import bench_job, run_bench_jobs
 
-    jobs = [{"config": {**HAND_CONFIG, "model": model, "seed": seed, **({"epochs": epochs} if epochs else {})},
-             "data": data, "uri": uri,
-             "run_name": f"hand-seed{seed}"} for seed in range(seeds)]
+    jobs = [bench_job(f"hand-seed{seed}",
+                      {**HAND_CONFIG, "model": model, "seed": seed, **({"epochs": epochs} if epochs else {})},
+                      data, uri=uri, experiment=HAND_EXPERIMENT, storage=storage, log_model=False)
+            for seed in range(seeds)]
     _say(f"hand baseline: {seeds} seed(s) of the hand config")
-    return list(run_jobs(hand_job, jobs, 1))
+    records = run_bench_jobs(jobs, uri=uri, experiment=HAND_EXPERIMENT, workers=1,
+                             say=lambda message: _say(f"hand baseline: {message}"))
+    results = []
+    for job in jobs:
+        record = records[job.name]
+        metrics = record["metrics"]
+        results.append({"val_accuracy": metrics.get("best_val_accuracy", metrics["val_accuracy"]),
+                        "test_accuracy": metrics["test_accuracy"], "seconds": record["seconds"]})
+    return results
 
 
 def tune_pipeline(data: DataConfig, model: str, *, budget_s: float, storage: Path, name: str,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import time
@@ -24,6 +25,63 @@ POPULATION_SCHEDULERS = ("pbt", "pb2")  # mutate hyperparameters of running tria
 # what PBT/PB2 mutate unless --mutate says otherwise: settings a trial can change mid-training
 PBT_MUTATIONS = ("lr", "classifier_dropout", "weight_decay", "label_smoothing")
 TRAINABLE_CHOICES = FAMILIES + ("any",)  # any: the family is searched too
+
+
+CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*(\S+)\s*$")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One metric a sweep optimises, written ``METRIC:MODE`` (``val_accuracy:max``)."""
+
+    metric: str
+    mode: str
+
+    @classmethod
+    def parse(cls, text: str) -> "Objective":
+        metric, sep, mode = str(text).strip().rpartition(":")
+        if not sep or not metric or mode not in ("max", "min"):
+            raise ConfigError(f"an objective is METRIC:max or METRIC:min (e.g. val_accuracy:max, "
+                              f"latency_ms_p50:min), but got {text!r}")
+        return cls(metric.strip(), mode)
+
+    def __str__(self) -> str:
+        return f"{self.metric}:{self.mode}"
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A bound a trial's metric must meet to be feasible, written ``METRIC<=BOUND`` or
+    ``METRIC>=BOUND`` (``latency_ms_p50<=5``). A trial that did not report the metric is not
+    known to meet it, so it is infeasible too (``holds``)."""
+
+    metric: str
+    op: str  # "<=" or ">="
+    bound: float
+
+    @classmethod
+    def parse(cls, text: str) -> "Constraint":
+        match = CONSTRAINT_RE.match(str(text))
+        try:
+            bound = float(match.group(3)) if match else math.nan
+        except ValueError:
+            bound = math.nan
+        if not match or not math.isfinite(bound):
+            raise ConfigError(f"a constraint is METRIC<=NUMBER or METRIC>=NUMBER (e.g. "
+                              f"latency_ms_p50<=5, size_mb<=100), but got {text!r}")
+        return cls(match.group(1), match.group(2), bound)
+
+    def violation(self, value: float) -> float:
+        """How far ``value`` lies beyond the bound: <= 0 when it holds (Optuna's convention for
+        constraint values)."""
+        return value - self.bound if self.op == "<=" else self.bound - value
+
+    def holds(self, metrics: dict) -> bool:
+        value = metrics.get(self.metric)
+        return isinstance(value, (int, float)) and math.isfinite(value) and self.violation(value) <= 0
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.bound:g}"
 
 
 def default_sweep_name() -> str:
@@ -77,6 +135,13 @@ class SweepConfig:
     synchronous: bool = True
     metric: str = "val_accuracy"
     mode: str = "max"
+    # Several objectives (``METRIC:MODE`` each; empty: the single ``metric``/``mode``): Optuna
+    # samples for all of them (its multi-objective TPE), ASHA stops on the first, which must be
+    # ``metric:mode``, and ``tunebert best`` returns their Pareto front (tuning/best.py).
+    objectives: tuple[str, ...] = ()
+    # ``METRIC<=BOUND`` / ``METRIC>=BOUND``: a trial that breaks one (or never reported its
+    # metric) is infeasible: never best, not on the front; the sampler is told too.
+    constraints: tuple[str, ...] = ()
     # on a cluster (--address), queue trials even when no node has the resources one trial
     # needs yet, because an autoscaler will add such nodes (otherwise refused: they would wait
     # forever)
@@ -121,8 +186,51 @@ class SweepConfig:
             raise ConfigError(f"`wait_for_nodes` must be true or false, but got {self.wait_for_nodes!r}")
         if self.grace_period > self.epochs:
             raise ConfigError(f"`grace_period` ({self.grace_period}) cannot exceed `epochs` ({self.epochs})")
+        self._check_objectives()
         if self.scheduler in POPULATION_SCHEDULERS:
             self._check_population()
+
+    def _check_objectives(self) -> None:
+        """Objectives and constraints name metrics trials report, before anything starts."""
+        from trainables.registry import reported_metric
+
+        objectives = self.objective_list
+        names = [o.metric for o in objectives]
+        if self.objectives and (objectives[0].metric, objectives[0].mode) != (self.metric, self.mode):
+            raise ConfigError(f"the first objective must be `metric`:`mode` "
+                              f"({self.metric}:{self.mode}), but got {self.objectives[0]!r}")
+        if len(set(names)) < len(names):
+            raise ConfigError(f"each metric can be one objective only, but got {list(self.objectives)}")
+        for objective in objectives:
+            what = f"objective {str(objective)!r}" if self.objectives else "`metric` (--metric)"
+            reported_metric(objective.metric, what, self.trainable)
+        first = reported_metric(self.metric, "`metric`", self.trainable)
+        if not first.every_epoch:
+            raise ConfigError(
+                f"the first objective, {self.metric!r}, must be a metric trials report every epoch "
+                f"(Ray Tune requires it in every result, and ASHA stops trials on it), but trials "
+                f"report it at their last epoch only. Put such a metric first, e.g. --objective "
+                f"val_accuracy:max --objective {self.metric}:{self.mode}, or make it a --constraint")
+        for constraint in self.constraint_list:
+            reported_metric(constraint.metric, f"constraint {str(constraint)!r}", self.trainable)
+        if len(objectives) > 1 and self.scheduler in POPULATION_SCHEDULERS:
+            raise ConfigError(f"--scheduler {self.scheduler} ranks a population on one metric and "
+                              f"has no Optuna searcher, so it cannot take several objectives "
+                              f"{list(self.objectives)}; use --scheduler asha or none")
+
+    @property
+    def objective_list(self) -> tuple[Objective, ...]:
+        """The objectives, the first one ASHA's: ``objectives`` parsed, else (metric:mode)."""
+        if not isinstance(self.objectives, (tuple, list)) or not isinstance(self.constraints, (tuple, list)):
+            raise ConfigError(f"`objectives` and `constraints` must be lists of strings, but got "
+                              f"{self.objectives!r} and {self.constraints!r}")
+        if not self.objectives:
+            return (Objective(self.metric, self.mode),)
+        return tuple(Objective.parse(text) for text in self.objectives)
+
+    @property
+    def constraint_list(self) -> tuple[Constraint, ...]:
+        return tuple(Constraint.parse(text) for text in self.constraints)
 
     def _check_population(self) -> None:
         """PBT/PB2 settings that can be checked without the search space (tuning/pbt.py checks
@@ -177,7 +285,9 @@ class SweepConfig:
         """These settings as a new sweep saves them: storage, data folder, space file and
         warm-start files as absolute paths and the MLflow store resolved (--tracking-uri, else
         $MLFLOW_TRACKING_URI, else the SQLite file under the storage), so that resume finds the
-        same things from any working directory and in any environment."""
+        same things from any working directory and in any environment. A validation split carved
+        from train is pinned (``DataConfig.pinned``: its row numbers are saved, and resume,
+        select and train --from-sweep refuse a train file that no longer gives the same rows)."""
         def absolute(path: str) -> str:
             candidate = Path(path).expanduser()
             return str(candidate.resolve()) if candidate.exists() else path
@@ -185,7 +295,7 @@ class SweepConfig:
         from search_spaces.presets import PRESETS
 
         return dataclasses.replace(
-            self, storage=str(self.root), data=self.data.anchored(),
+            self, storage=str(self.root), data=self.data.anchored().pinned(),
             space_file=absolute(self.space_file) if self.space_file else None,
             warm_start=tuple(w if w in PRESETS else absolute(w) for w in self.warm_start),
             tracking_uri=anchor_store_uri(self.resolved_tracking_uri()))
@@ -196,6 +306,8 @@ class SweepConfig:
         d["data"] = self.data.to_dict()
         d["warm_start"] = list(self.warm_start)
         d["mutate"] = list(self.mutate)
+        d["objectives"] = list(self.objectives)
+        d["constraints"] = list(self.constraints)
         return d
 
     @classmethod
@@ -206,7 +318,7 @@ class SweepConfig:
             raise ConfigError(f"unknown sweep setting(s) {unknown}")
         if isinstance(d.get("data"), dict):
             d["data"] = DataConfig.from_dict(d["data"])
-        for key in ("warm_start", "mutate"):
+        for key in ("warm_start", "mutate", "objectives", "constraints"):  # absent in older sweeps
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)

@@ -8,6 +8,11 @@ forked child inherits the parent's torch thread pool and locks in whatever state
 Callers that log to a fresh SQLite MLflow store must create the store and the experiment before
 the workers start: workers racing to set up a new store collide in its schema migrations.
 
+Benchmark jobs (``run_bench_jobs``: the table, the ablation, the hand baseline) are resumable:
+each is one MLflow run tagged with its key (``job_key``); the benchmark run again skips the jobs
+whose run FINISHED and continues the others from their last epoch's checkpoint (``JobFolder``)
+in the same run.
+
 Results do not depend on ``workers`` except through floating-point summation order: torch sums in
 a different order on 1 thread than on 2, which moves losses in their last digits (about 1e-6
 relative on the tiny test model) and, rarely, an accuracy.
@@ -15,49 +20,74 @@ relative on the tiny test model) and, rarely, an accuracy.
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import hashlib
 import json
 import os
+import shutil
+import statistics
 import subprocess
+import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 
 def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _pinned(fn: Callable, threads: int, kwargs: dict) -> Any:
-    """``fn(**kwargs)`` in a worker process limited to ``threads`` intra-op threads."""
+def _timed(fn: Callable, kwargs: dict) -> tuple[float, Any]:
+    start = time.monotonic()
+    result = fn(**kwargs)
+    return time.monotonic() - start, result
+
+
+def _pinned(fn: Callable, threads: int, kwargs: dict) -> tuple[float, Any]:
+    """``fn(**kwargs)`` and its wall seconds, in a worker process limited to ``threads``
+    intra-op threads."""
     from trainables.runtime import set_threads
 
     set_threads(threads)
-    return fn(**kwargs)
+    return _timed(fn, kwargs)
 
 
-def run_jobs(fn: Callable, jobs: Sequence[dict], workers: int = 1) -> Iterator[Any]:
+def run_jobs(fn: Callable, jobs: Sequence[dict], workers: int = 1,
+             on_done: Optional[Callable[[int, float], None]] = None) -> Iterator[Any]:
     """``fn(**job)`` for every job (a dict of keyword arguments), yielded in job order.
 
     ``workers <= 1``: one after the other in this process, each started only when the caller asks
     for its result (so the caller can act between jobs). ``workers > 1``: all submitted at once to
     ``workers`` spawned processes, each limited to ``cpu_count // workers`` threads; ``fn`` and
     the jobs must pickle (a module-level function and plain data). A job's exception is raised
-    when its result is reached; the jobs not started yet are cancelled.
+    when its result is reached; the jobs not started yet are cancelled. ``on_done(index,
+    seconds)`` is called as each job finishes without error, in the order they finish.
     """
     if workers <= 1:
-        for job in jobs:
-            yield fn(**job)
+        for index, job in enumerate(jobs):
+            seconds, result = _timed(fn, job)
+            if on_done is not None:
+                on_done(index, seconds)
+            yield result
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+
+    def finished(index: int, future) -> None:
+        # runs in the pool's result thread, one future at a time
+        if on_done is not None and not future.cancelled() and future.exception() is None:
+            on_done(index, future.result()[0])
 
     threads = threads_per_worker(workers)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         futures = [pool.submit(_pinned, fn, threads, dict(job)) for job in jobs]
+        for index, future in enumerate(futures):
+            future.add_done_callback(functools.partial(finished, index))
         for future in futures:
-            yield future.result()
+            yield future.result()[1]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -94,3 +124,163 @@ def code_version() -> str:
 
 def job_tags(key: str) -> dict[str, str]:
     return {"tunebert.bench_job": key, "tunebert.code_version": code_version()}
+
+
+# --------------------------------------------------------------------------- resumable benchmark jobs
+
+
+class JobFolder:
+    """A benchmark job's resumable checkpoint, ``<storage>/jobs/<job key>/``.
+
+    Each epoch's checkpoint goes into a folder of its own (``epoch-0003/``, with the metrics that
+    epoch reported in ``metrics.json``); then ``latest`` is switched to it by an atomic rename and
+    the older folders are removed. A process killed at any moment leaves a complete checkpoint
+    that ``latest`` names, or none.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def latest(self) -> Optional[Path]:
+        pointer = self.path / "latest"
+        if not pointer.is_file():
+            return None
+        folder = self.path / pointer.read_text().strip()
+        return folder if (folder / "metrics.json").is_file() else None
+
+    def metrics(self) -> dict[str, float]:
+        """What the latest checkpoint's epoch reported ({} without a checkpoint)."""
+        latest = self.latest()
+        return json.loads((latest / "metrics.json").read_text()) if latest else {}
+
+    def save(self, metrics: dict, write: Callable[[str], None]) -> None:
+        """``write(folder)`` (a trainable's checkpoint writer) for the epoch ``metrics`` report."""
+        folder = self.path / f"epoch-{int(metrics['epoch']):04d}"
+        shutil.rmtree(folder, ignore_errors=True)
+        write(str(folder))
+        (folder / "metrics.json").write_text(json.dumps(metrics, default=float))
+        partial = self.path / ".latest.partial"
+        partial.write_text(folder.name)
+        os.replace(partial, self.path / "latest")
+        for old in self.path.glob("epoch-*"):
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class JobProgress:
+    """Jobs done / running / left and the time left, as one line after every finished job.
+
+    The estimate is the mean wall time of the jobs trained in this invocation (jobs found
+    finished in MLflow took none here, and a continued job only its remaining epochs) times the
+    jobs not finished, divided by the workers.
+    """
+
+    def __init__(self, total: int, workers: int, done: int = 0):
+        self.total, self.workers, self.done = total, max(1, workers), done
+        self.seconds: list[float] = []
+
+    def finished(self, seconds: float) -> str:
+        self.done += 1
+        self.seconds.append(seconds)
+        return self.text()
+
+    def text(self) -> str:
+        unfinished = self.total - self.done
+        running = min(self.workers, unfinished)
+        line = f"{self.done} of {self.total} jobs done, {running} running, {unfinished - running} left"
+        if not unfinished:
+            return line
+        if not self.seconds:
+            return f"{line}; time left: unknown until a job finishes"
+        mean = statistics.mean(self.seconds)
+        return (f"{line}; about {_duration(mean * unfinished / self.workers)} left "
+                f"({_duration(mean)} per job, {self.workers} at a time)")
+
+
+def pick_jobs(names: Sequence[str], patterns: str, option: str = "--jobs") -> list[str]:
+    """The names matching any of the comma-separated glob ``patterns`` (``baseline-seed0``,
+    ``llrd*``, ``*-seed1``), in their order; a pattern matching none is an error."""
+    wanted = [p.strip() for p in patterns.split(",") if p.strip()]
+    unmatched = [p for p in wanted if not fnmatch.filter(names, p)]
+    if not wanted or unmatched:
+        from trainables.errors import UserError
+
+        raise UserError(f"{option} {patterns!r}: {unmatched or 'no pattern'} matches no job; the "
+                        f"jobs are {', '.join(names)} (glob patterns such as 'llrd-*' allowed)")
+    return [name for name in names if any(fnmatch.fnmatchcase(name, p) for p in wanted)]
+
+
+@dataclass(frozen=True)
+class BenchJob:
+    """One benchmark job: ``train_job(**kwargs)`` trains it; ``name`` is what ``--jobs`` matches."""
+
+    name: str
+    key: str
+    kwargs: dict
+
+
+def bench_job(name: str, config: dict, data: Any, *, uri: str, experiment: str,
+              storage: Optional[str | Path], max_train_examples: Optional[int] = None,
+              **train_options: Any) -> BenchJob:
+    key = job_key(config, data, max_train_examples=max_train_examples)
+    return BenchJob(name, key, dict(config=config, data=data, key=key, uri=uri, experiment=experiment,
+                                    run_name=name, storage=str(storage) if storage else None,
+                                    max_train_examples=max_train_examples, **train_options))
+
+
+def train_job(config: dict, data: Any, *, key: str, uri: str, experiment: str, run_name: str,
+              storage: Optional[str], **train_options: Any) -> None:
+    """Train one benchmark job as an MLflow run tagged with its key and the code version
+    (``job_tags``). With ``storage``, a checkpoint is kept every epoch in
+    ``<storage>/jobs/<key>/`` and an unfinished run of the same job is continued from it."""
+    from tuning import tracking
+    from tuning.train import train_config
+
+    print(f"[tunebert] bench job {run_name} ({experiment}, key {key})", flush=True)
+    job_dir = Path(storage) / "jobs" / key if storage else None
+    unfinished = tracking.unfinished_job(uri, experiment, key) if job_dir else None
+    train_config(config, data, tracking_uri=uri, experiment=experiment, run_name=run_name,
+                 tags=job_tags(key), job_dir=str(job_dir) if job_dir else None,
+                 continue_run=unfinished, **train_options)
+
+
+def run_bench_jobs(jobs: Sequence[BenchJob], *, uri: str, experiment: str, workers: int,
+                   say: Callable[[str], None], selected: Optional[Iterable[str]] = None
+                   ) -> dict[str, Optional[dict]]:
+    """Train the jobs that have no FINISHED run in ``experiment`` yet (of those, only the names
+    in ``selected`` when given), ``workers`` at a time, saying the progress after each. Returns
+    every job's finished run as MLflow holds it (``tracking.finished_job``) by name, or None for
+    a job that has none (not selected)."""
+    from tuning import tracking
+
+    # create the store and the experiment once, here: workers racing to set up a fresh SQLite
+    # store collide in its schema migrations
+    tracking.ensure_experiment(tracking.client_for(uri), experiment, None)
+    chosen = set(selected) if selected is not None else {job.name for job in jobs}
+    finished = {job.name: tracking.finished_job(uri, experiment, job.key) for job in jobs}
+    for job in jobs:
+        if finished[job.name] is not None:
+            say(f"{job.name}: finished before (MLflow run {finished[job.name]['run_id']}), not trained again")
+    todo = [job for job in jobs if job.name in chosen and finished[job.name] is None]
+    before = sum(record is not None for record in finished.values())
+    left_out = len(jobs) - before - len(todo)
+    progress = JobProgress(len(chosen), workers, done=len(chosen) - len(todo))
+    say(f"{len(jobs)} jobs: {before} finished before, {len(todo)} to train or continue"
+        + (f", {left_out} not picked by --jobs" if left_out else "") + f"; {workers} at a time")
+
+    def done(index: int, seconds: float) -> None:
+        say(f"{todo[index].name} done in {_duration(seconds)}; {progress.finished(seconds)}")
+
+    for _ in run_jobs(train_job, [job.kwargs for job in todo], workers, on_done=done):
+        pass
+    return {job.name: finished[job.name] or tracking.finished_job(uri, experiment, job.key) for job in jobs}

@@ -1,13 +1,18 @@
-"""Predict labels with a handed-over model: ``load_model(folder)`` and ``tunebert predict``.
+"""Predict labels with a handed-over model: ``load_model(source)`` and ``tunebert predict``.
 
-A model folder is what ``tunebert select --output-dir DIR`` hands over (``DIR/model`` with
-``--ensemble``, else ``DIR/seed-<seed>``) or ``tunebert train --output-dir`` keeps: a plain
-checkpoint folder, or an ensemble folder (``ensemble.json`` + ``member-<i>/``, see
-``trainables.ensemble``). The label map and the config (tokenizer, ``max_length``, precision)
-come from the folder itself; texts are encoded exactly as training encoded them
-(``trainables.data.encode_texts``). The encoder named by the config's ``model`` must be loadable
-here (a hub id, a packaged alias or a folder): the checkpoint holds the fine-tuned weights, the
-tokenizer and the encoder's architecture come from there.
+``source`` is a model folder, or the URI of an MLflow model tunebert logged:
+
+- a folder ``tunebert train --output-dir`` wrote, or one ``tunebert select --output-dir DIR``
+  kept (``DIR/seed-<seed>``, and with ``--ensemble`` ``DIR/model``): a self-contained Hugging Face
+  style model folder or an ensemble of them (``trainables.export``), or an older checkpoint folder;
+- ``runs:/<run id>/model`` (a ``tunebert train`` run, or a selection's re-training run),
+  ``runs:/<selection run id>/handed_over_model``, ``models:/<registered name>/<version>`` (or
+  ``models:/<name>@<alias>``): the model is downloaded from the MLflow store
+  (``tuning.tracking.download_model``) and its model folder loaded.
+
+The label map, the tokenizer, the encoder's architecture and the config (``max_length``,
+precision) come from the folder itself, so no sweep, Ray, MLflow run or base encoder is needed;
+texts are encoded exactly as training encoded them (``trainables.data.encode_texts``).
 """
 
 from __future__ import annotations
@@ -15,41 +20,45 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 
 from trainables.errors import UserError
 
+MODEL_URI_SCHEMES = ("runs:/", "models:/")
+
 HELP = "predict labels for texts with a trained or handed-over model folder"
-DESCRIPTION = ("Classify texts with a model folder: one written by `tunebert train --output-dir`, "
-               "or the model `tunebert select --output-dir` handed over (a single model or an "
-               "ensemble). Prints one line per text: the label, a tab, the text; with --proba one "
-               "JSON object per line with every label's probability.")
+DESCRIPTION = ("Classify texts with a model folder (one written by `tunebert train --output-dir`, "
+               "or the model `tunebert select --output-dir` handed over: a single model or an "
+               "ensemble) or an MLflow model URI (runs:/RUN_ID/model, models:/NAME/VERSION). "
+               "Prints one line per text: the label, a tab, the text; with --proba one JSON object "
+               "per line with every label's probability.")
 
 
 class Predictor:
-    """A loaded model folder: ``predict(texts)`` → labels, ``predict_proba(texts)`` → (n, labels)
-    probabilities in the order of ``labels``."""
+    """A loaded model (``trainables.export.LoadedModel``): ``predict(texts)`` → labels,
+    ``predict_proba(texts)`` → (n, labels) probabilities in the order of ``labels``."""
 
-    def __init__(self, model, config: dict, label_map: dict, *, kind: str, folder: str,
-                 device=None, batch_size: int = 64):
+    def __init__(self, loaded, *, device=None, batch_size: int = 64, source: Optional[str] = None):
         import torch
 
         from trainables import registry
-        from trainables.models import load_tokenizer
 
         if device is None:
             device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.config = registry.config_class(config["trainable"]).from_dict(config)
-        self.labels: list[str] = list(label_map["names"])
-        self.kind = kind            # "single" or "ensemble"
-        self.folder = folder
+        self.model = loaded.model.to(self.device).eval()
+        self.config = registry.config_class(loaded.config["trainable"]).from_dict(loaded.config)
+        self.labels: list[str] = list(loaded.label_map["names"])
+        self.kind = loaded.kind     # "single" or "ensemble"
+        self.folder = str(loaded.folder)
+        self.source = source or self.folder  # the folder or URI it was loaded from
         self.batch_size = batch_size
-        self.tokenizer = load_tokenizer(self.config.model)
+        self.tokenizer = loaded.tokenizer
+        self._download = None       # a downloaded model's temporary folder, kept while in use
 
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
         """(len(texts), len(labels)) float32 class probabilities (an ensemble's: the mean of its
@@ -84,31 +93,57 @@ class Predictor:
         return [self.labels[i] for i in self.predict_proba(texts).argmax(axis=1)]
 
 
-def load_model(folder: str | Path, *, device=None, batch_size: int = 64) -> Predictor:
-    """The model in ``folder`` (plain checkpoint or ensemble), ready to predict on ``device``
-    (default: the first GPU if there is one, else the CPU)."""
-    from trainables.ensemble import is_ensemble_folder
-    from tuning.selection import load_model_folder
+def is_model_uri(source: str | Path) -> bool:
+    return isinstance(source, str) and source.startswith(MODEL_URI_SCHEMES)
 
-    model, config, label_map = load_model_folder(folder)
-    kind = "ensemble" if is_ensemble_folder(folder) else "single"
-    return Predictor(model, config, label_map, kind=kind, folder=str(folder), device=device,
-                     batch_size=batch_size)
+
+def load_model(source: str | Path, *, device=None, batch_size: int = 64,
+               tracking_uri: Optional[str] = None) -> Predictor:
+    """The model in ``source`` (a model folder, an ensemble folder, an older checkpoint folder, or
+    a ``runs:/`` or ``models:/`` URI of a model tunebert logged to MLflow, read from
+    ``tracking_uri``: default ``$MLFLOW_TRACKING_URI``), ready to predict on ``device`` (default:
+    the first GPU if there is one, else the CPU) in batches of ``batch_size`` texts."""
+    from trainables.export import load_model as load_folder
+
+    if not is_model_uri(source):
+        return Predictor(load_folder(source), device=device, batch_size=batch_size,
+                         source=str(source))
+    from tuning import tracking
+
+    download = tempfile.TemporaryDirectory(prefix="tunebert-model-")
+    try:
+        folder = tracking.download_model(str(source), tracking_uri, download.name)
+        predictor = Predictor(load_folder(folder), device=device, batch_size=batch_size,
+                              source=str(source))
+    except BaseException:
+        download.cleanup()
+        raise
+    predictor._download = download  # removed when the predictor is garbage-collected
+    return predictor
 
 
 # --------------------------------------------------------------------------- the CLI subcommand
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_dir", metavar="MODEL_DIR",
-                   help="a model folder (tunebert train/select --output-dir)")
+    p.add_argument("model_dir", metavar="MODEL",
+                   help="a model folder (tunebert train/select --output-dir), or the URI of a "
+                        "model tunebert logged to MLflow: runs:/RUN_ID/model, "
+                        "runs:/RUN_ID/handed_over_model, models:/NAME/VERSION, models:/NAME@ALIAS")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
     p.add_argument("--file", help="also classify each non-empty line of this file ('-': stdin)")
     p.add_argument("--proba", action="store_true",
                    help="print JSON lines with every label's probability")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto (default): the first GPU if there is one, else the CPU")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="texts per forward pass (default: %(default)s)")
+    g = p.add_argument_group("where runs:/ and models:/ URIs are read")
+    g.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                        "sqlite:///<storage>/mlflow.db)")
+    g.add_argument("--storage", default="tunebert-runs",
+                   help="storage root whose MLflow store to read (default: ./tunebert-runs)")
 
 
 def _read_texts(args) -> list[str]:
@@ -124,7 +159,7 @@ def _read_texts(args) -> list[str]:
             lines = path.read_text(encoding="utf-8").splitlines()
         texts += [line for line in lines if line.strip()]
     if not texts:
-        raise UserError("no texts to classify: give them as arguments after MODEL_DIR, or with "
+        raise UserError("no texts to classify: give them as arguments after MODEL, or with "
                         "--file FILE (one text a line)")
     return texts
 
@@ -136,8 +171,14 @@ def run(args) -> int:
         raise UserError(f"--batch-size must be at least 1, but got {args.batch_size}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no GPU is visible here; use --device cpu or auto")
+    tracking_uri = None
+    if is_model_uri(args.model_dir):
+        from tuning.cli import reachable_store
+
+        tracking_uri = reachable_store(getattr(args, "tracking_uri", None),
+                                       getattr(args, "storage", "tunebert-runs"))
     predictor = load_model(args.model_dir, device=None if args.device == "auto" else args.device,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, tracking_uri=tracking_uri)
     texts = _read_texts(args)
     proba = predictor.predict_proba(texts)
     for text, row in zip(texts, proba):

@@ -57,6 +57,7 @@ FIGURES = {  # figure key (its PNG's file stem) -> what the figure shows
     "parallel": "parallel coordinates",
     "curves": "learning curves",
     "confusion": "confusion matrix",
+    "pareto": "Pareto front",
 }
 
 
@@ -409,6 +410,64 @@ def plot_history(trials: list[TrialRecord], path: Path) -> Path:
     return _save(fig, path)
 
 
+def _objective_label(metric: str, mode: str) -> str:
+    from trainables.registry import REPORTED_METRICS, ranked_metric
+
+    unit = getattr(REPORTED_METRICS.get(metric), "unit", "")
+    name = "best-epoch " + metric if ranked_metric(metric) != metric else metric
+    return f"{name} ({unit + ', ' if unit else ''}{'higher' if mode == 'max' else 'lower'} is better)"
+
+
+def plot_pareto(trials: list[TrialRecord], goal, front_ids: list[str], chosen_id: Optional[str],
+                path: Path) -> Path:
+    """The two objectives of every finished trial that reported both (grey; infeasible: crosses),
+    the Pareto front (``tuning.best.front``) highlighted and joined, the point ``best`` hands back
+    starred. Drawn here, not with optuna.visualization's plot_pareto_front: the front and the
+    chosen point must be exactly `tunebert best --front`'s (constraints, best epochs, trials with
+    a missing objective left out), which an Optuna study rebuilt from MLflow would not know."""
+    from tuning.best import score_key
+
+    plt = _pyplot()
+    y_obj, x_obj = goal.objectives  # the first objective up the y axis
+
+    def point(t: TrialRecord) -> tuple[float, float]:
+        return (float(t.metrics.get(score_key(x_obj.metric, t.metrics), math.nan)),
+                float(t.metrics.get(score_key(y_obj.metric, t.metrics), math.nan)))
+
+    finished = [t for t in trials if t.status == "FINISHED" and t.metrics.get("stage", 2) != 1]
+    shown = [t for t in finished if all(math.isfinite(v) for v in point(t))]
+    feasible = [t for t in shown if goal.feasible(t.metrics)]
+    by_id = {t.trial_id: t for t in shown}
+    on_front = sorted((by_id[i] for i in front_ids if i in by_id), key=point)
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    rest = [point(t) for t in feasible if t.trial_id not in front_ids]
+    if rest:
+        ax.scatter(*zip(*rest), s=36, color="0.65", zorder=2, label="feasible, dominated")
+    infeasible = [point(t) for t in shown if not goal.feasible(t.metrics)]
+    if infeasible:
+        ax.scatter(*zip(*infeasible), s=40, marker="x", color="0.55", zorder=2,
+                   label="infeasible (breaks " + ", ".join(str(c) for c in goal.constraints) + ")")
+    if on_front:
+        ax.plot(*zip(*map(point, on_front)), color="tab:blue", lw=1.2, ls="--", zorder=3)
+        ax.scatter(*zip(*map(point, on_front)), s=60, color="tab:blue", edgecolors="black",
+                   linewidths=0.5, zorder=4, label=f"Pareto front ({len(on_front)} trials)")
+        for t in on_front:
+            ax.annotate(t.label, point(t), xytext=(5, 5), textcoords="offset points", fontsize=7,
+                        zorder=5)
+    if chosen_id in by_id:
+        ax.scatter(*point(by_id[chosen_id]), s=320, marker="*", color="gold", edgecolors="black",
+                   linewidths=0.6, zorder=6, label=f"chosen (tunebert best): {by_id[chosen_id].label}")
+    ax.set_xlabel(_objective_label(x_obj.metric, x_obj.mode))
+    ax.set_ylabel(_objective_label(y_obj.metric, y_obj.mode))
+    missing = len(finished) - len(shown)
+    ax.set_title(f"Pareto front: {y_obj} vs {x_obj}"
+                 + (f"\n{missing} finished trial(s) lacking an objective (stopped before their last epoch) "
+                    f"not shown" if missing else ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
 def plot_importances(importances: dict[str, float], path: Path) -> Path:
     """Horizontal bars, most important on top."""
     plt = _pyplot()
@@ -621,6 +680,10 @@ def render_html(sweep: str, *, uri: str, parent_run_id: Optional[str], trials: l
                  f"Each line is a finished trial; colour is its best-epoch {METRIC}."),
                 ("curves", "Learning curves",
                  f"{METRIC} and val_loss per epoch of the top {TOP_CURVES} finished trials."),
+                ("pareto", "Pareto front",
+                 "Each point is a finished trial that reported both objectives; the joined blue "
+                 "points are the feasible trials no other trial beats on both (tunebert best "
+                 "--front), the star the one tunebert best hands back."),
                 ("confusion", "Confusion matrix (validation split)",
                  "The best trial's checkpoint re-evaluated on the validation split; each row is "
                  "normalised by the number of examples of its true class.")]
@@ -691,12 +754,24 @@ def _confusion_step(uri: str, parent_run_id: Optional[str], sweep: str, storage:
             return None, f"Skipped: {exc}"
 
 
+def _pareto_step(trials: list[TrialRecord], sweep: str, uri: str, storage: str,
+                 best: Optional[TrialRecord], out: Path, figures: dict[str, Path]) -> None:
+    """The Pareto figure, for a sweep with exactly two objectives."""
+    from tuning.best import front, sweep_goal
+
+    goal = sweep_goal(sweep, tracking_uri=uri, storage=storage)
+    if len(goal.objectives) == 2:
+        front_ids = [r.trial_id for r in front(sweep, goal=goal, tracking_uri=uri, storage=storage)]
+        figures["pareto"] = plot_pareto(trials, goal, front_ids, best.trial_id if best else None,
+                                        out / "pareto.png")
+
+
 def pick_best(trials: list, sweep: str, uri: str, storage: str):
     """The report's best trial: the one `tunebert best` returns (the one ranking function, so the
     two never disagree: stage-1 contrastive trials excluded, best epoch, same tie-break)."""
     from tuning.best import top_k
 
-    leader = top_k(sweep, 1, METRIC, tracking_uri=uri, storage=storage)
+    leader = top_k(sweep, 1, tracking_uri=uri, storage=storage)  # the sweep's own objectives
     return next((t for t in trials if leader and t.trial_id == leader[0].trial_id), None)
 
 
@@ -722,6 +797,7 @@ def build_report(sweep: str, *, storage: str = DEFAULT_ROOT, tracking_uri: Optio
     best = pick_best(trials, sweep, uri, storage)
 
     figures["history"] = plot_history(trials, out / "history.png")
+    _pareto_step(trials, sweep, uri, storage, best, out, figures)
 
     kinds = varying_params(trials)
     space = saved_search_space(uri, parent_id, sweep_dir)
@@ -765,6 +841,7 @@ def build_report(sweep: str, *, storage: str = DEFAULT_ROOT, tracking_uri: Optio
     if log_to_mlflow and parent_id:
         say(f"logging the report to MLflow run {parent_id} under {ARTIFACT_DIR}/")
         _log_folder(uri, parent_id, html_path, figures)
+        _tracking().link_report(uri, parent_id, f"{ARTIFACT_DIR}/{HTML_FILE}", str(html_path.resolve()))
         logged_to = parent_id
     elif log_to_mlflow:
         say(f"note: sweep {sweep!r} has no parent MLflow run; the report is only on disk")

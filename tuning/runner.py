@@ -211,6 +211,9 @@ def prepare(cfg: SweepConfig) -> Prepared:
         except ConfigError as exc:
             source = cfg.space_file or "the default space"
             raise ConfigError(f"{source} can produce an invalid trial config: {exc}") from None
+    # latency needs deploy_metrics on, val_accuracy_perturbed needs perturb_eval, ...
+    registry.check_reported([o.metric for o in cfg.objective_list] + [c.metric for c in cfg.constraint_list],
+                            [registry.resolve_config(c) for c in sampled_configs])
     if not cfg.address:
         check_local_resources(cfg)
     uri = cfg.resolved_tracking_uri()
@@ -412,10 +415,14 @@ def _tuner(prep: Prepared, callback, *, restore: bool, stop=None):
                                       reduction_factor=cfg.reduction_factor)
         else:
             scheduler = FIFOScheduler()
-        # ASHA and the searcher see each trial's best epoch so far: the score it is ranked by
+        # ASHA and the searcher see each trial's best epoch so far: the score it is ranked by.
+        # With several objectives ASHA stops on the first (cfg.metric); Optuna samples for all.
         tune_metric = registry.ranked_metric(cfg.metric)
-        searcher = build_searcher(prep.space, kind=cfg.searcher, seed=cfg.seed, metric=tune_metric,
-                                  mode=cfg.mode, num_trials=cfg.num_trials, presets=prep.presets)
+        objectives = cfg.objective_list
+        searcher = build_searcher(prep.space, kind=cfg.searcher, seed=cfg.seed,
+                                  metric=[registry.ranked_metric(o.metric) for o in objectives],
+                                  mode=[o.mode for o in objectives], num_trials=cfg.num_trials,
+                                  presets=prep.presets, constraints=cfg.constraint_list)
     return tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(
@@ -616,12 +623,13 @@ def _finish(cfg: SweepConfig, uri: str, experiment_id: str, parent_id: str, resu
 
 def _record_end(cfg: SweepConfig, uri: str, experiment_id: str, parent_id: str, results, live,
                 start: float) -> SweepOutcome:
-    from tuning.best import top_k
+    from tuning.best import Goal, top_k
 
     tracking.close_open_trial_runs(uri, experiment_id, "KILLED")
     runs = tracking.trial_runs(uri, cfg.name)
     counts = {s: sum(r.info.status == s for r in runs) for s in ("FINISHED", "FAILED", "KILLED")}
-    best_list = top_k(cfg.name, 1, cfg.metric, cfg.mode, tracking_uri=uri, storage=cfg.storage)
+    # with several objectives: the point of the front `tunebert best` hands back
+    best_list = top_k(cfg.name, 1, goal=Goal.of(cfg), tracking_uri=uri, storage=cfg.storage)
     best = best_list[0] if best_list else None
     best_checkpoint = None
     extra = [str(cfg.sweep_dir / "search_space.yaml")]

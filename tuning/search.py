@@ -3,7 +3,10 @@ the searcher itself. The one place that knows how Optuna and Ray Tune meet."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
+
+from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.space import Categorical, SearchSpace, sample
 from trainables.errors import ConfigError
@@ -61,13 +64,110 @@ def warm_start_values(space: SearchSpace, preset: dict[str, Any], preset_name: s
     return enqueued, overrides
 
 
-def build_searcher(space: SearchSpace, *, kind: str, seed: int, metric: str, mode: str,
-                   num_trials: int, presets: list[tuple[dict, dict]]):
-    """Ray Tune's ``OptunaSearch`` with a seeded TPE (or random) sampler."""
+class ObjectivesSearch(OptunaSearch):
+    """Ray Tune's ``OptunaSearch`` for several objectives and/or constraints.
+
+    ``metric``/``mode`` are lists (one per objective, the first one ASHA's) or one of each;
+    ``constraints`` (``tuning.config.Constraint``) are handed to Optuna as constraint values when
+    a trial ends (``Trial.set_constraint``, Optuna >= 5; on older Optuna a ``user_attr`` that
+    ``constraint_values`` reads for the sampler's ``constraints_func``). A constraint whose metric
+    the trial never reported (an ASHA-stopped trial has no latency) is left unset.
+
+    With several objectives, a trial that ends without all of them (ASHA stopped it before its
+    last epoch, which reports latency and size) is told to Optuna as PRUNED: TPE ranks pruned
+    trials after every completed one. Optuna has no intermediate values for several objectives,
+    so nothing is reported before a trial ends.
+    """
+
+    def __init__(self, space, *, metric, mode, constraints=(), **kwargs):
+        super().__init__(space=space, metric=metric, mode=mode, **kwargs)
+        self._constraints = tuple(constraints)
+
+    # Ray Tune refuses a result that lacks any of the searcher's metrics
+    # (TuneController._validate_result_metrics), but objectives after the first may arrive with a
+    # trial's last epoch only. Ray (and a ConcurrencyLimiter around this) is shown the first
+    # objective, which every result carries; the Optuna study holds all of them.
+    @property
+    def metric(self):
+        return self._metric[0] if isinstance(self._metric, list) else self._metric
+
+    @property
+    def mode(self):
+        return self._mode[0] if isinstance(self._mode, list) else self._mode
+
+    @property
+    def objectives(self) -> list[str]:
+        return list(self._metric) if isinstance(self._metric, list) else [self._metric]
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if not isinstance(self._metric, list):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        import logging
+
+        from optuna.trial import TrialState
+
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        ot_trial = self._ot_trials[trial_id]
+        result = result or {}
+        self._tell_constraints(ot_trial, result)
+        if not isinstance(self._metric, list):
+            return super().on_trial_complete(trial_id, result or None, error)
+        values = [result.get(name) for name in self._metric]
+        if error:
+            state, values = TrialState.FAIL, None
+        elif all(_finite(v) for v in values):
+            state = TrialState.COMPLETE
+        else:
+            state, values = TrialState.PRUNED, None
+        try:
+            self._ot_study.tell(ot_trial, values, state=state)
+        except Exception as exc:  # as OptunaSearch: a searcher error must not end the sweep
+            logging.getLogger("tunebert").warning("Optuna could not record trial %s: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
+
+    def _tell_constraints(self, ot_trial, result: dict) -> None:
+        known = {str(c): c.violation(result[c.metric]) for c in self._constraints
+                 if _finite(result.get(c.metric))}
+        if not known:
+            return
+        if hasattr(ot_trial, "set_constraint"):
+            for key, violation in known.items():
+                ot_trial.set_constraint(key, violation)
+        else:
+            ot_trial.set_user_attr(CONSTRAINTS_ATTR, [known.get(str(c), 0.0) for c in self._constraints])
+
+
+CONSTRAINTS_ATTR = "tunebert.constraint_violations"
+
+
+def constraint_values(frozen_trial) -> list[float]:
+    """Optuna < 5's ``constraints_func``: the violations ``ObjectivesSearch`` saved (0: unknown)."""
+    return list(frozen_trial.user_attrs.get(CONSTRAINTS_ATTR, [0.0]))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def build_searcher(space: SearchSpace, *, kind: str, seed: int, metric, mode,
+                   num_trials: int, presets: list[tuple[dict, dict]], constraints=()):
+    """Ray Tune's ``OptunaSearch`` with a seeded TPE (or random) sampler.
+
+    ``metric``/``mode``: one result key and direction, or lists of them (several objectives,
+    ``ObjectivesSearch``); ``constraints``: ``tuning.config.Constraint``s the sampler learns from.
+
+    Several objectives keep the TPE sampler (its multi-objective form, MOTPE) rather than
+    NSGA-II: sweeps here run tens of trials, below NSGA-II's default population of 50, so NSGA-II
+    would sample at random throughout; TPE models from its first few trials, handles the
+    conditional define-by-run spaces (``group``), proposes for trials still running
+    (``constant_liar``) and takes constraints, like the single-objective sweep.
+    """
     import warnings
 
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -75,15 +175,23 @@ def build_searcher(space: SearchSpace, *, kind: str, seed: int, metric: str, mod
     warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
     if kind == "tpe":
         startup = max(3, min(10, num_trials // 3))
+        old_optuna = bool(constraints) and not hasattr(optuna.trial.Trial, "set_constraint")
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True,
-                                             group=True, constant_liar=True)
+                                             group=True, constant_liar=True,
+                                             **({"constraints_func": constraint_values} if old_optuna else {}))
     elif kind == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
         raise ConfigError(f"searcher must be 'tpe' or 'random', got {kind!r}")
     sampler_fn = SpaceSampler(space, [overrides for _, overrides in presets])
+    points = [enqueued for enqueued, _ in presets] or None
+    if isinstance(metric, (list, tuple)):  # one objective: Ray's single-metric form
+        metric, mode = (metric[0], mode[0]) if len(metric) == 1 else (list(metric), list(mode))
+    if isinstance(metric, list) or constraints:
+        return ObjectivesSearch(sampler_fn, metric=metric, mode=mode, constraints=constraints,
+                                sampler=sampler, points_to_evaluate=points)
     return OptunaSearch(space=sampler_fn, metric=metric, mode=mode, sampler=sampler,
-                        points_to_evaluate=[enqueued for enqueued, _ in presets] or None)
+                        points_to_evaluate=points)
 
 
 def preview_configs(space: SearchSpace, n: int, seed: int, presets: list[tuple[dict, dict]]) -> list[dict]:

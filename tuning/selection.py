@@ -19,7 +19,7 @@ A sweep's best trial is the best of many noisy draws, so its validation score is
    better than the best seed model;
 5. only then evaluates the chosen config's seed models on test (mean ± std), and the handed-over
    model once (for a single model, that is its seed's row). They are not re-trained: every
-   seed's model is written to a temporary checkpoint and the chosen ones are reloaded.
+   seed's model is written to a temporary model folder and the chosen ones are reloaded.
 
 With ``workers > 1`` the (candidate, seed) trainings run that many at a time in spawned processes,
 each on its share of the cores (``tuning.jobs``); the choice and the numbers do not depend on it
@@ -28,16 +28,18 @@ beyond floating-point summation order across thread counts.
 Standard deviations are sample standard deviations (n - 1 in the denominator), 0 for one seed.
 
 The handed-over model is one folder that ``tuning.predict.load_model`` (``tunebert predict``)
-reads: a plain checkpoint folder, or an ensemble folder (``ensemble.json`` + ``member-<i>/``).
+reads: a self-contained model folder (``trainables.export``), or an ensemble folder
+(``ensemble.json`` + ``member-<i>/`` model folders).
 
 MLflow: a ``tunebert.kind=selection`` run in the sweep's experiment, nested under the sweep's
 parent run, holds the table (``rank{r}_{metric}_seed{s}``, ``_mean``, ``_std``, ``rank{r}_chosen``),
 ``selection.json``, ``selection.md``, ``chosen_config.yaml`` and the chosen config's
 ``test_accuracy_mean``/``_std`` and ``test_macro_f1_mean``/``_std``; and for the handed-over
 model ``single_{metric}`` (and ``ensemble_{metric}``), the tag ``tunebert.handed_over``
-(``single``/``ensemble``), ``handed_over_test_accuracy``/``_macro_f1`` and the artifact
-``handed_over_model/``. Each re-training is a ``tunebert.kind=train`` run nested under the
-selection run; only the chosen config's runs get test metrics and a ``model`` artifact.
+(``single``/``ensemble``), ``handed_over_test_accuracy``/``_macro_f1`` and the MLflow pyfunc model
+``handed_over_model`` (``runs:/<selection run id>/handed_over_model``; registered with lineage tags
+when ``register_model`` is given). Each re-training is a ``tunebert.kind=train`` run nested under
+the selection run; only the chosen config's runs get test metrics and an MLflow model ``model``.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from trainables import registry
 from trainables.data import DataConfig
-from trainables.errors import ConfigError, DataError, ModelLoadError, NonFiniteLossError, UserError
+from trainables.errors import ConfigError, DataError, NonFiniteLossError, UserError
 from tuning.config import DEFAULT_ROOT, check_sweep_name, load_saved_sweep, resolve_tracking_uri
 
 HELP = "re-train a sweep's top configs over seeds, choose by mean validation score, then test"
@@ -208,6 +210,8 @@ def resolve_data(sweep: str, storage: str = DEFAULT_ROOT, source: Optional[str] 
     base = saved or DataConfig()
     changes = {k: v for k, v in (("source", source), ("text_column", text_column),
                                  ("label_column", label_column)) if v is not None}
+    if changes.get("source", base.source) != base.source:
+        changes["validation_ids"] = None  # rows carved from the sweep's train file, not this one
     return replace(base, **changes)
 
 
@@ -239,49 +243,15 @@ def load_trained_model(directory: str | Path, num_labels: Optional[int] = None):
     return model, state
 
 
-def _load_checkpoint_folder(folder: Path):
-    from trainables.checkpointing import CONFIG_FILE, LABEL_MAP_FILE, STATE_FILE
-
-    missing = [name for name in (STATE_FILE, CONFIG_FILE, LABEL_MAP_FILE)
-               if not (folder / name).is_file()]
-    if missing:
-        raise ModelLoadError(
-            f"{str(folder)!r} is not a model folder: it has no {', '.join(missing)}. A model folder "
-            f"holds {STATE_FILE}, {CONFIG_FILE} and {LABEL_MAP_FILE} (as `tunebert train "
-            f"--output-dir` writes it), or is an ensemble folder with ensemble.json (as `tunebert "
-            f"select --ensemble --output-dir DIR` writes DIR/model)")
-    model, state = load_trained_model(folder)
-    return model, state["config"], state["label_map"]
-
-
 def load_model_folder(folder: str | Path):
-    """(model on CPU, config, label map) of a model folder: a plain checkpoint folder as
-    ``train_config(output_dir=...)`` writes it, or an ensemble folder (``trainables.ensemble``),
-    whose members must share the label map and the tokenizer (``model``, ``max_length``); the
-    config returned is then the first member's. Raises ``ModelLoadError`` for anything else."""
-    from trainables.ensemble import ProbabilityEnsemble, is_ensemble_folder, read_ensemble
+    """(model on CPU, config, label map) of a model folder (``trainables.export.load_model``): a
+    self-contained model folder, an ensemble folder whose members share the label map and the
+    tokenizer (``model``, ``max_length``; the config returned is then the first member's), or an
+    older checkpoint folder. Raises ``ModelLoadError`` for anything else."""
+    from trainables.export import load_model
 
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise ModelLoadError(f"model folder {str(folder)!r} does not exist; pass the folder "
-                             f"`tunebert train --output-dir` or `tunebert select --output-dir DIR` "
-                             f"(DIR/model) wrote")
-    if not is_ensemble_folder(folder):
-        return _load_checkpoint_folder(folder)
-    member_dirs, weights = read_ensemble(folder)
-    members = [_load_checkpoint_folder(m) for m in member_dirs]
-    _, config, label_map = members[0]
-    for directory, (_, other_config, other_labels) in zip(member_dirs[1:], members[1:]):
-        if other_labels != label_map:
-            raise ModelLoadError(f"ensemble {folder}: member {directory.name} has another label map "
-                                 f"than {member_dirs[0].name}; members must classify the same labels")
-        for key in ("model", "max_length"):
-            if other_config.get(key) != config.get(key):
-                raise ModelLoadError(
-                    f"ensemble {folder}: members must share one tokenizer, but `{key}` is "
-                    f"{config.get(key)!r} in {member_dirs[0].name} and {other_config.get(key)!r} "
-                    f"in {directory.name}")
-    return ProbabilityEnsemble([m for m, _, _ in members], weights), config, label_map
+    loaded = load_model(folder)
+    return loaded.model, loaded.config, loaded.label_map
 
 
 def evaluate_folders(folders: Sequence[str | Path], data_config: DataConfig, config: dict,
@@ -384,7 +354,7 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
                     data: Optional[DataConfig] = None, *, mode: str = "max",
                     epochs: Optional[int] = None, max_train_examples: Optional[int] = None,
                     output_dir: Optional[str] = None, ensemble: bool = False,
-                    workers: int = 1) -> SelectionResult:
+                    workers: int = 1, register_model: Optional[str] = None) -> SelectionResult:
     """Re-train the sweep's ``top_k`` configs with ``seeds`` seeds each (config seed + 0..seeds-1),
     choose by mean validation ``metric``, hand over one model chosen on validation, then test.
 
@@ -393,8 +363,10 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
     the handed-over model in ``model/``. ``ensemble`` also tries the chosen config's seed models
     as one probability-averaging ensemble (handed over only if strictly better on validation).
     ``workers`` trainings run at a time, each in its own process on its share of the cores.
+    ``register_model`` registers the handed-over model under that name in the MLflow Model
+    Registry, tagged with its lineage (sweep, trial, selection run, data fingerprint).
     """
-    from trainables.data import load_raw_splits
+    from trainables.data import data_fingerprint, load_raw_splits
     from tuning import best, tracking
 
     check_arguments(sweep, top_k, seeds, metric, mode, epochs, ensemble=ensemble, workers=workers)
@@ -407,7 +379,7 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
         _say(f"sweep {sweep!r} has only {len(leaders)} finished trial(s) with a finite {metric!r}; "
              f"selecting among those")
     data = data if data is not None else resolve_data(sweep, storage)
-    load_raw_splits(data)  # fail on bad data before anything is logged or trained
+    fingerprint = data_fingerprint(load_raw_splits(data))  # bad data fails before anything runs
     parent = tracking.sweep_run(uri, sweep)
     params = {"sweep": sweep, "top_k": top_k, "seeds": seeds, "seed_offsets": f"0..{seeds - 1}",
               "metric": metric, "mode": mode, "epochs": epochs if epochs else "config's",
@@ -427,7 +399,7 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
         result = _select(leaders, data, run, uri=uri, sweep=sweep, seeds=seeds, metric=metric,
                          mode=mode, epochs=epochs, max_train_examples=max_train_examples,
                          workdir=workdir, output_dir=output_dir, ensemble=ensemble,
-                         workers=workers)
+                         workers=workers, register_model=register_model, fingerprint=fingerprint)
     except BaseException as exc:
         run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
                 error=f"{type(exc).__name__}: {exc}")
@@ -440,7 +412,8 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
 
 def _select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int, metric: str,
             mode: str, epochs: Optional[int], max_train_examples: Optional[int], workdir: Path,
-            output_dir: Optional[str], ensemble: bool = False, workers: int = 1) -> SelectionResult:
+            output_dir: Optional[str], ensemble: bool = False, workers: int = 1,
+            register_model: Optional[str] = None, fingerprint: Optional[str] = None) -> SelectionResult:
     import yaml
 
     from tuning import tracking
@@ -529,10 +502,14 @@ def _select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int,
     step = getattr(chosen_cfg, "total_epochs", chosen_cfg.epochs)  # as train_config logs test
     for seed, run_id, metrics, directory in zip(chosen.seeds, chosen.run_ids, per_seed, checkpoints):
         tracking.annotate_run(uri, run_id, metrics=metrics, step=step)
-        tracking.log_artifacts_to(uri, run_id, directory, "model")
+        tracking.log_model(uri, run_id, directory, "model", lineage=tracking.lineage_tags(
+            sweep=sweep, trial_id=chosen.trial_id, run_id=run_id, data_fingerprint=fingerprint,
+            kind="single", data=data.source))
         test_rows.append({"seed": seed, "run_id": run_id, **metrics})
         if output_dir:
-            shutil.copytree(directory, Path(output_dir) / f"seed-{seed}", dirs_exist_ok=True)
+            kept = Path(output_dir) / f"seed-{seed}"
+            shutil.rmtree(kept, ignore_errors=True)  # an earlier selection's model
+            shutil.copytree(directory, kept)
     handed_metrics = per_model[-1] if handover.kind == "ensemble" else \
         next(r for r in test_rows if r["seed"] == handover.seed)
     handed_over_test = {k: handed_metrics[k] for k in ("test_accuracy", "test_macro_f1")}
@@ -543,7 +520,13 @@ def _select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int,
         shutil.copytree(handover.folder, model_dir)
     elif output_dir:  # the best seed's folder, kept above, is the handed-over model
         model_dir = Path(output_dir) / f"seed-{handover.seed}"
-    run.log_artifacts(str(handover.folder), "handed_over_model")
+    logged = tracking.log_model(
+        uri, run.run_id, str(handover.folder), "handed_over_model", register_as=register_model,
+        lineage=tracking.lineage_tags(sweep=sweep, trial_id=chosen.trial_id, run_id=run.run_id,
+                                      data_fingerprint=fingerprint, kind=handover.kind,
+                                      data=data.source))
+    _say(f"MLflow model: {logged.uri}"
+         + (f", registered as {logged.registered_uri}" if logged.registered_uri else ""))
     acc_mean, acc_std = mean_std(r["test_accuracy"] for r in test_rows)
     f1_mean, f1_std = mean_std(r["test_macro_f1"] for r in test_rows)
     run.log_metrics({f"chosen_{metric}_mean": chosen.mean, f"chosen_{metric}_std": chosen.std,
@@ -597,9 +580,9 @@ def _hand_over(chosen: Candidate, checkpoints: list[str], data: DataConfig, *, m
     if not ensemble:
         seed, score = best_seed(chosen.seeds, chosen.scores, mode)
         return _Handover("single", checkpoints[chosen.seeds.index(seed)], seed, score, None, 1)
-    from trainables.ensemble import save_ensemble
+    from trainables.export import save_ensemble_model
 
-    save_ensemble(ensemble_dir, checkpoints)
+    save_ensemble_model(ensemble_dir, checkpoints)
     scores = [m[metric] for m in evaluate_folders(checkpoints + [str(ensemble_dir)], data,
                                                   chosen.config, "validation")]
     seed, single_val = best_seed(chosen.seeds, scores[:-1], mode)
@@ -688,6 +671,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="trainings at a time, each in its own process on its share of the CPU "
                         "cores (default: 1)")
+    p.add_argument("--register-model", metavar="NAME", default=None,
+                   help="also register the handed-over model in the MLflow Model Registry as a "
+                        "new version of NAME, tagged with its sweep, trial, run and data "
+                        "fingerprint")
     g = p.add_argument_group("data (default: the sweep's own)")
     g.add_argument("--data", default=None, help="'demo', a folder with train/validation/test files, "
                                                 "or hf:<hub dataset id>")
@@ -716,9 +703,11 @@ def run(args) -> int:
     result = final_selection(args.name, top_k, seeds, args.metric, args.tracking_uri, args.storage,
                              data, mode=args.mode, epochs=epochs, max_train_examples=limit,
                              output_dir=args.output_dir, ensemble=args.ensemble,
-                             workers=args.workers)
+                             workers=args.workers,
+                             register_model=getattr(args, "register_model", None))
     _say(f"MLflow: {redact(result.tracking_uri)} (experiment {result.sweep!r}, run {result.run_id}; "
-         f"selection.md, selection.json, chosen_config.yaml, handed_over_model/)")
+         f"selection.md, selection.json, chosen_config.yaml; model "
+         f"runs:/{result.run_id}/handed_over_model)")
     if result.output_dir:
         _say(f"chosen models: {result.output_dir}")
     if result.model_dir:

@@ -1,4 +1,5 @@
-"""Everything MLflow. The only module in the project that imports mlflow.
+"""Everything MLflow. The only module in the project that imports mlflow, but for
+``tuning.mlflow_model``: the pyfunc class MLflow imports when it loads a logged model.
 
 Layout: one experiment per sweep (named after it); a parent run for the sweep (tag
 ``tunebert.kind=sweep``) and one nested child run per trial (``tunebert.kind=trial``, tagged with
@@ -24,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
+from urllib.parse import urlencode
 
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.tracking import MlflowClient
@@ -117,15 +119,115 @@ def params_of(config: dict) -> list[Param]:
 # --------------------------------------------------------------------------- experiments and sweep runs
 
 
-def ensure_experiment(client: MlflowClient, name: str, artifact_location: Optional[str]) -> str:
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: Optional[str],
+                      description: Optional[str] = None) -> str:
+    """The id of experiment ``name``, created (or restored) if needed, and shown by the MLflow UI
+    as a runs table (``show_as_runs``); ``description``: its note (``describe``)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
+        show_as_runs(client, experiment)
+        if description:
+            describe(client, experiment, description)
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location,
-                                    tags={SWEEP: name, "mlflow.note.content":
-                                          f"tunebert sweep {name}: one child run per trial"})
+    return client.create_experiment(
+        name, artifact_location=artifact_location,
+        tags={SWEEP: name, EXPERIMENT_KIND: RUNS_VIEW,
+              NOTE: description or f"{OUR_NOTE} {name}: one child run per trial"})
+
+
+# How the MLflow UI shows an experiment. MLflow 3.x UIs ask which kind an experiment is and keep
+# the answer in the tag EXPERIMENT_KIND (the UI writes it itself): RUNS_VIEW is its "Machine
+# learning" kind (the runs table), "genai_development" its traces view. Without the tag, 3.x asks
+# on every visit; up to 3.16 or so it picked the view from the tag. MLflow 3.17 picks the view
+# from the browser's workflow toggle instead, which a link's query RUNS_VIEW_QUERY sets, for the
+# page it opens (``link_report``, ``tuning.ui``).
+EXPERIMENT_KIND = "mlflow.experimentKind"
+RUNS_VIEW = "custom_model_development"
+RUNS_VIEW_QUERY = {"workflowType": "machine_learning"}
+NOTE = "mlflow.note.content"  # the Markdown description the UI shows for an experiment or run
+OUR_NOTE = "tunebert sweep"  # how every experiment description tunebert writes starts
+# a kind the UI sets on its own (inferred) or that says nothing: ours replaces it; a kind someone
+# chose in the UI stays
+UNCHOSEN_KINDS = ("", "no_inferred_type", "genai_development_inferred",
+                  "custom_model_development_inferred")
+
+
+def show_as_runs(client: MlflowClient, experiment) -> None:
+    """Tag ``experiment`` (an MLflow Experiment) with the runs-table kind unless someone chose
+    another kind for it in the UI."""
+    if experiment.tags.get(EXPERIMENT_KIND, "") in UNCHOSEN_KINDS:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, RUNS_VIEW)
+
+
+def describe(client: MlflowClient, experiment, text: str) -> None:
+    """Set the experiment's description to ``text`` unless someone wrote their own there."""
+    current = experiment.tags.get(NOTE, "")
+    if current != text and (not current.strip() or current.startswith(OUR_NOTE)):
+        client.set_experiment_tag(experiment.experiment_id, NOTE, text[:MAX_TAG])
+
+
+def sweep_description(name: str, metric: str = "val_accuracy", mode: str = "max") -> str:
+    """How to read sweep ``name`` in the MLflow UI (Markdown, the experiment's description)."""
+    from trainables.registry import ranked_metric
+
+    ranked = ranked_metric(metric)
+    better = "higher" if mode == "max" else "lower"
+    return (
+        f"{OUR_NOTE} **{name}**: a hyperparameter search of BERT text classifiers "
+        f"(Ray Tune + Optuna).\n\n"
+        f"- **The sweep** is the run named `{name}` (tag `{KIND}` = `sweep`): the sweep's settings "
+        f"as parameters; when it ends, its outcome as metrics (`best_{metric}`, `trials_finished`, "
+        f"...), the best checkpoint and `best_config.yaml` as artifacts; after "
+        f"`tunebert report {name}`, the HTML report under `report/report.html` (linked from the "
+        f"run's description).\n"
+        f"- **The trials** are its child runs (expand the sweep's row with its + in the runs "
+        f"table, or search ``tags.`{KIND}` = 'trial'``): one run per trial, its config as "
+        f"parameters, one metric step per epoch.\n"
+        f"- **Ranking**: trials are ranked by `{ranked}` ({metric} at the trial's best epoch, "
+        f"{better} is better); only FINISHED trials count (sort the table by that column).\n"
+        f"- **The best config**: `tunebert best {name}` (`-o best.yaml` writes it, `--top 5` "
+        f"lists the leaders); `tunebert train --from-sweep {name}` retrains it and scores it on "
+        f"the test split. Add the sweep's `--storage` or `--tracking-uri` when it used its own.")
+
+
+def prepare_for_ui(uri: str, sweep_name: str) -> tuple[str, str, str]:
+    """Make sweep ``sweep_name``'s experiment read well in the MLflow UI (the runs-table kind and
+    the description, also for sweeps recorded before tunebert set them). Returns its experiment
+    id, the metric key its trials are ranked by and the mode ('max' or 'min')."""
+    from trainables.registry import ranked_metric
+
+    client, experiment = find_sweep_experiment(uri, sweep_name)
+    parent = _runs(client, experiment.experiment_id, f"tags.`{KIND}` = 'sweep'")
+    params = parent[0].data.params if parent else {}
+    metric, mode = params.get("metric", "val_accuracy"), params.get("mode", "max")
+    try:
+        show_as_runs(client, experiment)
+        describe(client, experiment, sweep_description(sweep_name, metric, mode))
+    except Exception as exc:  # a server this user may only read: the links work all the same
+        log.warning("could not tag MLflow experiment %s for the UI: %s", experiment.experiment_id,
+                    str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+    return experiment.experiment_id, ranked_metric(metric), mode
+
+
+SWEEP_RUN_NOTE = ("The sweep: its trials are this run's child runs (expand this row in the "
+                  "experiment's runs table); the experiment's description says how to read them.")
+REPORT_LINK = "\n\n**Report**: "  # where the report's link starts in the sweep run's description
+
+
+def link_report(uri: str, run_id: str, artifact_path: str, local_path: str) -> None:
+    """Link the report logged at ``artifact_path`` of sweep run ``run_id`` from the run's
+    description (a link inside the MLflow UI, so it works on any host and port), replacing the
+    link of an earlier report."""
+    client = client_for(uri)
+    run = client.get_run(run_id)
+    text = run.data.tags.get(NOTE, "").split(REPORT_LINK)[0]
+    page = (f"#/experiments/{run.info.experiment_id}/runs/{run_id}/artifacts/{artifact_path}?"
+            f"{urlencode(RUNS_VIEW_QUERY)}")
+    text += (f"{REPORT_LINK}[{artifact_path}]({page}) (artifact of this run, written "
+             f"{time.strftime('%Y-%m-%d %H:%M')}); on disk: `{local_path}`")
+    client.set_tag(run_id, NOTE, text.lstrip()[:MAX_TAG])
 
 
 def _runs(client: MlflowClient, experiment_id: str, filter_string: str,
@@ -144,7 +246,9 @@ def _runs(client: MlflowClient, experiment_id: str, filter_string: str,
 def start_sweep_run(uri: str, sweep_name: str, settings: dict, artifact_location: Optional[str]) -> tuple[str, str]:
     """(experiment id, parent run id); a resumed sweep gets its existing parent run back."""
     client = client_for(uri)
-    experiment_id = ensure_experiment(client, sweep_name, artifact_location)
+    experiment_id = ensure_experiment(
+        client, sweep_name, artifact_location,
+        sweep_description(sweep_name, settings.get("metric", "val_accuracy"), settings.get("mode", "max")))
     existing = _runs(client, experiment_id, f"tags.`{KIND}` = 'sweep'")
     if existing:
         run_id = existing[0].info.run_id
@@ -152,7 +256,7 @@ def start_sweep_run(uri: str, sweep_name: str, settings: dict, artifact_location
         client.set_tag(run_id, "tunebert.resumed_at", time.strftime("%Y-%m-%d %H:%M:%S"))
         return experiment_id, run_id
     run = client.create_run(experiment_id, run_name=sweep_name,
-                            tags={KIND: "sweep", SWEEP: sweep_name})
+                            tags={KIND: "sweep", SWEEP: sweep_name, NOTE: SWEEP_RUN_NOTE})
     client.log_batch(run.info.run_id, params=params_of(_flatten(settings)))
     return experiment_id, run.info.run_id
 
@@ -611,6 +715,20 @@ def finished_job(uri: str, experiment: str, job_key: str) -> Optional[dict]:
             "seconds": (run.info.end_time - run.info.start_time) / 1000.0}
 
 
+def unfinished_job(uri: str, experiment: str, job_key: str) -> Optional[str]:
+    """The id of the latest run tagged ``BENCH_JOB = job_key`` in ``experiment`` that did not
+    finish (RUNNING: its process was killed; KILLED: interrupted; FAILED), or None: a benchmark
+    run again continues that run rather than starting a second one for the same job."""
+    client = client_for(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = _runs(client, found.experiment_id,
+                 f"tags.`{BENCH_JOB}` = '{job_key}' and attributes.status != 'FINISHED'",
+                 order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in client_for(uri).get_metric_history(run_id, key)]
 
@@ -654,6 +772,23 @@ class TrainRun(_OwnRun):
                                            **(tags or {})})
         self.run_id = run.info.run_id
         self.client.log_batch(self.run_id, params=params_of(config))
+        self.logged_through, self.logged = 0, set()
+
+    @classmethod
+    def reopen(cls, uri: str, run_id: str) -> "TrainRun":
+        """An unfinished run continued (a benchmark job resumed from its checkpoint): RUNNING
+        again, its params and metrics kept. ``logged_through`` is the last epoch it holds
+        metrics for, ``logged`` the names of the metrics it holds."""
+        self = cls.__new__(cls)
+        self.uri, self.client, self.run_id = uri, client_for(uri), run_id
+        run = self.client.get_run(run_id)
+        self.logged = set(run.data.metrics)
+        if ERROR in run.data.tags:  # the error that stopped it is over once it goes on
+            self.client.delete_tag(run_id, ERROR)
+        self.logged_through = max((m.step for m in self.client.get_metric_history(run_id, "val_accuracy")),
+                                  default=0)
+        self.client.update_run(run_id, status="RUNNING")
+        return self
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         now = int(time.time() * 1000)
@@ -720,6 +855,200 @@ def annotate_run(uri: str, run_id: str, *, metrics: Optional[dict] = None,
 def log_artifacts_to(uri: str, run_id: str, local_dir: str, artifact_path: Optional[str] = None) -> None:
     """Upload a folder to an existing (possibly finished) run."""
     client_for(uri).log_artifacts(run_id, local_dir, artifact_path)
+
+
+# --------------------------------------------------------------------------- handed-over models
+# A model folder (trainables.export) logged as an MLflow pyfunc model (tuning.mlflow_model says
+# why pyfunc), registered on request, and downloaded back for `tunebert predict`.
+
+MODEL_TYPE = "tunebert-text-classifier"
+# lineage tags of a logged model and of a registered model version
+LINEAGE_KEYS = {"sweep": SWEEP, "trial_id": TRIAL_ID, "run_id": "tunebert.run_id",
+                "data_fingerprint": "tunebert.data_fingerprint", "kind": "tunebert.model_kind",
+                "data": "tunebert.data"}
+EXAMPLE_TEXTS = ["wake me up at seven", "what's the weather like tomorrow"]
+# what the model imports at load time; tunebert itself is not on PyPI: the model is loaded and
+# served where tunebert is installed (`mlflow models serve --env-manager local`)
+MODEL_REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "numpy",
+                      "pandas")
+
+
+@dataclass(frozen=True)
+class LoggedModelRef:
+    """Where a logged model can be loaded from: ``runs:/<run id>/<name>``, its MLflow model id,
+    and the registered model version, if it was registered."""
+
+    uri: str
+    model_id: str
+    registered_name: Optional[str] = None
+    registered_version: Optional[str] = None
+
+    @property
+    def registered_uri(self) -> Optional[str]:
+        return (f"models:/{self.registered_name}/{self.registered_version}"
+                if self.registered_version else None)
+
+
+def lineage_tags(**values: Optional[str]) -> dict[str, str]:
+    """Lineage tags (``LINEAGE_KEYS``: sweep, trial_id, run_id, data_fingerprint, kind, data),
+    leaving out the unknown ones."""
+    unknown = sorted(set(values) - set(LINEAGE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown lineage field(s) {unknown}; known: {sorted(LINEAGE_KEYS)}")
+    return {LINEAGE_KEYS[k]: str(v) for k, v in values.items() if v not in (None, "")}
+
+
+def _process_tracking_uri(uri: str):
+    """MLflow's model functions read the process-wide tracking URI: point it at ``uri`` while
+    they run, then put back what was there (``MLFLOW_TRACKING_URI`` included)."""
+    from contextlib import contextmanager
+
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    @contextmanager
+    def use():
+        before, before_env = tracking_utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(credentials.reveal(uri))
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(before)
+            if before_env is not None:
+                os.environ["MLFLOW_TRACKING_URI"] = before_env
+
+    return use()
+
+
+def model_signature():
+    """Input: one string column (a list of strings, or a DataFrame's ``text`` column); output:
+    one label per text; params: ``proba`` (probabilities per label instead of labels) and
+    ``batch_size``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    # unnamed: a plain list of strings is a valid input too (a named column would refuse it)
+    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
+                          params=ParamSchema([ParamSpec("proba", "boolean", False),
+                                              ParamSpec("batch_size", "long", 64)]))
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in MODEL_REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def log_model(uri: str, run_id: str, folder: str, name: str = "model", *,
+              register_as: Optional[str] = None,
+              lineage: Optional[dict] = None) -> LoggedModelRef:
+    """Log the model folder ``folder`` as MLflow pyfunc model ``name`` of run ``run_id``
+    (loadable as ``runs:/<run_id>/<name>``), with its signature and an input example; with
+    ``register_as``, also register it as a new version of that registered model. ``lineage``
+    (``lineage_tags``) tags the logged model and the model version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import mlflow
+    import pandas as pd
+    from mlflow.models import Model
+
+    from tuning.mlflow_model import ARTIFACT, TEXT_COLUMN, TunebertClassifier
+
+    client = client_for(uri)
+    tags = {k: str(v)[:MAX_TAG] for k, v in (lineage or {}).items()}
+    try:
+        tunebert_version = version("tunebert")
+    except PackageNotFoundError:
+        tunebert_version = "unknown"
+    # MLflow warns that a python_model object is cloudpickled; ours pickles as a reference to
+    # its class (it holds no state), and the model folder itself is safetensors and JSON
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    quiet = _DropMessages("Passing a Python object as `python_model`")
+    pyfunc_log.addFilter(quiet)
+    try:
+        with _process_tracking_uri(uri):
+            # created here, in the run's experiment: runs:/<run id>/<name> finds it only there
+            logged = client.create_logged_model(client.get_run(run_id).info.experiment_id,
+                                                name=name, source_run_id=run_id, tags=tags,
+                                                model_type=MODEL_TYPE)
+            info = Model.log(
+                artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+                model_id=logged.model_id, python_model=TunebertClassifier(),
+                artifacts={ARTIFACT: str(folder)}, signature=model_signature(),
+                input_example=pd.DataFrame({TEXT_COLUMN: EXAMPLE_TEXTS}),
+                pip_requirements=_requirements(),
+                metadata={"tunebert_version": tunebert_version,
+                          "needs": "tunebert installed where the model is loaded"})
+            ref = LoggedModelRef(f"runs:/{run_id}/{name}", info.model_id)
+            if register_as:
+                registered = mlflow.register_model(info.model_uri, register_as, tags=tags,
+                                                   await_registration_for=60)
+                ref = LoggedModelRef(ref.uri, ref.model_id, register_as,
+                                     str(registered.version))
+    finally:
+        pyfunc_log.removeFilter(quiet)
+    return ref
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+def download_model(model_uri: str, uri: Optional[str], destination: str) -> str:
+    """Download the MLflow model at ``model_uri`` (``runs:/...``, ``models:/...``) from the store
+    ``uri`` (default: ``$MLFLOW_TRACKING_URI``) into ``destination``; the path of the tunebert
+    model folder inside it (an older run's ``model`` artifact is the folder itself)."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    from trainables.checkpointing import STATE_FILE
+    from trainables.ensemble import ENSEMBLE_FILE
+    from trainables.export import MODEL_FILE
+    from tuning.mlflow_model import ARTIFACT
+
+    from contextlib import nullcontext
+
+    shown = redact(uri) if uri else os.environ.get("MLFLOW_TRACKING_URI", "MLflow's default store")
+    try:
+        # through the process-wide URI: MLflow 3 does not find a run's logged model from a
+        # runs:/ URI with download_artifacts(tracking_uri=...)
+        with _process_tracking_uri(uri) if uri else nullcontext():
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
+                                                             dst_path=destination))
+    except (MlflowException, OSError) as exc:
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise TrackingError(
+            f"cannot download the model {model_uri} from the MLflow store {redact(shown)} "
+            f"({redact(reason)}). Check the run id and model name (runs:/RUN_ID/model) or the "
+            f"registered name and version (models:/NAME/VERSION), and --tracking-uri / "
+            f"MLFLOW_TRACKING_URI.") from None
+    candidates = [local]  # an older tunebert run's `model` artifact is the folder itself
+    if (local / "MLmodel").is_file():
+        from mlflow.models import Model
+
+        artifacts = Model.load(str(local / "MLmodel")).flavors.get("python_function", {}) \
+            .get("artifacts", {})
+        if ARTIFACT in artifacts:
+            candidates.insert(0, local / artifacts[ARTIFACT]["path"])
+    for candidate in candidates:
+        if any((candidate / name).is_file() for name in (MODEL_FILE, ENSEMBLE_FILE, STATE_FILE)):
+            return str(candidate)
+    raise TrackingError(f"{model_uri} is not a tunebert model: it holds no tunebert model folder "
+                        f"(the artifact {ARTIFACT!r} of a pyfunc model, with {MODEL_FILE} or "
+                        f"{ENSEMBLE_FILE})")
 
 
 # --------------------------------------------------------------------------- checks before Ray starts

@@ -7,6 +7,7 @@ test; it evaluates only the chosen candidate's models on test, after the choice.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 import time
@@ -17,7 +18,8 @@ from typing import Any, Optional
 import numpy as np
 
 from trainables import registry
-from trainables.data import DataConfig, load_raw_splits, tokenize_splits
+from trainables.data import DataConfig, data_fingerprint, load_raw_splits, tokenize_splits
+from trainables.errors import ConfigError
 from trainables.models import load_tokenizer
 from tuning import tracking
 
@@ -28,7 +30,9 @@ class TrainOutcome:
     config: dict[str, Any]
     val: dict[str, float]
     test: dict[str, float]
-    checkpoint_dir: Optional[str]
+    checkpoint_dir: Optional[str]     # the model folder written to ``output_dir`` (trainables.export)
+    model_uri: Optional[str] = None   # the MLflow model: runs:/<run id>/model
+    registered_uri: Optional[str] = None  # models:/<name>/<version> with ``register_model``
 
 
 EPOCH_KEYS = ("contrastive_loss", "train_loss", "val_loss", "val_knn_accuracy", "val_accuracy",
@@ -66,22 +70,59 @@ class _Progress:
         self.epoch_start = time.time()
 
 
+def check_output_dir(output_dir: Optional[str], option: str = "--output-dir") -> None:
+    """Refuse, before anything is trained, an output folder holding anything but an earlier
+    model (which the new one replaces)."""
+    if not output_dir:
+        return
+    folder = Path(output_dir).expanduser()
+    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not any(
+            (folder / name).is_file() for name in ("tunebert.json", "ensemble.json", "state.pt")))):
+        raise ConfigError(f"{option} {output_dir!r} exists and holds something other than a "
+                          f"model; pass a new or empty folder (an earlier model there is replaced)")
+
+
+def _lineage(tags: dict, run_id: str, fingerprint: str, data: DataConfig) -> dict[str, str]:
+    """The trained model's lineage: the sweep and trial its config came from (tags set by
+    `tunebert train --from-sweep` and by selection), its run, and its data."""
+    return tracking.lineage_tags(
+        sweep=tags.get("tunebert.from_sweep") or tags.get(tracking.SWEEP),
+        trial_id=tags.get("tunebert.from_trial_id") or tags.get("tunebert.selection.trial_id"),
+        run_id=run_id, data_fingerprint=fingerprint, kind="single", data=data.source)
+
+
 def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_uri: str,
                  experiment: str = "tunebert-train", run_name: Optional[str] = None,
                  output_dir: Optional[str] = None, tags: Optional[dict] = None,
                  max_train_examples: Optional[int] = None, evaluate_test: bool = True,
-                 parent_run_id: Optional[str] = None, log_model: bool = True) -> TrainOutcome:
+                 parent_run_id: Optional[str] = None, log_model: bool = True,
+                 register_model: Optional[str] = None, job_dir: Optional[str] = None,
+                 continue_run: Optional[str] = None) -> TrainOutcome:
     """Train ``config`` on ``data_config``'s train split, pick nothing, report validation and test.
 
     ``evaluate_test=False``: the test split is neither tokenized nor evaluated, and ``test`` is
     empty (for model selection). ``parent_run_id`` nests the MLflow run under that run.
-    ``log_model=False`` keeps the trained model out of MLflow (it is still written to
-    ``output_dir`` when one is given).
+    The trained model is a self-contained model folder (``trainables.export``), written to
+    ``output_dir`` when one is given (an earlier model there is replaced) and logged to the run as
+    the MLflow pyfunc model ``model`` (``runs:/<run id>/model``, ``tracking.log_model``) unless
+    ``log_model=False``; ``register_model`` also registers it under that name, with lineage tags.
+
+    ``job_dir`` (a benchmark job's folder, ``tuning.jobs.JobFolder``) keeps a resumable checkpoint
+    of every epoch, written before the epoch is logged, and is removed when the run finishes.
+    With ``continue_run``, the id of the unfinished run that logged the earlier epochs, training
+    continues from the folder's checkpoint (from the start without one) in that run, and no
+    epoch it holds is logged again; without it the folder is emptied first.
     """
     import torch
 
+    from tuning.jobs import JobFolder
+
     from trainables.loops import evaluate
 
+    if register_model and not log_model:
+        raise ValueError("register_model needs log_model=True: only a logged model can be "
+                         "registered")
+    check_output_dir(output_dir)
     resolved = registry.resolve_config(config)
     cfg = registry.config_class(resolved["trainable"]).from_dict(resolved)
     fit = registry.fit_function(cfg.trainable)
@@ -96,24 +137,40 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
         keep = np.random.default_rng(cfg.seed).permutation(len(train))[:max_train_examples]
         data.splits["train"] = type(train)([train.input_ids[i] for i in keep], train.labels[keep])
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    run = tracking.TrainRun(tracking_uri, experiment, resolved,
-                            run_name or f"train-{resolved.get('preset') or 'config'}",
-                            tags={"tunebert.data": data_config.source,
-                                  **({tracking.PARENT: parent_run_id} if parent_run_id else {}),
-                                  **(tags or {})})
+    folder = JobFolder(job_dir) if job_dir else None
+    if folder is not None and not continue_run:
+        folder.remove()  # a checkpoint without the run that logged its epochs: start over
+    resume = folder.latest() if folder is not None else None
+    if continue_run:
+        run = tracking.TrainRun.reopen(tracking_uri, continue_run)
+    else:
+        run = tracking.TrainRun(tracking_uri, experiment, resolved,
+                                run_name or f"train-{resolved.get('preset') or 'config'}",
+                                tags={"tunebert.data": data_config.source,
+                                      **({tracking.PARENT: parent_run_id} if parent_run_id else {}),
+                                      **(tags or {})})
+    # the epoch the checkpoint ended with reported these (the best epoch so far among them)
+    last: dict[str, float] = folder.metrics() if resume else {}
     print(f"[tunebert] training {cfg.trainable} ({cfg.model}) for {getattr(cfg, 'total_epochs', cfg.epochs)} epochs on "
-          f"{len(data.splits['train'])} examples, device {device}; MLflow run {run.run_id}", flush=True)
+          f"{len(data.splits['train'])} examples, device {device}; MLflow run {run.run_id}"
+          + (f" continued from the checkpoint of epoch {int(last['epoch'])}" if resume else
+             " continued" if continue_run else ""), flush=True)
+    if resume and last["epoch"] > run.logged_through:  # stopped between its checkpoint and its log
+        run.log_metrics(last, step=int(last["epoch"]))
     progress = _Progress(getattr(cfg, "total_epochs", cfg.epochs), len(data.splits["train"]))
-    last: dict[str, float] = {}
 
     def report(metrics: dict, write) -> None:
-        run.log_metrics(metrics, step=metrics["epoch"])
+        if folder is not None:  # before the log: a logged epoch is never trained again
+            folder.save(metrics, write)
+        if metrics["epoch"] > run.logged_through:
+            run.log_metrics(metrics, step=metrics["epoch"])
         progress.epoch(metrics)
         last.clear()
         last.update(metrics)
 
     try:
-        model = fit(cfg, data, device=device, report=report, progress=progress.batch)
+        model = fit(cfg, data, device=device, report=report, progress=progress.batch,
+                    **({"resume_dir": str(resume)} if resume else {}))
         test = evaluate(model, data.splits["test"], batch_size=64, pad_token_id=data.pad_token_id,
                         num_labels=data.num_labels, device=device, precision=cfg.precision) \
             if evaluate_test else None
@@ -122,27 +179,41 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
                 error=f"{type(exc).__name__}: {exc}")
         raise
     test_metrics = test.as_metrics("test") if test is not None else {}
-    if test_metrics:
+    if test_metrics and "test_accuracy" not in run.logged:
         run.log_metrics(test_metrics, step=getattr(cfg, "total_epochs", cfg.epochs))
-    checkpoint_dir = None
-    with tempfile.TemporaryDirectory() as tmp:
-        from trainables.checkpointing import save_checkpoint
+    # the model kept is the best validation epoch's: its scores are the run's validation result
+    val = {k: v for k, v in last.items() if k.startswith("val_")}
+    val.update({k[len("best_"):]: v for k, v in last.items() if k.startswith("best_val_")})
+    checkpoint_dir = logged = None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            from trainables.export import save_model
 
-        target = Path(output_dir) if output_dir else Path(tmp)
-        if output_dir or log_model:
-            save_checkpoint(target, model=model, optimizer=None, scheduler=None, scaler=None,
-                            epoch=cfg.epochs, config=resolved, label_map=data.label_map.to_dict())
-        if log_model:
-            run.log_artifacts(str(target), "model")
-        checkpoint_dir = str(target) if output_dir else None
+            target = Path(output_dir).expanduser() if output_dir else Path(tmp) / "model"
+            if output_dir or log_model:
+                if output_dir and target.exists():  # an earlier model (check_output_dir)
+                    shutil.rmtree(target)
+                save_model(target, model, config=resolved, label_map=data.label_map.to_dict(),
+                           tokenizer=tokenizer, metrics={**val, **test_metrics})
+            if log_model:
+                logged = tracking.log_model(
+                    tracking_uri, run.run_id, str(target), "model", register_as=register_model,
+                    lineage=_lineage(tags or {}, run.run_id, data_fingerprint(raw),
+                                     data_config))
+            checkpoint_dir = str(target) if output_dir else None
+    except BaseException as exc:
+        run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
+                error=f"{type(exc).__name__}: {exc}")
+        raise
     run.end("FINISHED")
+    if folder is not None:
+        folder.remove()
     if last.get("best_epoch"):
         print(f"[tunebert] kept the model of epoch {int(last['best_epoch'])} (best val_accuracy "
               f"{last['best_val_accuracy']:.4f})", flush=True)
     if test_metrics:
         print(f"[tunebert] test_accuracy {test_metrics['test_accuracy']:.4f}  "
               f"test_macro_f1 {test_metrics['test_macro_f1']:.4f}", flush=True)
-    # the model kept is the best validation epoch's: its scores are the run's validation result
-    val = {k: v for k, v in last.items() if k.startswith("val_")}
-    val.update({k[len("best_"):]: v for k, v in last.items() if k.startswith("best_val_")})
-    return TrainOutcome(run.run_id, resolved, val, test_metrics, checkpoint_dir)
+    return TrainOutcome(run.run_id, resolved, val, test_metrics, checkpoint_dir,
+                        logged.uri if logged else None,
+                        logged.registered_uri if logged else None)

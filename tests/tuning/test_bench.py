@@ -2,6 +2,7 @@
 in smoke mode on the tiny model (the numbers mean nothing there; the wiring and outputs do)."""
 
 import json
+import re
 
 import pytest
 
@@ -100,3 +101,131 @@ def test_job_key_follows_config_and_data_not_the_order_of_keys():
     assert job_key({"lr": 1e-4, "seed": 0}, data) != job_key({"lr": 1e-4, "seed": 1}, data)
     assert job_key({"lr": 1e-4}, data) != job_key({"lr": 1e-4}, DataConfig("other"))
     assert job_key({"lr": 1e-4}, data) != job_key({"lr": 1e-4}, data, max_train_examples=64)
+
+
+def test_a_row_short_of_seeds_is_marked_not_averaged():
+    assert bench.ours_cell([0.80, 0.82], 2) == "81.00 ± 1.41 %"
+    assert bench.ours_cell([0.80], 3) == "— (1 of 3 seeds: 80.00 %)"
+    assert bench.ours_cell([], 2) == "— (0 of 2 seeds)"
+    assert bench.table_job_names(("baseline", "llrd"), 2, tuned=True) == [
+        "baseline-seed0", "baseline-seed1", "llrd-seed0", "llrd-seed1", "tuned-seed0", "tuned-seed1"]
+
+
+def test_table_trains_the_picked_jobs_and_marks_rows_missing_some(tmp_path, monkeypatch):
+    from trainables.data import DataConfig
+    from tuning import jobs
+
+    asked = {}
+
+    def fake_run_bench_jobs(bench_jobs, *, uri, experiment, workers, say, selected=None):
+        asked.update(names=[job.name for job in bench_jobs], selected=selected, experiment=experiment)
+        done = {"baseline-seed0": 0.80, "baseline-seed1": 0.82, "llrd-seed1": 0.70}  # llrd-seed0 left out
+        return {job.name: {"metrics": {"test_accuracy": done[job.name]}} if job.name in done else None
+                for job in bench_jobs}
+
+    monkeypatch.setattr(jobs, "run_bench_jobs", fake_run_bench_jobs)
+    report = bench.BenchReport()
+    bench.study_table(DataConfig("demo"), "tiny", report, seeds=2, epochs=1, storage=tmp_path / "runs",
+                      tuned=None, out=tmp_path, presets=("baseline", "llrd"), pick="baseline-*,llrd-seed1")
+    assert asked == {"names": ["baseline-seed0", "baseline-seed1", "llrd-seed0", "llrd-seed1"],
+                     "selected": ["baseline-seed0", "baseline-seed1", "llrd-seed1"],
+                     "experiment": bench.TABLE_EXPERIMENT}
+    lines = report.sections["d. The study's table"]
+    assert "| baseline | 81.00 ± 1.41 % | 84.9 % |" in lines
+    assert "| llrd | — (1 of 2 seeds: 70.00 %) | 81.2 % |" in lines
+    assert any("--jobs" in line for line in lines)
+    assert "table_baseline_test_mean" in report.numbers and "table_llrd_test_mean" not in report.numbers
+    assert (tmp_path / "study_table.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("extra, said", [
+    (["--parts", "table", "--jobs", "baseline-*,warmup-*"], ["warmup-*", "baseline-seed0, llrd-seed0"]),
+    (["--parts", "throughput", "--jobs", "baseline-*"], ["--jobs", "table"]),
+])
+def test_jobs_matching_nothing_or_without_the_table_are_refused_before_any_work(tmp_path, capsys, extra, said):
+    rc = main(["bench", *extra, "--presets", "baseline,llrd", "--seeds", "1",
+               "--out", str(tmp_path / "out"), "--storage", str(tmp_path / "runs")])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert all(text in err for text in said)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_unfinished_job_run_is_found_by_its_key_and_continued(mlflow_uri):
+    from tuning.jobs import job_tags
+
+    run = tracking.TrainRun(mlflow_uri, "bench-x", {"trainable": "finetune"}, "baseline-seed0",
+                            tags=job_tags("key1"))
+    run.log_metrics({"epoch": 1, "val_accuracy": 0.5}, step=1)
+    run.end("KILLED", error="KeyboardInterrupt: ")
+    assert tracking.unfinished_job(mlflow_uri, "bench-x", "key1") == run.run_id
+    assert tracking.unfinished_job(mlflow_uri, "bench-x", "key2") is None
+    assert tracking.finished_job(mlflow_uri, "bench-x", "key1") is None
+    again = tracking.TrainRun.reopen(mlflow_uri, run.run_id)
+    assert (again.logged_through, again.logged) == (1, {"val_accuracy"})
+    client = tracking.client_for(mlflow_uri)
+    reopened = client.get_run(run.run_id)
+    assert reopened.info.status == "RUNNING" and tracking.ERROR not in reopened.data.tags
+    assert tracking.unfinished_job(mlflow_uri, "bench-x", "key1") == run.run_id  # killed again: found again
+    again.log_metrics({"epoch": 2, "val_accuracy": 0.75}, step=2)
+    again.end("FINISHED")
+    assert tracking.unfinished_job(mlflow_uri, "bench-x", "key1") is None
+    assert tracking.finished_job(mlflow_uri, "bench-x", "key1")["run_id"] == run.run_id
+
+
+@pytest.mark.slow
+def test_smoke_table_run_again_skips_the_finished_job_and_continues_the_stopped_one(
+        tmp_path, tiny_model_dir, monkeypatch, capsys):
+    from trainables import finetune
+
+    out, storage = tmp_path / "out", tmp_path / "runs"
+    argv = ["bench", "--smoke-test", "--parts", "table", "--data", "demo", "--model", tiny_model_dir,
+            "--presets", "baseline,llrd", "--table-epochs", "2", "--out", str(out), "--storage", str(storage)]
+    points = []
+
+    def stop_in_the_second_job(point):  # called at the start of every epoch, and after the last
+        points.append(point)
+        if points.count(2) == 2:  # the second job's second epoch: as Ctrl-C would stop it
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "maybe_inject_failure", stop_in_the_second_job)
+    assert main(argv) == 130
+    # after the first job: the progress, and the time left estimated from that job
+    assert re.search(r"table: baseline-seed0 done in [^;]+; 1 of 2 jobs done, 1 running, 0 left; "
+                     r"about [^(]+ left \([^)]+ per job, 1 at a time\)", capsys.readouterr().out)
+    assert not (out / "results.md").exists()
+    uri = f"sqlite:///{storage / 'mlflow.db'}"
+    client = tracking.client_for(uri)
+    experiment_id = client.get_experiment_by_name(bench.TABLE_EXPERIMENT).experiment_id
+    first = {r.info.run_name: r for r in client.search_runs([experiment_id])}
+    assert {name: r.info.status for name, r in first.items()} == {"baseline-seed0": "FINISHED",
+                                                                  "llrd-seed0": "KILLED"}
+    stopped = first["llrd-seed0"].info.run_id
+    assert [step for step, _ in tracking.metric_history(uri, stopped, "val_accuracy")] == [1]
+    assert all(r.data.tags["tunebert.bench_job"] and r.data.tags["tunebert.code_version"]
+               for r in first.values())
+
+    points.clear()
+    capsys.readouterr()
+    monkeypatch.setattr(finetune, "maybe_inject_failure", points.append)
+    assert main(argv) == 0  # the same command again
+    said = capsys.readouterr().out
+    assert f"baseline-seed0: finished before (MLflow run {first['baseline-seed0'].info.run_id}), " \
+           f"not trained again" in said
+    assert said.count("[tunebert] training ") == 1  # the stopped job only
+    assert f"MLflow run {stopped} continued from the checkpoint of epoch 1" in said
+    assert points == [2, 3]  # its first epoch was not trained again
+    assert "2 jobs: 1 finished before, 1 to train or continue" in said
+    assert "llrd-seed0 done in " in said and "; 2 of 2 jobs done, 0 running, 0 left\n" in said
+    after = {r.info.run_name: r for r in client.search_runs([experiment_id])}
+    assert {n: r.info.run_id for n, r in after.items()} == {n: r.info.run_id for n, r in first.items()}
+    assert {r.info.status for r in after.values()} == {"FINISHED"}
+    for key in ("val_accuracy", "train_loss"):
+        assert [step for step, _ in tracking.metric_history(uri, stopped, key)] == [1, 2]
+    assert len(tracking.metric_history(uri, stopped, "test_accuracy")) == 1
+    text = (out / "results.md").read_text()
+    assert "| baseline |" in text and "| llrd |" in text and "seeds" not in text.split("| llrd |")[1].splitlines()[0]
+    numbers = json.loads((out / "results.json").read_text())
+    assert {"table_baseline_test_mean", "table_llrd_test_mean"} <= set(numbers)
+    assert numbers["table_llrd_test_mean"] == after["llrd-seed0"].data.metrics["test_accuracy"]
+    assert not any((storage / "jobs").iterdir())  # a finished job's checkpoints are removed

@@ -87,7 +87,7 @@ def test_cli_sweep_best_export_and_train(tiny_model_dir, tmp_path):
                "--output-dir", str(tmp_path / "model"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test_accuracy" in proc.stdout
-    assert (tmp_path / "model" / "state.pt").is_file()
+    assert (tmp_path / "model" / "tunebert.json").is_file()  # the handed-over model folder
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

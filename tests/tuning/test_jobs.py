@@ -42,3 +42,70 @@ def test_a_failing_job_raises_where_its_result_is_read(workers):
     assert next(results) == [1]
     with pytest.raises(json.JSONDecodeError):
         next(results)
+
+
+def test_on_done_hears_of_every_finished_job_with_its_seconds():
+    for workers in (1, 2):
+        heard = []
+        results = list(run_jobs(json.loads, [{"s": "[1]"}, {"s": "[2]"}], workers,
+                                on_done=lambda index, seconds: heard.append((index, seconds))))
+        assert results == [[1], [2]]
+        assert sorted(i for i, _ in heard) == [0, 1] and all(s >= 0 for _, s in heard)
+
+
+def test_progress_says_done_running_left_and_the_time_left_from_jobs_trained_here():
+    from tuning.jobs import JobProgress
+
+    progress = JobProgress(total=5, workers=2, done=1)  # one job was found finished in MLflow
+    assert progress.text() == ("1 of 5 jobs done, 2 running, 2 left; time left: unknown until a "
+                               "job finishes")
+    # the job found finished took no time here and does not count towards the mean
+    assert progress.finished(600) == ("2 of 5 jobs done, 2 running, 1 left; about 15 min left "
+                                      "(10 min per job, 2 at a time)")
+    assert progress.finished(1200) == ("3 of 5 jobs done, 2 running, 0 left; about 15 min left "
+                                       "(15 min per job, 2 at a time)")
+    progress.finished(30)
+    assert progress.finished(30) == "5 of 5 jobs done, 0 running, 0 left"
+    one = JobProgress(total=4, workers=1)
+    assert one.finished(2 * 3600 + 300).endswith("about 6 h 15 min left (2 h 05 min per job, 1 at a time)")
+    assert JobProgress(total=3, workers=1).finished(40).endswith("about 80 s left (40 s per job, 1 at a time)")
+
+
+def test_pick_jobs_matches_names_and_globs_in_job_order_and_refuses_a_pattern_matching_none():
+    from trainables.errors import UserError
+    from tuning.jobs import pick_jobs
+
+    names = ["baseline-seed0", "baseline-seed1", "llrd-seed0", "llrd-seed1", "llrd_warmup-seed0"]
+    assert pick_jobs(names, "llrd-seed1, baseline-*") == ["baseline-seed0", "baseline-seed1", "llrd-seed1"]
+    assert pick_jobs(names, "*-seed0") == ["baseline-seed0", "llrd-seed0", "llrd_warmup-seed0"]
+    with pytest.raises(UserError) as err:
+        pick_jobs(names, "baseline-*,warmup-*")
+    assert "warmup-*" in str(err.value) and "llrd_warmup-seed0" in str(err.value)
+
+
+def test_job_folder_keeps_the_latest_complete_checkpoint_only(tmp_path):
+    from tuning.jobs import JobFolder
+
+    folder = JobFolder(tmp_path / "jobs" / "abc")
+    assert folder.latest() is None and folder.metrics() == {}
+
+    def write(directory):
+        os.makedirs(directory)
+        with open(os.path.join(directory, "state.pt"), "w") as f:
+            f.write(directory)
+
+    folder.save({"epoch": 1, "val_accuracy": 0.5}, write)
+    folder.save({"epoch": 2, "val_accuracy": 0.75}, write)
+    assert folder.latest() == tmp_path / "jobs" / "abc" / "epoch-0002"
+    assert folder.metrics() == {"epoch": 2, "val_accuracy": 0.75}
+    assert sorted(p.name for p in folder.path.iterdir()) == ["epoch-0002", "latest"]
+
+    def killed_while_writing(directory):
+        write(directory)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        folder.save({"epoch": 3, "val_accuracy": 0.8}, killed_while_writing)
+    assert folder.metrics()["epoch"] == 2  # the half-saved epoch is not the one resumed from
+    folder.remove()
+    assert not folder.path.exists()

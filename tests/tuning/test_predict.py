@@ -1,6 +1,7 @@
 """Prediction from a model folder, single or ensemble: in this process, in a fresh one, and through
-`tunebert predict`. The models are tiny untrained classifiers written the way training writes its
-checkpoints, so what they should answer can be computed here directly."""
+`tunebert predict`. The models are tiny untrained classifiers written as checkpoint folders (the
+model folders of older tunebert versions, which still load; today's format: test_export.py), so
+what they should answer can be computed here directly."""
 
 import json
 import os
@@ -116,7 +117,7 @@ def test_tunebert_predict_on_a_single_and_an_ensemble_folder(models, tmp_path, c
 
 @pytest.mark.parametrize("args, message", [
     (["/no/such/model"], "model folder '/no/such/model' does not exist"),
-    (["{tmp}", "a text"], "is not a model folder: it has no state.pt, config.json, label_map.json"),
+    (["{tmp}", "a text"], "is not a model folder: it has no tunebert.json"),
     (["{model}"], "no texts to classify"),
     (["{model}", "--file", "/no/such/file.txt"], "--file '/no/such/file.txt': no such file"),
     (["{model}", "a text", "--batch-size", "0"], "--batch-size must be at least 1"),

@@ -113,6 +113,16 @@ def test_data_defaults_to_the_sweeps_own_and_fields_override_it(tmp_path):
     assert resolve_data("s", str(tmp_path), label_column="y") == DataConfig("some/folder", "utt", "y")
 
 
+def test_other_data_for_select_drops_the_rows_carved_from_the_sweeps_train_file(tmp_path):
+    from tuning.config import SweepConfig
+
+    carved = DataConfig("some/folder", validation_ids=(2, 5))
+    SweepConfig(name="s", storage=str(tmp_path), data=carved).save()
+    assert resolve_data("s", str(tmp_path)).validation_ids == (2, 5)
+    assert resolve_data("s", str(tmp_path), label_column="y").validation_ids == (2, 5)
+    assert resolve_data("s", str(tmp_path), "other/folder").validation_ids is None
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -236,12 +246,13 @@ def test_final_selection_end_to_end(ray_local, tiny_model_dir, tmp_path, monkeyp
         for r in seeds.values():
             tests = {k for k in r.data.metrics if k.startswith("test_")}
             artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
+            models = logged_models(client, r.info.run_id)
             assert r.data.tags["tunebert.selection.chosen"] == str(rank == expected).lower()
             if rank == expected:
                 assert tests == {"test_loss", "test_accuracy", "test_macro_f1"}
-                assert "model" in artifacts
+                assert models == ["model"]
             else:
-                assert not tests and not artifacts
+                assert not tests and not artifacts and not models
     chosen_runs = [per_rank[expected][s] for s in sorted(per_rank[expected])]
     accuracies = [r.data.metrics["test_accuracy"] for r in chosen_runs]
     f1s = [r.data.metrics["test_macro_f1"] for r in chosen_runs]
@@ -284,7 +295,7 @@ def test_train_config_can_leave_the_test_split_alone(tiny_model_dir, tmp_path, m
     full = train_config(config, DataConfig("demo"), tracking_uri=mlflow_uri, max_train_examples=64)
     assert set(full.test) == {"test_loss", "test_accuracy", "test_macro_f1"}
     assert "test_accuracy" in client.get_run(full.run_id).data.metrics
-    assert [a.path for a in client.list_artifacts(full.run_id)] == ["model"]
+    assert logged_models(client, full.run_id) == ["model"]
 
     parent = client.create_run(client.get_run(full.run_id).info.experiment_id).info.run_id
     val_only = train_config(config, DataConfig("demo"), tracking_uri=mlflow_uri,
@@ -294,11 +305,19 @@ def test_train_config_can_leave_the_test_split_alone(tiny_model_dir, tmp_path, m
     assert val_only.test == {} and not any(k.startswith("test_") for k in logged.data.metrics)
     assert "val_accuracy" in val_only.val and "val_accuracy" in logged.data.metrics
     assert logged.data.tags["mlflow.parentRunId"] == parent
-    assert client.list_artifacts(val_only.run_id) == []
-    assert (tmp_path / "ckpt" / "state.pt").is_file()  # kept locally all the same
+    assert client.list_artifacts(val_only.run_id) == [] and logged_models(client, val_only.run_id) == []
+    assert (tmp_path / "ckpt" / "tunebert.json").is_file()  # kept locally all the same
 
 
 # --------------------------------------------------------------------------- the handed-over model
+
+
+def logged_models(client: MlflowClient, run_id: str) -> list[str]:
+    """Names of the MLflow models logged from ``run_id`` (MLflow 3 keeps them apart from the
+    run's artifacts)."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    found = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    return sorted(m.name for m in found)
 
 
 @pytest.fixture(scope="module")
@@ -381,8 +400,13 @@ def test_the_ensemble_is_chosen_on_validation_and_only_then_tested(small_sweep, 
     assert logged["handed_over_test_accuracy"] == result.handed_over_test["test_accuracy"]
     assert logged["handed_over_test_macro_f1"] == result.handed_over_test["test_macro_f1"]
     assert selection.data.params["ensemble"] == "True"
-    artifacts = {a.path for a in client.list_artifacts(result.run_id, "handed_over_model")}
-    assert {"handed_over_model/ensemble.json", "handed_over_model/member-0"} <= artifacts
+    assert logged_models(client, result.run_id) == ["handed_over_model"]
+    from tuning.predict import load_model as load_logged
+
+    logged_model = load_logged(f"runs:/{result.run_id}/handed_over_model",
+                               tracking_uri=small_sweep.resolved_tracking_uri())
+    assert logged_model.kind == "ensemble"
+    assert list(logged_model.predict(test.texts)) == list(predicted)
     markdown = result.markdown()
     assert "## Handed-over model" in markdown
     assert f"| ensemble of the 3 seed models | {result.ensemble_val:.4f} | **yes** |" in markdown
@@ -429,8 +453,9 @@ def test_the_single_model_is_handed_over_when_the_ensemble_is_not_strictly_bette
     # the handed-over model is that seed's plain model folder; its test row is that seed's
     model_dir = Path(result.model_dir)
     assert model_dir == (out / "model").resolve() and not is_ensemble_folder(model_dir)
-    assert (model_dir / "state.pt").read_bytes() == \
-        (out / f"seed-{result.single_seed}" / "state.pt").read_bytes()
+    for weights in ("model.safetensors", "head.safetensors"):
+        assert (model_dir / weights).read_bytes() == \
+            (out / f"seed-{result.single_seed}" / weights).read_bytes()
     (row,) = [r for r in result.test if r["seed"] == result.single_seed]
     assert result.handed_over_test == {k: row[k] for k in ("test_accuracy", "test_macro_f1")}
     client = MlflowClient(small_sweep.resolved_tracking_uri())

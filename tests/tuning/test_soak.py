@@ -5,11 +5,12 @@ MLflow. Once with the default SQLite store, once with a real `mlflow server` on 
 stopped and restarted in the middle.
 
 The kill moments are drawn from ``TUNEBERT_SOAK_SEED`` (printed with every failure): set it to
-replay a failing schedule. While the sweep runs, each kill waits for an event seen in the MLflow
+replay a failing schedule. While trials run, each kill waits for an event seen in the MLflow
 store (a trial run created, a metric logged, a run finished) or for a random delay into a
-driver's start-up and restore, then kills at once or a moment later; the last two kill the
-driver once every trial has finished (before the sweep records its end) and during a resume of
-the finished sweep. A driver that exits by itself first is resumed without counting a kill.
+driver's start-up and restore, then kills at once or a moment later. While the last trial runs,
+the kill waits for it to finish (the driver then flushes and records the sweep's end); once
+every trial finished, kills land at random moments of a resume of the finished sweep. A driver
+that exits by itself first is resumed without counting a kill.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from tuning import tracking
@@ -35,11 +37,12 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = int(os.environ.get("TUNEBERT_SOAK_SEED", "20261124"))
-TRIALS, EPOCHS, KILLS = 4, 2, 10
+TRIALS, EPOCHS, KILLS = 8, 2, 10
+REACHABLE_AGAIN = "MLflow reachable again"  # tuning.tracking's message once a queue drained
 METRICS = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "samples_per_s")
-# moments while the sweep runs (drawn at random), then two at its end
+# moments while trials run, drawn at random; then "end" (once the last trial finished) and
+# "restore" (a random moment of a resume of the finished sweep)
 DURING, WEIGHTS = ("startup", "trial-created", "metric", "trial-finished"), (3, 2, 2, 2)
-AT_THE_END = ("end", "restore")
 
 
 class Store:
@@ -106,8 +109,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def _wait_for(kind: str, store: Store, proc: subprocess.Popen, rng: random.Random) -> bool:
     """Wait for the moment ``kind`` names; False if the driver exited first."""
     before, began = store.snapshot(), time.time()
-    if kind in ("startup", "restore"):
-        delay = rng.uniform(0.5, 12.0)
+    if kind in ("startup", "restore", "after-outage"):
+        delay = rng.uniform(0.0, 1.0) if kind == "after-outage" else rng.uniform(0.5, 12.0)
         while time.time() - began < delay and proc.poll() is None:
             time.sleep(0.05)
         return proc.poll() is None
@@ -122,10 +125,10 @@ def _wait_for(kind: str, store: Store, proc: subprocess.Popen, rng: random.Rando
 
 def soak(tmp_path: Path, tiny_model_dir: str, db: Path, *, server=None, seed: int = SEED) -> list[str]:
     """Run the sweep to the end through KILLS SIGKILLs of its driver, then one last resume.
-    With ``server`` (tests/conftest.py MlflowServer), the server is stopped and restarted while
-    the driver of the middle cycle trains; that driver is killed only once the queued writes had
-    their retry period to arrive (a driver killed while the store is down loses its queue: not
-    guaranteed, see the README)."""
+    With ``server`` (tests/conftest.py MlflowServer), the server is stopped and restarted in the
+    middle, while a driver trains if trials are left; that driver is killed only once the queued
+    writes had their retry period to arrive (a driver killed while the store is down loses its
+    queue: not guaranteed, see the README)."""
     rng = random.Random(seed)
     store = Store(db)
     common = ["--storage", str(tmp_path)] + (["--tracking-uri", server.uri] if server else [])
@@ -143,21 +146,35 @@ def soak(tmp_path: Path, tiny_model_dir: str, db: Path, *, server=None, seed: in
     def note(text: str) -> None:
         events.append(f"{time.time() - start:6.1f}s {text}")
 
-    schedule = [rng.choices(DURING, weights=WEIGHTS)[0] for _ in range(KILLS - len(AT_THE_END))]
-    schedule += AT_THE_END
+    done_kinds: list[str] = []
     proc = _driver(first, log_file)
+    outage_due = server is not None
     while kills < KILLS:
-        if server is not None and cycle == KILLS // 2:
+        finished = sum(s == "FINISHED" for s in store.snapshot()["runs"].values())
+        if outage_due and cycle >= 1 and (finished <= TRIALS // 2 or cycle >= KILLS // 2):
+            outage_due = False  # in the middle, while trials train if they still do
             _wait_for("metric", store, proc, rng)
+            delivered = log_file.read_text().count(REACHABLE_AGAIN)
             server.stop()
             note("mlflow server stopped")
             time.sleep(rng.uniform(2.0, 6.0))
             server.start()
             note("mlflow server started again")
-            time.sleep(tracking.RETRY_AFTER_S + 5)  # the writer's timer delivers the queue
-        kind = schedule[kills]
-        if _trigger("end", store.snapshot(), store.snapshot()):
+            # the writer's timer delivers the queue within RETRY_AFTER_S; only then may a kill
+            # come (writes still queued when a driver dies are lost: not guaranteed)
+            began = time.time()
+            while (time.time() - began < tracking.RETRY_AFTER_S + 30 and proc.poll() is None
+                   and log_file.read_text().count(REACHABLE_AGAIN) == delivered):
+                time.sleep(0.1)
+            note("queued writes delivered" if proc.poll() is None else "driver ended meanwhile")
+            kind = "after-outage"  # kill it now, while its trials train on
+        elif finished >= TRIALS:
             kind = "restore"  # every trial finished already: kill a resume of a finished sweep
+        elif finished == TRIALS - 1 and "end" not in done_kinds:
+            kind = "end"  # the last trial runs: kill once it finished, as the sweep records its end
+        else:
+            kind = rng.choices(DURING, weights=WEIGHTS)[0]
+        done_kinds.append(kind)
         fired = _wait_for(kind, store, proc, rng)
         alive = proc.poll() is None
         _kill_group(proc)
@@ -195,6 +212,11 @@ def check_record(uri: str, sweep_dir: Path, events: list[str], seed: int = SEED)
     assert all(r.info.status == "FINISHED" for r in runs), ([r.info.status for r in runs], where)
     trial_ids = {r.data.tags["tunebert.trial_id"] for r in runs}
     assert trial_ids == _ray_trial_ids(sweep_dir), where  # the same trials as Ray's own record
+    deleted = client.search_runs([experiment.experiment_id], "tags.`tunebert.kind` = 'trial'",
+                                 run_view_type=ViewType.DELETED_ONLY, max_results=1000)
+    assert all(r.data.tags.get("tunebert.orphan") == "true" and r.info.status != "RUNNING"
+               for r in deleted), where  # only orphans are deleted, all of them ended
+    events.append(f"orphan runs deleted: {len(deleted)}")
     for run in runs:
         for key in METRICS:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
@@ -214,11 +236,15 @@ def check_record(uri: str, sweep_dir: Path, events: list[str], seed: int = SEED)
 
 def test_soak_sigkill_and_resume_keeps_one_whole_record(tiny_model_dir, tmp_path):
     events = soak(tmp_path, tiny_model_dir, tmp_path / "mlflow.db")
-    print("\n".join(events))
-    check_record(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "ray" / "soak", events)
+    try:
+        check_record(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "ray" / "soak", events)
+    finally:
+        print("\n".join(events))
 
 
 def test_soak_with_an_mlflow_server_stopped_and_restarted(tiny_model_dir, tmp_path, mlflow_server):
     events = soak(tmp_path, tiny_model_dir, mlflow_server.db, server=mlflow_server)
-    print("\n".join(events))
-    check_record(mlflow_server.uri, tmp_path / "ray" / "soak", events)
+    try:
+        check_record(mlflow_server.uri, tmp_path / "ray" / "soak", events)
+    finally:
+        print("\n".join(events))

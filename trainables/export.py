@@ -1,0 +1,337 @@
+"""A trained classifier as a self-contained Hugging Face style folder: ``save_model``, ``load_model``.
+
+Every model tunebert hands over (``tunebert train --output-dir``, ``tunebert select
+--output-dir``, and the MLflow models both log) is one such folder::
+
+    folder/
+      README.md           a short model card: what the model is, its labels, how to load it
+      config.json         the encoder's architecture           (encoder.save_pretrained)
+      model.safetensors   the encoder's fine-tuned weights     (encoder.save_pretrained)
+      tokenizer.json, tokenizer_config.json, ...  the tokenizer (tokenizer.save_pretrained)
+      head.safetensors    the classification head's weights (``head.*`` of ``TextClassifier``)
+      label_map.json      {"names": [...]}: class index -> label, as training wrote it
+      tunebert.json       what prediction needs besides weights: the format and its version,
+                          pooling, head kind and size, max_length, precision, the number of
+                          labels, the encoder's layers (``num_layers``), whether to quantize
+                          (``quantize``), and the whole config the model was trained with
+
+The folder carries the encoder's architecture and the tokenizer, so ``load_model`` never reads the
+base encoder the training config names (``model``: a hub id, an alias or a folder on the training
+machine): the folder works offline, on another machine. It is flat, so
+``AutoModel.from_pretrained(folder)`` and ``AutoTokenizer.from_pretrained(folder)`` read the
+encoder and the tokenizer as they are. Weights are safetensors: reading them runs no code.
+
+An ensemble is a folder with ``ensemble.json`` and one member folder per model, each in the format
+above (``trainables.ensemble``), plus its own README.md (``save_ensemble_model``).
+
+An encoder truncated to its bottom layers (``num_layers``) is saved as such: ``save_pretrained``
+writes the kept layer count into config.json, so it loads truncated; ``tunebert.json`` records
+the count too, and loading checks the two agree. A model trained with ``quantize`` is saved with
+its fp32 weights (int8 packed weights are no Hugging Face format); loading quantizes it again
+(``trainables.models.quantize_int8``), so it predicts as the trial's ``val_accuracy_int8`` says.
+
+Older model folders, written before this format (a training checkpoint: ``state.pt``,
+``config.json`` holding the training config, ``label_map.json``), still load, read weights-only
+(``trainables.checkpointing``); they need the base encoder their config names, as they always did.
+
+Nothing here imports Ray, MLflow or ``tuning``: ``tuning.predict`` and the MLflow model
+(``tuning.mlflow_model``) both load through ``load_model``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from torch import nn
+
+from trainables.errors import ModelLoadError
+
+FORMAT = "tunebert-text-classifier"
+FORMAT_VERSION = 1
+MODEL_FILE = "tunebert.json"
+HEAD_FILE = "head.safetensors"
+LABEL_MAP_FILE = "label_map.json"
+CARD_FILE = "README.md"
+ENCODER_CONFIG_FILE = "config.json"
+ENCODER_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # whole, or sharded
+
+
+@dataclass
+class LoadedModel:
+    """A model folder read back, on the CPU, in eval mode."""
+
+    model: nn.Module      # (batch, seq) ids and mask -> (batch, labels) logits; an ensemble's are
+    #                       the log of its mean probabilities (``trainables.ensemble``)
+    config: dict          # the training config (an ensemble's: its first member's)
+    label_map: dict       # {"names": [...]}
+    tokenizer: Any        # the folder's own (an older checkpoint folder: its base encoder's)
+    kind: str             # "single" or "ensemble"
+    folder: Path
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _check_empty(folder: Path) -> None:
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise FileExistsError(f"cannot write a model into {folder}: it exists and is not an empty "
+                              f"folder")
+
+
+def _classifier_of(model: nn.Module):
+    """The ``TextClassifier`` to hand over: the model itself, or a contrastive model's classifier
+    (its projection head serves the contrastive loss in training only)."""
+    from trainables.models import TextClassifier
+
+    for candidate in (model, getattr(model, "classifier", None)):
+        if isinstance(candidate, TextClassifier):
+            return candidate
+    raise TypeError(f"save_model needs a TextClassifier (or a model holding one as `classifier`), "
+                    f"but got a {type(model).__name__}")
+
+
+def save_model(folder: str | Path, model: nn.Module, *, config: dict, label_map: dict, tokenizer,
+               metrics: Optional[dict] = None) -> Path:
+    """Write ``model`` as a model folder (see the module docstring). ``config``: the resolved
+    training config; ``label_map``: ``{"names": [...]}``; ``tokenizer``: the one training encoded
+    with; ``metrics`` (optional, e.g. validation and test scores) go into the card and
+    ``tunebert.json``. ``folder`` must not exist yet, or be empty."""
+    from safetensors.torch import save_file
+
+    from trainables import registry
+    from trainables.models import num_encoder_layers
+
+    folder = Path(folder)
+    _check_empty(folder)
+    classifier = _classifier_of(model)
+    cfg = registry.config_class(config["trainable"]).from_dict(config)
+    names = label_map.get("names") if isinstance(label_map, dict) else None
+    num_labels = classifier.head[-1].out_features
+    if not isinstance(names, list) or len(names) != num_labels:
+        raise ValueError(f"label_map must be {{'names': [...]}} with one name per output of the "
+                         f"model ({num_labels}), but got {label_map!r}")
+    folder.mkdir(parents=True, exist_ok=True)
+    classifier.encoder.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    save_file({k: v.detach().cpu().contiguous() for k, v in classifier.head.state_dict().items()},
+              str(folder / HEAD_FILE), metadata={"format": FORMAT})
+    (folder / LABEL_MAP_FILE).write_text(json.dumps(label_map, indent=2))
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "num_labels": num_labels,
+            "pooling": classifier.pooling, "head": cfg.head, "head_hidden": cfg.head_hidden,
+            "classifier_dropout": cfg.classifier_dropout, "max_length": cfg.max_length,
+            "precision": cfg.precision, "base_model": cfg.model, "trainable": cfg.trainable,
+            "num_layers": num_encoder_layers(classifier.encoder),
+            "quantize": bool(getattr(cfg, "quantize", False)),
+            "metrics": dict(metrics or {}), "config": config}
+    (folder / MODEL_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    (folder / CARD_FILE).write_text(_card(meta, names))
+    return folder
+
+
+def save_ensemble_model(folder: str | Path, member_dirs: Sequence[str | Path],
+                        weights: Optional[Sequence[float]] = None) -> Path:
+    """An ensemble folder (``trainables.ensemble.save_ensemble``) of model folders written by
+    ``save_model``, with its model card."""
+    from trainables.ensemble import read_ensemble, save_ensemble
+
+    not_models = [str(m) for m in member_dirs if not is_model_folder(m)]
+    if not_models:
+        raise ModelLoadError(f"ensemble members must be model folders written by save_model "
+                             f"(with {MODEL_FILE}), but {not_models} are not")
+    folder = save_ensemble(folder, member_dirs, weights)
+    members, weights = read_ensemble(folder)
+    metas = [_read_json(m / MODEL_FILE) for m in members]
+    names = _read_json(members[0] / LABEL_MAP_FILE)["names"]
+    (folder / CARD_FILE).write_text(_ensemble_card(metas, [m.name for m in members], weights,
+                                                   names))
+    return folder
+
+
+def _load_lines(folder_word: str) -> list[str]:
+    return ["## How to load", "",
+            "With tunebert installed (no sweep, Ray or MLflow needed; works offline):", "",
+            "```python", "from tuning.predict import load_model", "",
+            f"model = load_model(\"path/to/this/{folder_word}\")",
+            "model.predict([\"wake me up at seven\"])        # labels",
+            "model.predict_proba([\"wake me up at seven\"])  # (texts, labels) probabilities",
+            "```", "",
+            f"or `tunebert predict path/to/this/{folder_word} \"wake me up at seven\"`.", ""]
+
+
+def _card(meta: dict, names: list[str]) -> str:
+    metrics = meta.get("metrics") or {}
+    lines = ["---", "library_name: tunebert", "pipeline_tag: text-classification", "---", "",
+             f"# Text classifier ({len(names)} labels)", "",
+             f"Fine-tuned by tunebert ({meta['trainable']}) from `{meta['base_model']}`: the "
+             f"encoder, {meta['pooling']} pooling, a {meta['head']} head. Texts are cut to "
+             f"{meta['max_length']} tokens."
+             + (f" The encoder keeps its bottom {meta['num_layers']} layers."
+                if meta["config"].get("num_layers") else "")
+             + (" Loading quantizes its Linear layers to int8 (dynamic, CPU)."
+                if meta.get("quantize") else ""), "",
+             f"Labels: {', '.join(f'`{n}`' for n in names)}.", ""]
+    if metrics:
+        lines += ["Scores: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())), ""]
+    lines += ["## Files", "",
+              "- `config.json`, `model.safetensors`: the encoder (Hugging Face `save_pretrained`)",
+              "- tokenizer files: the tokenizer (Hugging Face `save_pretrained`)",
+              f"- `{HEAD_FILE}`: the classification head",
+              f"- `{LABEL_MAP_FILE}`: class index to label",
+              f"- `{MODEL_FILE}`: pooling, head, max length, precision, the training config", ""]
+    return "\n".join(lines + _load_lines("folder"))
+
+
+def _ensemble_card(metas: list[dict], members: list[str], weights: list[float],
+                   names: list[str]) -> str:
+    lines = ["---", "library_name: tunebert", "pipeline_tag: text-classification", "---", "",
+             f"# Ensemble of {len(members)} text classifiers ({len(names)} labels)", "",
+             "Its prediction is the weighted mean of the members' class probabilities.", "",
+             f"Labels: {', '.join(f'`{n}`' for n in names)}.", "",
+             "| member | weight | base encoder | pooling | head |", "|---|---|---|---|---|"]
+    lines += [f"| `{m}/` | {w:.4f} | `{meta['base_model']}` | {meta['pooling']} | {meta['head']} |"
+              for m, w, meta in zip(members, weights, metas)]
+    lines += ["", "Each member folder is a model folder of its own (see its README.md);",
+              "`ensemble.json` lists the members and their weights.", ""]
+    return "\n".join(lines + _load_lines("folder"))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def is_model_folder(folder: str | Path) -> bool:
+    """A single model folder in this format (not an ensemble, not an older checkpoint)."""
+    return (Path(folder) / MODEL_FILE).is_file()
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {path} ({exc}); the model folder is damaged or was not "
+                             f"fully copied: copy it again, or re-train the model") from None
+
+
+def _label_map(path: Path, num_labels: Optional[int] = None) -> dict:
+    """The label map in ``path`` (``{"names": [...], ...}``, as ``LabelMap.to_dict`` wrote it)."""
+    label_map = _read_json(path)
+    names = label_map.get("names") if isinstance(label_map, dict) else None
+    if not isinstance(names, list) or not names or (num_labels and len(names) != num_labels):
+        raise ModelLoadError(f"{path} must hold {{\"names\": [...]}} with one label per class"
+                             f"{f' ({num_labels})' if num_labels else ''}, but holds {label_map!r}; "
+                             f"the model folder is damaged: use another one or re-train")
+    return label_map
+
+
+def _load_single(folder: Path) -> LoadedModel:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from trainables.models import TextClassifier, load_encoder, load_tokenizer, num_encoder_layers
+
+    meta = _read_json(folder / MODEL_FILE)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelLoadError(f"{folder / MODEL_FILE} is not a tunebert model description: it needs "
+                             f"\"format\": \"{FORMAT}\"")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelLoadError(f"{folder} holds a model in format version {version!r}; this tunebert "
+                             f"reads versions up to {FORMAT_VERSION}: upgrade tunebert")
+    missing = [name for name in (ENCODER_CONFIG_FILE, HEAD_FILE, LABEL_MAP_FILE)
+               if not (folder / name).is_file()]
+    if not any((folder / name).is_file() for name in ENCODER_WEIGHTS):
+        missing.append(ENCODER_WEIGHTS[0])
+    if missing:
+        raise ModelLoadError(f"model folder {folder} is incomplete: {', '.join(missing)} missing. "
+                             f"It was not fully written or copied: copy it again, or re-train")
+    label_map = _label_map(folder / LABEL_MAP_FILE, meta.get("num_labels"))
+    names = label_map["names"]
+    where = str(folder.resolve())  # absolute: a folder named like a model alias stays a folder
+    encoder = load_encoder(where)
+    layers = meta.get("num_layers")  # absent in folders written before it was recorded
+    if layers is not None and num_encoder_layers(encoder) != layers:
+        raise ModelLoadError(f"{folder / ENCODER_CONFIG_FILE} describes an encoder of "
+                             f"{num_encoder_layers(encoder)} layers, but {MODEL_FILE} records "
+                             f"{layers}; the model folder is damaged: copy it again, or re-train")
+    model = TextClassifier(encoder, len(names), pooling=meta["pooling"], head=meta["head"],
+                           head_hidden=meta["head_hidden"], dropout=meta["classifier_dropout"])
+    try:
+        model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        raise ModelLoadError(f"{folder / HEAD_FILE} does not fit a {meta['head']} head for "
+                             f"{len(names)} labels ({str(exc).splitlines()[0][:200]}); the model "
+                             f"folder is damaged: copy it again, or re-train") from None
+    model = _quantized_if(meta.get("quantize", False), model.eval())
+    return LoadedModel(model, meta["config"], label_map, load_tokenizer(where), "single", folder)
+
+
+def _quantized_if(quantize: bool, model: nn.Module) -> nn.Module:
+    """``model``, or its int8 version when it was trained with ``quantize`` (CPU inference)."""
+    from trainables.models import quantize_int8
+
+    return quantize_int8(model).eval() if quantize else model
+
+
+def _load_checkpoint(folder: Path) -> LoadedModel:
+    """An older model folder: a training checkpoint, rebuilt on its base encoder."""
+    from trainables import registry
+    from trainables.checkpointing import load_checkpoint, model_weights
+    from trainables.finetune import build_classifier
+    from trainables.models import load_tokenizer
+
+    state = load_checkpoint(folder)
+    names = _label_map(folder / LABEL_MAP_FILE)["names"]
+    cfg = registry.config_class(state["config"]["trainable"]).from_dict(state["config"])
+    model = build_classifier(cfg, len(names))
+    if cfg.trainable == "contrastive":  # a classifier plus its projection head
+        from trainables.contrastive import ContrastiveModel
+
+        model = ContrastiveModel(model, cfg.projection_dim)
+    model.load_state_dict(model_weights(state))  # the best epoch's (averaged) weights
+    model = _quantized_if(getattr(cfg, "quantize", False), model.eval())
+    return LoadedModel(model, state["config"], state["label_map"],
+                       load_tokenizer(cfg.model), "single", folder)
+
+
+def _load_member(folder: Path) -> LoadedModel:
+    from trainables.checkpointing import STATE_FILE
+
+    if is_model_folder(folder):
+        return _load_single(folder)
+    if (folder / STATE_FILE).is_file():
+        return _load_checkpoint(folder)  # names a missing config.json or label_map.json
+    raise ModelLoadError(
+        f"{str(folder)!r} is not a model folder: it has no {MODEL_FILE} (a model folder as "
+        f"`tunebert train --output-dir` or `tunebert select --output-dir` writes it) and no "
+        f"ensemble.json (an ensemble folder), nor {STATE_FILE} (an older tunebert's model folder)")
+
+
+def load_model(folder: str | Path) -> LoadedModel:
+    """The model in ``folder``: a model folder, an ensemble folder, or an older checkpoint folder;
+    on the CPU, in eval mode. Raises ``ModelLoadError`` (a ``UserError``) saying what is wrong."""
+    from trainables.ensemble import ProbabilityEnsemble, is_ensemble_folder, read_ensemble
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ModelLoadError(f"model folder {str(folder)!r} does not exist; pass the folder "
+                             f"`tunebert train --output-dir` or `tunebert select --output-dir DIR` "
+                             f"wrote")
+    if not is_ensemble_folder(folder):
+        return _load_member(folder)
+    member_dirs, weights = read_ensemble(folder)
+    members = [_load_member(m) for m in member_dirs]
+    first = members[0]
+    for directory, other in zip(member_dirs[1:], members[1:]):
+        if other.label_map != first.label_map:
+            raise ModelLoadError(f"ensemble {folder}: member {directory.name} has another label map "
+                                 f"than {member_dirs[0].name}; members must classify the same labels")
+        for key in ("model", "max_length"):
+            if other.config.get(key) != first.config.get(key):
+                raise ModelLoadError(
+                    f"ensemble {folder}: members must share one tokenizer, but `{key}` is "
+                    f"{first.config.get(key)!r} in {member_dirs[0].name} and "
+                    f"{other.config.get(key)!r} in {directory.name}")
+    ensemble = ProbabilityEnsemble([m.model for m in members], weights).eval()
+    return LoadedModel(ensemble, first.config, first.label_map, first.tokenizer, "ensemble", folder)
