@@ -385,8 +385,10 @@ def _tuner(prep: Prepared, callback, *, restore: bool, stop=None):
     from tuning.asha import RUNGS_FILE, ResumableASHA
 
     cfg = prep.config
+    from trainables.entry import recycled
+
     trainable = tune.with_resources(
-        tune.with_parameters(registry.ray_entry_point(), data=prep.data),
+        recycled(tune.with_parameters(registry.ray_entry_point(), data=prep.data)),
         {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     if restore:
         # MLflow runs ahead of Ray's saved state: the logger Ray restores reconciles the two
@@ -429,12 +431,12 @@ def _tuner(prep: Prepared, callback, *, restore: bool, stop=None):
             search_alg=searcher, scheduler=scheduler, num_samples=cfg.num_trials,
             time_budget_s=cfg.time_budget_s, max_concurrent_trials=cfg.max_concurrent,
             metric=tune_metric, mode=cfg.mode, trial_dirname_creator=trial_dirname,
-            # every trial in a fresh worker process. Reusing a finished trial's process saves
-            # seconds per trial (imports, the tokenized data) but its memory is not given back:
-            # on MASSIVE with MiniLM-L6 two reused workers grew to 10.8 and 7.1 GB after ~8
-            # trials each (ASHA stops most after an epoch) and Ray's OOM killer ended a 2-hour
-            # `tunebert tune` after 18 minutes on a 24 GB machine
-            reuse_actors=False),
+            # a finished trial's worker process runs the next trial (no new process, no
+            # re-import: seconds per trial) until its memory has grown: on MASSIVE with
+            # MiniLM-L6 two always-reused workers grew to 10.8 and 7.1 GB after ~8 trials each
+            # and Ray's OOM killer ended a 2-hour `tunebert tune` after 18 minutes on a 24 GB
+            # machine, so a grown worker is replaced (trainables.entry.recycled)
+            reuse_actors=True),
         run_config=tune.RunConfig(
             name=cfg.name, storage_path=str(cfg.ray_storage), stop=stop,
             callbacks=[callback, CheckpointPruner(cfg.name, str(cfg.sweep_dir),
