@@ -1,0 +1,170 @@
+"""What ``tunebert report`` reads about a sweep from MLflow: its trials, its saved search space,
+its best trial and the learning curves of its top trials.
+
+Everything goes through ``tuning.tracking`` (the one module that imports mlflow), loaded on first
+use so that building the CLI parser stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+METRIC = "val_accuracy"
+TOP_CURVES = 5
+# Parameters searched on a log scale in the default spaces (a sweep's search_space.yaml may add more).
+LOG_PARAMS = frozenset({"lr", "contrastive_lr", "temperature", "head_lr_multiplier", "joint_lambda"})
+# Config keys that are provenance, not hyperparameters.
+NOT_HYPERPARAMETERS = frozenset({"preset"})
+# How tracking's end-reason tag starts for a FINISHED trial that did not run all its epochs.
+STOPPED_EARLY = "stopped early"
+
+
+def _tracking():
+    """``tuning.tracking`` (mlflow, Ray) loads on first use, so building the CLI stays fast."""
+    from tuning import tracking
+
+    return tracking
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial's MLflow run, as the report needs it."""
+
+    run_id: str
+    trial_id: str
+    status: str  # FINISHED | FAILED | KILLED | RUNNING
+    end_reason: str  # "completed", "stopped early (...)", "error", ...
+    config: dict[str, Any]
+    metrics: dict[str, float]  # last value of each metric
+    start_ms: int
+    end_ms: Optional[int]
+    preset: Optional[str] = None
+    error: Optional[str] = None
+
+    @property
+    def value(self) -> float:
+        """The trial's score: val_accuracy at its best epoch (NaN when it never reported one)."""
+        from tuning.best import score_key
+
+        return float(self.metrics.get(score_key(METRIC, self.metrics), math.nan))
+
+    @property
+    def scored(self) -> bool:
+        """A finished trial with a finite metric: the only kind that can be best."""
+        return self.status == "FINISHED" and math.isfinite(self.value)
+
+    @property
+    def stopped_early(self) -> bool:
+        """Finished before its last epoch (ASHA, or the sweep's time budget)."""
+        return self.status == "FINISHED" and self.end_reason.startswith(STOPPED_EARLY)
+
+    @property
+    def label(self) -> str:
+        return f"{self.trial_id} ({self.preset})" if self.preset else self.trial_id
+
+
+def load_trials(uri: str, sweep: str) -> list[TrialRecord]:
+    """Every trial run of ``sweep``, in start order. Raises TrackingError for an unknown sweep."""
+    tracking = _tracking()
+    records = []
+    for run in tracking.trial_runs(uri, sweep):
+        tags = run.data.tags
+        records.append(TrialRecord(
+            run_id=run.info.run_id, trial_id=tags.get(tracking.TRIAL_ID, run.info.run_id[:8]),
+            status=run.info.status, end_reason=tags.get(tracking.END_REASON, ""),
+            config=json.loads(tags.get(tracking.CONFIG, "{}")), metrics=dict(run.data.metrics),
+            start_ms=int(run.info.start_time or 0), end_ms=run.info.end_time,
+            preset=tags.get("tunebert.preset"), error=tags.get(tracking.ERROR)))
+    return sorted(records, key=lambda r: (r.start_ms, r.trial_id))
+
+
+def pick_best(trials: list[TrialRecord], sweep: str, uri: str, storage: str) -> Optional[TrialRecord]:
+    """The report's best trial: the one `tunebert best` returns (the one ranking function, so the
+    two never disagree: stage-1 contrastive trials excluded, best epoch, same tie-break)."""
+    from tuning.best import top_k
+
+    leader = top_k(sweep, 1, tracking_uri=uri, storage=storage)  # the sweep's own objectives
+    return next((t for t in trials if leader and t.trial_id == leader[0].trial_id), None)
+
+
+# --------------------------------------------------------------------------- the varying parameters
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def varying_params(trials: list[TrialRecord]) -> dict[str, str]:
+    """Parameters whose value differs between trials: name -> "numeric" or "categorical".
+
+    Only keys every trial's config has count (in a mixed sweep, family-specific parameters are
+    left out: their absence would only repeat what ``trainable`` says).
+    """
+    if not trials:
+        return {}
+    shared = set.intersection(*(set(t.config) for t in trials)) - NOT_HYPERPARAMETERS
+    kinds = {}
+    for name in sorted(shared):
+        values = [t.config[name] for t in trials]
+        if any(isinstance(v, (list, dict)) for v in values):
+            continue
+        if len({json.dumps(v, sort_keys=True) for v in values}) < 2:
+            continue
+        kinds[name] = "numeric" if all(_is_number(v) for v in values) else "categorical"
+    return kinds
+
+
+def log_scaled(kinds: dict[str, str], trials: list[TrialRecord], space: dict) -> set[str]:
+    """Numeric parameters to show and model on a log scale: the usual ones and any the sweep's
+    search space marks ``log: true``, as long as every observed value is positive."""
+    marked = {name for name, spec in space.items() if isinstance(spec, dict) and spec.get("log")}
+    return {name for name, kind in kinds.items()
+            if kind == "numeric" and (name in LOG_PARAMS or name in marked)
+            and all(t.config[name] > 0 for t in trials)}
+
+
+def categorical_choices(trials: list[TrialRecord], name: str) -> list[str]:
+    """The values ``name`` took, as strings, shortest first."""
+    return sorted({str(t.config[name]) for t in trials}, key=lambda s: (len(s), s))
+
+
+def saved_search_space(uri: str, parent_run_id: Optional[str], sweep_dir: Path) -> dict:
+    """The sweep's ``search_space.yaml`` (from the parent run, else the local sweep folder)."""
+    import yaml
+
+    tracking = _tracking()
+    text = None
+    if parent_run_id and "search_space.yaml" in tracking.artifact_paths(uri, parent_run_id):
+        with tempfile.TemporaryDirectory() as tmp:
+            text = Path(tracking.download_artifacts(uri, parent_run_id, "search_space.yaml", tmp)).read_text()
+    elif (sweep_dir / "search_space.yaml").is_file():
+        text = (sweep_dir / "search_space.yaml").read_text()
+    loaded = yaml.safe_load(text) if text else None
+    return loaded if isinstance(loaded, dict) else {}
+
+
+# --------------------------------------------------------------------------- time and curves
+
+
+def wall_time(parent, trials: list[TrialRecord]) -> Optional[float]:
+    """Seconds the sweep ran: the parent run's ``wall_time_s``, else first start to last end."""
+    if parent is not None and "wall_time_s" in parent.data.metrics:
+        return float(parent.data.metrics["wall_time_s"])
+    ends = [t.end_ms for t in trials if t.end_ms]
+    return (max(ends) - min(t.start_ms for t in trials)) / 1000 if ends else None
+
+
+def top_curves(uri: str, trials: list[TrialRecord],
+               k: int = TOP_CURVES) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Per-epoch val_accuracy and val_loss of the ``k`` best scored trials, best first:
+    ``"<label> (<score>)" -> {metric: [(epoch, value), ...]}``."""
+    tracking = _tracking()
+    top = sorted((t for t in trials if t.scored), key=lambda t: t.value, reverse=True)[:k]
+    return {f"{t.label} ({t.value:.3f})": {key: tracking.metric_history(uri, t.run_id, key)
+                                           for key in ("val_accuracy", "val_loss")}
+            for t in top}
