@@ -17,6 +17,19 @@ MASSIVE = REPO.parent / "shared" / "data" / "massive-en"
 
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# the suite runs offline: no usage reports from Ray or MLflow (on a network that drops packets
+# rather than refusing them, each attempt would wait for its timeout)
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _console():
+    """Messages print as the CLI prints them (``tuning.console``), also from library calls."""
+    from tuning import console
+
+    console.setup(0)
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ import numpy as np
 
 from trainables.errors import ConfigError, DataError
 
-log = logging.getLogger("tunebert.data")
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val", "dev", "valid"),

@@ -9,17 +9,17 @@ about 1.7x the compute per epoch; the wall time per run is reported beside the s
 
 from __future__ import annotations
 
+import logging
 import statistics
 from pathlib import Path
 from typing import Any, Optional
 
+from search_spaces.presets import PRESETS
 from trainables.data import DataConfig
 
 # The hand-written config: AdamW, lr 1e-4, batch 32, 4 epochs, mean pooling, linear
 # head, 10 % linear warm-up, weight decay 0.01 (these are also the trainable's defaults).
-HAND_CONFIG: dict[str, Any] = {"trainable": "finetune", "optimizer": "adamw", "lr": 1e-4,
-                               "batch_size": 32, "epochs": 4, "pooling": "mean", "head": "linear",
-                               "scheduler": "linear", "warmup_ratio": 0.1, "weight_decay": 0.01}
+HAND_CONFIG: dict[str, Any] = dict(PRESETS["hand"])
 
 # One typical value per knob (the literature's defaults): EMA 0.999 (timm), SWA over the last
 # half of the epochs (Izmailov et al. average the last quarter to half), R-Drop alpha 1 (Liang et
@@ -33,12 +33,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "+ joint SupCon (lambda 0.1, tau 0.3)": {"supcon_lambda": 0.1, "supcon_temperature": 0.3},
 }
 
+log = logging.getLogger(__name__)
 
 EXPERIMENT = "bench-ablation"
 
 
 def _say(message: str) -> None:
-    print(f"[tunebert] bench: ablation: {message}", flush=True)
+    log.info(f"bench: ablation: {message}")
 
 
 def run_ablation(data: DataConfig, model: str, *, seeds: int, epochs: Optional[int], uri: str,

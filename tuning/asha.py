@@ -26,7 +26,7 @@ from typing import Optional
 
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
-log = logging.getLogger("tunebert")
+log = logging.getLogger(__name__)
 
 RUNGS_FILE = "asha_rungs.jsonl"
 

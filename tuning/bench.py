@@ -21,6 +21,7 @@ the progress and the time left after every job, then writes its results from wha
 
 from __future__ import annotations
 
+import logging
 import argparse
 import json
 import statistics
@@ -34,6 +35,8 @@ import numpy as np
 from trainables.data import DataConfig, TokenizedData, bucketed_batches, collate, load_raw_splits, tokenize_splits
 from trainables.errors import UserError
 
+log = logging.getLogger(__name__)
+
 PARTS = ("throughput", "overhead", "search", "table", "ablation", "compare")
 WARMUP = 2  # untimed batches before each throughput measurement
 TRAINER_FP32 = "tunebert loop, fp32 (same batches as the reference)"
@@ -41,7 +44,7 @@ REFERENCE = "plain loop, bucketed batches, fused AdamW, fp32 (reference)"
 
 
 def say(message: str) -> None:
-    print(f"[bench] {message}", flush=True)
+    log.info(f"bench: {message}")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from trainables.errors import UserError
 from trainables.hparams import HPARAMS, choices_of
 from tuning.config import POPULATION_SCHEDULERS, SCHEDULERS, SEARCHERS, TRAINABLE_CHOICES
+from tuning import console
 
 EXIT_USER_ERROR = 2
 
@@ -159,8 +160,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser, *, time_budget_default: Opti
     _add_store_args(p)
 
 
-def _add_objective_args(p: argparse.ArgumentParser) -> None:
-    """What `sweep` optimises (read back by ``objective_settings``)."""
+def add_objective_arguments(p: argparse.ArgumentParser) -> None:
+    """What `sweep` and `tune` optimise (read back by ``objective_settings``)."""
     g = p.add_argument_group("objectives and constraints")
     g.add_argument("--metric", default=None,
                    help=f"the metric to optimise (default: {_default('metric')}); see --objective "
@@ -179,7 +180,7 @@ def _add_objective_args(p: argparse.ArgumentParser) -> None:
 
 
 def objective_settings(args) -> dict[str, Any]:
-    """``SweepConfig`` keyword arguments from ``_add_objective_args``' options."""
+    """``SweepConfig`` keyword arguments from ``add_objective_arguments``' options."""
     from trainables.errors import ConfigError
     from tuning.config import Constraint, Objective
 
@@ -209,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run a sweep: Optuna (TPE) proposes configs, ASHA stops weak "
                                    "trials early, every trial is logged to MLflow.")
     add_sweep_arguments(p)
-    _add_objective_args(p)
+    add_objective_arguments(p)
     p.add_argument("--smoke-test", action="store_true",
                    help="2 trials x 1 epoch, to check that everything is wired up")
 
@@ -306,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", action="store_true",
                    help="print every hyperparameter as a Markdown table (default, allowed values, "
                         "default search range, phase) instead of the space")
+    for command in sub.choices.values():
+        console.add_arguments(command)
     return parser
 
 
@@ -347,12 +350,33 @@ def _sweep(args) -> int:
     return 0
 
 
-def _print_outcome(outcome, storage: str) -> None:
-    import yaml
+def changed_from_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """The values of ``config`` that differ from its trainable's defaults: what a sweep chose."""
+    from trainables import registry
 
+    defaults = registry.resolve_config({"trainable": config.get("trainable", "finetune")})
+    return {k: v for k, v in config.items()
+            if k not in ("model", "max_length", "seed") and defaults.get(k, object()) != v}
+
+
+def _wrapped(pairs: list[str], width: int = 96, indent: str = "  ") -> list[str]:
+    lines, line = [], ""
+    for pair in pairs:
+        if line and len(line) + 1 + len(pair) > width:
+            lines.append(indent + line)
+            line = pair
+        else:
+            line = f"{line} {pair}".strip()
+    return lines + ([indent + line] if line else [])
+
+
+def _print_outcome(outcome, storage: str) -> None:
+    """The sweep's summary, printed also with -q: counts, the best trial, where everything is,
+    what to run next, the best config (what it changes from the defaults) and the UI command."""
     from tuning.tracking import redact
 
     uri = outcome.tracking_uri
+    where = "" if storage == "tunebert-runs" else f" --storage {storage}"
     print()
     print(f"[tunebert] sweep {outcome.name!r} done in {outcome.wall_s / 60:.1f} min: "
           f"{outcome.counts['FINISHED']} finished, {outcome.counts['FAILED']} failed, "
@@ -361,17 +385,26 @@ def _print_outcome(outcome, storage: str) -> None:
         print("[tunebert] no trial finished with a finite metric; nothing to recommend")
         return
     best = outcome.best
-    print(f"[tunebert] best trial {best.trial_id}: val_accuracy {best.score('val_accuracy'):.4f}  "
-          f"val_macro_f1 {best.score('val_macro_f1') if 'val_macro_f1' in best.metrics else float('nan'):.4f}")
-    print("[tunebert] best config:")
-    print("  " + yaml.safe_dump(best.config, sort_keys=True).rstrip().replace("\n", "\n  "))
+    f1 = best.score('val_macro_f1') if 'val_macro_f1' in best.metrics else float('nan')
+    print(f"[tunebert] best trial {best.trial_id}: val_accuracy {best.score('val_accuracy'):.4f}, "
+          f"val_macro_f1 {f1:.4f}")
     print(f"[tunebert] results:   {outcome.sweep_dir} (Ray Tune state, checkpoints, best_config.yaml)")
     print(f"[tunebert] MLflow:    {redact(uri)} (experiment {outcome.name!r})")
-    if uri.startswith("sqlite:"):
-        print(f"[tunebert] MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
-    print(f"[tunebert] next:      tunebert train --from-sweep {outcome.name}"
-          + ("" if storage == "tunebert-runs" else f" --storage {storage}")
-          + "   # retrain the best config and evaluate it on test")
+    print(f"[tunebert] next:      tunebert train --from-sweep {outcome.name}{where}"
+          f"   # retrain the best config and evaluate it on test")
+    changed = changed_from_defaults(best.config)
+    print(f"[tunebert] best config (its values that differ from the defaults; all of them in "
+          f"best_config.yaml, `tunebert best {outcome.name}{where}`):")
+    for line in _wrapped([f"{k}={_short(v)}" for k, v in sorted(changed.items())]) or ["  (the defaults)"]:
+        print(line)
+    print(f"[tunebert] MLflow UI: tunebert ui --name {outcome.name}{where}"
+          f"   # the sweep's runs table, its trials and their curves")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
 
 
 def _resume(args) -> int:
@@ -562,7 +595,12 @@ def _presets(args) -> int:
     from search_spaces.presets import PRESETS, STUDY_TEST_ACCURACY
 
     for name, values in PRESETS.items():
-        print(f"# {name} (study, bert-base-uncased on MASSIVE: {STUDY_TEST_ACCURACY[name]} % test accuracy)")
+        if name in STUDY_TEST_ACCURACY:
+            print(f"# {name} (study, bert-base-uncased on MASSIVE: {STUDY_TEST_ACCURACY[name]} % "
+                  f"test accuracy)")
+        else:
+            print(f"# {name} (a careful hand-written config, not from the study: MiniLM-L6 on "
+                  f"MASSIVE 88.9 % test; `tunebert tune` tries it first)")
         print(yaml.safe_dump({name: values}, sort_keys=False))
     return 0
 
@@ -642,6 +680,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the exact command line, for outputs that record how they were made
+    console.setup(args.verbosity)
     raise_on_sigterm()  # docker stop, Kubernetes: stop as cleanly as Ctrl-C does
     try:
         return COMMANDS[args.command](args)

@@ -9,6 +9,7 @@ Targets (this project's, for MASSIVE en-US with the packaged MiniLM-L6 on 2 CPU 
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -16,12 +17,14 @@ from typing import Any, Optional
 
 from trainables.data import DataConfig
 
+log = logging.getLogger(__name__)
+
 HAND_EXPERIMENT = "bench-hand-baseline"
 TARGETS = {"handed_over": 0.900, "config_mean": 0.895, "margin_over_hand": 0.005}
 
 
 def _say(message: str) -> None:
-    print(f"[tunebert] bench: compare: {message}", flush=True)
+    log.info(f"bench: compare: {message}")
 
 
 def hand_baseline(data: DataConfig, model: str, *, seeds: int, uri: str,

@@ -24,6 +24,7 @@ import fnmatch
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -33,6 +34,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+log = logging.getLogger(__name__)
 
 
 def threads_per_worker(workers: int) -> int:
@@ -45,11 +48,15 @@ def _timed(fn: Callable, kwargs: dict) -> tuple[float, Any]:
     return time.monotonic() - start, result
 
 
-def _pinned(fn: Callable, threads: int, kwargs: dict) -> tuple[float, Any]:
+def _pinned(fn: Callable, threads: int, kwargs: dict,
+            verbosity: Optional[int] = None) -> tuple[float, Any]:
     """``fn(**kwargs)`` and its wall seconds, in a worker process limited to ``threads``
-    intra-op threads."""
+    intra-op threads, logging as the parent does (``verbosity``: its ``console.configured()``)."""
     from trainables.runtime import set_threads
+    from tuning import console
 
+    if verbosity is not None:
+        console.setup(verbosity)
     set_threads(threads)
     return _timed(fn, kwargs)
 
@@ -83,7 +90,10 @@ def run_jobs(fn: Callable, jobs: Sequence[dict], workers: int = 1,
     threads = threads_per_worker(workers)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        futures = [pool.submit(_pinned, fn, threads, dict(job)) for job in jobs]
+        from tuning import console
+
+        verbosity = console.configured()
+        futures = [pool.submit(_pinned, fn, threads, dict(job), verbosity) for job in jobs]
         for index, future in enumerate(futures):
             future.add_done_callback(functools.partial(finished, index))
         for future in futures:
@@ -246,7 +256,7 @@ def train_job(config: dict, data: Any, *, key: str, uri: str, experiment: str, r
     from tuning import tracking
     from tuning.train import train_config
 
-    print(f"[tunebert] bench job {run_name} ({experiment}, key {key})", flush=True)
+    log.info(f"bench job {run_name} ({experiment}, key {key})")
     job_dir = Path(storage) / "jobs" / key if storage else None
     unfinished = tracking.unfinished_job(uri, experiment, key) if job_dir else None
     train_config(config, data, tracking_uri=uri, experiment=experiment, run_name=run_name,

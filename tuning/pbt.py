@@ -29,7 +29,7 @@ from search_spaces.space import Categorical, FloatRange, IntRange, Param, Search
 from trainables import registry
 from trainables.errors import ConfigError
 
-log = logging.getLogger("tunebert.pbt")
+log = logging.getLogger(__name__)
 
 # Called with (the cloning trial, the donor trial, the clone event; see ``clone_event``).
 OnClone = Callable[[Any, Any, dict], None]

@@ -29,7 +29,8 @@ evaluates the chosen models; that cost can be computed from the time of one trai
 
 with ``training_s`` = epochs × seconds per trial-epoch and ``eval_s`` one trial-epoch (loading
 the models and evaluating them on validation and test, which are smaller than train, costs less
-than one training epoch). Whole waves of ``workers`` trainings are counted (``ceil``), and the
+than one training epoch), both divided by ``selection_speedup``: on CPU a sweep trial trains on
+``cpus_per_trial`` threads beside other trials, a selection training on ``cpu_count // workers``. Whole waves of ``workers`` trainings are counted (``ceil``), and the
 slowest candidate sets the wave's length, so the estimate errs long. Before the sweep, the
 selection is reserved ``selection_s(top_k, seeds)``, but at most ``max_select_share`` (half) of
 the budget: the selection can only choose among what the sweep found, so starving the search to
@@ -50,6 +51,7 @@ evaluation), never more — as far as the measured speed holds.
 
 from __future__ import annotations
 
+import logging
 import argparse
 import dataclasses
 import json
@@ -64,6 +66,8 @@ from typing import Any, Optional, Sequence
 
 from trainables.errors import ConfigError, UserError
 from tuning.config import DEFAULT_ROOT, POPULATION_SCHEDULERS, SweepConfig, check_sweep_name
+
+log = logging.getLogger(__name__)
 
 PIPELINE_FILE = "tunebert_pipeline.json"
 DEADLINE_FILE = "tunebert_sweep_deadline"   # read by runner.DeadlineStopper
@@ -85,7 +89,7 @@ DESCRIPTION = (
 
 
 def say(message: str) -> None:
-    print(f"[tunebert] tune: {message}", flush=True)
+    log.info(f"tune: {message}")
 
 
 # --------------------------------------------------------------------------- settings
@@ -223,6 +227,24 @@ def split_budget(budget_s: float, training_s: Optional[float], eval_s: float, to
             f"{_clock(plan.seconds)} (one training and its evaluation), so the budget must be at "
             f"least {_clock(need)}. Raise --time-budget, or lower --epochs or --max-length.")
     return BudgetSplit(budget_s, sweep_s, plan.seconds, plan, "measured speed")
+
+
+def selection_speedup(cpus_per_trial: float, gpus_per_trial: float, select_workers: int,
+                      address: Optional[str] = None) -> float:
+    """How many times faster one selection training runs than one sweep trial of the same config.
+
+    On CPU in embedded mode a sweep trial trains on ``cpus_per_trial`` threads beside the other
+    trials, while a selection training gets ``cpu_count // select_workers`` threads
+    (``tuning.jobs.threads_per_worker``): the ratio of the two. Training speed grows a little
+    less than linearly with threads, so a plan made with it errs long. Measured on MASSIVE
+    (2 cores): sweep trials at 1 thread took 1m26s per epoch, the selection's trainings 34 s;
+    without this factor the 2-hour plan left 22 of its 30 selection minutes unused. 1.0 on GPUs
+    and on a cluster, whose machines this one cannot see."""
+    from tuning.jobs import threads_per_worker
+
+    if gpus_per_trial > 0 or address not in (None, "", "local"):
+        return 1.0
+    return max(1.0, threads_per_worker(select_workers) / max(1, int(cpus_per_trial)))
 
 
 def _clock(seconds: float) -> str:
@@ -502,8 +524,11 @@ def start_pipeline(sweep: SweepConfig, config: PipelineConfig) -> Pipeline:
         share = 1.0
         if config.max_train_examples:
             share = min(1.0, config.max_train_examples / len(prep.data.splits["train"]))
-        training_s = (config.select_epochs or trial_epochs) * epoch_s * share
-        split = split_budget(config.budget_s, training_s, epoch_s, config.top_k, config.seeds,
+        speedup = selection_speedup(sweep.cpus_per_trial, sweep.gpus_per_trial,
+                                    config.select_workers, sweep.address)
+        training_s = (config.select_epochs or trial_epochs) * epoch_s * share / speedup
+        split = split_budget(config.budget_s, training_s, epoch_s / speedup, config.top_k,
+                             config.seeds,
                              config.select_workers, trial_s=trial_epochs * epoch_s,
                              max_select_share=config.max_select_share)
     plan_s = time.time() - started
@@ -617,7 +642,11 @@ def _measured_training_s(pipeline: Pipeline, leaders) -> tuple[list[float], floa
         epoch_s.append(seconds)
         training_s.append(training_epochs(trial.config, config.select_epochs) * seconds * share)
     basis = "the sweep's Ray results" if everything else "the speed measured before the sweep"
-    return training_s, max(epoch_s), basis
+    speedup = selection_speedup(pipeline.sweep.cpus_per_trial, pipeline.sweep.gpus_per_trial,
+                                config.select_workers, pipeline.sweep.address)
+    if speedup > 1:
+        basis += f", x{speedup:g} for the selection's threads"
+    return [s / speedup for s in training_s], max(epoch_s) / speedup, basis
 
 
 def _train_size(pipeline: Pipeline) -> int:
@@ -799,6 +828,10 @@ def print_summary(pipeline: Pipeline) -> None:
 # --------------------------------------------------------------------------- the CLI subcommand
 
 
+# what `tunebert tune` tries first unless --warm-start says otherwise (search_spaces.presets)
+DEFAULT_WARM_START = "hand"
+
+
 def _default(name: str) -> Any:
     return next(f.default for f in dataclasses.fields(PipelineConfig) if f.name == name)
 
@@ -806,15 +839,20 @@ def _default(name: str) -> Any:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``tunebert tune``: the sweep's options (``--time-budget`` is the whole job's) and the
     selection's."""
-    from tuning.cli import add_sweep_arguments
+    from tuning.cli import add_objective_arguments, add_sweep_arguments
 
     add_sweep_arguments(p, time_budget_default=_default("budget_s"), time_budget_help=(
         "the whole job's time: sweep, final selection and test (default: 2h); e.g. 45m, 1h30m"))
-    p.set_defaults(trials=None)  # `tune` fills its budget: see BUDGET_TRIALS
+    add_objective_arguments(p)
+    p.set_defaults(trials=None, warm_start=None)  # `tune` fills its budget: see BUDGET_TRIALS
     for action in p._actions:
         if action.dest == "trials":
             action.help = ("number of trials (default: as many as the sweep's share of the time "
                            "budget allows)")
+        if action.dest == "warm_start":
+            action.help = (f"comma-separated presets or config files to try first (default for "
+                           f"fine-tuning: {DEFAULT_WARM_START}, the careful hand-written config, "
+                           f"so the search starts from it; '' for none; see `tunebert presets`)")
     g = p.add_argument_group("final selection")
     g.add_argument("--top-k", type=int, default=_default("top_k"),
                    help="re-train this many of the sweep's best configs (default: %(default)s; "
@@ -846,13 +884,20 @@ def default_select_workers(cpus_per_trial: float, gpus_per_trial: float, cores: 
 
 
 def run(args) -> int:
-    from tuning.cli import sweep_settings
+    from tuning.cli import objective_settings, sweep_settings
 
     if args.trials is None:  # the budget decides how many trials the sweep gets
         args.trials = BUDGET_TRIALS
+    if args.warm_start is None:  # the hand config first, so the search starts from it
+        args.warm_start = DEFAULT_WARM_START if args.trainable in ("finetune", "any") else ""
     if args.select_workers is None:
         args.select_workers = default_select_workers(args.cpus_per_trial, args.gpus_per_trial)
-    settings = sweep_settings(args)
+    settings = {**sweep_settings(args), **objective_settings(args)}
+    if settings["constraints"] and args.ensemble:
+        # an ensemble of N models is N times slower and larger than the trials whose latency
+        # and size the constraints were checked on
+        say("note: with --constraint the chosen single model is handed over, not an ensemble")
+        args.ensemble = False
     pipeline_settings: dict[str, Any] = dict(
         budget_s=args.time_budget, top_k=args.top_k, seeds=args.seeds, ensemble=args.ensemble,
         select_workers=args.select_workers,

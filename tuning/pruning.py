@@ -36,7 +36,7 @@ from ray.tune import Callback
 from trainables.checkpointing import STATE_FILE, shrink_to_model
 from trainables.errors import CheckpointError
 
-log = logging.getLogger("tunebert.pruning")
+log = logging.getLogger(__name__)
 
 MB = 2 ** 20
 
@@ -159,11 +159,11 @@ class CheckpointPruner(Callback):
         self.usage = {"disk_sweep_mb": folder_bytes(sweep_dir) / MB,
                       "disk_checkpoints_mb": checkpoints / MB,
                       "disk_pruned_mb": self.freed_bytes / MB}
-        from tuning.runner import say
-
-        say(f"disk: the sweep folder {sweep_dir} holds {self.usage['disk_sweep_mb']:.1f} MB, "
-            f"{self.usage['disk_checkpoints_mb']:.1f} MB of it checkpoints of {len(trials)} trials; "
-            f"pruning ended trials to their best epoch's model freed {self.usage['disk_pruned_mb']:.1f} MB")
+        freed = self.usage["disk_pruned_mb"]
+        log.debug(f"disk: the sweep folder {sweep_dir} holds {self.usage['disk_sweep_mb']:.1f} MB, "
+                 f"{self.usage['disk_checkpoints_mb']:.1f} MB of it checkpoints of {len(trials)} "
+                 f"trials" + (f"; pruning ended trials to their best epoch's model freed "
+                              f"{freed:.1f} MB" if freed >= 0.05 else ""))
         self._log_usage()
 
     def _log_usage(self) -> None:

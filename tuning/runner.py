@@ -27,7 +27,8 @@ from trainables import registry
 from trainables.data import TokenizedData, data_fingerprint, load_raw_splits, tokenize_splits
 from trainables.errors import ConfigError, UserError
 from trainables.models import load_tokenizer
-from tuning import tracking
+from tuning import console, tracking
+from tuning.progress import SweepProgress
 from tuning.pruning import CheckpointPruner
 from tuning.config import (DEFAULT_ROOT, POPULATION_SCHEDULERS, SweepConfig, load_saved_sweep,
                            resume_store, warm_start_config)
@@ -36,13 +37,13 @@ from tuning.interrupt import (Interrupted, reclaim_sigterm, sigterm_blocked_in_c
 from tuning.sweep_lock import sweep_lock
 from tuning.search import build_searcher, preview_configs, warm_start_values
 
-log = logging.getLogger("tunebert")
+log = logging.getLogger(__name__)
 
 TRIAL_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr", "samples_per_s")
 
 
 def say(message: str) -> None:
-    print(f"[tunebert] {message}", flush=True)
+    log.info(message)
 
 
 @dataclass
@@ -220,7 +221,7 @@ def prepare(cfg: SweepConfig) -> Prepared:
     check_tracking_target(cfg, uri)
     tracking.bound_http_waits()
     tracking.check_store(uri)
-    say(f"loading data from {cfg.data.source!r} and tokenizer of {cfg.model!r}")
+    log.debug(f"loading data from {cfg.data.source!r} and tokenizer of {cfg.model!r}")
     raw = load_raw_splits(cfg.data)
     fingerprint = data_fingerprint(raw)
     if cfg.data_fingerprint and fingerprint != cfg.data_fingerprint:
@@ -256,7 +257,7 @@ def _init_ray(cfg: SweepConfig) -> None:
         return
     if cfg.address:
         try:
-            ray.init(address=cfg.address, log_to_driver=True)
+            ray.init(address=cfg.address, **console.ray_settings()["init"])
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ConfigError(f"could not join the Ray cluster at --address {cfg.address!r} "
                               f"({str(exc).splitlines()[0][:200]}). Check that `ray start --head` "
@@ -282,7 +283,8 @@ def _init_ray(cfg: SweepConfig) -> None:
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false", "False")
-        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=True)
+        ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1",
+                 **console.ray_settings()["init"])
 
 
 def check_joined_cluster(cfg: SweepConfig) -> None:
@@ -440,10 +442,12 @@ def _tuner(prep: Prepared, callback, *, restore: bool, stop=None):
         run_config=tune.RunConfig(
             name=cfg.name, storage_path=str(cfg.ray_storage), stop=stop,
             callbacks=[callback, CheckpointPruner(cfg.name, str(cfg.sweep_dir),
-                                                  population_based=cfg.scheduler in POPULATION_SCHEDULERS)],
+                                                  population_based=cfg.scheduler in POPULATION_SCHEDULERS),
+                       SweepProgress(prep.space.searched(), tune_metric, cfg.mode, cfg.num_trials,
+                                     cfg.time_budget_s)],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
-            verbose=1),
+            verbose=console.ray_settings()["tune_verbose"]),
     )
 
 
@@ -552,6 +556,7 @@ def _run_locked(prep: Prepared, *, resume: bool, stop, start: float) -> SweepOut
     finished = False
     with stop_tune_gracefully() as stopping:
         try:
+            console.quiet_ray_tune()
             results = _tuner(prep, callback, restore=resume, stop=stop).fit()
             finished = stopping.signum is None  # Ray Tune returns normally when interrupted
         except KeyboardInterrupt as exc:  # SIGTERM, Ctrl-C twice, or before Ray Tune's loop ran

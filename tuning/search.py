@@ -125,7 +125,7 @@ class ObjectivesSearch(OptunaSearch):
         try:
             self._ot_study.tell(ot_trial, values, state=state)
         except Exception as exc:  # as OptunaSearch: a searcher error must not end the sweep
-            logging.getLogger("tunebert").warning("Optuna could not record trial %s: %s", trial_id, exc)
+            logging.getLogger(__name__).warning("Optuna could not record trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
 
     def _tell_constraints(self, ot_trial, result: dict) -> None:

@@ -5,9 +5,12 @@ A sweep's best trial is the best of many noisy draws, so its validation score is
 (the winner's curse), and one seed says little about a config. ``final_selection``:
 
 1. takes the ``top_k`` finished trials of the sweep, best first (``tuning.best.top_k``);
-2. re-trains each config with ``seeds`` seeds, namely the config's own ``seed`` + 0, 1, ...,
-   ``seeds - 1`` (offset 0 repeats the trial's seed), on train, measuring validation only. The
-   test split is not even tokenized for these runs (``train_config(evaluate_test=False)``);
+2. re-trains each config with ``seeds`` fresh seeds, namely the config's own ``seed`` + 1, 2,
+   ..., ``seeds``, on train, measuring validation only. The trial's own seed is left out on
+   purpose: re-training it reproduces the sweep's run (same seed, same data order), whose score
+   is the maximum the sweep already picked, so it would bias the mean upward (on MASSIVE the
+   repeated seed scored 0.6-0.8 points over the fresh ones). The test split is not even
+   tokenized for these runs (``train_config(evaluate_test=False)``);
 3. chooses the config with the best mean validation score over its seeds; ties go to the lower
    standard deviation, then to the better sweep rank. A config with a diverged seed (NaN loss)
    cannot be chosen;
@@ -15,8 +18,10 @@ A sweep's best trial is the best of many noisy draws, so its validation score is
    validation score, as its training run reported it). With ``ensemble=True`` the chosen
    config's seed models are also combined into one ensemble that averages their softmax
    probabilities (``trainables.ensemble``); every seed model and the ensemble are then scored on
-   validation with the same evaluation, and the ensemble is handed over only if it is strictly
-   better than the best seed model;
+   validation with the same evaluation, and the ensemble is handed over unless it is worse than
+   the seed models' mean. It is not compared with the best seed model: that score is the
+   maximum of ``seeds`` noisy draws and overstates the model (on MASSIVE the best-by-validation
+   seed model was the worst of three on test, and lost to the ensemble there);
 5. only then evaluates the chosen config's seed models on test (mean ± std), and the handed-over
    model once (for a single model, that is its seed's row). They are not re-trained: every
    seed's model is written to a temporary model folder and the chosen ones are reloaded.
@@ -44,6 +49,7 @@ the selection run; only the chosen config's runs get test metrics and an MLflow 
 
 from __future__ import annotations
 
+import logging
 import argparse
 import json
 import math
@@ -59,22 +65,38 @@ from trainables.data import DataConfig
 from trainables.errors import ConfigError, DataError, NonFiniteLossError, UserError
 from tuning.config import DEFAULT_ROOT, check_sweep_name, load_saved_sweep, resolve_tracking_uri
 
+log = logging.getLogger(__name__)
+
 HELP = "re-train a sweep's top configs over seeds, choose by mean validation score, then test"
 DESCRIPTION = (
-    "Final selection: re-train the sweep's top-k configs with several seeds each (the config's "
-    "seed + 0..seeds-1), on train, measuring validation only; choose the config with the best "
-    "mean validation score (ties: lower std, then sweep rank); only then evaluate the chosen "
-    "config's models on test (mean ± std). The handed-over model is the chosen config's best seed "
-    "model or, with --ensemble, the ensemble of its seed models if that is strictly better on "
-    "validation. Everything is logged to the sweep's MLflow experiment.")
+    "Final selection: re-train the sweep's top-k configs with several fresh seeds each (the "
+    "config's seed + 1..seeds; the trial's own seed would only repeat the sweep's run), on train, "
+    "measuring validation only; choose the config with the best mean validation score (ties: "
+    "lower std, then sweep rank); only then evaluate the chosen config's models on test "
+    "(mean ± std). The handed-over model is the chosen config's best seed model or, with "
+    "--ensemble, the ensemble of its seed models unless that scores below the seed models' mean "
+    "on validation. Everything is logged to the sweep's MLflow experiment.")
 
 # what ``trainables.loops.evaluate`` measures: the metrics a single model and an ensemble can be
 # compared on
 ENSEMBLE_METRICS = ("val_accuracy", "val_macro_f1", "val_loss")
 
+# the first seed offset a selection trains: offset 0 would repeat the sweep trial's own run
+FIRST_SEED_OFFSET = 1
+
+
+def selection_seeds(config: dict[str, Any], seeds: int) -> tuple[int, ...]:
+    """The seeds a selection trains ``config`` with: its own seed + 1..``seeds``."""
+    base = int(config.get("seed", 0))
+    return tuple(base + FIRST_SEED_OFFSET + j for j in range(seeds))
+
+
+def _offsets(seeds: int) -> str:
+    return f"{FIRST_SEED_OFFSET}..{FIRST_SEED_OFFSET + seeds - 1}"
+
 
 def _say(message: str) -> None:
-    print(f"[tunebert] select: {message}", flush=True)
+    log.info(f"select: {message}")
 
 
 # --------------------------------------------------------------------------- results
@@ -302,6 +324,17 @@ def better(a: float, b: float, mode: str) -> bool:
     return a > b if mode == "max" else a < b
 
 
+def ensemble_wins(ensemble_score: float, member_scores: Sequence[float], mode: str) -> bool:
+    """Whether an ensemble is handed over rather than its best member: unless it scores below
+    the members' mean (``mode`` max) or above it (min). A non-finite ensemble score never wins."""
+    if not math.isfinite(ensemble_score):
+        return False
+    finite = [s for s in member_scores if math.isfinite(s)]
+    if not finite:
+        return True
+    return not better(statistics.fmean(finite), ensemble_score, mode)
+
+
 def best_seed(seeds: Sequence[int], scores: Sequence[float], mode: str) -> tuple[int, float]:
     """(seed, score) of the best score; ties go to the earlier seed."""
     index = 0
@@ -355,13 +388,14 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
                     epochs: Optional[int] = None, max_train_examples: Optional[int] = None,
                     output_dir: Optional[str] = None, ensemble: bool = False,
                     workers: int = 1, register_model: Optional[str] = None) -> SelectionResult:
-    """Re-train the sweep's ``top_k`` configs with ``seeds`` seeds each (config seed + 0..seeds-1),
+    """Re-train the sweep's ``top_k`` configs with ``seeds`` fresh seeds each (config seed + 1..seeds),
     choose by mean validation ``metric``, hand over one model chosen on validation, then test.
 
     ``data`` defaults to the sweep's own data settings; ``epochs`` overrides every config's epochs;
     ``output_dir`` keeps the chosen models there (``seed-<seed>/`` each) and, with ``ensemble``,
     the handed-over model in ``model/``. ``ensemble`` also tries the chosen config's seed models
-    as one probability-averaging ensemble (handed over only if strictly better on validation).
+    as one probability-averaging ensemble (handed over unless below the seed models' mean on
+    validation).
     ``workers`` trainings run at a time, each in its own process on its share of the cores.
     ``register_model`` registers the handed-over model under that name in the MLflow Model
     Registry, tagged with its lineage (sweep, trial, selection run, data fingerprint).
@@ -381,19 +415,18 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
     data = data if data is not None else resolve_data(sweep, storage)
     fingerprint = data_fingerprint(load_raw_splits(data))  # bad data fails before anything runs
     parent = tracking.sweep_run(uri, sweep)
-    params = {"sweep": sweep, "top_k": top_k, "seeds": seeds, "seed_offsets": f"0..{seeds - 1}",
+    params = {"sweep": sweep, "top_k": top_k, "seeds": seeds, "seed_offsets": _offsets(seeds),
               "metric": metric, "mode": mode, "epochs": epochs if epochs else "config's",
               "max_train_examples": max_train_examples or "all", "ensemble": ensemble,
               "workers": workers, **{f"data.{k}": v for k, v in data.to_dict().items()}}
     for rank, trial in enumerate(leaders, start=1):
-        base = int(trial.config.get("seed", 0))
         params[f"rank{rank}_trial_id"] = trial.trial_id
         params[f"rank{rank}_trial_run_id"] = trial.run_id
-        params[f"rank{rank}_seeds"] = ",".join(str(base + j) for j in range(seeds))
+        params[f"rank{rank}_seeds"] = ",".join(map(str, selection_seeds(trial.config, seeds)))
     run = tracking.SelectionRun(uri, sweep, params, run_name=f"select-top{len(leaders)}x{seeds}",
                                 parent_run_id=parent.info.run_id if parent else None)
-    _say(f"sweep {sweep!r}: top {len(leaders)} trial(s) by {metric}, {seeds} seed(s) each (the "
-         f"config's seed + 0..{seeds - 1}), validation only; MLflow run {run.run_id}")
+    _say(f"sweep {sweep!r}: top {len(leaders)} trial(s) by {metric}, {seeds} fresh seed(s) each "
+         f"(the config's seed + {_offsets(seeds)}), validation only; MLflow run {run.run_id}")
     workdir = Path(tempfile.mkdtemp(prefix="tunebert-select-"))
     try:
         result = _select(leaders, data, run, uri=uri, sweep=sweep, seeds=seeds, metric=metric,
@@ -424,15 +457,14 @@ def _select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int,
                for trial in leaders]
     jobs = []  # (candidate, seed) trainings, rank-major
     for rank, (trial, config) in enumerate(zip(leaders, configs), start=1):
-        for offset in range(seeds):
-            seed = int(config.get("seed", 0)) + offset
+        for offset, seed in enumerate(selection_seeds(config, seeds), start=FIRST_SEED_OFFSET):
             jobs.append(dict(
                 config=config, data=data, uri=uri, sweep=sweep, parent_run_id=run.run_id,
                 rank=rank, trial_id=trial.trial_id, seed=seed, offset=offset,
                 checkpoint=workdir / f"rank{rank}" / f"seed-{seed}", metric=metric,
                 max_train_examples=max_train_examples,
                 announce=f"rank {rank}/{len(leaders)} trial {trial.trial_id} (sweep {metric} "
-                         f"{trial.score(metric):.4f}): seed {offset + 1}/{seeds} = {seed}"))
+                         f"{trial.score(metric):.4f}): seed {offset}/{seeds} = {seed}"))
     # the store and the sweep's experiment exist already (the selection run is in it), so
     # workers never race to create them
     if workers > 1:
@@ -442,11 +474,10 @@ def _select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int,
     leader: Optional[Candidate] = None
     try:
         for rank, (trial, config) in enumerate(zip(leaders, configs), start=1):
-            base = int(config.get("seed", 0))
             scores, run_ids = zip(*(next(results) for _ in range(seeds)))
             mean, std = mean_std(scores)
             candidate = Candidate(rank, trial.trial_id, trial.run_id, float(trial.score(metric)),
-                                  config, tuple(base + j for j in range(seeds)), tuple(scores),
+                                  config, selection_seeds(config, seeds), tuple(scores),
                                   tuple(run_ids), mean, std)
             candidates.append(candidate)
             run.log_metrics(_candidate_metrics(candidate, metric))
@@ -574,9 +605,10 @@ class _Handover:
 def _hand_over(chosen: Candidate, checkpoints: list[str], data: DataConfig, *, metric: str,
                mode: str, ensemble: bool, ensemble_dir: Path) -> _Handover:
     """The model to hand over, chosen on validation only: the best seed model, or the ensemble
-    of all seed models if it is strictly better. Without ``ensemble`` the seed models' scores
-    are those their training runs reported; with it, every seed model and the ensemble are
-    scored again, on the saved models and by the same evaluation, so they compare like for like."""
+    of all seed models unless it scores below their mean (the best seed's score is the maximum of
+    several noisy draws, so it is no fair bar). Without ``ensemble`` the seed models' scores are
+    those their training runs reported; with it, every seed model and the ensemble are scored
+    again, on the saved models and by the same evaluation, so they compare like for like."""
     if not ensemble:
         seed, score = best_seed(chosen.seeds, chosen.scores, mode)
         return _Handover("single", checkpoints[chosen.seeds.index(seed)], seed, score, None, 1)
@@ -586,7 +618,7 @@ def _hand_over(chosen: Candidate, checkpoints: list[str], data: DataConfig, *, m
     scores = [m[metric] for m in evaluate_folders(checkpoints + [str(ensemble_dir)], data,
                                                   chosen.config, "validation")]
     seed, single_val = best_seed(chosen.seeds, scores[:-1], mode)
-    wins = better(scores[-1], single_val, mode)
+    wins = ensemble_wins(scores[-1], scores[:-1], mode)
     folder = str(ensemble_dir) if wins else checkpoints[chosen.seeds.index(seed)]
     return _Handover("ensemble" if wins else "single", folder, seed, single_val, scores[-1],
                      len(checkpoints))
@@ -603,11 +635,11 @@ def render_markdown(result: SelectionResult) -> str:
     """The selection table and the chosen config's test result, as Markdown."""
     m = result.metric
     n = max(len(c.seeds) for c in result.candidates)
-    head = (["rank", "trial", f"sweep {m}"] + [f"seed+{j}" for j in range(n)]
+    head = (["rank", "trial", f"sweep {m}"] + [f"seed+{FIRST_SEED_OFFSET + j}" for j in range(n)]
             + [f"mean {m}", "std", "chosen"])
     lines = [f"# Final selection for sweep `{result.sweep}`", "",
              f"Top {len(result.candidates)} trial(s) by `{m}` ({result.mode}), re-trained with "
-             f"{n} seed(s) each (the config's seed + 0..{n - 1}) on train, scored on validation "
+             f"{n} fresh seed(s) each (the config's seed + {_offsets(n)}) on train, scored on validation "
              f"only. Chosen: best mean; ties go to the lower std (sample, n-1), then the better "
              f"rank.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -629,7 +661,8 @@ def render_markdown(result: SelectionResult) -> str:
     lines += ["", "## Handed-over model", "",
               f"Chosen on validation, before the test split was read: the best seed model, or the "
               f"ensemble of the chosen config's {len(result.test)} seed models (mean of their "
-              f"probabilities) if that is strictly better.", "",
+              f"probabilities) unless it scores below the seed models' mean (the best seed's score is the "
+              f"maximum of {len(result.test)} noisy draws, no fair bar).", "",
               f"| model | {m} | handed over |", "|---|---|---|",
               f"| best seed model (seed {result.single_seed}) | {_fmt(result.single_val)} | "
               f"{'**yes**' if result.handed_over == 'single' else ''} |"]
@@ -656,7 +689,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=3,
                    help="how many of the sweep's best configs (default: 3)")
     p.add_argument("--seeds", type=int, default=3,
-                   help="seeds per config: the config's seed + 0..SEEDS-1 (default: 3)")
+                   help="fresh seeds per config: the config's seed + 1..SEEDS (default: 3)")
     p.add_argument("--metric", default="val_accuracy",
                    help="validation metric to rank and choose by (default: val_accuracy)")
     p.add_argument("--mode", choices=["max", "min"], default="max")
@@ -666,8 +699,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                         "model (model/)")
     p.add_argument("--ensemble", action="store_true",
                    help="also try the chosen config's seed models as one ensemble (mean of their "
-                        "probabilities); it is handed over if strictly better on validation than "
-                        "the best seed model (needs --seeds >= 2)")
+                        "probabilities); it is handed over unless it scores below the seed "
+                        "models' mean on validation (needs --seeds >= 2)")
     p.add_argument("--workers", type=int, default=1,
                    help="trainings at a time, each in its own process on its share of the CPU "
                         "cores (default: 1)")

@@ -34,7 +34,7 @@ from ray.tune import Callback
 from trainables.errors import UserError
 from tuning import credentials
 
-log = logging.getLogger("tunebert.tracking")
+log = logging.getLogger(__name__)
 for _noisy in ("mlflow", "alembic"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 

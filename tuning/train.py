@@ -7,6 +7,7 @@ test; it evaluates only the chosen candidate's models on test, after the choice.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import tempfile
@@ -21,7 +22,9 @@ from trainables import registry
 from trainables.data import DataConfig, data_fingerprint, load_raw_splits, tokenize_splits
 from trainables.errors import ConfigError
 from trainables.models import load_tokenizer
-from tuning import tracking
+from tuning import console, tracking
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,7 +50,7 @@ class _Progress:
         self.samples_per_epoch = samples_per_epoch
         self.done = 0
         self.epoch_start = time.time()
-        self.tty = sys.stderr.isatty()
+        self.tty = sys.stderr.isatty() and console.verbosity() >= 0
 
     def batch(self, n: int) -> None:
         self.done += n
@@ -63,9 +66,8 @@ class _Progress:
         if self.tty:
             print("\r" + " " * 80 + "\r", end="", file=sys.stderr)
         shown = "  ".join(f"{key} {metrics[key]:.4f}" for key in EPOCH_KEYS if key in metrics)
-        print(f"[tunebert] epoch {metrics['epoch']}/{self.total_epochs}  {shown}  "
-              f"({metrics['samples_per_s']:.0f} samples/s, {time.time() - self.epoch_start:.0f}s)",
-              flush=True)
+        log.info(f"epoch {metrics['epoch']}/{self.total_epochs}  {shown}  "
+                 f"({metrics['samples_per_s']:.0f} samples/s, {time.time() - self.epoch_start:.0f}s)")
         self.done = 0
         self.epoch_start = time.time()
 
@@ -151,10 +153,10 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
                                       **(tags or {})})
     # the epoch the checkpoint ended with reported these (the best epoch so far among them)
     last: dict[str, float] = folder.metrics() if resume else {}
-    print(f"[tunebert] training {cfg.trainable} ({cfg.model}) for {getattr(cfg, 'total_epochs', cfg.epochs)} epochs on "
-          f"{len(data.splits['train'])} examples, device {device}; MLflow run {run.run_id}"
-          + (f" continued from the checkpoint of epoch {int(last['epoch'])}" if resume else
-             " continued" if continue_run else ""), flush=True)
+    log.info(f"training {cfg.trainable} ({cfg.model}) for {getattr(cfg, 'total_epochs', cfg.epochs)} "
+             f"epochs on {len(data.splits['train'])} examples, device {device}; MLflow run {run.run_id}"
+             + (f" continued from the checkpoint of epoch {int(last['epoch'])}" if resume else
+                " continued" if continue_run else ""))
     if resume and last["epoch"] > run.logged_through:  # stopped between its checkpoint and its log
         run.log_metrics(last, step=int(last["epoch"]))
     progress = _Progress(getattr(cfg, "total_epochs", cfg.epochs), len(data.splits["train"]))
@@ -209,8 +211,8 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
     if folder is not None:
         folder.remove()
     if last.get("best_epoch"):
-        print(f"[tunebert] kept the model of epoch {int(last['best_epoch'])} (best val_accuracy "
-              f"{last['best_val_accuracy']:.4f})", flush=True)
+        log.info(f"kept the model of epoch {int(last['best_epoch'])} (best val_accuracy "
+                 f"{last['best_val_accuracy']:.4f})")
     if test_metrics:
         print(f"[tunebert] test_accuracy {test_metrics['test_accuracy']:.4f}  "
               f"test_macro_f1 {test_metrics['test_macro_f1']:.4f}", flush=True)

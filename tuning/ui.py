@@ -15,6 +15,7 @@ row with a + to expand; the second lists the trials flat, ranked by the sweep's 
 
 from __future__ import annotations
 
+import logging
 import argparse
 import os
 import signal
@@ -30,6 +31,8 @@ from typing import Optional
 from urllib.parse import urlencode
 
 from trainables.errors import UserError
+
+log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5000  # MLflow's own; taken, a free port is used unless --port was given
@@ -110,9 +113,10 @@ def pick_port(asked: Optional[int]) -> int:
         return s.getsockname()[1]
 
 
-def _answers(url: str) -> bool:
+def answers(url: str, timeout: float = 2.0) -> bool:
+    """Whether ``url`` answers 200 within ``timeout`` seconds."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status == 200
     except Exception:
         return False
@@ -146,7 +150,7 @@ class UiServer:
                 stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout_s
         while time.time() < deadline:
-            if _answers(f"{self.base}/health"):
+            if answers(f"{self.base}/health"):
                 return self
             if self.proc.poll() is not None:
                 break
@@ -202,7 +206,7 @@ def _server_folder(uri: str) -> Path:
 
 
 def _say(message: str) -> None:
-    print(f"[tunebert] {message}", flush=True)
+    log.info(message)
 
 
 def run(args: argparse.Namespace, uri: str) -> int:
@@ -230,7 +234,7 @@ def run(args: argparse.Namespace, uri: str) -> int:
         if args.smoke_test:  # the page, and the sweep's experiment through the server's API
             checks = [f"{server.base}/"] + ([f"{server.base}/api/2.0/mlflow/experiments/get?"
                                              f"experiment_id={sweep[0]}"] if sweep else [])
-            failing = [url for url in checks if not _answers(url)]
+            failing = [url for url in checks if not answers(url)]
             if failing:
                 raise UserError(f"smoke test: the MLflow server does not answer {failing}")
             _say("smoke test passed: the MLflow UI answered; stopping it")

@@ -21,7 +21,14 @@ def test_presets_are_valid_configs_matching_the_study():
     assert warm.scheduler == "linear" and warm.warmup_ratio == 0.2
     both = FinetuneConfig.from_dict(get_preset("llrd_warmup"))
     assert both.llrd_decay == 0.9 and both.warmup_ratio == 0.2
-    assert set(STUDY_TEST_ACCURACY) == set(PRESETS)
+    assert set(STUDY_TEST_ACCURACY) == set(PRESETS) - {"hand"}
+
+
+def test_the_hand_preset_is_the_hand_written_config_the_search_is_measured_against():
+    hand = FinetuneConfig.from_dict(get_preset("hand"))
+    assert (hand.optimizer, hand.lr, hand.batch_size, hand.epochs) == ("adamw", 1e-4, 32, 4)
+    assert (hand.pooling, hand.head, hand.scheduler) == ("mean", "linear", "linear")
+    assert (hand.warmup_ratio, hand.weight_decay) == (0.1, 0.01)
 
 
 def test_unknown_preset_lists_the_known_ones():

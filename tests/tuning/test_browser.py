@@ -32,6 +32,8 @@ from typing import Callable, Optional
 
 import pytest
 
+from tuning.ui import answers
+
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium")
 SERVER_WAIT_S = 600  # a cold `mlflow server` on a loaded CI machine (as in test_ui.py)
@@ -117,15 +119,12 @@ def _env() -> dict:
 
 
 def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
+    """The live child processes of ``pid`` (Linux lists them per thread; the main one spawns)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:  # it has exited
+        return []
+
 
 
 def _kill_group(pgid: int) -> None:
@@ -133,14 +132,6 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except Exception:
-        return False
 
 
 class TunebertUi:
@@ -169,7 +160,7 @@ class TunebertUi:
         assert len(links) == 2, self.lines
         base = links[0].split("/#/")[0]
         deadline = time.time() + 120  # it answered /health; the page itself, before a browser
-        while not _answers(f"{base}/"):
+        while not answers(f"{base}/"):
             assert time.time() < deadline, f"the MLflow UI at {base} does not serve its page"
             time.sleep(1)
         return links

@@ -73,7 +73,13 @@ def test_cli_sweep_best_export_and_train(tiny_model_dir, tmp_path):
     proc = cli("sweep", "--smoke-test", "--name", "cli", "--model", tiny_model_dir, "--storage",
                str(tmp_path), "--max-length", "64")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "best config:" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    # the summary ends with the best config (what it changes) and the UI command; Ray's own
+    # tables and config boxes stay out of the default console
+    lines = proc.stdout.rstrip().splitlines()
+    assert lines[-1].startswith(f"[tunebert] MLflow UI: tunebert ui --name cli --storage {tmp_path}")
+    assert any(line.startswith("[tunebert] best config (") for line in lines[-6:])
+    assert not any(box in proc.stdout for box in ("╭", "Trial status", "View detailed results"))
+    assert "trial " in proc.stdout and " started: " in proc.stdout
     # best as JSON equals the Python API's answer
     from tuning.best import best_config
 

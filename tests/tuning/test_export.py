@@ -348,7 +348,7 @@ def test_selection_hands_over_an_ensemble_folder_and_registers_it(tiny_model_dir
     trial = best.TrialRun("r0", "trial_0", "finetune", config,
                           {"val_accuracy": 0.5, "val_loss": 1.0}, "", "FINISHED")
     monkeypatch.setattr(best, "top_k", lambda *args, **kwargs: [trial])
-    monkeypatch.setattr(selection, "better", lambda a, b, mode: True)
+    monkeypatch.setattr(selection, "ensemble_wins", lambda ensemble, members, mode: True)
     out = tmp_path / "selected"
     result = final_selection("fake-sweep", top_k=1, seeds=2, metric="val_loss", mode="max",
                              tracking_uri=mlflow_uri, storage=str(tmp_path),
@@ -359,7 +359,7 @@ def test_selection_hands_over_an_ensemble_folder_and_registers_it(tiny_model_dir
     assert (handed / "ensemble.json").is_file() and (handed / "README.md").is_file()
     for member in ("member-0", "member-1"):
         assert (handed / member / "tunebert.json").is_file()
-    for seed in (0, 1):
+    for seed in (1, 2):  # fresh seeds: the trial's own (0) would repeat its sweep run
         assert (out / f"seed-{seed}" / "tunebert.json").is_file()
     version = client.get_model_version("selected-intents", "1")
     assert version.run_id == result.run_id

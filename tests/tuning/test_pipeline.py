@@ -11,7 +11,8 @@ from mlflow.tracking import MlflowClient
 from trainables.errors import ConfigError
 from tuning.cli import main
 from tuning.pipeline import (DEADLINE_FILE, PIPELINE_FILE, PipelineConfig, fit_selection,
-                             selection_seconds, shrink_steps, split_budget, trial_epoch_seconds)
+                             selection_seconds, selection_speedup, shrink_steps, split_budget,
+                             trial_epoch_seconds)
 
 # --------------------------------------------------------------------------- the budget split
 
@@ -75,6 +76,16 @@ def test_fit_selection_after_the_sweep_shrinks_to_what_is_left():
     assert (plan.top_k, plan.seeds, plan.seconds, plan.fits) == (1, 1, 600, False)
 
 
+def test_selection_speedup_is_the_ratio_of_threads_on_cpu_and_none_elsewhere(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    # sweep trials on 1 thread each; one selection training gets all 8, two get 4 each
+    assert selection_speedup(1, 0, 1) == 8 and selection_speedup(1, 0, 2) == 4
+    assert selection_speedup(2, 0, 1) == 4
+    assert selection_speedup(8, 0, 4) == 1  # never below 1: the selection is no slower
+    assert selection_speedup(1, 1, 1) == 1  # GPU trials: the same device either way
+    assert selection_speedup(1, 0, 1, "ray://head:10001") == 1  # a cluster: its nodes are unknown
+
+
 def test_trial_epoch_seconds_come_from_the_trials_ray_results(tmp_path):
     folder = tmp_path / "finetune_abc_00001"
     folder.mkdir()
@@ -121,6 +132,48 @@ def test_bad_input_exits_2_before_ray_starts(extra, message, tiny_model_dir, tmp
     assert "Traceback" not in err
     assert not (tmp_path / "ray").exists()  # nothing written, no sweep started
     assert ray.is_initialized() == started
+
+
+class _Planned(Exception):
+    pass
+
+
+def _planned(monkeypatch, *argv) -> tuple:
+    """The (SweepConfig, PipelineConfig) `tunebert tune ARGV` hands to ``run_pipeline``."""
+    from tuning import pipeline
+
+    def capture(sweep, config):
+        raise _Planned(sweep, config)
+
+    monkeypatch.setattr(pipeline, "run_pipeline", capture)
+    with pytest.raises(_Planned) as info:
+        main(["tune", *argv])
+    return info.value.args
+
+
+def test_tune_starts_from_the_hand_config_unless_told_otherwise(monkeypatch, tmp_path):
+    sweep, _ = _planned(monkeypatch, "--storage", str(tmp_path))
+    assert sweep.warm_start == ("hand",)
+    sweep, _ = _planned(monkeypatch, "--storage", str(tmp_path), "--warm-start", "")
+    assert sweep.warm_start == ()
+    sweep, _ = _planned(monkeypatch, "--storage", str(tmp_path), "--warm-start", "llrd_warmup")
+    assert sweep.warm_start == ("llrd_warmup",)
+    sweep, _ = _planned(monkeypatch, "--storage", str(tmp_path), "--trainable", "contrastive")
+    assert sweep.warm_start == ()  # the hand config is a fine-tuning one
+
+
+def test_tune_takes_objectives_and_constraints_and_then_hands_over_one_model(monkeypatch, tmp_path,
+                                                                            capsys):
+    sweep, config = _planned(monkeypatch, "--storage", str(tmp_path), "--objective",
+                             "val_accuracy:max", "--objective", "latency_ms_p50:min",
+                             "--constraint", "size_mb<=100")
+    assert [str(o) for o in sweep.objective_list] == ["val_accuracy:max", "latency_ms_p50:min"]
+    assert [str(c) for c in sweep.constraint_list] == ["size_mb<=100"]
+    # an ensemble of 3 would be 3 times the latency and size the constraint was checked on
+    assert config.ensemble is False
+    assert "with --constraint the chosen single model is handed over" in capsys.readouterr().out
+    _, config = _planned(monkeypatch, "--storage", str(tmp_path))
+    assert config.ensemble is True
 
 
 def test_a_non_empty_output_dir_is_refused_before_ray_starts(tiny_model_dir, tmp_path, capsys):
@@ -210,6 +263,9 @@ def test_tune_smoke_test_end_to_end(ray_local, tiny_model_dir, tmp_path, capsys,
     # everything on the sweep's parent run
     client, parent, trials = _parent_run(tmp_path, "whole")
     assert len(trials) == 2
+    # the hand config is tried first (tune's --warm-start default), the other trial is sampled
+    presets = sorted(json.loads(t.data.tags["tunebert.config"]).get("preset") or "" for t in trials)
+    assert presets == ["", "hand"]
     metrics, tags = parent.data.metrics, parent.data.tags
     assert metrics["pipeline.val_accuracy"] == pytest.approx(result["val"])
     assert metrics["pipeline.test_accuracy"] == pytest.approx(result["test_accuracy"])

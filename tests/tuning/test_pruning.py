@@ -30,7 +30,13 @@ def test_ended_trials_keep_only_their_best_model(ray_local, tiny_model_dir, demo
                       storage=str(tmp_path), scheduler="asha", grace_period=1, reduction_factor=2,
                       max_concurrent=1, keep_checkpoints=2, precision="fp32", seed=3,
                       space_file=str(tmp_path / "space.yaml"), warm_start=(str(tmp_path / "good.yaml"),))
-    run_sweep(cfg)
+    from tuning import console
+
+    console.setup(1)  # the disk line is a -v detail
+    try:
+        run_sweep(cfg)
+    finally:
+        console.setup(0)
     client = MlflowClient(cfg.resolved_tracking_uri())
     experiment = client.get_experiment_by_name("prune")
     runs = client.search_runs([experiment.experiment_id], max_results=100)

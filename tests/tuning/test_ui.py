@@ -136,15 +136,12 @@ def _live_in_group(pgid: int) -> list[int]:
 
 
 def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
+    """The live child processes of ``pid`` (Linux lists them per thread; the main one spawns)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:  # it has exited
+        return []
+
 
 
 def _status(url: str) -> int:
