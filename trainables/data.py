@@ -615,13 +615,19 @@ def _may_carve(config: DataConfig) -> bool:
         return False
 
 
+_SAID: set[str] = set()  # notes already logged in this process
+
+
 def load_raw_splits(config: DataConfig) -> dict[str, RawSplit]:
     """Read and validate the three splits (carving validation from train where the data has
     none). Raises ``DataError`` with a fix for every problem; notes (rows skipped, a carved
-    validation split, labels without a validation example) go to the ``tunebert.data`` log."""
+    validation split, labels without a validation example) go to this module's log, each once per
+    process (a command reads the same data more than once)."""
     splits, notes, _ = _assemble(config)
     for note in notes:
-        log.warning(note)
+        if note not in _SAID:
+            _SAID.add(note)
+            log.warning(note)
     _check_train_labels(splits["train"], config)
     return splits
 

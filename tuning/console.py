@@ -100,11 +100,18 @@ def quiet_libraries(level: int) -> None:
     """Below ``-v``: Ray's, MLflow's, Optuna's and transformers' own log lines and Python
     warnings stay out of the way (errors still show)."""
     if level > 0:
+        logging.captureWarnings(False)
         return
     for name in ("ray", "ray.tune", "ray.train", "ray.data", "mlflow", "alembic", "optuna",
                  "transformers", "urllib3", "filelock", "torch"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"(ray|mlflow|optuna|transformers|torch|pydantic)\b")
+    # Warnings the filters above miss (raised on behalf of our code, or under a library's own
+    # "always" filter, like MLflow's nudges) go to the `py.warnings` logger, quiet below -v;
+    # MLflow's artifact download progress bars stay off too
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.ERROR)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         import optuna
 
