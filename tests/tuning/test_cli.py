@@ -70,9 +70,24 @@ def test_space_and_presets_print_yaml(capsys):
 
 @pytest.mark.slow
 def test_cli_sweep_best_export_and_train(tiny_model_dir, tmp_path):
+    # data as people often have it: a folder with train.csv and test.csv only, no validation
+    import csv
+
+    from trainables.data import DataConfig, load_raw_splits
+
+    demo = load_raw_splits(DataConfig("demo"))
+    folder = tmp_path / "csv-data"
+    folder.mkdir()
+    for split in ("train", "test"):
+        with open(folder / f"{split}.csv", "w", newline="") as f:
+            rows = csv.writer(f)
+            rows.writerow(["text", "label"])
+            rows.writerows(zip(demo[split].texts, demo[split].labels))
     proc = cli("sweep", "--smoke-test", "--name", "cli", "--model", tiny_model_dir, "--storage",
-               str(tmp_path), "--max-length", "64")
+               str(tmp_path), "--max-length", "64", "--data", str(folder))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # a stratified validation split is carved from train, and said once
+    assert proc.stdout.count("train.csv has no validation split: 36 of its 360 rows") == 1
     # the summary ends with the best config (what it changes) and the UI command; Ray's own
     # tables and config boxes stay out of the default console
     lines = proc.stdout.rstrip().splitlines()
