@@ -240,31 +240,6 @@ def resolve_data(sweep: str, storage: str = DEFAULT_ROOT, source: Optional[str] 
 # --------------------------------------------------------------------------- reloading a model
 
 
-def load_trained_model(directory: str | Path, num_labels: Optional[int] = None):
-    """Rebuild a model written by ``train_config(output_dir=...)`` from its checkpoint folder
-    (read tensors-only: ``trainables.checkpointing.load_checkpoint``). ``num_labels``: default
-    the checkpoint's label map's. Returns (model on CPU, checkpoint state)."""
-    from trainables.checkpointing import load_checkpoint, model_weights
-    from trainables.errors import CheckpointError
-    from trainables.finetune import build_classifier
-
-    state = load_checkpoint(directory)
-    if num_labels is None:
-        names = state["label_map"].get("names") if isinstance(state["label_map"], dict) else None
-        if not isinstance(names, list) or not names:
-            raise CheckpointError(f"{Path(directory) / 'label_map.json'} has no list of label names; "
-                                  f"the model folder is damaged: use another one or re-train")
-        num_labels = len(names)
-    cfg = registry.config_class(state["config"]["trainable"]).from_dict(state["config"])
-    model = build_classifier(cfg, num_labels)
-    if cfg.trainable == "contrastive":  # a classifier plus its projection head
-        from trainables.contrastive import ContrastiveModel
-
-        model = ContrastiveModel(model, cfg.projection_dim)
-    model.load_state_dict(model_weights(state))  # the best epoch's (averaged) weights
-    return model, state
-
-
 def load_model_folder(folder: str | Path):
     """(model on CPU, config, label map) of a model folder (``trainables.export.load_model``): a
     self-contained model folder, an ensemble folder whose members share the label map and the

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace

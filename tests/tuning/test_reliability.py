@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tuning.best import best_run, top_k
+from tuning.best import best_run
 from tuning.config import SweepConfig
 from tuning.runner import run_sweep
 
