@@ -26,8 +26,9 @@ from trainables.augment import augment
 from trainables.checkpointing import load_checkpoint, restore_rng_states, save_checkpoint
 from trainables.data import EncodedSplit, TokenizedData, collate, steps_per_epoch
 from trainables.errors import ConfigError
+from trainables.deploy import PeakMemory
 from trainables.finetune import (BestEpoch, Reporter, build_classifier, classification_loss,
-                                 maybe_inject_failure, top_lr)
+                                 deployment_costs, maybe_inject_failure, top_lr)
 from trainables.hparams import ContrastiveConfig
 from trainables.loops import EvalResult, evaluate, macro_f1, train_epoch
 from trainables.losses import ntxent_loss, supcon_loss
@@ -191,10 +192,14 @@ def _feature_result(head: nn.Module, features: torch.Tensor, labels: np.ndarray,
 
 def fit(cfg: ContrastiveConfig, data: TokenizedData, *, device: torch.device, report: Reporter,
         resume_dir: Optional[str] = None, progress: Optional[Callable[[int], None]] = None) -> ContrastiveModel:
-    """Train as ``cfg.mode`` says, calling ``report`` after every epoch of every stage."""
+    """Train as ``cfg.mode`` says, calling ``report`` after every epoch of every stage. Every
+    report carries the epoch's training time (``epoch_seconds``), the peak training memory so far
+    (``peak_memory_mb``) and what the classifier the trial hands over costs to serve
+    (``trainables.finetune.deployment_costs``: size and CPU timings, measured once)."""
     if not supports_precision(device, cfg.precision):
         raise ConfigError(f"`precision` {cfg.precision!r} is not supported on {device}; use fp32")
     seed_everything(cfg.seed)
+    memory = PeakMemory(device)
     train, val = data.splits["train"], data.splits["validation"]
     model = ContrastiveModel(build_classifier(cfg, data.num_labels), cfg.projection_dim).to(device)
     first_stage_epochs = 0 if cfg.mode == "joint" else cfg.contrastive_epochs
@@ -206,6 +211,8 @@ def fit(cfg: ContrastiveConfig, data: TokenizedData, *, device: torch.device, re
         model.load_state_dict(state["model"])
         best.restore(state["extra"].get("best"), state.get("best_model") or state["model"])
         restore_rng_states(state["rng"])
+    # the architecture of the classifier handed over is fixed from the start (stage 1 included)
+    costs = deployment_costs(cfg, model.classifier, data) if done < last else {}
 
     def write_for(optimizer, scheduler, epoch):
         resumable = epoch < last  # nothing resumes after the last epoch
@@ -248,7 +255,8 @@ def fit(cfg: ContrastiveConfig, data: TokenizedData, *, device: torch.device, re
             report({"epoch": epoch, "stage": 1, "contrastive_loss": stats.loss, "val_knn_accuracy": knn,
                     "val_accuracy": knn,
                     "best_val_accuracy": knn,  # the proxy stands in until a classifier exists
-                    "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s},
+                    "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s,
+                    "epoch_seconds": stats.seconds, "peak_memory_mb": memory.mb(), **costs},
                    write_for(optimizer, scheduler, epoch))
         done = first_stage_epochs
 
@@ -286,7 +294,8 @@ def fit(cfg: ContrastiveConfig, data: TokenizedData, *, device: torch.device, re
                               pad_token_id=data.pad_token_id, num_labels=data.num_labels, device=device,
                               precision=cfg.precision)
         metrics = {"epoch": epoch, "stage": 2, "train_loss": stats.loss, **result.as_metrics("val"),
-                   "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s}
+                   "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s,
+                   "epoch_seconds": stats.seconds, "peak_memory_mb": memory.mb(), **costs}
         best.update(epoch, metrics, model.state_dict())
         report({**metrics, **best.as_metrics()}, write_for(optimizer, scheduler, epoch))
     maybe_inject_failure(last + 1)

@@ -1,7 +1,7 @@
 """What a model costs to deploy: parameters, bytes, CPU latency and throughput, training memory.
 
 Functions take a model (and inputs) and return numbers; the fine-tuning trainable reports them
-with a trial's other metrics (``trainables.finetune.handed_over_metrics``). Units: ``MB`` is 10**6 bytes, ``params_m``
+with a trial's other metrics (``trainables.finetune.deployment_costs``). Units: ``MB`` is 10**6 bytes, ``params_m``
 millions of parameters, latencies in milliseconds.
 
 Latency and throughput are measured on the CPU with the threads torch has in this process (a

@@ -209,29 +209,21 @@ def perturbed_validation(spec: str, data: TokenizedData) -> EncodedSplit:
     return EncodedSplit(ids, val.labels)
 
 
-def handed_over_metrics(cfg: FinetuneConfig, model: TextClassifier, weights: dict,
-                        data: TokenizedData) -> dict[str, float]:
-    """Deployment metrics of the model the run hands over (``weights`` in ``model``'s
-    architecture), measured on a CPU copy once, after the last epoch (``trainables.deploy``):
-    ``params_m``, ``size_mb`` and, with ``cfg.deploy_metrics``, CPU latency at batch 1 and
-    throughput at batch 32 on fixed texts padded to ``max_length``.
+def deployment_costs(cfg, model: TextClassifier, data: TokenizedData) -> dict[str, float]:
+    """What the trial's model costs to serve (``trainables.deploy``), measured once per trial on
+    a CPU copy of ``model``: ``params_m``, ``size_mb`` and, with ``cfg.deploy_metrics``, CPU
+    latency at batch 1 and throughput at batch 32 on fixed texts padded to ``max_length``.
 
-    With ``cfg.quantize`` they describe the int8 model (``quantize_int8``), which is also scored
-    on the validation split (``val_accuracy_int8``, ``val_loss_int8``, ``val_macro_f1_int8``);
-    ``val_accuracy`` and the best-epoch choice stay the fp32 model's: training is fp32, and the
-    model folder keeps fp32 weights and quantizes when loaded."""
+    They depend on the architecture (layers, head, length, int8 or not), never on the values of
+    the weights, so they are measured before the first epoch and reported with every epoch: a
+    trial ASHA stops early has them as well as one that trains to the end, and a contrastive
+    trial (``model`` its classifier) as well as a fine-tuning one. With ``quantize`` (fine-tuning
+    trials) they describe the int8 model the trial hands over (``quantize_int8``)."""
     deployed = copy.deepcopy(model).to("cpu")
-    deployed.load_state_dict(weights)
     deployed.eval()
     parameters = parameter_count(deployed)
-    metrics: dict[str, float] = {}
-    if cfg.quantize:
+    if getattr(cfg, "quantize", False):
         deployed = quantize_int8(deployed)
-        result = evaluate(deployed, data.splits["validation"], batch_size=max(64, cfg.batch_size),
-                          pad_token_id=data.pad_token_id, num_labels=data.num_labels,
-                          device=torch.device("cpu"), precision="fp32")
-        metrics.update({"val_accuracy_int8": result.accuracy, "val_loss_int8": result.loss,
-                        "val_macro_f1_int8": result.macro_f1})
     probe = None
     if cfg.deploy_metrics:
         from trainables.models import load_tokenizer
@@ -240,8 +232,24 @@ def handed_over_metrics(cfg: FinetuneConfig, model: TextClassifier, weights: dic
         length = min(cfg.max_length, getattr(model.encoder.config, "max_position_embeddings",
                                              cfg.max_length))
         probe = probe_batch(load_tokenizer(data.model), length)
-    metrics.update(deployment_metrics(deployed, parameters=parameters, probe=probe))
-    return metrics
+    return deployment_metrics(deployed, parameters=parameters, probe=probe)
+
+
+def int8_scores(model: TextClassifier, weights: dict, data: TokenizedData,
+                batch_size: int) -> dict[str, float]:
+    """The validation scores of the handed-over model (``weights`` in ``model``'s architecture)
+    after dynamic int8 quantization (``val_accuracy_int8``, ``val_loss_int8``,
+    ``val_macro_f1_int8``), on the CPU: the last epoch of a ``quantize`` trial reports them.
+    ``val_accuracy`` and the best-epoch choice stay the fp32 model's: training is fp32, and the
+    model folder keeps fp32 weights and quantizes when loaded."""
+    deployed = copy.deepcopy(model).to("cpu")
+    deployed.load_state_dict(weights)
+    deployed = quantize_int8(deployed.eval())
+    result = evaluate(deployed, data.splits["validation"], batch_size=max(64, batch_size),
+                      pad_token_id=data.pad_token_id, num_labels=data.num_labels,
+                      device=torch.device("cpu"), precision="fp32")
+    return {"val_accuracy_int8": result.accuracy, "val_loss_int8": result.loss,
+            "val_macro_f1_int8": result.macro_f1}
 
 
 def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, report: Reporter,
@@ -254,8 +262,9 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
     averaged anything). Reports carry that epoch's ``val_*`` (with ``cfg.perturb_eval`` also
     ``val_accuracy_perturbed``, see ``perturbed_validation``), the best epoch so far
     (``best_epoch``, ``best_val_accuracy``, ...), the epoch's training time (``epoch_seconds``)
-    and the peak training memory so far (``peak_memory_mb``, ``trainables.deploy.PeakMemory``);
-    the last epoch adds the handed-over model's deployment metrics (``handed_over_metrics``).
+    the peak training memory so far (``peak_memory_mb``, ``trainables.deploy.PeakMemory``) and
+    what the model costs to serve (``deployment_costs``, measured once before the first epoch);
+    with ``quantize`` the last epoch adds the int8 model's scores (``int8_scores``).
     With ``resume_dir`` the model, optimizer, scheduler, averaging, best-epoch and RNG states come
     from that checkpoint and training continues with the epoch after the one it saved; the
     config's learning rates and weight decay apply from there on (``reapply_hyperparameters``).
@@ -289,6 +298,7 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
         restore_rng_states(state["rng"])
         first_epoch = state["epoch"] + 1
     loss_fn = finetune_loss(cfg)
+    costs = deployment_costs(cfg, model, data) if first_epoch <= cfg.last_epoch else {}
     noisy_val = perturbed_validation(cfg.perturb_eval, data) if cfg.perturb_eval else None
     eval_kwargs = dict(batch_size=max(64, cfg.batch_size), pad_token_id=data.pad_token_id,
                        num_labels=data.num_labels, device=device, precision=precision)
@@ -306,14 +316,14 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
         result = _evaluate_weights(model, averaged, val, **eval_kwargs)
         metrics = {"epoch": epoch, "train_loss": stats.loss, **result.as_metrics("val"),
                    "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s,
-                   "epoch_seconds": stats.seconds, "peak_memory_mb": memory.mb()}
+                   "epoch_seconds": stats.seconds, "peak_memory_mb": memory.mb(), **costs}
         if noisy_val is not None:
             metrics["val_accuracy_perturbed"] = _evaluate_weights(model, averaged, noisy_val,
                                                                   **eval_kwargs).accuracy
         best.update(epoch, metrics, averaged if averaged is not None else model.state_dict())
         metrics.update(best.as_metrics())
-        if epoch == cfg.last_epoch:  # once per trial: the timings cost seconds
-            metrics.update(handed_over_metrics(cfg, model, best.weights, data))
+        if epoch == cfg.last_epoch and cfg.quantize:
+            metrics.update(int8_scores(model, best.weights, data, cfg.batch_size))
 
         def write(directory: str, _epoch: int = epoch) -> None:
             extra = {"best": best.state(),

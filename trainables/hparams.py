@@ -205,8 +205,8 @@ _DECLARED: tuple[HParam, ...] = (
        "encoder", "model", low=0, high=1000),
     _p("quantize", "bool", False, "dynamic int8 quantization of the Linear layers for CPU "
        "inference (torch.ao.quantization.quantize_dynamic) of the handed-over model: training "
-       "and val_accuracy stay fp32, the last epoch reports the int8 model's val_accuracy_int8, "
-       "size and latency, and loading a model folder quantizes again", "model",
+       "and val_accuracy stay fp32, size and latency are the int8 model's, the last epoch "
+       "reports its val_accuracy_int8, and loading a model folder quantizes again", "model",
        families=FINETUNE),
     # ---- recipe knobs (fine-tuning trials)
     _p("ema_decay", "float", 0.0, "exponential moving average of the weights, updated every "
@@ -261,9 +261,10 @@ _DECLARED: tuple[HParam, ...] = (
        "texts and report val_accuracy_perturbed (rank with --metric val_accuracy_perturbed): "
        "KIND:RATE[,KIND:RATE...] such as typo:0.1,delete:0.05 (kinds in trainables/perturb.py; "
        "null = off)", "eval", families=FINETUNE),
-    _p("deploy_metrics", "bool", True, "time the handed-over model on the CPU after the last "
-       "epoch (latency_ms_p50/p95 at batch 1, throughput_b32; a few seconds per trial); false "
-       "skips the timing, sizes and memory are still reported", "eval", families=FINETUNE),
+    _p("deploy_metrics", "bool", True, "time the trial's model on the CPU once, before its "
+       "first epoch, and report the timings with every epoch (latency_ms_p50/p95 at batch 1, "
+       "throughput_b32; a few seconds per trial); false skips the timing, sizes and memory are "
+       "still reported", "eval"),
     # ---- provenance
     _p("preset", "optional_str", None, "the named preset this config came from, if any", "run"),
 )

@@ -13,8 +13,8 @@ that model. This is the one ranking function: ``best``, ``top_k``, ``report``, `
 
 A sweep's ``Goal`` (its objectives and constraints, read back from its parent run) decides who
 can rank: a trial that breaks a constraint, or never reported a constraint's or an objective's
-metric (latency and size arrive at a trial's last epoch only, so a trial ASHA stopped early has
-none), is infeasible: never best, never on the front. Trials rank lexicographically over the
+metric (``val_accuracy_int8`` arrives at a trial's last epoch only, so a trial ASHA stopped early
+has none; latency, size and memory arrive with every epoch), is infeasible: never best, never on the front. Trials rank lexicographically over the
 objectives in order, so with several objectives the best trial is the point of the Pareto front
 (``front``) that is best on the first objective (or on ``prefer``), ties going to the next.
 """

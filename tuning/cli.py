@@ -449,7 +449,7 @@ def _best(args) -> int:
         runs = front(args.name, goal=goal, tracking_uri=args.tracking_uri, storage=args.storage)
         if not runs:
             raise UserError(f"sweep {args.name!r} has no finished trial with {goal.wanted()} yet "
-                            f"(latency and size are reported at a trial's last epoch: trials "
+                            f"(val_accuracy_int8 is reported at a trial's last epoch: trials "
                             f"ASHA stopped early have none)")
         rows = front_rows(runs, goal)
         text = json.dumps(rows, indent=2) if args.format == "json" else _front_table(args.name, goal, rows)

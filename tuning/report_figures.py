@@ -238,7 +238,7 @@ def plot_pareto(trials: list[TrialRecord], goal, front_ids: list[str], chosen_id
     ax.set_ylabel(_objective_label(y_obj.metric, y_obj.mode))
     missing = len(finished) - len(shown)
     ax.set_title(f"Pareto front: {y_obj} vs {x_obj}"
-                 + (f"\n{missing} finished trial(s) lacking an objective (stopped before their last epoch) "
+                 + (f"\n{missing} finished trial(s) lacking an objective (e.g. stopped before their last epoch) "
                     f"not shown" if missing else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(**LEGEND_OUTSIDE)

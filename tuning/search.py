@@ -71,11 +71,13 @@ class ObjectivesSearch(OptunaSearch):
     ``constraints`` (``tuning.config.Constraint``) are handed to Optuna as constraint values when
     a trial ends (``Trial.set_constraint``, Optuna >= 5; on older Optuna a ``user_attr`` that
     ``constraint_values`` reads for the sampler's ``constraints_func``). A constraint whose metric
-    the trial never reported (an ASHA-stopped trial has no latency) is left unset.
+    the trial never reported (``val_accuracy_int8`` of a trial ASHA stopped early) is left unset.
 
     With several objectives, a trial that ends without all of them (ASHA stopped it before its
-    last epoch, which reports latency and size) is told to Optuna as PRUNED: TPE ranks pruned
-    trials after every completed one. Optuna has no intermediate values for several objectives,
+    last epoch, the only one that reports ``val_accuracy_int8``) is told to Optuna as PRUNED: TPE
+    ranks pruned trials after every completed one. Deployment costs (latency, size, memory)
+    arrive with every epoch, so a trial stopped early is COMPLETE on them, as Ray's own
+    ``OptunaSearch`` completes ASHA-stopped trials with their last result. Optuna has no intermediate values for several objectives,
     so nothing is reported before a trial ends.
     """
 
@@ -85,7 +87,7 @@ class ObjectivesSearch(OptunaSearch):
 
     # Ray Tune refuses a result that lacks any of the searcher's metrics
     # (TuneController._validate_result_metrics), but objectives after the first may arrive with a
-    # trial's last epoch only. Ray (and a ConcurrencyLimiter around this) is shown the first
+    # trial's last epoch only (val_accuracy_int8). Ray (and a ConcurrencyLimiter around this) is shown the first
     # objective, which every result carries; the Optuna study holds all of them.
     @property
     def metric(self):

@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from trainables import registry
+from trainables.deploy import parameter_count, serialized_bytes
 from trainables.errors import NonFiniteLossError
+
+COSTS = ("params_m", "size_mb", "latency_ms_p50", "latency_ms_p95", "throughput_b32", "latency_threads")
 
 
 CASES = {
@@ -46,6 +49,15 @@ def test_reports_val_accuracy_every_epoch(tiny_model_dir, demo_data, case, run_t
         assert 0.0 <= r["val_accuracy"] <= 1.0 and math.isfinite(r["lr"]) and r["samples_per_s"] > 0
     # the last report comes from a classifier, with the fine-tuning metric names
     assert {"val_loss", "val_macro_f1", "train_loss"} <= set(reports[-1])
+    # what the handed-over classifier costs to serve: measured once, before the first epoch, and in
+    # every report (an ASHA-stopped trial has them too); training time and memory every epoch
+    first = {k: reports[0][k] for k in COSTS}
+    assert all({k: r[k] for k in COSTS} == first for r in reports)
+    classifier = getattr(model, "classifier", model)
+    assert first["params_m"] == pytest.approx(parameter_count(classifier) / 1e6)
+    assert first["size_mb"] == serialized_bytes(classifier) / 1e6
+    assert 0 < first["latency_ms_p50"] <= first["latency_ms_p95"] and first["throughput_b32"] > 0
+    assert all(r["epoch_seconds"] > 0 and r["peak_memory_mb"] >= 0 for r in reports)
     ids = torch.randint(1000, 2000, (2, 6))
     assert model(ids, torch.ones_like(ids)).shape == (2, demo_data.num_labels)
 

@@ -73,12 +73,13 @@ def test_constraints_by_hand():
     (dict(metric="accuracy"), "`metric` (--metric) names metric 'accuracy'"),
     (dict(constraints=("latency_p50<=5",)), "need `deploy_metrics` on"),
     (dict(objectives=("val_loss:min", "latency_ms_p50:min")), "the first objective must be `metric`:`mode`"),
-    (dict(metric="latency_ms_p50", mode="min", objectives=("latency_ms_p50:min", "val_accuracy:max")),
-     "the first objective, 'latency_ms_p50', must be a metric trials report every epoch"),
-    (dict(scheduler="none", metric="size_mb", mode="min"), "report it at their last epoch only"),
+    (dict(metric="val_accuracy_int8", mode="max", objectives=("val_accuracy_int8:max", "latency_ms_p50:min")),
+     "the first objective, 'val_accuracy_int8', must be a metric trials report every epoch"),
+    (dict(scheduler="none", metric="val_accuracy_int8", mode="max"), "report it at their last epoch only"),
     (dict(objectives=("val_accuracy:max", "val_accuracy:min")), "each metric can be one objective only"),
-    (dict(trainable="contrastive", objectives=ACC_LAT), "only fine-tuning trials report"),
-    (dict(trainable="any", constraints=("size_mb<=10",)), "only fine-tuning trials report"),
+    (dict(trainable="contrastive", objectives=("val_accuracy:max", "val_accuracy_perturbed:max")),
+     "only fine-tuning trials report"),
+    (dict(trainable="any", constraints=("val_accuracy_int8>=0.5",)), "only fine-tuning trials report"),
     (dict(scheduler="pbt", num_trials=4, epochs=3, objectives=("val_accuracy:max", "val_loss:min")),
      "cannot take several objectives"),
     (dict(constraints=("size_mb<10",)), "a constraint is METRIC<=NUMBER"),
@@ -87,6 +88,19 @@ def test_bad_objectives_and_constraints_are_refused(settings, message):
     with pytest.raises(ConfigError) as info:
         SweepConfig(name="x", **settings)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("settings", [
+    # deployment costs arrive with every epoch (measured before the first): ASHA can run on them
+    dict(metric="latency_ms_p50", mode="min", objectives=("latency_ms_p50:min", "val_accuracy:max")),
+    dict(scheduler="none", metric="size_mb", mode="min"),
+    # contrastive trials report them too, for the classifier they hand over
+    dict(trainable="contrastive", objectives=ACC_LAT, constraints=("size_mb<=100",)),
+    dict(trainable="any", constraints=("peak_memory_mb<=4000", "latency_ms_p95<=20")),
+])
+def test_deployment_costs_can_lead_and_every_trainable_reports_them(settings):
+    cfg = SweepConfig(name="x", **settings)
+    assert cfg.objective_list[0].metric == settings.get("metric", "val_accuracy")
 
 
 def test_settings_round_trip_and_old_sweeps_still_load(tmp_path):
@@ -117,7 +131,7 @@ def test_cli_reads_objectives_and_refuses_unknown_ones_before_ray(tmp_path, caps
                "--storage", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("tunebert sweep: error: objective 'latency_p50:min' names metric")
-    assert "'latency_ms_p50'" in err and "reported only at a trial's last epoch" in err
+    assert "'latency_ms_p50'" in err and "need `deploy_metrics` on" in err
     rc = main(["sweep", "--metric", "val_loss", "--objective", "val_accuracy:max",
                "--storage", str(tmp_path)])
     assert rc == 2 and "disagree with the first --objective" in capsys.readouterr().err
@@ -134,6 +148,11 @@ def test_metrics_a_space_switches_off_are_refused():
     with pytest.raises(ConfigError, match="reports only with `deploy_metrics` on, but the search "
                                           "space sets deploy_metrics=False"):
         registry.check_reported(["latency_ms_p50"], [on, off])
+    # contrastive trials time their classifier too, unless their config says not to
+    cold = registry.resolve_config({"trainable": "contrastive", "deploy_metrics": False})
+    registry.check_reported(["latency_ms_p50"], [on, registry.resolve_config({"trainable": "contrastive"})])
+    with pytest.raises(ConfigError, match="sets deploy_metrics=False"):
+        registry.check_reported(["latency_ms_p50"], [on, cold])
 
 
 # --------------------------------------------------------------------------- ranking from MLflow
@@ -270,7 +289,7 @@ def test_searcher_tells_optuna_every_objective_and_constraint():
         assert searcher.suggest(trial_id)["trainable"] == "finetune"
     searcher.on_trial_result("a", {"best_val_accuracy": 0.5, "training_iteration": 1})  # ignored
     searcher.on_trial_complete("a", {"best_val_accuracy": 0.9, "latency_ms_p50": 3.0, "size_mb": 150.0})
-    searcher.on_trial_complete("b", {"best_val_accuracy": 0.8})  # ASHA stopped it: no latency
+    searcher.on_trial_complete("b", {"best_val_accuracy": 0.8})  # no latency (e.g. never timed)
     searcher.on_trial_complete("c", None, error=True)
     searcher.on_trial_complete("d", {"best_val_accuracy": 0.7, "latency_ms_p50": 1.0, "size_mb": 40.0})
     study = searcher._ot_study
