@@ -6,19 +6,20 @@ import re
 
 import pytest
 
-from tuning import ablation, bench, tracking
+from tuning import tracking
+from tuning.bench import ablation, common, quality
 from tuning.cli import main
 
 
 def test_capped_limits_only_encoder_training():
-    ft = bench._capped({"trainable": "finetune", "epochs": 10}, 2)
+    ft = quality._capped({"trainable": "finetune", "epochs": 10}, 2)
     assert ft["epochs"] == 2
-    assert bench._capped({"trainable": "finetune", "epochs": 1}, 2)["epochs"] == 1
-    two_stage = bench._capped({"trainable": "contrastive", "mode": "two-stage", "contrastive_epochs": 13,
+    assert quality._capped({"trainable": "finetune", "epochs": 1}, 2)["epochs"] == 1
+    two_stage = quality._capped({"trainable": "contrastive", "mode": "two-stage", "contrastive_epochs": 13,
                                "epochs": 20}, 2)
     # the head on cached frozen features is cheap: its epochs stay as the preset says
     assert (two_stage["contrastive_epochs"], two_stage["epochs"]) == (2, 20)
-    joint = bench._capped({"trainable": "contrastive", "mode": "joint", "contrastive_epochs": 0,
+    joint = quality._capped({"trainable": "contrastive", "mode": "joint", "contrastive_epochs": 0,
                            "epochs": 20}, 2)
     assert joint["epochs"] == 2
 
@@ -104,10 +105,10 @@ def test_job_key_follows_config_and_data_not_the_order_of_keys():
 
 
 def test_a_row_short_of_seeds_is_marked_not_averaged():
-    assert bench.ours_cell([0.80, 0.82], 2) == "81.00 ± 1.41 %"
-    assert bench.ours_cell([0.80], 3) == "— (1 of 3 seeds: 80.00 %)"
-    assert bench.ours_cell([], 2) == "— (0 of 2 seeds)"
-    assert bench.table_job_names(("baseline", "llrd"), 2, tuned=True) == [
+    assert quality.ours_cell([0.80, 0.82], 2) == "81.00 ± 1.41 %"
+    assert quality.ours_cell([0.80], 3) == "— (1 of 3 seeds: 80.00 %)"
+    assert quality.ours_cell([], 2) == "— (0 of 2 seeds)"
+    assert quality.table_job_names(("baseline", "llrd"), 2, tuned=True) == [
         "baseline-seed0", "baseline-seed1", "llrd-seed0", "llrd-seed1", "tuned-seed0", "tuned-seed1"]
 
 
@@ -124,12 +125,12 @@ def test_table_trains_the_picked_jobs_and_marks_rows_missing_some(tmp_path, monk
                 for job in bench_jobs}
 
     monkeypatch.setattr(jobs, "run_bench_jobs", fake_run_bench_jobs)
-    report = bench.BenchReport()
-    bench.study_table(DataConfig("demo"), "tiny", report, seeds=2, epochs=1, storage=tmp_path / "runs",
+    report = common.BenchReport()
+    quality.study_table(DataConfig("demo"), "tiny", report, seeds=2, epochs=1, storage=tmp_path / "runs",
                       tuned=None, out=tmp_path, presets=("baseline", "llrd"), pick="baseline-*,llrd-seed1")
     assert asked == {"names": ["baseline-seed0", "baseline-seed1", "llrd-seed0", "llrd-seed1"],
                      "selected": ["baseline-seed0", "baseline-seed1", "llrd-seed1"],
-                     "experiment": bench.TABLE_EXPERIMENT}
+                     "experiment": quality.TABLE_EXPERIMENT}
     lines = report.sections["d. The study's table"]
     assert "| baseline | 81.00 ± 1.41 % | 84.9 % |" in lines
     assert "| llrd | — (1 of 2 seeds: 70.00 %) | 81.2 % |" in lines
@@ -196,7 +197,7 @@ def test_smoke_table_run_again_skips_the_finished_job_and_continues_the_stopped_
     assert not (out / "results.md").exists()
     uri = f"sqlite:///{storage / 'mlflow.db'}"
     client = tracking.client_for(uri)
-    experiment_id = client.get_experiment_by_name(bench.TABLE_EXPERIMENT).experiment_id
+    experiment_id = client.get_experiment_by_name(quality.TABLE_EXPERIMENT).experiment_id
     first = {r.info.run_name: r for r in client.search_runs([experiment_id])}
     assert {name: r.info.status for name, r in first.items()} == {"baseline-seed0": "FINISHED",
                                                                   "llrd-seed0": "KILLED"}

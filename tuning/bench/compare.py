@@ -29,12 +29,12 @@ def _say(message: str) -> None:
 
 def hand_baseline(data: DataConfig, model: str, *, seeds: int, uri: str,
                   epochs: Optional[int] = None, storage: Optional[Path] = None) -> list[dict[str, float]]:
-    """The hand config (``tuning.ablation.HAND_CONFIG``), one seed after another, each on every
+    """The hand config (``tuning.bench.ablation.HAND_CONFIG``), one seed after another, each on every
     core, as `tunebert train --config` runs it: per seed the best epoch's validation accuracy,
     the test accuracy and the wall seconds, read from the jobs' MLflow runs. Each seed is a
     resumable job (``tuning.jobs.run_bench_jobs``; with ``storage`` it continues from its
     checkpoint)."""
-    from tuning.ablation import HAND_CONFIG
+    from tuning.bench.ablation import HAND_CONFIG
     from tuning.jobs import bench_job, run_bench_jobs
 
     jobs = [bench_job(f"hand-seed{seed}",

@@ -1,0 +1,32 @@
+"""`tunebert bench`: speed and search quality measured side by side in one run, on one machine.
+
+A tool for developers and evaluators: nothing a sweep or a trial runs imports it. Modules:
+``command`` (options, the run, results.md), ``common`` (report, data), ``speed`` (parts a, b),
+``quality`` (parts c, d), ``ablation`` (e), ``compare`` (f). Committed outputs, with the exact
+commands that made them, live in ``tuning/bench/results/`` (not installed with the package).
+
+Parts (each writes rows of the markdown table and a PNG):
+- ``throughput``: samples/s of the trainable's training loop against a minimal plain PyTorch loop
+  on the same model, batches and device, and the speed-up of each data-path option;
+- ``overhead``: wall time of a sweep of N short trials against the same trials run directly;
+- ``search``: ASHA + TPE against random search without early stopping at the same time budget
+  (best validation accuracy over elapsed time, and each one's chosen config on test);
+- ``table``: the study's presets trained with several seeds, mean ± std test accuracy, beside the
+  study's numbers (bert-base-uncased), and the best config of the ``search`` part under them;
+- ``ablation``: the recipe knobs (EMA, SWA, R-Drop, joint SupCon) one at a time on the hand
+  config, validation only, over seeds;
+- ``compare``: the hand config over seeds against ``tunebert tune`` under one time budget.
+
+Everything is measured as ratios within one run; absolute numbers depend on the machine and are
+reported for context only. ``--overhead-subset``, ``--table-epochs`` and ``--smoke-test`` scale
+the expensive parts down (the table says when they did).
+
+The jobs of ``table``, ``ablation`` and the hand baseline of ``compare`` are resumable
+(``tuning.jobs.run_bench_jobs``): the same command run again skips the jobs MLflow holds as
+finished, continues the others from their last epoch's checkpoint in their own runs, says
+the progress and the time left after every job, then writes its results from what MLflow holds.
+"""
+
+from tuning.bench.command import PARTS, add_arguments, run
+
+__all__ = ["PARTS", "add_arguments", "run"]

@@ -1,0 +1,158 @@
+"""`tunebert bench`: its options and the run that calls each part and writes results.md,
+results.json and the PNGs (then logs them to MLflow as a ``tunebert-bench`` run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from trainables.data import DataConfig
+from trainables.errors import UserError
+from tuning.bench.common import BenchReport, load_data, say, subset_folder
+from tuning.bench.quality import search, study_table, table_job_names
+from tuning.bench.speed import overhead, throughput
+
+PARTS = ("throughput", "overhead", "search", "table", "ablation", "compare")
+
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parts", default="throughput,overhead",
+                   help=f"comma-separated parts to run: {', '.join(PARTS)} (default: throughput,overhead)")
+    p.add_argument("--data", default="../shared/data/massive-en")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--model", default="minilm-l6")
+    p.add_argument("--out", default="bench", help="folder for results.md and the PNGs")
+    p.add_argument("--storage", default="tunebert-runs/bench", help="where the benchmark's sweeps go")
+    p.add_argument("--batches", type=int, default=40, help="throughput: batches per measurement")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3, help="throughput: interleaved rounds")
+    p.add_argument("--overhead-trials", type=int, default=4)
+    p.add_argument("--overhead-subset", type=int, default=1024)
+    p.add_argument("--search-budget", type=float, default=3600.0, help="search: seconds per strategy")
+    p.add_argument("--search-epochs", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="table: seeds per configuration")
+    p.add_argument("--table-epochs", type=int, default=None, help="table: cap epochs (scaled-down run; --smoke-test: 1 unless given)")
+    p.add_argument("--table-workers", type=int, default=1,
+                   help="table: runs at a time, each on its share of the CPU cores (default 1)")
+    p.add_argument("--presets", default="baseline,llrd,warmup,llrd_warmup,supcon,simclr")
+    p.add_argument("--jobs", default=None, metavar="PATTERN[,PATTERN]",
+                   help="table: train only the jobs whose names match, e.g. 'baseline-seed0', "
+                        "'llrd*', '*-seed1' (glob patterns); jobs finished earlier still count, "
+                        "rows missing jobs are marked (default: all jobs)")
+    p.add_argument("--tune-budget", type=float, default=7200.0,
+                   help="compare: seconds of the `tunebert tune` pipeline (default 7200 = 2h)")
+    p.add_argument("--ablation-epochs", type=int, default=None,
+                   help="ablation: epochs per run (default: the hand config's 4)")
+    p.add_argument("--ablation-workers", type=int, default=1,
+                   help="ablation: runs at a time, each on its share of the CPU cores (default 1)")
+    p.add_argument("--smoke-test", action="store_true",
+                   help="tiny sizes everywhere (checks the wiring, numbers mean nothing)")
+
+
+def run(args) -> int:
+    import shlex
+    import sys
+
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise UserError(f"--parts: unknown part(s) {unknown}; choose from {list(PARTS)}")
+    if args.table_workers < 1:
+        raise UserError(f"--table-workers must be at least 1, but got {args.table_workers}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = Path(args.storage).expanduser().resolve()
+    data_cfg = DataConfig(args.data, args.text_column, args.label_column)
+    if args.smoke_test:
+        args.batches, args.repeats, args.overhead_trials, args.overhead_subset = 3, 1, 2, 64
+        args.search_budget, args.search_epochs, args.seeds = 20, 1, 1
+        args.table_epochs = args.table_epochs or 1
+    presets = tuple(p.strip() for p in args.presets.split(",") if p.strip())
+    if args.jobs is not None:
+        if "table" not in parts:
+            raise UserError(f"--jobs picks jobs of the table part, but --parts {args.parts!r} has no "
+                            f"table; add it, or leave --jobs out")
+        from tuning.jobs import pick_jobs
+
+        pick_jobs(table_job_names(presets, args.seeds, tuned="search" in parts), args.jobs)
+    if args.smoke_test:
+        data_cfg = DataConfig(str(subset_folder(data_cfg, 128, storage / "smoke-data")))
+    report = BenchReport()
+    command = "tunebert " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
+    if "throughput" in parts:
+        data = load_data(data_cfg, args.model, 64, None)
+        throughput(data, args.model, report, batches=args.batches, batch_size=args.batch_size,
+                   repeats=args.repeats, out=out)
+    if "overhead" in parts:
+        overhead(data_cfg, args.model, report, trials=args.overhead_trials, subset=args.overhead_subset,
+                 storage=storage, out=out)
+    tuned = None
+    if "search" in parts:
+        chosen = search(data_cfg, args.model, report, budget_s=args.search_budget, epochs=args.search_epochs,
+                        storage=storage, out=out)
+        tuned = chosen.get("ASHA + TPE")
+    if "table" in parts:
+        study_table(data_cfg, args.model, report, seeds=args.seeds, epochs=args.table_epochs,
+                    storage=storage, tuned=tuned, out=out, presets=presets,
+                    workers=args.table_workers, pick=args.jobs)
+    if "ablation" in parts:
+        _ablation_part(data_cfg, args, report, storage, out)
+    if "compare" in parts:
+        _compare_part(data_cfg, args, report, storage, out)
+    text = report.markdown(command)
+    (out / "results.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(report.numbers, indent=2))
+    _log_to_mlflow(storage, out)
+    print(text)
+    say(f"wrote {out / 'results.md'}")
+    return 0
+
+
+def _compare_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path, out: Path) -> None:
+    from tuning.bench import compare
+    from tuning.config import resolve_tracking_uri
+
+    hand = compare.hand_baseline(data_cfg, args.model, seeds=args.seeds,
+                                 uri=resolve_tracking_uri(None, storage),
+                                 epochs=1 if args.smoke_test else None, storage=storage)
+    name = f"bench-tune-{time.strftime('%Y%m%d-%H%M%S')}"
+    tuned = compare.tune_pipeline(data_cfg, args.model, budget_s=args.tune_budget, storage=storage,
+                                  name=name, smoke=args.smoke_test)
+    report.add("f. Search against hand-tuning", compare.markdown(hand, tuned, args.tune_budget))
+    report.numbers.update({"compare_hand_test_mean": statistics.mean(r["test_accuracy"] for r in hand),
+                           "compare_tuned_test": tuned["test_accuracy"],
+                           "compare_tuned_config_test_mean": tuned["config_test_accuracy_mean"]})
+    (out / "compare.json").write_text(json.dumps({"hand": hand, "tuned": tuned}, indent=2, default=str))
+
+
+def _ablation_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path, out: Path) -> None:
+    from tuning.bench import ablation
+    from tuning.config import resolve_tracking_uri
+
+    epochs = args.ablation_epochs or (1 if args.smoke_test else ablation.HAND_CONFIG["epochs"])
+    rows = ablation.run_ablation(data_cfg, args.model, seeds=args.seeds, epochs=epochs,
+                                 uri=resolve_tracking_uri(None, storage), workers=args.ablation_workers,
+                                 max_train_examples=64 if args.smoke_test else None, storage=storage)
+    report.add("e. Recipe ablation", ablation.markdown(rows, seeds=args.seeds, epochs=epochs))
+    for row in rows:
+        key = row["variant"].split(" (")[0].replace("+ ", "").replace(" ", "_").lower()
+        report.numbers[f"ablation_{key}_val_mean"] = statistics.mean(row["val_accuracy"])
+    (out / "ablation.json").write_text(json.dumps(rows, indent=2))
+    ablation.plot(rows, out / "ablation.png")
+    report.figures.append(str(out / "ablation.png"))
+
+
+def _log_to_mlflow(storage: Path, out: Path) -> None:
+    from tuning import tracking
+    from tuning.config import resolve_tracking_uri
+
+    run = tracking.TrainRun(resolve_tracking_uri(None, storage), "tunebert-bench",
+                            {"trainable": "bench"}, f"bench-{time.strftime('%Y%m%d-%H%M%S')}",
+                            tags={"tunebert.kind": "bench"})
+    run.log_artifacts(str(out), "bench")
+    run.end("FINISHED")
