@@ -545,6 +545,37 @@ def test_cluster_files_put_no_secret_on_a_command_line(cluster, rayjob):
 
 
 @pytest.mark.slow
+def test_compose_sweep_passes_docker_stop_on_to_the_sweep(compose_expanded, tmp_path):
+    """`docker stop` sends SIGTERM to the container's PID 1, the sweep service's bash: it must
+    reach `tunebert sweep` (which then ends the sweep KILLED and prints how to resume), bash must
+    wait for it, leave the Ray cluster and exit with the sweep's status. Run for real with bash,
+    `ray` and `tunebert` stood in for by scripts that log what happens to them."""
+
+    (script,) = [c for c in compose_expanded["services"]["sweep"]["command"] if "tunebert sweep" in c]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "log"
+    (bin_dir / "ray").write_text(f"#!/bin/sh\necho ray $1 >> {log}\n")
+    (bin_dir / "tunebert").write_text(
+        f"#!{sys.executable}\nimport signal, sys, time\n"
+        f"def stop(*_):\n    time.sleep(0.5)  # a sweep takes a moment to end its runs\n"
+        f"    open({str(log)!r}, 'a').write('tunebert got SIGTERM\\n'); sys.exit(3)\n"
+        f"signal.signal(signal.SIGTERM, stop)\n"
+        f"open({str(log)!r}, 'a').write('tunebert started\\n')\ntime.sleep(60)\n")
+    for tool in ("ray", "tunebert"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    shell = subprocess.Popen(["bash", "-c", script], env=env)
+    deadline = time.time() + 20
+    while "tunebert started" not in (log.read_text() if log.exists() else ""):
+        assert time.time() < deadline and shell.poll() is None, "the sweep never started"
+        time.sleep(0.05)
+    shell.send_signal(signal.SIGTERM)
+    assert shell.wait(timeout=20) == 3, "bash must exit with the sweep's own status"
+    assert log.read_text().splitlines() == ["ray start", "tunebert started", "tunebert got SIGTERM",
+                                            "ray stop"]
+
+
 def test_compose_mlflow_command_serves_ray_nodes_for_real(compose_expanded, tmp_path):
     """The compose `mlflow server` line, run here with SQLite: it starts, and it answers requests
     addressed to mlflow:5000 (as the Ray nodes send them) while refusing unknown Host headers."""
