@@ -282,8 +282,8 @@ class SweepConfig:
         return resolve_tracking_uri(self.tracking_uri, self.root)
 
     def anchored(self) -> "SweepConfig":
-        """These settings as a new sweep saves them: storage, data folder, space file and
-        warm-start files as absolute paths and the MLflow store resolved (--tracking-uri, else
+        """These settings as a new sweep saves them: storage, data folder, a local model folder,
+        space file and warm-start files as absolute paths and the MLflow store resolved (--tracking-uri, else
         $MLFLOW_TRACKING_URI, else the SQLite file under the storage), so that resume finds the
         same things from any working directory and in any environment. A validation split carved
         from train is pinned (``DataConfig.pinned``: its row numbers are saved, and resume,
@@ -293,9 +293,13 @@ class SweepConfig:
             return str(candidate.resolve()) if candidate.exists() else path
 
         from search_spaces.presets import PRESETS
+        from trainables.models import MODEL_ALIASES
 
         return dataclasses.replace(
             self, storage=str(self.root), data=self.data.anchored().pinned(),
+            # a local model folder (an alias or a hub id stays as it is: an alias wins over a
+            # folder of the same name when the model is loaded, and a hub id is no folder)
+            model=self.model if self.model in MODEL_ALIASES else absolute(self.model),
             space_file=absolute(self.space_file) if self.space_file else None,
             warm_start=tuple(w if w in PRESETS else absolute(w) for w in self.warm_start),
             tracking_uri=anchor_store_uri(self.resolved_tracking_uri()))

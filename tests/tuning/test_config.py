@@ -14,12 +14,17 @@ def test_a_new_sweep_saves_absolute_paths_and_its_store(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     (tmp_path / "space.yaml").write_text("lr: {low: 1.0e-5, high: 1.0e-4}\n")
     (tmp_path / "good.yaml").write_text("lr: 1.0e-4\n")
+    (tmp_path / "my-bert").mkdir()
+    (tmp_path / "minilm-l6").mkdir()  # a folder named like an alias: the alias still wins
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = SweepConfig(name="s", storage="runs", data=DataConfig("data"), space_file="space.yaml",
-                      warm_start=("llrd_warmup", "good.yaml"))
+                      warm_start=("llrd_warmup", "good.yaml"), model="my-bert")
     cfg.anchored().save()
     saved = json.loads((tmp_path / "runs" / "ray" / "s" / SWEEP_FILE).read_text())
+    assert saved["model"] == str(tmp_path / "my-bert")
+    for name in ("minilm-l6", "bert-base-uncased", "org/some-bert"):
+        assert SweepConfig(name="s", storage="runs", model=name).anchored().model == name
     assert saved["storage"] == str(tmp_path / "runs")
     assert saved["data"]["source"] == str(tmp_path / "data")
     assert saved["space_file"] == str(tmp_path / "space.yaml")
