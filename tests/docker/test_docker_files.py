@@ -404,6 +404,17 @@ def test_ray_versions_agree(dockerfile, rayjob):
     ray_version = arg_defaults(dockerfile)["RAY_VERSION"]
     assert str(rayjob["spec"]["rayClusterSpec"]["rayVersion"]) == ray_version, (
         "rayjob.yaml rayVersion must match the Dockerfile's RAY_VERSION")
+    # the package pins the minor release the image ships (the code relies on its internals)
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    (ray,) = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == "ray"]
+    major, minor, _ = Version(ray_version).release
+    assert ray.specifier.contains(ray_version), f"pyproject's {ray} refuses the image's Ray {ray_version}"
+    for other in (f"{major}.{minor + 1}.0", f"{major}.{minor - 1}.0"):
+        assert not ray.specifier.contains(other), f"pyproject's {ray} admits untested Ray {other}"
 
 
 # --------------------------------------------------------------------------- compose.yaml
