@@ -674,6 +674,23 @@ COMMANDS = {"sweep": _sweep, "resume": _resume, "best": _best, "train": _train,
             "evaluate": _evaluate, "ui": _ui}
 
 
+def refuse_password_arguments(args) -> None:
+    """A password on the command line is readable by everyone on the machine (``ps``,
+    ``/proc/PID/cmdline``), kept in shell history and recorded by Ray with the driver's job:
+    tunebert takes passwords from the environment only (issue 11 item 12)."""
+    from tuning.credentials import has_password, redact
+
+    uri = getattr(args, "tracking_uri", None)
+    if uri and has_password(uri):
+        raise UserError(
+            f"--tracking-uri {redact(uri)} carries a password on the command line, where anyone on "
+            f"this machine can read it (ps, /proc) and the shell keeps it in its history. Pass it "
+            f"in the environment instead: export MLFLOW_TRACKING_URI='<the URI with its "
+            f"password>' and leave --tracking-uri out; or leave the password out of the URI and "
+            f"set PGPASSWORD (or ~/.pgpass) for PostgreSQL, MLFLOW_TRACKING_USERNAME and "
+            f"MLFLOW_TRACKING_PASSWORD for an MLflow server")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from tuning.interrupt import Interrupted, exit_soon, raise_on_sigterm
 
@@ -683,6 +700,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     console.setup(args.verbosity)
     raise_on_sigterm()  # docker stop, Kubernetes: stop as cleanly as Ctrl-C does
     try:
+        refuse_password_arguments(args)
         return COMMANDS[args.command](args)
     except UserError as exc:
         print(f"tunebert {args.command}: error: {exc}", file=sys.stderr)

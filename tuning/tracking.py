@@ -1057,13 +1057,38 @@ def download_model(model_uri: str, uri: Optional[str], destination: str) -> str:
 SWEEP_UID = "tunebert.sweep_uid"  # experiment tag: which sweep (SweepConfig.uid) owns it
 
 
+# Database stores MLflow opens through SQLAlchemy (``postgresql+psycopg2://...`` and the like)
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+DATABASE_CONNECT_TIMEOUT_S = 5
+
+
+def probe_database(uri: str) -> None:
+    """One connection to a database store, with a timeout where the driver takes one: MLflow's
+    SQLAlchemy store retries a refused connection 10 times, ~100 s in all, before it says so."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    dialect = uri.split(":", 1)[0].split("+", 1)[0]
+    connect_args = ({"connect_timeout": DATABASE_CONNECT_TIMEOUT_S}
+                    if dialect in ("postgresql", "mysql") else {})
+    engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args=connect_args)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
 def check_store(uri: str) -> None:
     """Refuse, within seconds, a tracking URI MLflow cannot use or a server that does not
-    answer. Call ``bound_http_waits`` first (MLflow's own retries wait minutes). Local stores
-    (SQLite, a folder) are not opened: they are created when first written."""
+    answer. Call ``bound_http_waits`` first (MLflow's own retries wait minutes); a database
+    store gets one connection attempt first (``probe_database``). Local stores (SQLite, a
+    folder) are not opened: they are created when first written."""
     if is_local_store(uri):
         return
     try:
+        if uri.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES:
+            probe_database(credentials.reveal(uri))
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:
         reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__

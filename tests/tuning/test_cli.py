@@ -217,6 +217,12 @@ def test_no_gpu_is_refused_before_ray(tmp_path, capsys):
     (["report", "s"], "cannot reach the MLflow store http://127.0.0.1:9"),
     (["sweep", "--name", "s"], "cannot reach the MLflow store http://127.0.0.1:9"),
     (["sweep", "--name", "s", "--tracking-uri", "foo://bar"], "--tracking-uri foo://bar is not a store"),
+    (["tune", "--name", "s"], "cannot reach the MLflow store http://127.0.0.1:9"),
+    # a database store: MLflow's SQLAlchemy store alone retries a refused connection for ~100 s
+    (["best", "s", "--tracking-uri", "postgresql+psycopg2://mlflow@127.0.0.1:9/mlflow"],
+     "cannot reach the MLflow store postgresql+psycopg2://mlflow@127.0.0.1:9/mlflow"),
+    (["sweep", "--name", "s", "--tracking-uri", "postgresql+psycopg2://mlflow@127.0.0.1:9/mlflow"],
+     "cannot reach the MLflow store postgresql+psycopg2://mlflow@127.0.0.1:9/mlflow"),
 ])
 def test_an_unusable_tracking_store_fails_within_seconds(args, message, tmp_path):
     """No MLflow server on 127.0.0.1:9: every command that reads or writes MLflow says so in

@@ -527,14 +527,16 @@ def test_a_node_that_joins_later_cannot_train_on_storage_it_cannot_see(ray_nodes
 
 def test_a_password_in_the_tracking_uri_never_reaches_saved_state(postgres_uri, tiny_model_dir, tmp_path,
                                                                   secret_leaks):
-    """A sweep logging straight to PostgreSQL with the password in --tracking-uri: the password
-    is used (the database refuses a wrong one) but is nowhere in the sweep folder, neither the
-    saved settings (tunebert_sweep.json) nor Ray's pickled and JSON state, nor the output."""
+    """A sweep logging straight to PostgreSQL with the password in MLFLOW_TRACKING_URI (the
+    command line refuses one): the password is used (the database refuses a wrong one) but is
+    nowhere in the sweep folder, neither the saved settings (tunebert_sweep.json) nor Ray's
+    pickled and JSON state, nor the output."""
     password = urlsplit(postgres_uri).password
     storage = tmp_path / "runs"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["MLFLOW_TRACKING_URI"] = postgres_uri
     done = subprocess.run(
-        [sys.executable, "-m", "tuning.cli", "sweep", "--name", "secret", "--tracking-uri", postgres_uri,
+        [sys.executable, "-m", "tuning.cli", "sweep", "--name", "secret",
          "--storage", str(storage), "--model", tiny_model_dir, "--max-length", "64", "--epochs", "1",
          "--trials", "2", "--scheduler", "none"],
         capture_output=True, text=True, cwd=tmp_path, timeout=420, env=env)

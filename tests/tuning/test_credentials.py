@@ -72,3 +72,17 @@ def test_a_restored_logger_takes_the_password_from_the_environment(tmp_path):
                               env={**env, **({"MLFLOW_TRACKING_URI": given} if given else {})}, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.strip().splitlines()[-1] == expected
+
+
+@pytest.mark.parametrize("command", [["sweep"], ["resume", "s"], ["best", "s"], ["tune"], ["ui"]])
+def test_a_password_on_the_command_line_is_refused_before_anything_starts(command, tmp_path, capsys):
+    """Process arguments are readable by every user of the machine: the URI with its password
+    must come from the environment (MLFLOW_TRACKING_URI), and the error must not echo it."""
+    from tuning.cli import EXIT_USER_ERROR, main
+
+    rc = main([*command, "--tracking-uri", URI, "--storage", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert rc == EXIT_USER_ERROR
+    assert "carries a password on the command line" in err and "MLFLOW_TRACKING_URI" in err
+    assert MASKED in err and PASSWORD not in err
+    assert not (tmp_path / "runs").exists()  # nothing started, nothing written
