@@ -322,6 +322,32 @@ def test_resume_with_another_store_is_refused(tiny_model_dir, tmp_path, capsys):
     assert not (tmp_path / "other.db").exists()
 
 
+@pytest.mark.parametrize("how", ["experiment of another sweep", "experiment deleted"])
+def test_resume_into_an_experiment_that_is_not_the_sweeps_is_refused(how, tiny_model_dir, tmp_path, capsys):
+    """Issue 11 item 5: the sweep's experiment now holds another sweep of the same name (its
+    uid differs), or was deleted: resuming would merge two sweeps or bring old runs back."""
+    from tuning import tracking
+
+    cfg, client = _recorded_sweep(tmp_path, "s", _data_folder(tmp_path / "intents"), tiny_model_dir)
+    (cfg.sweep_dir / "tuner.pkl").write_bytes(b"")  # Ray's state; never read: refused before
+    experiment = client.get_experiment_by_name("s")
+    if how == "experiment deleted":
+        client.delete_experiment(experiment.experiment_id)
+    else:
+        client.set_experiment_tag(experiment.experiment_id, tracking.SWEEP_UID, "uid-of-another")
+    rc = main(["resume", "s", "--storage", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    if how == "experiment deleted":
+        assert "of this sweep is deleted. Restore it to continue the sweep" in err
+        assert f"mlflow experiments restore --experiment-id {experiment.experiment_id}" in err
+    else:
+        assert "belongs to another sweep of the same name (uid uid-of-another, this one is uid-1)" in err
+    assert not (tmp_path / "ray" / "s" / "experiment_state").exists()
+    runs = client.search_runs([experiment.experiment_id], run_view_type=3)
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)  # untouched
+
+
 def test_resume_while_another_driver_runs_the_sweep_is_refused(tiny_model_dir, tmp_path, capsys):
     from tuning import sweep_lock
 
