@@ -531,7 +531,10 @@ def _run_locked(prep: Prepared, *, resume: bool, stop, start: float) -> SweepOut
     tracking.bound_http_waits()
     artifact_root = (cfg.root / "mlartifacts" / cfg.name).as_uri() if tracking.is_local_store(uri) else None
     try:
-        experiment_id, parent_id = tracking.start_sweep_run(uri, cfg.name, cfg.to_dict(), artifact_root)
+        experiment_id, parent_id = tracking.start_sweep_run(uri, cfg.name, cfg.to_dict(), artifact_root,
+                                                            uid=cfg.uid)
+    except tracking.TrackingError:
+        raise
     except Exception as exc:
         raise tracking.TrackingError(
             f"cannot reach the MLflow store {tracking.redact(uri)} to start the sweep "

@@ -120,21 +120,41 @@ def params_of(config: dict) -> list[Param]:
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: Optional[str],
-                      description: Optional[str] = None) -> str:
+                      description: Optional[str] = None, uid: Optional[str] = None) -> str:
     """The id of experiment ``name``, created (or restored) if needed, and shown by the MLflow UI
-    as a runs table (``show_as_runs``); ``description``: its note (``describe``)."""
+    as a runs table (``show_as_runs``); ``description``: its note (``describe``).
+
+    ``uid``: the sweep that records there (``SweepConfig.uid``). A new experiment is created with
+    it as its ``SWEEP_UID`` tag, in the same request, and an experiment another sweep holds is
+    refused: two new sweeps of one name that start at the same moment from different sweep
+    folders both pass ``claim_experiment`` (no experiment yet), and the second would otherwise
+    record into the first one's parent run."""
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        show_as_runs(client, experiment)
-        if description:
-            describe(client, experiment, description)
-        return experiment.experiment_id
-    return client.create_experiment(
-        name, artifact_location=artifact_location,
-        tags={SWEEP: name, EXPERIMENT_KIND: RUNS_VIEW,
-              NOTE: description or f"{OUR_NOTE} {name}: one child run per trial"})
+    if experiment is None:
+        try:
+            return client.create_experiment(
+                name, artifact_location=artifact_location,
+                tags={SWEEP: name, EXPERIMENT_KIND: RUNS_VIEW,
+                      NOTE: description or f"{OUR_NOTE} {name}: one child run per trial",
+                      **({SWEEP_UID: uid} if uid else {})})
+        except MlflowException:
+            experiment = client.get_experiment_by_name(name)  # created meanwhile by another driver?
+            if experiment is None:
+                raise
+    owner = experiment.tags.get(SWEEP_UID)
+    if uid and owner and owner != uid:
+        raise TrackingError(
+            f"MLflow experiment {name!r} belongs to another sweep of the same name (uid {owner}; "
+            f"this one is {uid}), started moments ago from another sweep folder: two sweeps in one "
+            f"experiment would be ranked together. Choose another --name.")
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    show_as_runs(client, experiment)
+    if description:
+        describe(client, experiment, description)
+    return experiment.experiment_id
 
 
 # How the MLflow UI shows an experiment. MLflow 3.x UIs ask which kind an experiment is and keep
@@ -243,12 +263,15 @@ def _runs(client: MlflowClient, experiment_id: str, filter_string: str,
             return runs
 
 
-def start_sweep_run(uri: str, sweep_name: str, settings: dict, artifact_location: Optional[str]) -> tuple[str, str]:
-    """(experiment id, parent run id); a resumed sweep gets its existing parent run back."""
+def start_sweep_run(uri: str, sweep_name: str, settings: dict, artifact_location: Optional[str],
+                    uid: Optional[str] = None) -> tuple[str, str]:
+    """(experiment id, parent run id); a resumed sweep gets its existing parent run back. ``uid``:
+    the sweep's, which must own the experiment (``ensure_experiment``)."""
     client = client_for(uri)
     experiment_id = ensure_experiment(
         client, sweep_name, artifact_location,
-        sweep_description(sweep_name, settings.get("metric", "val_accuracy"), settings.get("mode", "max")))
+        sweep_description(sweep_name, settings.get("metric", "val_accuracy"), settings.get("mode", "max")),
+        uid=uid)
     existing = _runs(client, experiment_id, f"tags.`{KIND}` = 'sweep'")
     if existing:
         run_id = existing[0].info.run_id

@@ -188,3 +188,24 @@ def test_a_restored_logger_reconciles_mlflow_with_rays_saved_state(tmp_path):
     assert active["ended"].data.metrics["val_accuracy"] == 0.75  # Ray's last result, backfilled
     assert active["ended"].data.tags["tunebert.end_reason"] == "completed"
     assert restored.skipped_steps == 2  # epoch 2 of `done`, reported again, not logged again
+
+
+def test_two_new_sweeps_of_one_name_never_share_an_experiment(tmp_path):
+    """Issue 11 item 5: two new sweeps named alike, started at the same moment from different
+    sweep folders (their locks differ) against one store, both find no experiment in
+    ``claim_experiment``; the second to start its parent run is refused instead of recording
+    into the first one's parent run. A resume of the first (same uid) gets its run back."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for uid in ("sweep-a", "sweep-b"):  # both pass the claim: nothing recorded yet
+        tracking.claim_experiment(uri, "s", uid, resume=False)
+    experiment_id, parent = tracking.start_sweep_run(uri, "s", {}, None, uid="sweep-a")
+    with pytest.raises(tracking.TrackingError, match=r"belongs to another sweep of the same name "
+                                                     r"\(uid sweep-a; this one is sweep-b\)"):
+        tracking.start_sweep_run(uri, "s", {}, None, uid="sweep-b")
+    client = MlflowClient(uri)
+    assert client.get_experiment(experiment_id).tags[tracking.SWEEP_UID] == "sweep-a"
+    assert [r.info.run_id for r in client.search_runs([experiment_id])] == [parent]
+    assert tracking.start_sweep_run(uri, "s", {}, None, uid="sweep-a") == (experiment_id, parent)
+    # the experiment created in the same request as its owner's tag: never an unowned moment
+    created = tracking.ensure_experiment(client, "t", None, uid="sweep-c")
+    assert client.get_experiment(created).tags[tracking.SWEEP_UID] == "sweep-c"
