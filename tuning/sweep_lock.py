@@ -85,12 +85,37 @@ def _read(path: Path) -> Optional[dict]:
         return None
 
 
+def _take_over(path: Path, judged: int) -> None:
+    """Move the stale lock ``path`` (inode ``judged``) aside, so that ``_acquire`` can create its
+    own. Two drivers may judge the same lock stale; the first moves it aside and creates a fresh
+    one, and the second's rename then moves that fresh lock instead: seen by its inode, it is put
+    back (``os.link`` creates the name only while it is free) and the second driver finds it
+    held. Only a third driver creating the name in that instant could still get in between."""
+    aside = path.with_name(f"{LOCK_FILE}.stale-{os.getpid()}-{threading.get_ident()}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return
+    try:
+        if os.stat(aside).st_ino != judged:  # another driver's fresh lock: give it back
+            try:
+                os.link(aside, path)
+            except FileExistsError:
+                pass
+    finally:
+        aside.unlink(missing_ok=True)
+
+
 def _acquire(path: Path, name: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(5):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
+            try:
+                judged = os.stat(path).st_ino  # the file this judgement is about
+            except FileNotFoundError:
+                continue
             owner = _read(path)
             if not _stale(path, owner):
                 who = (f"pid {owner.get('pid')} on host {owner.get('host')}, since "
@@ -100,11 +125,7 @@ def _acquire(path: Path, name: str) -> None:
                     f"drivers on one sweep would sample and record its trials twice. Wait for it "
                     f"to end or stop it (Ctrl-C saves it for `tunebert resume {name}`). If no such "
                     f"process is running, delete {path}.") from None
-            try:  # take a stale lock over: the rename is atomic, so only one taker wins
-                os.replace(path, path.with_name(f"{LOCK_FILE}.stale-{os.getpid()}"))
-                path.with_name(f"{LOCK_FILE}.stale-{os.getpid()}").unlink(missing_ok=True)
-            except FileNotFoundError:
-                pass
+            _take_over(path, judged)
             continue
         with os.fdopen(fd, "w") as f:
             json.dump(_owner_record(), f)

@@ -67,3 +67,30 @@ def test_the_lock_is_reentrant_and_released_on_errors(tmp_path):
             assert path.is_file()  # still held by the outer block
             raise RuntimeError("boom")
     assert not (tmp_path / "ray").exists()  # nothing was written: the folders it made are gone
+
+
+def test_two_drivers_taking_over_one_stale_lock_never_both_hold_it(tmp_path, other_process, monkeypatch):
+    """Issue 11 item 5: drivers A and B both judge a dead driver's lock stale. A moves it aside
+    and creates its own before B moves "it" aside: B must not move A's fresh lock away and take
+    the sweep too; it finds the sweep held by A."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = tmp_path / LOCK_FILE
+    lock.write_text(json.dumps(_hold(dead.pid)))
+    judge = sweep_lock._stale
+    raced = []
+
+    def b_judges_then_a_takes_over(path, owner):
+        stale = judge(path, owner)
+        if stale and not raced:  # between B's judgement and B's rename, A does all of it
+            raced.append(True)
+            os.replace(path, tmp_path / "a-moved-the-stale-lock-aside")
+            path.write_text(json.dumps(_hold(other_process.pid)))  # A's fresh lock (A is alive)
+        return stale
+
+    monkeypatch.setattr(sweep_lock, "_stale", b_judges_then_a_takes_over)
+    with pytest.raises(SweepLocked, match=f"another driver \\(pid {other_process.pid} "):
+        sweep_lock._acquire(lock.resolve(), "s")  # driver B
+    assert raced
+    assert json.loads(lock.read_text())["pid"] == other_process.pid  # A still holds it
+    assert not list(tmp_path.glob(f"{LOCK_FILE}.stale-*"))  # nothing left aside
