@@ -393,13 +393,16 @@ def _tuner(prep: Prepared, callback, *, restore: bool, stop=None):
         recycled(tune.with_parameters(registry.ray_entry_point(), data=prep.data)),
         {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     if restore:
-        # MLflow runs ahead of Ray's saved state: the logger Ray restores reconciles the two
-        tracking.MlflowTrialLogger.expect_restore(cfg.name)
         if any(cfg.sweep_dir.glob("experiment_state-*.json")):
+            # MLflow runs ahead of Ray's saved state: the logger Ray restores reconciles the two
+            tracking.MlflowTrialLogger.expect_restore(cfg.name)
             return tune.Tuner.restore(str(cfg.sweep_dir), trainable=trainable, resume_unfinished=True,
                                       resume_errored=False, restart_errored=False)
-        # stopped between writing tuner.pkl and Ray's first snapshot: nothing to restore
-        say(f"note: sweep {cfg.name!r} stopped before Ray saved any state; starting its trials again")
+        # stopped between writing tuner.pkl and Ray's first snapshot: nothing to restore, and the
+        # runs its trials opened in MLflow belong to trials Ray never recorded
+        orphans = callback.orphan_earlier_runs()
+        say(f"note: sweep {cfg.name!r} stopped before Ray saved any state; starting its trials again"
+            + (f" ({orphans} earlier trial run(s) ended and deleted as orphans)" if orphans else ""))
     keep, param_space = cfg.keep_checkpoints, None
     tune_metric = cfg.metric  # population schedulers exploit the current epoch's score
     if cfg.scheduler in POPULATION_SCHEDULERS:

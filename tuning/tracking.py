@@ -550,16 +550,8 @@ class MlflowTrialLogger(Callback):
             if tags.get(TRIAL_ID) in restored:
                 runs[tags[TRIAL_ID]] = run
                 continue
-            run_id = run.info.run_id
-            self.client.log_batch(run_id, tags=[
-                RunTag(ORPHAN, "true"),
-                RunTag(END_REASON, "orphan: started after Ray's last saved state, so the resumed "
-                                   "sweep ran a new trial in its place")])
-            if run.info.status == "RUNNING":
-                self.client.set_terminated(run_id, "KILLED")
-            self.client.delete_run(run_id)
-            log.warning("MLflow: run %s of trial %s, which Ray never recorded, was ended and "
-                        "deleted (tag %s)", run_id, tags.get(TRIAL_ID), ORPHAN)
+            self._orphan(run, "orphan: started after Ray's last saved state, so the resumed sweep "
+                              "ran a new trial in its place")
         for trial in restored.values():
             if trial.status not in ("TERMINATED", "ERROR"):
                 continue  # Ray runs it again: its hooks bring the run up to date
@@ -576,6 +568,28 @@ class MlflowTrialLogger(Callback):
             status, reason = ("FAILED", "error") if trial.status == "ERROR" else self._end_of(trial)
             self.client.set_tag(run_id, END_REASON, reason)
             self.client.set_terminated(run_id, status)
+
+    def _orphan(self, run, reason: str) -> None:
+        """End (KILLED), tag (``ORPHAN``) and delete the run of a trial Ray never recorded."""
+        run_id = run.info.run_id
+        self.client.log_batch(run_id, tags=[RunTag(ORPHAN, "true"), RunTag(END_REASON, reason)])
+        if run.info.status == "RUNNING":
+            self.client.set_terminated(run_id, "KILLED")
+        self.client.delete_run(run_id)
+        log.warning("MLflow: run %s of trial %s, which Ray never recorded, was ended and deleted "
+                    "(tag %s)", run_id, run.data.tags.get(TRIAL_ID), ORPHAN)
+
+    def orphan_earlier_runs(self) -> int:
+        """A sweep whose driver stopped before Ray saved any state starts its trials again, so
+        every trial run already under its parent run belongs to a trial Ray never recorded: each
+        is made an orphan (``_orphan``), and the sweep ends with exactly its own trials' runs.
+        Returns how many."""
+        earlier = [run for run in _runs(self.client, self.experiment_id, f"tags.`{KIND}` = 'trial'")
+                   if run.data.tags.get(PARENT) == self.parent_run_id]
+        for run in earlier:
+            self._orphan(run, "orphan: its sweep stopped before Ray saved any state, and the "
+                              "resumed sweep started its trials again")
+        return len(earlier)
 
     def _end_of(self, trial) -> tuple[str, str]:
         """The MLflow status and end reason of a trial Ray ended without an error."""

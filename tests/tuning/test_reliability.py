@@ -484,6 +484,42 @@ def test_resume_reconciles_mlflow_with_rays_lagging_state(tiny_model_dir, tmp_pa
         json.loads(r.data.tags["tunebert.config"])["lr"] for r in runs)
 
 
+def test_resume_of_a_sweep_stopped_before_rays_first_save_orphans_its_earlier_runs(
+        ray_local, tiny_model_dir, tmp_path):
+    """A driver killed between writing tuner.pkl and Ray's first snapshot leaves MLflow runs of
+    trials Ray never recorded; resume starts the trials again, so those runs must become orphans
+    (ended, tagged, deleted) or the sweep would end with more trial runs than trials."""
+    import dataclasses
+
+    from tuning import tracking
+    from tuning.runner import resume_sweep
+
+    cfg = dataclasses.replace(_sweep(tiny_model_dir, tmp_path, "early", epochs=1, max_concurrent=1,
+                                     max_length=32), uid="uid-early").anchored()
+    cfg.sweep_dir.mkdir(parents=True)
+    cfg.save()
+    uri = cfg.resolved_tracking_uri()
+    experiment_id, parent_id = tracking.start_sweep_run(uri, "early", cfg.to_dict(), None, uid=cfg.uid)
+    client = MlflowClient(uri)
+    dead = client.create_run(experiment_id, tags={  # what the killed driver's logger had opened
+        tracking.KIND: "trial", tracking.SWEEP: "early", tracking.TRIAL_ID: "dead0001",
+        tracking.PARENT: parent_id, tracking.RAY_EXPERIMENT: "the-killed-driver"}).info.run_id
+    client.log_metric(dead, "val_accuracy", 0.5, step=1)
+    client.set_terminated(parent_id, "KILLED")
+    (cfg.sweep_dir / "tuner.pkl").write_bytes(b"")  # and Ray never saved its experiment state
+    assert not list(cfg.sweep_dir.glob("experiment_state-*.json"))
+
+    outcome = resume_sweep("early", str(tmp_path))
+    assert outcome.counts["FINISHED"] == 2
+    _, runs = _children(uri, "early")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert dead not in {r.info.run_id for r in runs}
+    orphan = client.get_run(dead)
+    assert orphan.info.lifecycle_stage == "deleted" and orphan.info.status == "KILLED"
+    assert orphan.data.tags[tracking.ORPHAN] == "true"
+    assert client.get_run(parent_id).info.status == "FINISHED"
+
+
 # 3 (issue 11): ASHA's rungs across a resume ----------------------------------------------
 PRESET = "head: linear\npooling: mean\nclassifier_dropout: 0.0\nscheduler: constant\nwarmup_ratio: 0.0\nbatch_size: 32\n"
 
