@@ -397,7 +397,7 @@ def resume_store(name: str, saved: Optional[str], given: Optional[str]) -> Optio
     raise ConfigError(
         f"sweep {name!r} logs to the MLflow store {saved}, whose password is not saved (secrets "
         f"stay out of saved state). Pass the store with its password to resume: set "
-        f"MLFLOW_TRACKING_URI (or --tracking-uri) to that URI with the password filled in.")
+        f"MLFLOW_TRACKING_URI to that URI with the password filled in.")
 
 
 def load_saved_sweep(name: str, storage: str = DEFAULT_ROOT) -> SweepConfig:

@@ -583,6 +583,7 @@ def resume_pipeline(name: str, storage: str = DEFAULT_ROOT, **changes: Any) -> P
     """Continue a stopped pipeline; ``changes`` (tracking_uri, address) apply to its sweep. The
     MLflow store must be the one it started with (``config.resume_store``). One driver at a time
     (``sweep_lock``)."""
+    from tuning import tracking
     from tuning.config import resume_store
     from tuning.sweep_lock import sweep_lock
 
@@ -591,6 +592,10 @@ def resume_pipeline(name: str, storage: str = DEFAULT_ROOT, **changes: Any) -> P
         changes["tracking_uri"] = resume_store(name, pipeline.sweep.tracking_uri,
                                                changes.get("tracking_uri"))
         pipeline.sweep = SweepConfig.from_dict({**pipeline.sweep.to_dict(), **changes})
+        # refused within seconds when it cannot be reached, whatever the phase (the selection
+        # reads MLflow before anything else and would wait MLflow's own minutes of retries)
+        tracking.bound_http_waits()
+        tracking.check_store(pipeline.sweep.resolved_tracking_uri())
         if pipeline.state.phase != "done":
             say(f"continuing {name!r} in its {pipeline.state.phase} phase "
                 f"({_clock(pipeline.state.total_s)} of {_clock(pipeline.config.budget_s)} used)")

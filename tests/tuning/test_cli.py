@@ -239,6 +239,23 @@ def test_an_unusable_tracking_store_fails_within_seconds(args, message, tmp_path
     assert not (tmp_path / "ray").exists()
 
 
+@pytest.mark.parametrize("phase", ["select", "sweep"])
+def test_resuming_a_tune_pipeline_whose_store_is_down_fails_within_seconds(phase, tmp_path):
+    """`tunebert resume` of a `tunebert tune` pipeline checks its MLflow store first, in every
+    phase: past the sweep phase nothing else did, and the selection waited MLflow's minutes."""
+    from tuning.config import SweepConfig
+    from tuning.pipeline import Pipeline, PipelineConfig, PipelineState
+
+    sweep = SweepConfig(name="p", storage=str(tmp_path), tracking_uri="http://127.0.0.1:9")
+    Pipeline(sweep=sweep, config=PipelineConfig(), state=PipelineState(phase=phase)).save()
+    start = time.time()
+    proc = cli("resume", "p", "--storage", str(tmp_path), timeout=300)
+    assert time.time() - start < 60, proc.stderr[-2000:]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "cannot reach the MLflow store http://127.0.0.1:9" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
 # ------------------------------------------------------------------ sweeps made by hand for the CLI
 
 
