@@ -230,3 +230,29 @@ def test_smoke_table_run_again_skips_the_finished_job_and_continues_the_stopped_
     assert {"table_baseline_test_mean", "table_llrd_test_mean"} <= set(numbers)
     assert numbers["table_llrd_test_mean"] == after["llrd-seed0"].data.metrics["test_accuracy"]
     assert not any((storage / "jobs").iterdir())  # a finished job's checkpoints are removed
+
+
+@pytest.mark.slow
+def test_smoke_deploy_variants_and_their_front(tmp_path, tiny_model_dir, ray_local):
+    """Issue 12's bench: the full model and one layer fewer, each fp32 and int8, with accuracy,
+    perturbed accuracy, size and latency per row (int8 rows from the int8 model), and the front
+    of an accuracy/latency sweep."""
+    from tuning.bench import deploy
+
+    out = tmp_path / "out"
+    rc = main(["bench", "--smoke-test", "--parts", "deploy", "--data", "demo", "--model", tiny_model_dir,
+               "--out", str(out), "--storage", str(tmp_path / "runs")])
+    assert rc == 0
+    saved = json.loads((out / "deploy.json").read_text())
+    rows = {row["variant"]: row for row in saved["variants"]}
+    assert list(rows) == list(deploy.variants((1,)))
+    full, int8 = rows["all layers, fp32"], rows["all layers, int8"]
+    assert rows["1 layer, fp32"]["params_m"] < full["params_m"] == int8["params_m"]
+    assert int8["size_mb"] < full["size_mb"]  # int8 weights take fewer bytes
+    for row in rows.values():
+        assert 0.0 <= row["val_accuracy"][0] <= 1.0 and 0.0 <= row["val_accuracy_perturbed"][0] <= 1.0
+        assert row["latency_ms_p50"] > 0 and row["throughput_b32"] > 0
+    assert saved["front"] and all(point["latency_ms_p50"] > 0 for point in saved["front"])
+    text = (out / "results.md").read_text()
+    assert "## g. Deployment trade-offs" in text and "| all layers, int8 |" in text
+    assert (out / "deploy.png").stat().st_size > 1000

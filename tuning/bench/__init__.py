@@ -2,7 +2,7 @@
 
 A tool for developers and evaluators: nothing a sweep or a trial runs imports it. Modules:
 ``command`` (options, the run, results.md), ``common`` (report, data), ``speed`` (parts a, b),
-``quality`` (parts c, d), ``ablation`` (e), ``compare`` (f). Committed outputs, with the exact
+``quality`` (parts c, d), ``ablation`` (e), ``compare`` (f), ``deploy`` (g). Committed outputs, with the exact
 commands that made them, live in ``tuning/bench/results/`` (not installed with the package).
 
 Parts (each writes rows of the markdown table and a PNG):
@@ -15,7 +15,9 @@ Parts (each writes rows of the markdown table and a PNG):
   study's numbers (bert-base-uncased), and the best config of the ``search`` part under them;
 - ``ablation``: the recipe knobs (EMA, SWA, R-Drop, joint SupCon) one at a time on the hand
   config, validation only, over seeds;
-- ``compare``: the hand config over seeds against ``tunebert tune`` under one time budget.
+- ``compare``: the hand config over seeds against ``tunebert tune`` under one time budget;
+- ``deploy``: fewer encoder layers and int8 against the full model (accuracy, perturbed accuracy,
+  size, CPU latency), and the Pareto front of an accuracy/latency sweep.
 
 Everything is measured as ratios within one run; absolute numbers depend on the machine and are
 reported for context only. ``--overhead-subset``, ``--table-epochs`` and ``--smoke-test`` scale

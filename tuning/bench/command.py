@@ -15,7 +15,7 @@ from tuning.bench.common import BenchReport, load_data, say, subset_folder
 from tuning.bench.quality import search, study_table, table_job_names
 from tuning.bench.speed import overhead, throughput
 
-PARTS = ("throughput", "overhead", "search", "table", "ablation", "compare")
+PARTS = ("throughput", "overhead", "search", "table", "ablation", "compare", "deploy")
 
 
 
@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ablation: epochs per run (default: the hand config's 4)")
     p.add_argument("--ablation-workers", type=int, default=1,
                    help="ablation: runs at a time, each on its share of the CPU cores (default 1)")
+    p.add_argument("--front-budget", type=float, default=1800.0,
+                   help="deploy: seconds of the two-objective sweep (accuracy, latency) whose Pareto "
+                        "front is reported (default 1800; 0 skips it)")
     p.add_argument("--smoke-test", action="store_true",
                    help="tiny sizes everywhere (checks the wiring, numbers mean nothing)")
 
@@ -71,6 +74,7 @@ def run(args) -> int:
     if args.smoke_test:
         args.batches, args.repeats, args.overhead_trials, args.overhead_subset = 3, 1, 2, 64
         args.search_budget, args.search_epochs, args.seeds = 20, 1, 1
+        args.front_budget = min(args.front_budget, 20)
         args.table_epochs = args.table_epochs or 1
     presets = tuple(p.strip() for p in args.presets.split(",") if p.strip())
     if args.jobs is not None:
@@ -104,6 +108,8 @@ def run(args) -> int:
         _ablation_part(data_cfg, args, report, storage, out)
     if "compare" in parts:
         _compare_part(data_cfg, args, report, storage, out)
+    if "deploy" in parts:
+        _deploy_part(data_cfg, args, report, storage, out)
     text = report.markdown(command)
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps(report.numbers, indent=2))
@@ -145,6 +151,32 @@ def _ablation_part(data_cfg: DataConfig, args, report: BenchReport, storage: Pat
     (out / "ablation.json").write_text(json.dumps(rows, indent=2))
     ablation.plot(rows, out / "ablation.png")
     report.figures.append(str(out / "ablation.png"))
+
+
+def _deploy_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path, out: Path) -> None:
+    from trainables.models import load_encoder, num_encoder_layers, resolve_model
+    from tuning.bench import deploy
+    from tuning.config import resolve_tracking_uri
+
+    layers = num_encoder_layers(load_encoder(resolve_model(args.model)))
+    fewer = tuple(k for k in (deploy.LAYERS if not args.smoke_test else (1,)) if k < layers)
+    rows = deploy.run_variants(data_cfg, args.model, seeds=args.seeds,
+                               uri=resolve_tracking_uri(None, storage), storage=storage, layers=fewer,
+                               epochs=1 if args.smoke_test else None)
+    front = None
+    if args.front_budget > 0:
+        front = deploy.front_sweep(data_cfg, args.model, budget_s=args.front_budget, storage=storage,
+                                   out=out, max_layers=layers, epochs=1 if args.smoke_test else None)
+    report.add("g. Deployment trade-offs", deploy.markdown(rows, seeds=args.seeds, front=front,
+                                                           front_budget_s=args.front_budget))
+    for row in rows:
+        key = row["variant"].replace(", ", "_").replace(" ", "_")
+        report.numbers[f"deploy_{key}_val_mean"] = statistics.mean(row["val_accuracy"])
+        report.numbers[f"deploy_{key}_latency_ms_p50"] = row["latency_ms_p50"]
+    (out / "deploy.json").write_text(json.dumps({"variants": rows, "front": front}, indent=2, default=str))
+    report.figures.append(str(deploy.plot(rows, out / "deploy.png")))
+    if (out / "pareto.png").is_file():
+        report.figures.append(str(out / "pareto.png"))
 
 
 def _log_to_mlflow(storage: Path, out: Path) -> None:
