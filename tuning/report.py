@@ -119,10 +119,11 @@ def _parallel_step(scored: list[TrialRecord], space: dict, out: Path, figures: d
 
 
 def _curves_step(uri: str, trials: list[TrialRecord], scored: list[TrialRecord], out: Path,
-                 figures: dict[str, Path], notes: dict[str, str]) -> None:
+                 figures: dict[str, Path], notes: dict[str, str], sweep: str, storage: str) -> None:
     if scored:
         log.info(f"reading the learning curves of the top {min(TOP_CURVES, len(scored))} trials")
-        figures["curves"] = plot_learning_curves(top_curves(uri, trials), out / "curves.png")
+        figures["curves"] = plot_learning_curves(top_curves(uri, trials, sweep, storage),
+                                                 out / "curves.png")
     else:
         notes["curves"] = f"No finished trial with a finite {METRIC}."
 
@@ -157,7 +158,7 @@ def build_report(sweep: str, *, storage: str = DEFAULT_ROOT, tracking_uri: Optio
     _pareto_step(trials, sweep, uri, storage, best, out, figures)
     importances = _importance_step(trials, kinds, study, out, figures, notes)
     _parallel_step(scored, space, out, figures, notes)
-    _curves_step(uri, trials, scored, out, figures, notes)
+    _curves_step(uri, trials, scored, out, figures, notes, sweep, storage)
     confusion, why = best_trial_confusion(uri, parent_id, sweep, storage, best)
     if confusion is not None:
         figures["confusion"] = plot_confusion(confusion, out / "confusion.png")

@@ -159,12 +159,18 @@ def wall_time(parent, trials: list[TrialRecord]) -> Optional[float]:
     return (max(ends) - min(t.start_ms for t in trials)) / 1000 if ends else None
 
 
-def top_curves(uri: str, trials: list[TrialRecord],
+def top_curves(uri: str, trials: list[TrialRecord], sweep: str, storage: str,
                k: int = TOP_CURVES) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """Per-epoch val_accuracy and val_loss of the ``k`` best scored trials, best first:
+    """Per-epoch val_accuracy and val_loss of the sweep's ``k`` best trials, best first, as
+    `tunebert best --top k` ranks them (``tuning.best.top_k``, the one ranking function: the
+    sweep's own objectives and constraints, no stage-1 contrastive trial):
     ``"<label> (<score>)" -> {metric: [(epoch, value), ...]}``."""
+    from tuning.best import top_k
+
     tracking = _tracking()
-    top = sorted((t for t in trials if t.scored), key=lambda t: t.value, reverse=True)[:k]
+    by_id = {t.trial_id: t for t in trials}
+    top = [by_id[r.trial_id] for r in top_k(sweep, k, tracking_uri=uri, storage=storage)
+           if r.trial_id in by_id]
     return {f"{t.label} ({t.value:.3f})": {key: tracking.metric_history(uri, t.run_id, key)
                                            for key in ("val_accuracy", "val_loss")}
             for t in top}

@@ -83,3 +83,9 @@ def test_report_picks_the_trial_best_picks(sweep, tmp_path):
     trials = load_trials(uri, "s")
     best = pick_best(trials, "s", uri, str(tmp_path))
     assert best.trial_id == best_run("s", tracking_uri=uri).trial_id == "a"
+    # the report's learning curves are of the trials `best --top` ranks, in its order
+    from tuning.best import top_k
+    from tuning.report_data import top_curves
+
+    shown = [label.split(" ")[0] for label in top_curves(uri, trials, "s", str(tmp_path), k=5)]
+    assert shown == [r.trial_id for r in top_k("s", 5, tracking_uri=uri)] and "d" not in shown
