@@ -209,16 +209,36 @@ def perturbed_validation(spec: str, data: TokenizedData) -> EncodedSplit:
     return EncodedSplit(ids, val.labels)
 
 
-def deployment_costs(cfg, model: TextClassifier, data: TokenizedData) -> dict[str, float]:
-    """What the trial's model costs to serve (``trainables.deploy``), measured once per trial on
-    a CPU copy of ``model``: ``params_m``, ``size_mb`` and, with ``cfg.deploy_metrics``, CPU
-    latency at batch 1 and throughput at batch 32 on fixed texts padded to ``max_length``.
+# Deployment costs by architecture (``_architecture``), measured once per process: a Ray worker
+# that runs trial after trial (``reuse_actors``) times each architecture once, not every trial.
+_COSTS: dict[tuple, dict[str, float]] = {}
 
-    They depend on the architecture (layers, head, length, int8 or not), never on the values of
-    the weights, so they are measured before the first epoch and reported with every epoch: a
-    trial ASHA stops early has them as well as one that trains to the end, and a contrastive
-    trial (``model`` its classifier) as well as a fine-tuning one. With ``quantize`` (fine-tuning
-    trials) they describe the int8 model the trial hands over (``quantize_int8``)."""
+
+def _architecture(cfg, data: TokenizedData) -> tuple:
+    """Everything the served model's size and speed depend on (weights' values excepted)."""
+    return (str(cfg.model), cfg.num_layers, bool(getattr(cfg, "quantize", False)), cfg.pooling,
+            cfg.head, cfg.head_hidden if cfg.head == "mlp" else None, cfg.max_length,
+            data.num_labels, bool(cfg.deploy_metrics), torch.get_num_threads())
+
+
+def deployment_costs(cfg, model: TextClassifier, data: TokenizedData) -> dict[str, float]:
+    """What the trial's model costs to serve (``trainables.deploy``), measured on a CPU copy of
+    ``model``: ``params_m``, ``size_mb`` and, with ``cfg.deploy_metrics``, CPU latency at batch 1
+    and throughput at batch 32 on fixed texts padded to ``max_length``.
+
+    They depend on the architecture (layers, head, length, int8 or not) and the threads, never
+    on the values of the weights, so they are measured before the first epoch (once per
+    architecture in a process, ``_COSTS``) and reported with every epoch: a trial ASHA stops
+    early has them as well as one that trains to the end, and a contrastive trial (``model`` its
+    classifier) as well as a fine-tuning one. With ``quantize`` (fine-tuning trials) they
+    describe the int8 model the trial hands over (``quantize_int8``)."""
+    key = _architecture(cfg, data)
+    if key not in _COSTS:
+        _COSTS[key] = _measure_costs(cfg, model, data)
+    return dict(_COSTS[key])
+
+
+def _measure_costs(cfg, model: TextClassifier, data: TokenizedData) -> dict[str, float]:
     deployed = copy.deepcopy(model).to("cpu")
     deployed.eval()
     parameters = parameter_count(deployed)
@@ -235,21 +255,25 @@ def deployment_costs(cfg, model: TextClassifier, data: TokenizedData) -> dict[st
     return deployment_metrics(deployed, parameters=parameters, probe=probe)
 
 
-def int8_scores(model: TextClassifier, weights: dict, data: TokenizedData,
-                batch_size: int) -> dict[str, float]:
+def int8_scores(model: TextClassifier, weights: dict, data: TokenizedData, batch_size: int,
+                noisy_val: Optional[EncodedSplit] = None) -> dict[str, float]:
     """The validation scores of the handed-over model (``weights`` in ``model``'s architecture)
     after dynamic int8 quantization (``val_accuracy_int8``, ``val_loss_int8``,
-    ``val_macro_f1_int8``), on the CPU: the last epoch of a ``quantize`` trial reports them.
-    ``val_accuracy`` and the best-epoch choice stay the fp32 model's: training is fp32, and the
-    model folder keeps fp32 weights and quantizes when loaded."""
+    ``val_macro_f1_int8``; with ``noisy_val``, the perturbed validation texts of
+    ``perturb_eval``, also ``val_accuracy_perturbed_int8``), on the CPU: the last epoch of a
+    ``quantize`` trial reports them. ``val_accuracy`` and the best-epoch choice stay the fp32
+    model's: training is fp32, and the model folder keeps fp32 weights and quantizes when loaded."""
     deployed = copy.deepcopy(model).to("cpu")
     deployed.load_state_dict(weights)
     deployed = quantize_int8(deployed.eval())
-    result = evaluate(deployed, data.splits["validation"], batch_size=max(64, batch_size),
-                      pad_token_id=data.pad_token_id, num_labels=data.num_labels,
-                      device=torch.device("cpu"), precision="fp32")
-    return {"val_accuracy_int8": result.accuracy, "val_loss_int8": result.loss,
-            "val_macro_f1_int8": result.macro_f1}
+    kwargs = dict(batch_size=max(64, batch_size), pad_token_id=data.pad_token_id,
+                  num_labels=data.num_labels, device=torch.device("cpu"), precision="fp32")
+    result = evaluate(deployed, data.splits["validation"], **kwargs)
+    scores = {"val_accuracy_int8": result.accuracy, "val_loss_int8": result.loss,
+              "val_macro_f1_int8": result.macro_f1}
+    if noisy_val is not None:
+        scores["val_accuracy_perturbed_int8"] = evaluate(deployed, noisy_val, **kwargs).accuracy
+    return scores
 
 
 def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, report: Reporter,
@@ -323,7 +347,7 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
         best.update(epoch, metrics, averaged if averaged is not None else model.state_dict())
         metrics.update(best.as_metrics())
         if epoch == cfg.last_epoch and cfg.quantize:
-            metrics.update(int8_scores(model, best.weights, data, cfg.batch_size))
+            metrics.update(int8_scores(model, best.weights, data, cfg.batch_size, noisy_val))
 
         def write(directory: str, _epoch: int = epoch) -> None:
             extra = {"best": best.state(),

@@ -264,3 +264,22 @@ def test_trade_offs_are_off_by_default_and_searchable_from_a_space_file(tmp_path
     assert {c["num_layers"] for c in configs} == {1, 2}
     assert {c["quantize"] for c in configs} == {False, True}
     assert {c["deploy_metrics"] for c in configs} == {False}
+
+
+def test_deployment_costs_are_measured_once_per_architecture(tiny_config, demo_data, monkeypatch):
+    """A worker Ray reuses for trial after trial times each architecture once: the costs depend
+    on the architecture and the threads, not on the weights."""
+    from trainables import finetune
+
+    calls = []
+    real = finetune.deployment_metrics
+    monkeypatch.setattr(finetune, "deployment_metrics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(finetune, "_COSTS", {})
+    cfg = tiny_config.replace(precision="fp32")
+    model = finetune.build_classifier(cfg, demo_data.num_labels)
+    first = finetune.deployment_costs(cfg, model, demo_data)
+    again = finetune.deployment_costs(cfg.replace(seed=7, lr=1e-3), model, demo_data)  # same shape
+    assert again == first and len(calls) == 1
+    finetune.deployment_costs(cfg.replace(quantize=True), model, demo_data)  # another architecture
+    finetune.deployment_costs(cfg.replace(head="mlp", head_hidden=8), model, demo_data)
+    assert len(calls) == 3
