@@ -1099,15 +1099,19 @@ DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 DATABASE_CONNECT_TIMEOUT_S = 5
 
 
+def _dialect(uri: str) -> str:
+    """``postgresql`` of ``postgresql+psycopg2://...``: the scheme without its driver."""
+    return uri.split(":", 1)[0].split("+", 1)[0]
+
+
 def probe_database(uri: str) -> None:
     """One connection to a database store, with a timeout where the driver takes one: MLflow's
     SQLAlchemy store retries a refused connection 10 times, ~100 s in all, before it says so."""
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
-    dialect = uri.split(":", 1)[0].split("+", 1)[0]
     connect_args = ({"connect_timeout": DATABASE_CONNECT_TIMEOUT_S}
-                    if dialect in ("postgresql", "mysql") else {})
+                    if _dialect(uri) in ("postgresql", "mysql") else {})
     engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args=connect_args)
     try:
         with engine.connect():
@@ -1124,7 +1128,7 @@ def check_store(uri: str) -> None:
     if is_local_store(uri):
         return
     try:
-        if uri.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES:
+        if _dialect(uri) in DATABASE_SCHEMES:
             probe_database(credentials.reveal(uri))
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:

@@ -154,11 +154,11 @@ def _ablation_part(data_cfg: DataConfig, args, report: BenchReport, storage: Pat
 
 
 def _deploy_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path, out: Path) -> None:
-    from trainables.models import load_encoder, num_encoder_layers, resolve_model
+    from trainables.models import load_encoder, num_encoder_layers
     from tuning.bench import deploy
     from tuning.config import resolve_tracking_uri
 
-    layers = num_encoder_layers(load_encoder(resolve_model(args.model)))
+    layers = num_encoder_layers(load_encoder(args.model))
     fewer = tuple(k for k in (deploy.LAYERS if not args.smoke_test else (1,)) if k < layers)
     rows = deploy.run_variants(data_cfg, args.model, seeds=args.seeds,
                                uri=resolve_tracking_uri(None, storage), storage=storage, layers=fewer,

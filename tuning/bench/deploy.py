@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from trainables.data import DataConfig
+from tuning.bench.common import pm
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +87,6 @@ def run_variants(data: DataConfig, model: str, *, seeds: int, uri: str, storage:
     return rows
 
 
-def _pm(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * std:.2f} %"
-
-
 def markdown(rows: list[dict], *, seeds: int, front: Optional[list[dict]] = None,
              front_budget_s: float = 0.0) -> str:
     full = rows[0]
@@ -105,7 +101,7 @@ def markdown(rows: list[dict], *, seeds: int, front: Optional[list[dict]] = None
         speed = row["latency_ms_p50"] / full["latency_ms_p50"]
         relative = "— | —" if row is full else f"{delta:+.2f} | {speed:.2f}"
         lines.append(
-            f"| {row['variant']} | {_pm(row['val_accuracy'])} | {_pm(row['val_accuracy_perturbed'])} | "
+            f"| {row['variant']} | {pm(row['val_accuracy'])} | {pm(row['val_accuracy_perturbed'])} | "
             f"{row['params_m']:.1f} M | {row['size_mb']:.1f} MB | {row['latency_ms_p50']:.2f} ms | "
             f"{row['throughput_b32']:.0f}/s | {relative} |")
     if front is not None:
