@@ -52,13 +52,14 @@ PRESETS["supcon"] = {
     "contrastive_lr": 1e-4, "optimizer": "adamw", "lr": 1e-4, "batch_size": 64, "epochs": 10,
     "head": "linear", "pooling": "cls", **_STUDY_LLRD_WARMUP,
 }
-# SimCLR/SimCSE (dropout views): batch 256, 13 contrastive epochs with SGD momentum 0.99 at
-# lr 1e-5, then 20 classifier epochs at lr 1e-2, LLRD + 20 % warm-up. The study's "dropout 0.9"
-# is taken as the classifier dropout (0.9 inside the encoder would erase the views' signal).
+# SimCLR/SimCSE (dropout views): batch 256, 13 contrastive epochs at lr 1e-5, then 20 classifier
+# epochs at lr 1e-2, both stages SGD with momentum 0.99 (the study's one optimizer for the row),
+# LLRD + 20 % warm-up. The study's "dropout 0.9" is taken as the classifier dropout (0.9 inside
+# the encoder would erase the views' signal).
 PRESETS["simclr"] = {
     "trainable": "contrastive", "mode": "two-stage", "loss": "simclr", "temperature": 0.1,
     "contrastive_batch_size": 256, "contrastive_epochs": 13, "contrastive_optimizer": "sgd",
-    "momentum": 0.99, "contrastive_lr": 1e-5, "optimizer": "adamw", "lr": 1e-2, "batch_size": 256,
+    "momentum": 0.99, "contrastive_lr": 1e-5, "optimizer": "sgd", "lr": 1e-2, "batch_size": 256,
     "epochs": 20, "classifier_dropout": 0.9, "head": "linear", "pooling": "cls", **_STUDY_LLRD_WARMUP,
 }
 

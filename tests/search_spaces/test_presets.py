@@ -48,7 +48,7 @@ def test_contrastive_presets_match_the_study():
     simclr = ContrastiveConfig.from_dict(get_preset("simclr"))
     assert (simclr.loss, simclr.contrastive_batch_size, simclr.contrastive_epochs, simclr.epochs) == \
         ("simclr", 256, 13, 20)
-    assert (simclr.contrastive_optimizer, simclr.momentum, simclr.contrastive_lr, simclr.lr) == \
-        ("sgd", 0.99, 1e-5, 1e-2)
+    assert (simclr.contrastive_optimizer, simclr.optimizer, simclr.momentum, simclr.contrastive_lr, simclr.lr) == \
+        ("sgd", "sgd", 0.99, 1e-5, 1e-2)  # the study's row: SGD, momentum 0.99, in both stages
     assert simclr.classifier_dropout == 0.9
     assert resolve_config(get_preset("simclr"))["trainable"] == "contrastive"
