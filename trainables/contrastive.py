@@ -28,7 +28,7 @@ from trainables.data import EncodedSplit, TokenizedData, collate, steps_per_epoc
 from trainables.errors import ConfigError
 from trainables.deploy import PeakMemory
 from trainables.finetune import (BestEpoch, Reporter, build_classifier, classification_loss,
-                                 deployment_costs, maybe_inject_failure, top_lr)
+                                 deployment_costs, maybe_inject_failure, perturbed_validation, top_lr)
 from trainables.hparams import ContrastiveConfig
 from trainables.loops import EvalResult, evaluate, macro_f1, train_epoch
 from trainables.losses import ntxent_loss, supcon_loss
@@ -265,6 +265,8 @@ def fit(cfg: ContrastiveConfig, data: TokenizedData, *, device: torch.device, re
     total = cfg.epochs * steps_per_epoch(len(train), cfg.batch_size)
     optimizer, scheduler = stage_optimization(model, cfg, stage=stage, total_steps=total)
     resume_optimizer(optimizer, scheduler, first_stage_epochs)
+    # the classifier stage is scored on perturbed validation texts too, as a fine-tuning trial is
+    noisy_val = perturbed_validation(cfg.perturb_eval, data) if cfg.perturb_eval else None
     if stage == "frozen":
         for p in model.classifier.encoder.parameters():
             p.requires_grad_(False)
@@ -273,6 +275,9 @@ def fit(cfg: ContrastiveConfig, data: TokenizedData, *, device: torch.device, re
                                      pad_token_id=data.pad_token_id, device=device)
         val_features = embed_split(model.classifier, val, np.arange(len(val)),
                                    pad_token_id=data.pad_token_id, device=device)
+        noisy_features = None if noisy_val is None else embed_split(
+            model.classifier, noisy_val, np.arange(len(noisy_val)), pad_token_id=data.pad_token_id,
+            device=device)
     for epoch in range(done + 1, last + 1):
         maybe_inject_failure(epoch)
         rng = np.random.default_rng([cfg.seed, epoch])
@@ -285,17 +290,22 @@ def fit(cfg: ContrastiveConfig, data: TokenizedData, *, device: torch.device, re
             stats = train_epoch(model, train, loss_fn=head_loss, **common,
                                 make_batch=lambda idx: (train_features[idx], torch.from_numpy(train.labels[idx])))
             result = _feature_result(model.classifier.head, val_features, val.labels, data.num_labels, device)
+            noisy = None if noisy_val is None else _feature_result(
+                model.classifier.head, noisy_features, noisy_val.labels, data.num_labels, device)
         else:
             loss_fn = joint_loss(cfg) if stage == "joint" else classification_loss(cfg.label_smoothing)
             target = model if stage == "joint" else model.classifier
             stats = train_epoch(target, train, loss_fn=loss_fn, **common,
                                 make_batch=views(epoch, rng) if stage == "joint" else None)
-            result = evaluate(model.classifier, val, batch_size=max(64, cfg.batch_size),
-                              pad_token_id=data.pad_token_id, num_labels=data.num_labels, device=device,
-                              precision=cfg.precision)
+            eval_kwargs = dict(batch_size=max(64, cfg.batch_size), pad_token_id=data.pad_token_id,
+                               num_labels=data.num_labels, device=device, precision=cfg.precision)
+            result = evaluate(model.classifier, val, **eval_kwargs)
+            noisy = None if noisy_val is None else evaluate(model.classifier, noisy_val, **eval_kwargs)
         metrics = {"epoch": epoch, "stage": 2, "train_loss": stats.loss, **result.as_metrics("val"),
                    "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s,
                    "epoch_seconds": stats.seconds, "peak_memory_mb": memory.mb(), **costs}
+        if noisy is not None:
+            metrics["val_accuracy_perturbed"] = noisy.accuracy
         best.update(epoch, metrics, model.state_dict())
         report({**metrics, **best.as_metrics()}, write_for(optimizer, scheduler, epoch))
     maybe_inject_failure(last + 1)

@@ -26,6 +26,8 @@ from trainables.errors import ConfigError
 FAMILIES = ("finetune", "contrastive")
 BOTH = FAMILIES
 CONTRASTIVE = ("contrastive",)
+# every trial's robustness check: keyboard typos in 10 % of the words, 5 % of the letters deleted
+DEFAULT_PERTURB_EVAL = "typo:0.1,delete:0.05"
 FINETUNE = ("finetune",)
 
 # Which part of training a parameter acts on (the "phase" column of the table).
@@ -256,11 +258,11 @@ _DECLARED: tuple[HParam, ...] = (
        when=AUGMENTED),
     _p("knn_k", "int", 10, "neighbours of the k-NN validation signal during the contrastive stage",
        "contrastive", families=CONTRASTIVE, low=1, high=1000),
-    # ---- evaluation (fine-tuning trials)
-    _p("perturb_eval", "optional_str", None, "also evaluate the validation split with perturbed "
-       "texts and report val_accuracy_perturbed (rank with --metric val_accuracy_perturbed): "
-       "KIND:RATE[,KIND:RATE...] such as typo:0.1,delete:0.05 (kinds in trainables/perturb.py; "
-       "null = off)", "eval", families=FINETUNE),
+    # ---- evaluation
+    _p("perturb_eval", "optional_str", DEFAULT_PERTURB_EVAL, "also evaluate the validation split "
+       "with perturbed texts and report val_accuracy_perturbed every epoch (a contrastive trial: "
+       "every classifier epoch; rank with --metric val_accuracy_perturbed, fine-tuning sweeps): "
+       "KIND:RATE[,KIND:RATE...] (kinds in trainables/perturb.py; null = off)", "eval"),
     _p("deploy_metrics", "bool", True, "time the trial's model on the CPU once, before its "
        "first epoch, and report the timings with every epoch (latency_ms_p50/p95 at batch 1, "
        "throughput_b32; a few seconds per trial); false skips the timing, sizes and memory are "

@@ -38,7 +38,8 @@ class ReportedMetric:
     """A metric a trial reports, as far as a sweep may rank, search or constrain on it.
 
     ``every_epoch``: in every report (else only in the report of the trial's last epoch, so a trial
-    ASHA stops early never has it); ``finetune_only``: contrastive trials never report it;
+    ASHA stops early never has it); ``finetune_only``: a contrastive trial does not report it in every epoch (never, or not
+    in its contrastive stage), so contrastive sweeps cannot rank on it;
     ``needs``: the trial config flag that must be on for it to be reported; ``unit``: for axis
     labels ("" for a score in [0, 1] or a loss)."""
 
@@ -78,8 +79,10 @@ def reported_metric(name: str, what: str, trainable: str = "finetune") -> Report
             f"epoch only)")
     metric = REPORTED_METRICS[name]
     if metric.finetune_only and trainable != "finetune":
-        raise ConfigError(f"{what} names {name!r}, which only fine-tuning trials report, but the "
-                          f"sweep's trainable is {trainable!r}: use --trainable finetune")
+        raise ConfigError(f"{what} names {name!r}, which only fine-tuning trials report for a "
+                          f"whole trial (a contrastive trial has none in its contrastive stage, or "
+                          f"none at all), but the sweep's trainable is {trainable!r}: use "
+                          f"--trainable finetune")
     return metric
 
 
