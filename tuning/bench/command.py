@@ -103,7 +103,7 @@ def run(args) -> int:
     if "table" in parts:
         study_table(data_cfg, args.model, report, seeds=args.seeds, epochs=args.table_epochs,
                     storage=storage, tuned=tuned, out=out, presets=presets,
-                    workers=args.table_workers, pick=args.jobs)
+                    workers=args.table_workers, pick=args.jobs, smoke=args.smoke_test)
     if "ablation" in parts:
         _ablation_part(data_cfg, args, report, storage, out)
     if "compare" in parts:

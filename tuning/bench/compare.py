@@ -54,13 +54,15 @@ def hand_baseline(data: DataConfig, model: str, *, seeds: int, uri: str,
 
 
 def tune_pipeline(data: DataConfig, model: str, *, budget_s: float, storage: Path, name: str,
-                  max_train_examples: Optional[int] = None, smoke: bool = False) -> dict[str, Any]:
+                  max_train_examples: Optional[int] = None, smoke: bool = False,
+                  extra: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """The default ``tunebert tune`` with ``budget_s``: its summary (``pipeline.state.result``)."""
     from tuning.cli import main
 
     argv = ["tune", "--name", name, "--data", data.source, "--text-column", data.text_column,
             "--label-column", data.label_column, "--model", model, "--time-budget", f"{budget_s:.0f}",
             "--storage", str(storage)]
+    argv += list(extra)
     if smoke:
         argv.append("--smoke-test")
     _say("tunebert " + " ".join(argv))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -126,16 +127,76 @@ def _capped(config: dict, epochs: int) -> dict:
 
 TABLE_EXPERIMENT = "bench-study-table"
 TUNED = "tuned best config (search part)"
+# The product's default pipeline given what the study's best configuration costs: each seed of
+# `tunebert tune` gets the mean wall time of that configuration's own runs in this table.
+ANCHOR = "llrd_warmup"
+PIPELINE = f"tunebert tune, {ANCHOR}'s compute"
 
 
 def table_job_name(row: str, seed: int) -> str:
-    """``baseline-seed0``: what ``--jobs`` matches (``tuned-seed0`` for the search's config)."""
-    return f"{'tuned' if row == TUNED else row}-seed{seed}"
+    """``baseline-seed0``: what ``--jobs`` matches (``tuned-seed0`` for the search's config,
+    ``tune-seed0`` for the pipeline's row)."""
+    short = {TUNED: "tuned", PIPELINE: "tune"}
+    return f"{short.get(row, row)}-seed{seed}"
 
 
 def table_job_names(presets: tuple[str, ...], seeds: int, tuned: bool) -> list[str]:
-    rows = [*presets, *([TUNED] if tuned else [])]
+    rows = [*presets, *([TUNED] if tuned else []), *([PIPELINE] if ANCHOR in presets else [])]
     return [table_job_name(row, seed) for row in rows for seed in range(seeds)]
+
+
+def pipeline_budget(records: dict[str, Optional[dict]], seeds: int, core_share: float = 1.0) -> Optional[float]:
+    """The pipeline row's time budget: the compute of one run of the anchor configuration, i.e.
+    the mean wall seconds of its finished runs times ``core_share`` (the share of the machine's
+    cores each ran on: 1/2 for one of two table workers, while the pipeline has all of them),
+    once all ``seeds`` of them finished (None before)."""
+    runs = [records.get(table_job_name(ANCHOR, seed)) for seed in range(seeds)]
+    if any(run is None for run in runs):
+        return None
+    return core_share * statistics.mean(run["seconds"] for run in runs)
+
+
+def pipeline_job(data_cfg: DataConfig, model: str, *, seed: int, budget_s: float, uri: str,
+                 storage: Path, smoke: bool = False) -> dict[str, float]:
+    """One seed of the pipeline row, resumable as the table's other jobs: ``tunebert tune
+    --time-budget budget_s --seed seed`` under a name derived from its job key; a pipeline a
+    kill interrupted is resumed (``tunebert resume``), a finished one is not run again; the
+    outcome is then one FINISHED run in the table's experiment, tagged with the job key."""
+    from tuning import tracking
+    from tuning.bench.compare import tune_pipeline
+    from tuning.jobs import job_key, job_tags
+    from tuning.pipeline import exists, load_pipeline
+
+    # a smoke run's anchor takes seconds, less than any pipeline can plan with; its 2 trials end
+    # the sweep long before this floor does
+    budget_s = float(round(max(budget_s, 600.0) if smoke else budget_s))
+    spec = {"pipeline": "tune", "time_budget_s": budget_s, "seed": seed, "model": model, "smoke": smoke}
+    key = job_key(spec, data_cfg)
+    record = tracking.finished_job(uri, TABLE_EXPERIMENT, key)
+    if record is not None:
+        say(f"table: {table_job_name(PIPELINE, seed)}: finished before (MLflow run {record['run_id']})")
+        return record["metrics"]
+    name = f"bench-table-tune-seed{seed}-{key[:8]}"
+    if exists(name, str(storage)) and load_pipeline(name, str(storage)).state.phase != "done":
+        from tuning.cli import main
+
+        say(f"table: {table_job_name(PIPELINE, seed)}: resuming pipeline {name}")
+        if main(["resume", name, "--storage", str(storage)]) != 0:
+            raise RuntimeError(f"tunebert resume {name} failed")
+    if not exists(name, str(storage)):
+        say(f"table: {table_job_name(PIPELINE, seed)}: tunebert tune for {budget_s / 60:.1f} min")
+        tune_pipeline(data_cfg, model, budget_s=budget_s, storage=storage, name=name, smoke=smoke,
+                      extra=["--seed", str(seed)])
+    pipeline = load_pipeline(name, str(storage))
+    result = pipeline.state.result or {}
+    metrics = {"test_accuracy": result["test_accuracy"], "val_accuracy": result["val"],
+               "wall_s": pipeline.state.total_s, "time_budget_s": budget_s,
+               "sweep_s": pipeline.state.sweep_actual_s, "select_s": pipeline.state.select_actual_s}
+    run = tracking.TrainRun(uri, TABLE_EXPERIMENT, {"trainable": "pipeline", **spec},
+                            table_job_name(PIPELINE, seed), tags={**job_tags(key), "tunebert.pipeline": name})
+    run.log_metrics(metrics, step=0)
+    run.end("FINISHED")
+    return metrics
 
 
 def ours_cell(tests: list[float], seeds: int) -> str:
@@ -149,7 +210,8 @@ def ours_cell(tests: list[float], seeds: int) -> str:
 
 def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds: int,
                 epochs: Optional[int], storage: Path, tuned: Optional[dict], out: Path,
-                presets: tuple[str, ...], workers: int = 1, pick: Optional[str] = None) -> None:
+                presets: tuple[str, ...], workers: int = 1, pick: Optional[str] = None,
+                smoke: bool = False) -> None:
     """Each preset (and the search's chosen config) over ``seeds`` seeds; ``workers`` runs at a
     time (on a CPU, two one-thread runs get through more than one two-thread run).
 
@@ -171,9 +233,11 @@ def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds:
                              data_cfg, uri=uri, experiment=TABLE_EXPERIMENT, storage=storage))
             for name, config in configs for seed in range(seeds)]
     names = [job.name for _, job in jobs]
+    pipeline_names = [table_job_name(PIPELINE, seed) for seed in range(seeds)] if ANCHOR in presets else []
+    picked = set(pick_jobs(names + pipeline_names, pick)) if pick else set(names + pipeline_names)
     records = run_bench_jobs([job for _, job in jobs], uri=uri, experiment=TABLE_EXPERIMENT,
                              workers=workers, say=lambda message: say(f"table: {message}"),
-                             selected=pick_jobs(names, pick) if pick else None)
+                             selected=[n for n in names if n in picked])
     rows = []
     for name, _ in configs:
         tests = [records[job.name]["metrics"]["test_accuracy"] for row, job in jobs
@@ -181,11 +245,35 @@ def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds:
         rows.append((name, tests, STUDY_TEST_ACCURACY.get(name)))
         if len(tests) == seeds:
             report.numbers[f"table_{name.split(' ')[0]}_test_mean"] = statistics.mean(tests)
+    from tuning.jobs import threads_per_worker
+
+    cores = os.cpu_count() or 1
+    share = min(1.0, threads_per_worker(workers) / cores)
+    budget_s = pipeline_budget(records, seeds, share) if pipeline_names else None
+    if pipeline_names:
+        tests = []
+        for seed, job_name in enumerate(pipeline_names):
+            if budget_s is None or job_name not in picked:
+                continue
+            metrics = pipeline_job(data_cfg, model, seed=seed, budget_s=budget_s, uri=uri, storage=storage,
+                                   smoke=smoke)
+            tests.append(metrics["test_accuracy"])
+        rows.append((PIPELINE, tests, None))
+        if len(tests) == seeds:
+            report.numbers["table_pipeline_test_mean"] = statistics.mean(tests)
+            report.numbers["table_pipeline_budget_s"] = budget_s
     scaled = (f" (presets scaled down: at most {epochs} epochs of encoder training per run; the "
               f"classifier epochs on a frozen encoder keep the preset's number; the tuned config "
               f"trains as long as in its sweep)") if epochs else ""
     report.add("d. The study's table", f"Test accuracy on MASSIVE en-US, {model}, {seeds} seeds{scaled}; "
                f"study: bert-base-uncased, one run each.\n")
+    if pipeline_names:
+        per_run = f"the compute of one {ANCHOR} run here (its mean wall time x {share:g} of the cores it had)"
+        spent = f"{budget_s / 60:.1f} min, {per_run}" if budget_s else \
+            f"{per_run}, known once its {seeds} seeds have finished"
+        report.add("d. The study's table", f"Row \"{PIPELINE}\": the default `tunebert tune` "
+                   f"(sweep, then selection; its handed-over model tested once), one pipeline per "
+                   f"seed, each with `--time-budget` = {spent}.\n")
     report.add("d. The study's table", "| configuration | ours (mean ± std) | study |\n|---|---:|---:|")
     for name, tests, study in rows:
         report.add("d. The study's table", f"| {name} | {ours_cell(tests, seeds)} | {f'{study} %' if study else '—'} |")

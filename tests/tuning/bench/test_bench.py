@@ -232,6 +232,44 @@ def test_smoke_table_run_again_skips_the_finished_job_and_continues_the_stopped_
     assert not any((storage / "jobs").iterdir())  # a finished job's checkpoints are removed
 
 
+def test_the_pipeline_row_is_named_for_jobs_and_waits_for_its_anchor():
+    names = quality.table_job_names(("baseline", "llrd_warmup"), 1, tuned=False)
+    assert names == ["baseline-seed0", "llrd_warmup-seed0", "tune-seed0"]
+    assert quality.table_job_names(("baseline",), 1, tuned=False) == ["baseline-seed0"]  # no anchor, no row
+    records = {"llrd_warmup-seed0": {"seconds": 400.0}, "llrd_warmup-seed1": None}
+    assert quality.pipeline_budget(records, 2) is None  # not before every seed of the anchor finished
+    records["llrd_warmup-seed1"] = {"seconds": 500.0}
+    assert quality.pipeline_budget(records, 2) == 450.0
+
+
+@pytest.mark.slow
+def test_smoke_table_pipeline_row_runs_tune_once_and_is_not_run_again(tmp_path, tiny_model_dir, capsys):
+    out, storage = tmp_path / "out", tmp_path / "runs"
+    argv = ["bench", "--smoke-test", "--parts", "table", "--data", "demo", "--model", tiny_model_dir,
+            "--presets", "llrd_warmup", "--out", str(out), "--storage", str(storage)]
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "tune-seed0: tunebert tune for 10.0 min" in said  # the smoke floor over the anchor's seconds
+    text = (out / "results.md").read_text()
+    row = [line for line in text.splitlines() if line.startswith(f"| {quality.PIPELINE} |")]
+    assert len(row) == 1 and "seeds" not in row[0] and "%" in row[0]
+    numbers = json.loads((out / "results.json").read_text())
+    assert 0.0 <= numbers["table_pipeline_test_mean"] <= 1.0 and numbers["table_pipeline_budget_s"] > 0
+    uri = f"sqlite:///{storage / 'mlflow.db'}"
+    client = tracking.client_for(uri)
+    experiment_id = client.get_experiment_by_name(quality.TABLE_EXPERIMENT).experiment_id
+    runs = {r.info.run_name: r for r in client.search_runs([experiment_id])}
+    assert set(runs) == {"llrd_warmup-seed0", "tune-seed0"}
+    assert runs["tune-seed0"].data.metrics["test_accuracy"] == numbers["table_pipeline_test_mean"]
+    assert runs["tune-seed0"].data.tags["tunebert.bench_job"]
+
+    assert main(argv) == 0  # the same command again: nothing is trained or tuned again
+    said = capsys.readouterr().out
+    assert "tune-seed0: finished before" in said and "tunebert tune for" not in said
+    assert "[tunebert] training " not in said
+    assert len(client.search_runs([experiment_id])) == 2
+
+
 @pytest.mark.slow
 def test_smoke_deploy_variants_and_their_front(tmp_path, tiny_model_dir, ray_local):
     """Issue 12's bench: the full model and one layer fewer, each fp32 and int8, with accuracy,
