@@ -195,6 +195,22 @@ def _objective_label(metric: str, mode: str) -> str:
     return f"{name} ({unit + ', ' if unit else ''}{'higher' if mode == 'max' else 'lower'} is better)"
 
 
+def _front_window(front: list[tuple[float, float]], every: list[tuple[float, float]]
+                  ) -> Optional[tuple[tuple[float, float], tuple[float, float]]]:
+    """Axis limits ``((x0, x1), (y0, y1))`` around the front with a margin, or None when the front
+    already spans most of the plot (no zoom needed) or has fewer than 2 points."""
+    if len(front) < 2 or len(every) <= len(front):
+        return None
+    xs, ys = [p[0] for p in front], [p[1] for p in front]
+    all_x, all_y = [p[0] for p in every], [p[1] for p in every]
+    span_x, span_y = max(xs) - min(xs), max(ys) - min(ys)
+    if span_x >= 0.5 * (max(all_x) - min(all_x)) and span_y >= 0.5 * (max(all_y) - min(all_y)):
+        return None
+    pad_x = 0.25 * span_x or 0.05 * abs(xs[0]) or 0.1
+    pad_y = 0.35 * span_y or 0.05 * abs(ys[0]) or 0.01
+    return (min(xs) - pad_x, max(xs) + pad_x), (min(ys) - pad_y, max(ys) + pad_y)
+
+
 def plot_pareto(trials: list[TrialRecord], goal, front_ids: list[str], chosen_id: Optional[str],
                 path: Path) -> Path:
     """The two objectives of every finished trial that reported both (grey; infeasible: crosses),
@@ -216,32 +232,54 @@ def plot_pareto(trials: list[TrialRecord], goal, front_ids: list[str], chosen_id
     feasible = [t for t in shown if goal.feasible(t.metrics)]
     by_id = {t.trial_id: t for t in shown}
     on_front = sorted((by_id[i] for i in front_ids if i in by_id), key=point)
-    fig, ax = plt.subplots(figsize=(8.5, 5.2))
-    rest = [point(t) for t in feasible if t.trial_id not in front_ids]
-    if rest:
-        ax.scatter(*zip(*rest), s=36, color="0.65", zorder=2, label="feasible, dominated")
-    infeasible = [point(t) for t in shown if not goal.feasible(t.metrics)]
-    if infeasible:
-        ax.scatter(*zip(*infeasible), s=40, marker="x", color="0.55", zorder=2,
-                   label="infeasible (breaks " + ", ".join(str(c) for c in goal.constraints) + ")")
-    if on_front:
-        ax.plot(*zip(*map(point, on_front)), color="tab:blue", lw=1.2, ls="--", zorder=3)
-        ax.scatter(*zip(*map(point, on_front)), s=60, color="tab:blue", edgecolors="black",
-                   linewidths=0.5, zorder=4, label=f"Pareto front ({len(on_front)} trials)")
-        for t in on_front:
-            ax.annotate(t.label, point(t), xytext=(5, 5), textcoords="offset points", fontsize=7,
-                        zorder=5)
-    if chosen_id in by_id:
-        ax.scatter(*point(by_id[chosen_id]), s=320, marker="*", color="gold", edgecolors="black",
-                   linewidths=0.6, zorder=6, label=f"chosen (tunebert best): {by_id[chosen_id].label}")
-    ax.set_xlabel(_objective_label(x_obj.metric, x_obj.mode))
-    ax.set_ylabel(_objective_label(y_obj.metric, y_obj.mode))
+    # a front squeezed into a corner by a few poor trials gets a second panel, zoomed on it
+    window = _front_window([point(t) for t in on_front], [point(t) for t in shown])
+    if window:
+        fig, (overview, ax) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1, 1.2]})
+    else:
+        fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    for panel in ([overview, ax] if window else [ax]):
+        labelled = panel is ax
+        rest = [point(t) for t in feasible if t.trial_id not in front_ids]
+        if rest:
+            panel.scatter(*zip(*rest), s=36, color="0.65", zorder=2,
+                          label="feasible, dominated" if labelled else None)
+        infeasible = [point(t) for t in shown if not goal.feasible(t.metrics)]
+        if infeasible:
+            panel.scatter(*zip(*infeasible), s=40, marker="x", color="0.55", zorder=2,
+                          label=("infeasible (breaks " + ", ".join(str(c) for c in goal.constraints) + ")")
+                          if labelled else None)
+        if on_front:
+            panel.plot(*zip(*map(point, on_front)), color="tab:blue", lw=1.2, ls="--", zorder=3)
+            panel.scatter(*zip(*map(point, on_front)), s=60, color="tab:blue", edgecolors="black",
+                          linewidths=0.5, zorder=4,
+                          label=f"Pareto front ({len(on_front)} trials)" if labelled else None)
+        if chosen_id in by_id:
+            panel.scatter(*point(by_id[chosen_id]), s=320, marker="*", color="gold", edgecolors="black",
+                          linewidths=0.6, zorder=6,
+                          label=f"chosen (tunebert best): {by_id[chosen_id].label}" if labelled else None)
+        panel.set_xlabel(_objective_label(x_obj.metric, x_obj.mode))
+        panel.set_ylabel(_objective_label(y_obj.metric, y_obj.mode))
+        panel.grid(alpha=0.3)
+    # front labels alternate above and below the line, so neighbours do not overprint
+    for i, t in enumerate(on_front):
+        ax.annotate(t.label, point(t), xytext=(6, 7 if i % 2 == 0 else -13), textcoords="offset points",
+                    fontsize=8, zorder=5)
     missing = len(finished) - len(shown)
-    ax.set_title(f"Pareto front: {y_obj} vs {x_obj}"
-                 + (f"\n{missing} finished trial(s) lacking an objective (e.g. stopped before their last epoch) "
-                    f"not shown" if missing else ""), fontsize=10)
-    ax.grid(alpha=0.3)
+    title = f"Pareto front: {y_obj} vs {x_obj}"
+    if window:
+        (x0, x1), (y0, y1) = window
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+        overview.set_title(f"all {len(shown)} trials", fontsize=10)
+        overview.add_patch(_pyplot().Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ls=":",
+                                               color="tab:blue", lw=1.0, zorder=1))
+        title += "\nzoomed on the front (dotted box on the left)"
+    ax.set_title(title + (f"\n{missing} finished trial(s) lacking an objective (e.g. stopped before "
+                          f"their last epoch) not shown" if missing else ""), fontsize=10)
     ax.legend(**LEGEND_OUTSIDE)
+    if window:
+        fig.tight_layout()
     return _save(fig, path)
 
 
