@@ -46,7 +46,7 @@ def test_a_contrastive_trial_reports_it_in_its_classifier_stage(mode, tiny_model
     for r in reports[1:]:
         assert 0.0 <= r["val_accuracy_perturbed"] <= 1.0
     last = reports[-1]
-    chosen = reports[last["best_epoch"]]  # epoch numbers count stage 1's
+    chosen = next(r for r in reports if r["epoch"] == last["best_epoch"])  # epochs count stage 1's
     assert last["best_val_accuracy_perturbed"] == chosen["val_accuracy_perturbed"]
     # the perturbed texts are scored, not the clean ones again: heavy noise moves the score
     assert any(r["val_accuracy_perturbed"] != r["val_accuracy"] for r in reports[1:])
