@@ -187,21 +187,52 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
+def job_cost(config: dict) -> float:
+    """A training job's compute in fine-tuning epochs, for the time-left estimate only.
+
+    A fine-tuning epoch is 1. A contrastive epoch encodes every example twice (its two dropout
+    views), so it counts 2. A classifier stage on the frozen encoder embeds the data once and
+    trains the head on the cached features: 0.5 in all, whatever its epochs. Batch size and
+    sequence length are left out: they move a job's time by less than these factors do.
+    """
+    epochs = float(config.get("epochs", 1))
+    if config.get("trainable") != "contrastive":
+        return epochs
+    contrastive = 2.0 * float(config.get("contrastive_epochs", 0))
+    mode = config.get("mode", "two-stage")
+    if mode == "two-stage":
+        return contrastive + 0.5
+    if mode == "joint":  # every epoch computes both losses on the two views
+        return 2.0 * epochs
+    return contrastive + epochs  # two-stage-finetune
+
+
 class JobProgress:
     """Jobs done / running / left and the time left, as one line after every finished job.
 
-    The estimate is the mean wall time of the jobs trained in this invocation (jobs found
-    finished in MLflow took none here, and a continued job only its remaining epochs) times the
-    jobs not finished, divided by the workers.
+    The estimate is the wall time of the jobs trained in this invocation (jobs found finished in
+    MLflow took none here) per unit of their ``costs`` (``job_cost``: fine-tuning epochs), times
+    the cost of the jobs not finished, divided by the workers. Without ``costs`` every job counts
+    1. A job continued from a checkpoint ran only its remaining epochs and so makes the estimate
+    a little short until fresh jobs finish.
     """
 
-    def __init__(self, total: int, workers: int, done: int = 0):
+    def __init__(self, total: int, workers: int, done: int = 0,
+                 costs: Optional[Sequence[float]] = None):
         self.total, self.workers, self.done = total, max(1, workers), done
+        self.costs = list(costs) if costs is not None else [1.0] * (total - done)
+        if len(self.costs) != total - done:
+            raise ValueError(f"{len(self.costs)} costs for {total - done} jobs to train")
         self.seconds: list[float] = []
+        self._finished: list[int] = []
 
-    def finished(self, seconds: float) -> str:
+    def finished(self, seconds: float, index: Optional[int] = None) -> str:
+        """Job ``index`` (of those to train; the next one in order if None) took ``seconds``."""
+        if index is None:
+            index = next(i for i in range(len(self.costs)) if i not in self._finished)
         self.done += 1
         self.seconds.append(seconds)
+        self._finished.append(index)
         return self.text()
 
     def text(self) -> str:
@@ -212,9 +243,13 @@ class JobProgress:
             return line
         if not self.seconds:
             return f"{line}; time left: unknown until a job finishes"
-        mean = statistics.mean(self.seconds)
-        return (f"{line}; about {_duration(mean * unfinished / self.workers)} left "
-                f"({_duration(mean)} per job, {self.workers} at a time)")
+        per_cost = sum(self.seconds) / max(sum(self.costs[i] for i in self._finished), 1e-9)
+        left = sum(cost for i, cost in enumerate(self.costs) if i not in self._finished)
+        uniform = len(set(self.costs)) == 1
+        basis = (f"{_duration(statistics.mean(self.seconds))} per job" if uniform
+                 else f"{_duration(per_cost)} per fine-tuning epoch, longer jobs weighted")
+        return (f"{line}; about {_duration(per_cost * left / self.workers)} left "
+                f"({basis}, {self.workers} at a time)")
 
 
 def pick_jobs(names: Sequence[str], patterns: str, option: str = "--jobs") -> list[str]:
@@ -284,12 +319,13 @@ def run_bench_jobs(jobs: Sequence[BenchJob], *, uri: str, experiment: str, worke
     todo = [job for job in jobs if job.name in chosen and finished[job.name] is None]
     before = sum(record is not None for record in finished.values())
     left_out = len(jobs) - before - len(todo)
-    progress = JobProgress(len(chosen), workers, done=len(chosen) - len(todo))
+    progress = JobProgress(len(chosen), workers, done=len(chosen) - len(todo),
+                           costs=[job_cost(job.kwargs["config"]) for job in todo])
     say(f"{len(jobs)} jobs: {before} finished before, {len(todo)} to train or continue"
         + (f", {left_out} not picked by --jobs" if left_out else "") + f"; {workers} at a time")
 
     def done(index: int, seconds: float) -> None:
-        say(f"{todo[index].name} done in {_duration(seconds)}; {progress.finished(seconds)}")
+        say(f"{todo[index].name} done in {_duration(seconds)}; {progress.finished(seconds, index)}")
 
     for _ in run_jobs(train_job, [job.kwargs for job in todo], workers, on_done=done):
         pass
