@@ -71,30 +71,33 @@ def test_progress_says_done_running_left_and_the_time_left_from_jobs_trained_her
     assert JobProgress(total=3, workers=1).finished(40).endswith("about 80 s left (40 s per job, 1 at a time)")
 
 
-def test_the_time_left_weighs_each_job_by_its_epochs_so_contrastive_jobs_are_not_underestimated():
+def test_the_time_left_weighs_each_job_by_its_epochs_and_learns_each_kinds_pace():
     from search_spaces.presets import PRESETS
-    from tuning.jobs import JobProgress, job_cost
+    from tuning.jobs import CONTRASTIVE_EPOCH, JobProgress, job_cost
 
-    # the study's table: fine-tuning 10 epochs; SupCon 10 contrastive epochs (two views each)
-    # and a classifier on cached features; SimCLR 13 contrastive epochs
-    assert job_cost(PRESETS["baseline"]) == 10
-    assert job_cost(PRESETS["supcon"]) == 20.5
-    assert job_cost(PRESETS["simclr"]) == 26.5
-    assert job_cost({"trainable": "contrastive", "mode": "joint", "epochs": 3}) == 6
+    # the study's table: fine-tuning 10 epochs; SupCon 10 contrastive epochs and a classifier on
+    # cached features (0.5); SimCLR 13 contrastive epochs and its classifier
+    assert job_cost(PRESETS["baseline"]) == ("finetune", 10)
+    assert job_cost(PRESETS["supcon"]) == ("contrastive", pytest.approx(10 * CONTRASTIVE_EPOCH + 0.5))
+    assert job_cost(PRESETS["simclr"]) == ("contrastive", pytest.approx(13 * CONTRASTIVE_EPOCH + 0.5))
+    assert job_cost({"trainable": "contrastive", "mode": "joint", "epochs": 3}) == (
+        "contrastive", pytest.approx(3 * CONTRASTIVE_EPOCH))
     assert job_cost({"trainable": "contrastive", "mode": "two-stage-finetune", "epochs": 4,
-                     "contrastive_epochs": 2}) == 8
-    # two 10-epoch jobs done in 12.5 min each, then one of each contrastive preset left: the
-    # mean per job would say 12.5 min; by cost it is 75 s per epoch x 47 epochs / 2 workers
-    progress = JobProgress(total=4, workers=2, costs=[10, 10, 20.5, 26.5])
-    progress.finished(750, 1)
-    assert progress.finished(750, 0) == ("2 of 4 jobs done, 2 running, 0 left; about 29 min left "
+                     "contrastive_epochs": 2}) == ("contrastive", pytest.approx(2 * CONTRASTIVE_EPOCH + 4))
+    # two 10-epoch fine-tuning jobs took 12.5 min each; a 10- and a 20-unit contrastive job are
+    # left. Before any contrastive job finished, they are priced at the fine-tuning pace: 75 s
+    # x 30 units / 2 workers (the mean per job would have said 12.5 min in all)
+    progress = JobProgress(total=4, workers=2, costs=[("finetune", 10), ("finetune", 10),
+                                                      ("contrastive", 10), ("contrastive", 20)])
+    progress.finished(750, 1)  # jobs finish out of order: the index says which one
+    assert progress.finished(750, 0) == ("2 of 4 jobs done, 2 running, 0 left; about 19 min left "
                                          "(75 s per fine-tuning epoch, longer jobs weighted, 2 at a time)")
-    # jobs finish out of order: the index says which one
-    progress = JobProgress(total=3, workers=1, costs=[10, 20, 10])
-    assert progress.finished(200, 1).endswith("about 3 min left (10 s per fine-tuning epoch, "
-                                              "longer jobs weighted, 1 at a time)")
+    # the first contrastive job took 1200 s for 10 units: the other one is priced at that pace
+    assert progress.finished(1200, 2) == (
+        "3 of 4 jobs done, 1 running, 0 left; about 20 min left (75 s per fine-tuning epoch, "
+        f"{round(120 * CONTRASTIVE_EPOCH)} s per contrastive epoch, longer jobs weighted, 2 at a time)")
     with pytest.raises(ValueError):
-        JobProgress(total=3, workers=1, done=1, costs=[1.0])
+        JobProgress(total=3, workers=1, done=1, costs=[("finetune", 1.0)])
 
 
 def test_pick_jobs_matches_names_and_globs_in_job_order_and_refuses_a_pattern_matching_none():
