@@ -239,7 +239,8 @@ def test_the_pipeline_row_is_named_for_jobs_and_waits_for_its_anchor():
     records = {"llrd_warmup-seed0": {"seconds": 400.0}, "llrd_warmup-seed1": None}
     assert quality.pipeline_budget(records, 2) is None  # not before every seed of the anchor finished
     records["llrd_warmup-seed1"] = {"seconds": 500.0}
-    assert quality.pipeline_budget(records, 2) == 450.0
+    assert quality.pipeline_budget(records, 2) == 900.0  # the anchor row's compute: both its runs
+    assert quality.pipeline_budget(records, 2, core_share=0.5) == 450.0
 
 
 @pytest.mark.slow
@@ -268,6 +269,29 @@ def test_smoke_table_pipeline_row_runs_tune_once_and_is_not_run_again(tmp_path, 
     assert "tune-seed0: finished before" in said and "tunebert tune for" not in said
     assert "[tunebert] training " not in said
     assert len(client.search_runs([experiment_id])) == 2
+
+
+@pytest.mark.slow
+def test_a_refused_pipeline_row_leaves_the_table_written_and_says_why(tmp_path, tiny_model_dir, capsys,
+                                                                      monkeypatch):
+    # on MASSIVE `tunebert tune` refused a budget below its floor (exit 2) after 4 hours of
+    # presets, and the bench died with a traceback before writing any table
+    from tuning.bench import compare
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("tunebert tune exited with 2")
+
+    monkeypatch.setattr(compare, "tune_pipeline", refuse)
+    out, storage = tmp_path / "out", tmp_path / "runs"
+    argv = ["bench", "--smoke-test", "--parts", "table", "--data", "demo", "--model", tiny_model_dir,
+            "--presets", "llrd_warmup", "--out", str(out), "--storage", str(storage)]
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "table: tune-seed0: tunebert tune exited with 2; the table is written without it" in said
+    text = (out / "results.md").read_text()
+    assert "| llrd_warmup | " in text and f"| {quality.PIPELINE} | — (0 of 1 seeds) |" in text
+    assert "Not run: tune-seed0: tunebert tune exited with 2" in text
+    assert (out / "study_table.png").is_file()
 
 
 @pytest.mark.slow
