@@ -53,6 +53,11 @@ def hand_baseline(data: DataConfig, model: str, *, seeds: int, uri: str,
     return results
 
 
+class PipelineRefused(RuntimeError):
+    """`tunebert tune` refused its arguments (exit 2, e.g. a budget below its floor) before it
+    started anything; any other failure, an interruption included, is a plain RuntimeError."""
+
+
 def tune_pipeline(data: DataConfig, model: str, *, budget_s: float, storage: Path, name: str,
                   max_train_examples: Optional[int] = None, smoke: bool = False,
                   extra: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
@@ -68,6 +73,8 @@ def tune_pipeline(data: DataConfig, model: str, *, budget_s: float, storage: Pat
     _say("tunebert " + " ".join(argv))
     start = time.time()
     code = main(argv)
+    if code == 2:
+        raise PipelineRefused(f"tunebert tune exited with {code}")
     if code != 0:
         raise RuntimeError(f"tunebert tune exited with {code}")
     from tuning.pipeline import load_pipeline

@@ -256,6 +256,8 @@ def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds:
     cores = os.cpu_count() or 1
     share = min(1.0, threads_per_worker(workers) / cores)
     budget_s = pipeline_budget(records, seeds, share) if pipeline_names else None
+    from tuning.bench.compare import PipelineRefused
+
     pipeline_errors: list[str] = []
     if pipeline_names:
         tests = []
@@ -265,7 +267,8 @@ def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds:
             try:
                 metrics = pipeline_job(data_cfg, model, seed=seed, budget_s=budget_s, uri=uri,
                                        storage=storage, smoke=smoke)
-            except RuntimeError as err:  # e.g. a budget below what `tunebert tune` accepts
+            except PipelineRefused as err:  # e.g. a budget below what `tunebert tune` accepts;
+                # an interrupted or failed pipeline stops the bench (the next run resumes it)
                 refused = f"{job_name}: {err}"
                 say(f"table: {refused}; the table is written without it")
                 pipeline_errors.append(refused)

@@ -279,12 +279,22 @@ def test_a_refused_pipeline_row_leaves_the_table_written_and_says_why(tmp_path, 
     from tuning.bench import compare
 
     def refuse(*args, **kwargs):
-        raise RuntimeError("tunebert tune exited with 2")
+        raise compare.PipelineRefused("tunebert tune exited with 2")
 
-    monkeypatch.setattr(compare, "tune_pipeline", refuse)
+    def interrupted(*args, **kwargs):
+        raise RuntimeError("tunebert tune exited with 143")
+
     out, storage = tmp_path / "out", tmp_path / "runs"
     argv = ["bench", "--smoke-test", "--parts", "table", "--data", "demo", "--model", tiny_model_dir,
             "--presets", "llrd_warmup", "--out", str(out), "--storage", str(storage)]
+    # a SIGTERM'd pipeline (143) is no refusal: the bench stops there, writes no table and does
+    # not go on to the next seed (its next run resumes the pipeline)
+    monkeypatch.setattr(compare, "tune_pipeline", interrupted)
+    with pytest.raises(RuntimeError, match="143"):
+        main(argv)
+    assert not (out / "results.md").exists()
+    capsys.readouterr()
+    monkeypatch.setattr(compare, "tune_pipeline", refuse)
     assert main(argv) == 0
     said = capsys.readouterr().out
     assert "table: tune-seed0: tunebert tune exited with 2; the table is written without it" in said
