@@ -214,6 +214,10 @@ def job_cost(config: dict) -> tuple[str, float]:
     return "contrastive", contrastive + epochs  # two-stage-finetune
 
 
+# how the time-left line names each kind's epoch, and its cost in units
+_EPOCH_OF = {"finetune": ("fine-tuning", 1.0), "contrastive": ("contrastive", CONTRASTIVE_EPOCH)}
+
+
 def _pace(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 600 else _duration(seconds)
 
@@ -265,11 +269,13 @@ class JobProgress:
         if len(set(self.costs)) == 1:
             basis = f"{_duration(statistics.mean(self.seconds.values()))} per job"
         else:
-            per_epoch = {"finetune": ("fine-tuning", 1.0), "contrastive": ("contrastive", CONTRASTIVE_EPOCH)}
-            rates = {kind: self._rate(kind) for kind, _ in self.costs}
-            basis = ", ".join(f"{_pace(rate * per_epoch.get(kind, (kind, 1.0))[1])} per "
-                              f"{per_epoch.get(kind, (kind, 1.0))[0]} epoch"
-                              for kind, rate in rates.items() if rate is not None) + ", longer jobs weighted"
+            paces = []
+            for kind in dict.fromkeys(kind for kind, _ in self.costs):
+                rate = self._rate(kind)
+                if rate is not None:
+                    name, units = _EPOCH_OF.get(kind, (kind, 1.0))
+                    paces.append(f"{_pace(rate * units)} per {name} epoch")
+            basis = ", ".join(paces) + ", longer jobs weighted"
         return f"{line}; about {_duration(left / self.workers)} left ({basis}, {self.workers} at a time)"
 
 

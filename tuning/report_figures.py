@@ -238,13 +238,13 @@ def plot_pareto(trials: list[TrialRecord], goal, front_ids: list[str], chosen_id
         fig, (overview, ax) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1, 1.2]})
     else:
         fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    rest = [point(t) for t in feasible if t.trial_id not in front_ids]
+    infeasible = [point(t) for t in shown if not goal.feasible(t.metrics)]
     for panel in ([overview, ax] if window else [ax]):
         labelled = panel is ax
-        rest = [point(t) for t in feasible if t.trial_id not in front_ids]
         if rest:
             panel.scatter(*zip(*rest), s=36, color="0.65", zorder=2,
                           label="feasible, dominated" if labelled else None)
-        infeasible = [point(t) for t in shown if not goal.feasible(t.metrics)]
         if infeasible:
             panel.scatter(*zip(*infeasible), s=40, marker="x", color="0.55", zorder=2,
                           label=("infeasible (breaks " + ", ".join(str(c) for c in goal.constraints) + ")")

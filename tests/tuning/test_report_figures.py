@@ -110,3 +110,15 @@ def test_figures_drawn_here(drawn, tmp_path):
     ((labels, covers),) = drawn["pareto.png"]
     assert "chosen (tunebert best): t5" in labels and not covers
     assert drawn["confusion.png"] == []
+
+
+def test_the_pareto_figure_zooms_only_on_a_front_squeezed_into_a_corner():
+    from tuning.report_figures import _front_window
+
+    front = [(1.0, 0.88), (2.0, 0.90)]
+    # one poor trial far away: the front spans a sliver of the plot, so a window around it
+    (x0, x1), (y0, y1) = _front_window(front, front + [(40.0, 0.10)])
+    assert x0 < 1.0 and x1 > 2.0 and x1 < 40.0 and y0 < 0.88 and y1 > 0.90 and y0 > 0.10
+    # the front spans most of the plot already, or is a single point: no zoom
+    assert _front_window(front, front + [(1.5, 0.87)]) is None
+    assert _front_window(front[:1], front + [(40.0, 0.10)]) is None

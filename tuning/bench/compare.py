@@ -62,7 +62,7 @@ def tune_pipeline(data: DataConfig, model: str, *, budget_s: float, storage: Pat
                   max_train_examples: Optional[int] = None, smoke: bool = False,
                   extra: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """The default ``tunebert tune`` with ``budget_s``: its summary (``pipeline.state.result``)."""
-    from tuning.cli import main
+    from tuning.cli import EXIT_USER_ERROR, main
 
     argv = ["tune", "--name", name, "--data", data.source, "--text-column", data.text_column,
             "--label-column", data.label_column, "--model", model, "--time-budget", f"{budget_s:.0f}",
@@ -73,7 +73,7 @@ def tune_pipeline(data: DataConfig, model: str, *, budget_s: float, storage: Pat
     _say("tunebert " + " ".join(argv))
     start = time.time()
     code = main(argv)
-    if code == 2:
+    if code == EXIT_USER_ERROR:
         raise PipelineRefused(f"tunebert tune exited with {code}")
     if code != 0:
         raise RuntimeError(f"tunebert tune exited with {code}")
