@@ -15,6 +15,7 @@ sweep is reconciled with Ray Tune's saved state (see ``MlflowTrialLogger``).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -100,9 +101,20 @@ def is_local_store(uri: str) -> bool:
 
 def client_for(uri: str) -> MlflowClient:
     uri = credentials.reveal(uri)  # a masked URI read back from saved state gets its password
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    # MLflow creates a new SQLite store's tables when it first opens it, without a lock: two
+    # processes opening the same new file at once (two `tunebert train` side by side) both try,
+    # and one dies on "table experiments already exists". Opening under a lock file beside the
+    # database makes the second wait until the first has created them.
+    with open(db.with_name(db.name + ".init-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return MlflowClient(tracking_uri=uri)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def metrics_of(result: dict) -> dict[str, float]:

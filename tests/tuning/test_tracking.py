@@ -209,3 +209,30 @@ def test_two_new_sweeps_of_one_name_never_share_an_experiment(tmp_path):
     # the experiment created in the same request as its owner's tag: never an unowned moment
     created = tracking.ensure_experiment(client, "t", None, uid="sweep-c")
     assert client.get_experiment(created).tags[tracking.SWEEP_UID] == "sweep-c"
+
+
+def _open_when_all_are_ready(uri, barrier, failures):
+    barrier.wait()
+    try:
+        tracking.client_for(uri).search_experiments()
+    except Exception as exc:  # what MLflow raised in this process, for the parent to report
+        failures.put(str(exc).splitlines()[0])
+
+
+def test_processes_opening_one_new_sqlite_store_at_once_all_get_it(tmp_path):
+    # two `tunebert train` side by side on a new store: MLflow creates the tables unguarded
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for attempt in range(3):
+        uri = f"sqlite:///{tmp_path / f'store{attempt}' / 'mlflow.db'}"
+        barrier, failures = context.Barrier(6), context.Queue()
+        children = [context.Process(target=_open_when_all_are_ready, args=(uri, barrier, failures))
+                    for _ in range(6)]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(120)
+        said = [failures.get(timeout=5) for _ in range(failures.qsize())] if not failures.empty() else []
+        assert said == [] and [child.exitcode for child in children] == [0] * 6
+        assert [e.name for e in MlflowClient(tracking_uri=uri).search_experiments()] == ["Default"]
