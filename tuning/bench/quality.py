@@ -304,29 +304,38 @@ def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds:
 
 
 def _table_plot(path: Path, rows, model: str, seeds: int) -> None:
-    """Ours (mean ± std over seeds) beside the study's single runs, one group per configuration;
-    a row short of seeds has no bar of ours and says how many it has."""
+    """Ours (mean ± std over seeds) beside the study's single runs, one group per configuration,
+    each bar with its value; a row short of seeds has no bar of ours and says how many it has.
+    Long row names are wrapped so that they stay clear of each other and of the legend, which
+    sits below the axis labels."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     x = np.arange(len(rows))
     means = [100 * statistics.mean(t) if len(t) == seeds else np.nan for _, t, _ in rows]
     stds = [100 * statistics.stdev(t) if len(t) == seeds > 1 else 0.0 for _, t, _ in rows]
-    ax.bar(x - 0.2, means, 0.4, yerr=stds, capsize=4, label=f"ours: {model}, mean ± std", color="#4477aa")
+    ours = ax.bar(x - 0.2, means, 0.4, yerr=stds, capsize=4, label=f"ours: {model}, mean ± std of {seeds} seeds",
+                  color="#4477aa")
     study = [s if s else np.nan for _, _, s in rows]
-    ax.bar(x + 0.2, study, 0.4, label="study: bert-base-uncased, one run", color="#cc6677")
-    ax.set_xticks(x, [r[0].replace(" (search part)", "") + (f" ({len(r[1])} of {seeds} seeds)" if len(r[1]) < seeds
-                                                           else "") for r in rows], rotation=20, ha="right")
+    theirs = ax.bar(x + 0.2, study, 0.4, label="study: bert-base-uncased, one run", color="#cc6677")
+    for bars, values, errors in ((ours, means, stds), (theirs, study, [0.0] * len(rows))):
+        for bar, value, error in zip(bars, values, errors):
+            if not np.isnan(value):
+                ax.annotate(f"{value:.1f}", (bar.get_x() + bar.get_width() / 2, value + error),
+                            xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=8)
+    names = [r[0].replace(" (search part)", "") + (f" ({len(r[1])} of {seeds} seeds)" if len(r[1]) < seeds else "")
+             for r in rows]
+    ax.set_xticks(x, ["\n".join(textwrap.wrap(name, 16)) for name in names])
     ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 105)
     ax.set_title("MASSIVE en-US test accuracy")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, frameon=False)  # clear of short bars
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.legend(handles=[ours, theirs], loc="lower center", ncol=2, frameon=False)  # below the row names
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
