@@ -114,22 +114,32 @@ def job_key(config: dict, data: Any, *, max_train_examples: Optional[int] = None
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """The git commit of the checkout this code runs from (``+dirty`` with local changes), or the
-    package version when it runs from an installed copy."""
+    """The code a benchmark job ran: the git commit of the checkout this code runs from
+    (``+dirty`` with local changes); for an installed copy of a ``git archive`` (how a long
+    benchmark runs from code that editing the tree cannot touch), the commit git wrote into
+    ``tuning/COMMIT``; else the package version."""
     root = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        from importlib.metadata import PackageNotFoundError, version
-
+    if (root / ".git").exists():  # only this checkout's own git: not a repository around a venv
         try:
-            return "tunebert " + version("tunebert")
-        except PackageNotFoundError:
-            return "unknown"
+            sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                                 text=True, timeout=10, check=True).stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            return sha + ("+dirty" if dirty else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:
+        archived = (Path(__file__).with_name("COMMIT")).read_text().strip()
+    except OSError:
+        archived = ""
+    if archived and not archived.startswith("$Format"):  # substituted by git archive
+        return archived[:12]
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return "tunebert " + version("tunebert")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def job_tags(key: str) -> dict[str, str]:

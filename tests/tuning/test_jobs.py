@@ -4,6 +4,9 @@ spawned worker imports the function by name, which a test module's own function 
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,3 +141,23 @@ def test_job_folder_keeps_the_latest_complete_checkpoint_only(tmp_path):
     assert folder.metrics()["epoch"] == 2  # the half-saved epoch is not the one resumed from
     folder.remove()
     assert not folder.path.exists()
+
+
+def _git(*args, cwd):
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=True).stdout
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / ".git").exists(), reason="not a git checkout")
+def test_the_code_version_is_the_commit_in_a_checkout_and_in_an_installed_git_archive(tmp_path):
+    from tuning.jobs import code_version
+
+    root = Path(__file__).resolve().parents[2]
+    head = _git("rev-parse", "--short=12", "HEAD", cwd=root).decode().strip()
+    assert code_version().split("+")[0] == head
+    # a benchmark runs from an installed copy of `git archive HEAD`: no .git there
+    (tmp_path / "copy.tar").write_bytes(_git("archive", "HEAD", cwd=root))
+    subprocess.run(["tar", "-xf", "copy.tar"], cwd=tmp_path, check=True)
+    said = subprocess.run([sys.executable, "-c", "from tuning.jobs import code_version; print(code_version())"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert not (tmp_path / ".git").exists() and said == head
