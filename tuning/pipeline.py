@@ -534,8 +534,9 @@ def start_pipeline(sweep: SweepConfig, config: PipelineConfig) -> Pipeline:
     plan_s = time.time() - started
     sweep_s = split.sweep_s - plan_s
     if sweep_s <= 0:
-        raise ConfigError(f"--time-budget {_clock(config.budget_s)} was used up by checking the "
-                          f"inputs and measuring speed ({_clock(plan_s)}); raise it")
+        raise ConfigError(f"--time-budget {_clock(config.budget_s)} is too small: checking the inputs "
+                          f"and measuring speed used {_clock(plan_s)} of it, and the sweep needs time "
+                          f"after that. Raise --time-budget.")
     pipeline.sweep = dataclasses.replace(sweep, time_budget_s=sweep_s)
     state = pipeline.state
     state.basis, state.epoch_s_estimate, state.plan_s = split.basis, epoch_s, plan_s
