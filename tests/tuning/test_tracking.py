@@ -233,6 +233,6 @@ def test_processes_opening_one_new_sqlite_store_at_once_all_get_it(tmp_path):
             child.start()
         for child in children:
             child.join(120)
-        said = [failures.get(timeout=5) for _ in range(failures.qsize())] if not failures.empty() else []
+        said = [failures.get(timeout=5) for _ in range(failures.qsize())]
         assert said == [] and [child.exitcode for child in children] == [0] * 6
         assert [e.name for e in MlflowClient(tracking_uri=uri).search_experiments()] == ["Default"]

@@ -225,8 +225,9 @@ def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds:
     (``--jobs``) trains only the jobs it matches. The table is then written from the runs MLflow
     holds, so jobs finished by earlier invocations count, and a row short of seeds is marked."""
     from search_spaces.presets import STUDY_TEST_ACCURACY, get_preset
+    from tuning.bench.compare import PipelineRefused
     from tuning.config import resolve_tracking_uri
-    from tuning.jobs import bench_job, pick_jobs, run_bench_jobs
+    from tuning.jobs import bench_job, pick_jobs, run_bench_jobs, threads_per_worker
 
     uri = resolve_tracking_uri(None, storage)
     # the presets name no model: each trains --model (the study's own was bert-base-uncased)
@@ -251,13 +252,9 @@ def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds:
         rows.append((name, tests, STUDY_TEST_ACCURACY.get(name)))
         if len(tests) == seeds:
             report.numbers[f"table_{name.split(' ')[0]}_test_mean"] = statistics.mean(tests)
-    from tuning.jobs import threads_per_worker
-
     cores = os.cpu_count() or 1
     share = min(1.0, threads_per_worker(workers) / cores)
     budget_s = pipeline_budget(records, seeds, share) if pipeline_names else None
-    from tuning.bench.compare import PipelineRefused
-
     pipeline_errors: list[str] = []
     if pipeline_names:
         tests = []
