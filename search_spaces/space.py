@@ -119,15 +119,18 @@ def suggest(trial, param: Param) -> Any:
 def sample(trial, space: SearchSpace, overrides: Optional[Mapping[str, Any]] = None) -> dict:
     """Define-by-run body: the trial's config as a dict of constants.
 
-    ``overrides`` (a warm-start preset's values for parameters the space does not mention) are
-    added; the space's own parameters come from the trial, where Optuna already holds the
-    enqueued preset values of searched ones.
+    ``overrides`` (a warm-start preset's values that Optuna does not hold: parameters the space
+    does not mention or does not use on the preset's branch, and null values) are taken as they
+    are, except that a value the space fixes wins; the space's other parameters come from the
+    trial, where Optuna already holds the enqueued preset values of searched ones.
     """
+    overrides = overrides or {}
     config: dict[str, Any] = {}
     for param in space.params:
-        if param.active(config):
-            config[param.name] = suggest(trial, param)
-    for name, value in (overrides or {}).items():
-        if space.get(name) is None:
-            config.setdefault(name, value)
+        if not param.active(config):
+            continue
+        taken = param.name in overrides and not isinstance(param.dist, Fixed)
+        config[param.name] = overrides[param.name] if taken else suggest(trial, param)
+    for name, value in overrides.items():
+        config.setdefault(name, value)
     return {**config, **{k: v for k, v in space.constants.items() if k not in config}}

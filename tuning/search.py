@@ -3,20 +3,25 @@ the searcher itself. The one place that knows how Optuna and Ray Tune meet."""
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Optional
 
 from ray.tune.search.optuna import OptunaSearch
 
-from search_spaces.space import Categorical, SearchSpace, sample
+from search_spaces.space import Categorical, Fixed, SearchSpace, sample
 from trainables.errors import ConfigError
+from trainables.hparams import default_of
+
+log = logging.getLogger(__name__)
 
 
 class SpaceSampler:
     """Picklable define-by-run function: ``(optuna.Trial) -> dict`` of the trial's config.
 
     The first ``len(warm_start)`` Optuna trials are the enqueued presets (Optuna numbers trials in
-    enqueue order); for those, the preset's values also replace fixed parameters and defaults.
+    enqueue order); ``warm_start`` holds each one's overrides (``warm_start_values``): its values
+    for parameters the space does not sample for it.
     """
 
     def __init__(self, space: SearchSpace, warm_start: Optional[list[dict]] = None):
@@ -30,38 +35,89 @@ class SpaceSampler:
 
 def warm_start_values(space: SearchSpace, preset: dict[str, Any], preset_name: str,
                       sweep_level: tuple[str, ...], notes: Optional[list] = None) -> tuple[dict, dict]:
-    """Split a preset into (values Optuna enqueues for searched params, overrides for the rest).
+    """Split a warm-start config into (the point Optuna enqueues, overrides for the rest).
+
+    A warm start names one complete config, never a partly sampled one: every searched parameter
+    it does not set takes its registry default (``trainables.hparams.HPARAMS``, the value the
+    trainable uses when the parameter is not set at all), so its trial trains, and logs to MLflow,
+    exactly what ``tunebert train --preset`` would. Only the branch of the define-by-run space the
+    point takes is enqueued (no ``head_hidden`` for a linear head); a value the preset sets for a
+    parameter that branch leaves out stays the trial's value, unused, as in ``train --preset``.
 
     Sweep-level settings (model, epochs, ...) stay the sweep's, and so does a value the space
-    fixes (the user's file wins; a differing preset value is noted). A preset value outside a
-    categorical's choices cannot be enqueued and is reported before anything starts; a value
-    outside a numeric range is enqueued as it is (Optuna allows it) and noted in ``notes``.
+    fixes (the user's file wins; a differing preset value is noted). A preset value or default
+    outside a categorical's choices cannot be enqueued and is reported before anything starts; a
+    value outside a numeric range is enqueued as it is (Optuna allows it) and noted in ``notes``.
     Preset keys the space does not mention become the trial's values.
     """
     searched = set(space.searched())
-    enqueued, overrides = {}, {}
+    named, overrides = {}, {}
     for key, value in preset.items():
         if key in sweep_level and key not in searched:
             continue
         param = space.get(key)
         if key in searched:
-            if isinstance(param.dist, Categorical) and value not in param.dist.choices:
-                raise ConfigError(
-                    f"warm-start preset {preset_name!r} sets {key}={value!r}, which is not among "
-                    f"the space's choices {list(param.dist.choices)}; add it to the choices or "
-                    f"leave the preset out")
-            dist = param.dist
-            if hasattr(dist, "low") and not dist.low <= value <= dist.high and notes is not None:
-                notes.append(f"preset {preset_name!r}: {key}={value} lies outside the space's "
-                             f"range [{dist.low}, {dist.high}]; it runs as the preset says")
-            enqueued[key] = value
+            named[key] = value
         elif param is not None:  # fixed by the space
             if param.dist.value != value and notes is not None:
                 notes.append(f"preset {preset_name!r}: {key}={value!r} is replaced by the space's "
                              f"fixed value {param.dist.value!r}")
         else:
             overrides[key] = value
+    enqueued = _complete_point(space, named, overrides, preset_name, notes)
     return enqueued, overrides
+
+
+def _complete_point(space: SearchSpace, named: dict[str, Any], overrides: dict[str, Any],
+                    preset_name: str, notes: Optional[list]) -> dict[str, Any]:
+    """The searched values of the trial ``sample`` builds for this warm start: the preset's
+    (``named``) or, for a parameter it leaves unset, the registry default. Walks the space in
+    ``sample``'s order so that a condition sees the same values it will see in the trial.
+    A named parameter the point's branch does not use, and a null (unset) value, which Optuna
+    cannot hold, move to ``overrides``: ``sample`` takes those as they are."""
+    point: dict[str, Any] = {}  # every active parameter's value, fixed ones included
+    enqueued: dict[str, Any] = {}
+    defaulted: list[str] = []
+    for param in space.params:
+        if not param.active(point):
+            if param.name in named:
+                overrides[param.name] = named[param.name]
+            continue
+        if isinstance(param.dist, Fixed):
+            point[param.name] = param.dist.value
+            continue
+        if param.name in named:
+            value, source = named[param.name], f"sets {param.name}={named[param.name]!r}, which"
+        else:
+            value = default_of(param.name)
+            source = f"does not set {param.name}, so its trial takes the default {value!r}, which"
+            defaulted.append(f"{param.name}={value!r}")
+        if value is None:  # "not set" (hidden_dropout: the pretrained value) has no Optuna value
+            point[param.name] = overrides[param.name] = None
+            if notes is not None:
+                notes.append(f"preset {preset_name!r}: {param.name} is null (not set), so its trial "
+                             f"runs without it and the searcher records no {param.name} for it")
+            continue
+        _check_in_space(param, value, preset_name, source, notes)
+        point[param.name] = enqueued[param.name] = value
+    if defaulted:
+        log.info("warm start %r leaves %d searched parameter(s) unset; its trial uses their "
+                 "defaults: %s", preset_name, len(defaulted), ", ".join(defaulted))
+    return enqueued
+
+
+def _check_in_space(param, value: Any, preset_name: str, source: str, notes: Optional[list]) -> None:
+    """A categorical value must be one of the choices (Optuna cannot enqueue it otherwise); a
+    numeric one outside the range runs as it is, with a note."""
+    dist = param.dist
+    if isinstance(dist, Categorical) and value not in dist.choices:
+        raise ConfigError(
+            f"warm-start preset {preset_name!r} {source} is not among the space's choices "
+            f"{list(dist.choices)}; add it to the choices, set `{param.name}` in a warm-start "
+            f"file, or leave the preset out")
+    if hasattr(dist, "low") and not dist.low <= value <= dist.high and notes is not None:
+        notes.append(f"preset {preset_name!r} {source} lies outside the space's range "
+                     f"[{dist.low}, {dist.high}]; its trial runs with it as it is")
 
 
 class ObjectivesSearch(OptunaSearch):
