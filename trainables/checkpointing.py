@@ -13,6 +13,13 @@ checkpoints come back from MLflow artifacts, shared folders and model folders ot
 and unpickling arbitrary objects from such a file would run whatever code it names.
 ``save_checkpoint`` refuses anything else, so a trial fails when it writes such a value rather than
 every reader failing later.
+
+``complete.json``, written last, lists every file of the checkpoint with its size. A folder is
+complete only when each listed file is there at that size: Ray copies a reported checkpoint into
+the trial's folder file by file (``pyarrow.fs.copy_files``, in no fixed order, several at once)
+and deletes one file by file, so a kill during either leaves a folder that a reader must tell
+from a whole one (``incomplete_reason``). A folder without the list (written by an older tunebert,
+or a copy killed before the list arrived) is complete when it loads whole.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from trainables.errors import CheckpointError
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
 LABEL_MAP_FILE = "label_map.json"
+MANIFEST_FILE = "complete.json"
 # what a tensors-only state may hold besides containers (torch's weights-only unpickler accepts these)
 PLAIN = (torch.Tensor, torch.dtype, torch.device, torch.Size, int, float, bool, str, bytes, type(None))
 
@@ -105,10 +113,70 @@ def save_checkpoint(directory: str | Path, *, model: torch.nn.Module, optimizer,
         "extra": extra or {},
         "best_model": best_model,
     })
+    (directory / MANIFEST_FILE).unlink(missing_ok=True)  # a folder being rewritten is incomplete
     _write_state(directory / STATE_FILE, state)
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     (directory / LABEL_MAP_FILE).write_text(json.dumps(label_map, indent=2))
+    _write_manifest(directory)
     return directory
+
+
+def _write_manifest(directory: Path) -> None:
+    """List the checkpoint's files with their sizes in ``complete.json``, last and atomically."""
+    sizes = {name: (directory / name).stat().st_size for name in (STATE_FILE, CONFIG_FILE, LABEL_MAP_FILE)}
+    partial = directory / f".{MANIFEST_FILE}.partial"
+    partial.write_text(json.dumps({"files": sizes}, indent=2, sort_keys=True))
+    os.replace(partial, directory / MANIFEST_FILE)
+
+
+def _manifest_problem(directory: Path) -> Optional[str]:
+    """What ``complete.json`` says is missing or cut short; None when it is all there (or when
+    there is no list to check)."""
+    manifest = directory / MANIFEST_FILE
+    if not manifest.is_file():
+        return None
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        listed = {str(name): int(size) for name, size in files.items()}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{MANIFEST_FILE} cannot be read"
+    for name, size in sorted(listed.items()):
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        actual = path.stat().st_size
+        if actual != size:
+            return f"{name} holds {actual} of its {size} bytes"
+    return None
+
+
+def incomplete_reason(directory: str | Path) -> Optional[str]:
+    """Why the checkpoint in ``directory`` cannot be resumed from (missing, cut short, damaged),
+    or None when it is complete. Cheap when ``complete.json`` is there (sizes only); a folder
+    without it is read whole."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return "the folder does not exist"
+    if (directory / MANIFEST_FILE).is_file():
+        return _manifest_problem(directory)
+    try:
+        load_checkpoint(directory)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
+def checkpoint_folders(trial_dir: str | Path) -> list[Path]:
+    """A trial's ``checkpoint_<index>`` folders (Ray's names), oldest first."""
+    found = [p for p in Path(trial_dir).glob("checkpoint_*") if p.is_dir() and checkpoint_index(p) is not None]
+    return sorted(found, key=checkpoint_index)
+
+
+def checkpoint_index(folder: str | Path) -> Optional[int]:
+    """N of a ``checkpoint_<N>`` folder; None for any other name."""
+    name = Path(folder).name
+    prefix, _, index = name.rpartition("_")
+    return int(index) if prefix == "checkpoint" and index.isdigit() else None
 
 
 def _read_json(path: Path) -> Any:
@@ -168,10 +236,14 @@ def shrink_to_model(directory: str | Path) -> int:
     if state["extra"].get("model_only"):
         return 0
     extra = {k: v for k, v in state["extra"].items() if k != "average"}
+    # without its list the folder is checked by reading it whole, which the new state.pt passes:
+    # a kill between these steps leaves it complete, either way
+    (directory / MANIFEST_FILE).unlink(missing_ok=True)
     _write_state(path, tensors_only({
         "model": model_weights(state), "optimizer": None, "scheduler": None, "scaler": None,
         "epoch": state["epoch"], "rng": state["rng"], "extra": {**extra, "model_only": True},
         "best_model": None}))
+    _write_manifest(directory)
     return before - path.stat().st_size
 
 

@@ -8,17 +8,20 @@ when a retried trial already diverged, and releases GPU memory whatever happens.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
 from trainables import registry
-from trainables.checkpointing import is_model_only
+from trainables.checkpointing import checkpoint_folders, checkpoint_index, incomplete_reason, is_model_only
 from trainables.data import TokenizedData
 from trainables.errors import ConfigError, NonFiniteLossError
+
+log = logging.getLogger(__name__)
 
 NONFINITE_MARKER = "nonfinite_loss.txt"
 # Ray Tune writes this into the experiment folder on the driver before any trial starts
@@ -80,6 +83,32 @@ def worth_reusing(baseline: int | None, now: int | None) -> bool:
     return not (growth > RECYCLE_GROWTH_BYTES and growth > RECYCLE_GROWTH_SHARE * baseline)
 
 
+def resume_point(recorded: Path) -> Optional[Path]:
+    """The checkpoint a restored trial resumes from: ``recorded`` (the one Ray's saved state
+    names) when it is complete, else the newest complete one before it in the trial's folder,
+    else None (the trial starts again from its first epoch). A fallback is logged as a warning.
+
+    Never a newer one: Ray (and so the MLflow record) may not have seen the epochs a newer
+    checkpoint holds, and they would never be reported. Epochs reported again after an older
+    one are logged once (``tuning.tracking`` skips the steps a run already holds)."""
+    problem = incomplete_reason(recorded)
+    if problem is None:
+        return recorded
+    index = checkpoint_index(recorded)
+    older = [f for f in checkpoint_folders(recorded.parent)
+             if index is None or checkpoint_index(f) < index]
+    for folder in reversed(older):
+        if incomplete_reason(folder) is None:
+            log.warning("checkpoint %s cannot be resumed from (%s: a kill cut its write or its "
+                        "removal short); this trial resumes from the newest complete one before "
+                        "it, %s, and trains its later epochs again", recorded, problem, folder.name)
+            return folder
+    log.warning("checkpoint %s cannot be resumed from (%s: a kill cut its write or its removal "
+                "short) and the trial has no complete earlier one; it starts again from its "
+                "first epoch", recorded, problem)
+    return None
+
+
 def recycled(trainable_fn: Callable) -> type:
     """Ray Tune's class for the function trainable ``trainable_fn`` (``ray.tune.trainable.
     wrap_function``), reusing its worker process across trials until ``worth_reusing`` says no;
@@ -92,6 +121,16 @@ def recycled(trainable_fn: Callable) -> type:
     trainable_cls = trainable_fn if inspect.isclass(trainable_fn) else wrap_function(trainable_fn)
 
     class Recycled(trainable_cls):
+        def restore(self, checkpoint_path):
+            # Ray refuses to restore from a checkpoint folder that is gone (removed by its own
+            # num_to_keep after a newer one was written than its saved state names): an empty
+            # folder instead lets the trainable fall back (``resume_point``) and the trial live
+            checkpoint = getattr(checkpoint_path, "checkpoint", checkpoint_path)  # a _TrainingResult
+            path = getattr(checkpoint, "path", None)
+            if path and os.path.isabs(path) and not os.path.exists(path):
+                os.makedirs(path, exist_ok=True)
+            return super().restore(checkpoint_path)
+
         def reset_config(self, new_config):
             give_memory_back()
             now = resident_bytes()
@@ -134,17 +173,18 @@ def trainable(config: dict, data: TokenizedData) -> None:
         # Retrying cannot help: the same config from the same checkpoint diverges again.
         raise NonFiniteLossError(f"{poisoned.read_text()} (not retried)")
     checkpoint = tune.get_checkpoint()
+    # tunebert's --storage is a folder path: Ray's checkpoint path is a folder on this node's disk
+    directory = resume_point(Path(checkpoint.path)) if checkpoint is not None else None
     try:
-        if checkpoint is None:
+        if directory is None:
             fit(cfg, data, device=device, report=report)
+        elif is_model_only(directory):
+            # the sweep had ended this trial and pruned its checkpoint to its best model
+            # (tuning.pruning waits until Ray's saved state records the end, so this is
+            # a guard): it stays ended, with nothing to train and no epoch reported twice
+            return
         else:
-            with checkpoint.as_directory() as directory:
-                if is_model_only(directory):
-                    # the sweep had ended this trial and pruned its checkpoint to its best model
-                    # (tuning.pruning waits until Ray's saved state records the end, so this is
-                    # a guard): it stays ended, with nothing to train and no epoch reported twice
-                    return
-                fit(cfg, data, device=device, report=report, resume_dir=directory)
+            fit(cfg, data, device=device, report=report, resume_dir=str(directory))
     except NonFiniteLossError as exc:
         poisoned.write_text(str(exc))
         raise

@@ -19,6 +19,12 @@ trial from a pruned checkpoint (``trainables.entry`` also refuses to train from 
 checkpoint). PBT/PB2 clone a member from a donor's checkpoint, so under them nothing is pruned
 before the whole population has ended, at the end of the sweep.
 
+The checkpoint kept is the one Ray's saved state records for the trial (the one a restore would
+read), and only once it is also the trial's latest here: a saved state that names an older one
+has not caught up yet, and nothing is removed until it has. A folder is removed by renaming it
+out of Ray's ``checkpoint_<N>`` names first (``remove_checkpoint``), so a kill during the removal
+leaves no half-deleted folder that looks like a checkpoint.
+
 Runs in the driver only (a Ray Tune callback); picklable (Ray saves it with the experiment).
 """
 
@@ -33,7 +39,7 @@ from typing import Optional
 
 from ray.tune import Callback
 
-from trainables.checkpointing import STATE_FILE, shrink_to_model
+from trainables.checkpointing import STATE_FILE, checkpoint_folders, shrink_to_model
 from trainables.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -53,33 +59,61 @@ def folder_bytes(folder: Path) -> int:
     return total
 
 
-def checkpoint_folders(trial_dir: Path) -> list[Path]:
-    """A trial's ``checkpoint_<index>`` folders, oldest first."""
-    found = [p for p in trial_dir.glob("checkpoint_*") if p.is_dir() and p.name.split("_")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("_")[-1]))
+REMOVING_PREFIX = ".removing-"  # a folder being removed: no longer one of Ray's checkpoint_<N>
+
+
+def remove_checkpoint(folder: Path) -> int:
+    """Remove a checkpoint folder: renamed out of the ``checkpoint_<N>`` names first (one atomic
+    step), then deleted. Returns the bytes freed."""
+    size = folder_bytes(folder)
+    doomed = folder.with_name(f"{REMOVING_PREFIX}{folder.name}")
+    shutil.rmtree(doomed, ignore_errors=True)  # left by a removal killed before
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+    return size - folder_bytes(doomed)
 
 
 def prune_trial(trial_dir: Path, latest: Optional[Path] = None) -> int:
-    """Shrink the trial's latest checkpoint to model-only and delete the older ones. Returns the
-    bytes freed."""
+    """Shrink the trial's checkpoint ``latest`` (default: the newest) to model-only and delete the
+    others, and any half-removed folder a killed pruning left. Returns the bytes freed."""
     folders = checkpoint_folders(trial_dir)
     latest = latest if latest is not None and latest.is_dir() else (folders[-1] if folders else None)
     if latest is None:
         return 0
     freed = 0
+    for leftover in trial_dir.glob(f"{REMOVING_PREFIX}*"):
+        freed += folder_bytes(leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
     for folder in folders:
         if folder.resolve() != latest.resolve():
-            size = folder_bytes(folder)
-            shutil.rmtree(folder, ignore_errors=True)
-            freed += size - folder_bytes(folder)
+            freed += remove_checkpoint(folder)
     if (latest / STATE_FILE).is_file():
         freed += shrink_to_model(latest)
     return freed
 
 
-def saved_trial_statuses(sweep_dir: Path) -> dict[str, str]:
-    """trial id -> status in Ray's newest saved experiment state (the file a restore reads: Ray
-    takes the greatest ``experiment_state-<timestamp>.json``); {} when there is none yet."""
+class SavedTrial:
+    """A trial as Ray's saved experiment state records it: its status and the path of the
+    checkpoint a restore would resume it from (None if it recorded none)."""
+
+    def __init__(self, status: str, checkpoint: Optional[str]):
+        self.status, self.checkpoint = status, checkpoint
+
+
+def _recorded_checkpoint(run_metadata_json: str) -> Optional[str]:
+    """The latest checkpoint in a trial's saved run metadata. Ray stores its checkpoint manager
+    cloudpickled inside that JSON; its own loader reads it (our sweep folder, as `resume` reads)."""
+    from ray.tune.trainable.metadata import _TrainingRunMetadata  # Ray 2.60 (pinned)
+
+    manager = _TrainingRunMetadata.from_json_state(run_metadata_json).checkpoint_manager
+    latest = manager.latest_checkpoint_result if manager is not None else None
+    return latest.checkpoint.path if latest is not None and latest.checkpoint is not None else None
+
+
+def saved_trials(sweep_dir: Path) -> dict[str, SavedTrial]:
+    """trial id -> ``SavedTrial`` in Ray's newest saved experiment state (the file a restore
+    reads: Ray takes the greatest ``experiment_state-<timestamp>.json``); {} when there is none
+    yet or it cannot be read now."""
     import json
 
     files = sorted(sweep_dir.glob("experiment_state-*.json"))
@@ -87,9 +121,13 @@ def saved_trial_statuses(sweep_dir: Path) -> dict[str, str]:
         return {}
     try:
         saved = json.loads(files[-1].read_text())
-        trials = (json.loads(state) for state, _ in saved.get("trial_data", []))
-        return {t["trial_id"]: t["status"] for t in trials}
-    except (OSError, ValueError, KeyError, TypeError):  # being replaced right now: next time
+        found = {}
+        for state, run_metadata in saved.get("trial_data", []):
+            trial = json.loads(state)
+            found[trial["trial_id"]] = SavedTrial(trial["status"], _recorded_checkpoint(run_metadata))
+        return found
+    except Exception as exc:  # being replaced right now, or not Ray's format: next time
+        log.debug("Ray's saved state %s cannot be read now: %s", files[-1], exc)
         return {}
 
 
@@ -127,11 +165,21 @@ class CheckpointPruner(Callback):
             self._prune_saved(waiting, trials)
 
     def _prune_saved(self, trial_ids: set[str], trials) -> None:
-        """Prune those of ``trial_ids`` that Ray's saved state records as TERMINATED."""
-        statuses = saved_trial_statuses(self._experiment_dir(trials))
+        """Prune those of ``trial_ids`` that Ray's saved state records as TERMINATED, with the
+        trial's latest checkpoint as the one a restore would read."""
+        saved = saved_trials(self._experiment_dir(trials))
         for trial_id in sorted(trial_ids):
-            if statuses.get(trial_id) == "TERMINATED":
+            record = saved.get(trial_id)
+            if record is not None and record.status == "TERMINATED" and \
+                    self._saved_is_latest(record, self._ended[trial_id]):
                 self._prune(self._ended[trial_id])
+
+    @staticmethod
+    def _saved_is_latest(record: SavedTrial, trial) -> bool:
+        latest = trial.checkpoint.path if trial.checkpoint is not None else None
+        if record.checkpoint is None or latest is None:
+            return record.checkpoint == latest
+        return Path(record.checkpoint).resolve() == Path(latest).resolve()
 
     def _experiment_dir(self, trials) -> Path:
         located = next((t.path for t in trials if t.path), None)

@@ -182,3 +182,129 @@ def test_shrink_to_model_keeps_the_handed_over_weights_only(tmp_path):
         assert torch.equal(checkpointing.model_weights(state)[key], value)
     assert shrink_to_model(folder) == 0  # idempotent
     assert json.loads((folder / CONFIG_FILE).read_text()) == {"trainable": "finetune"}
+
+
+# -- a kill never costs a trial: torn writes and removals are told from whole checkpoints
+
+
+def _small_checkpoint(folder: Path, epoch: int = 1) -> Path:
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    return save_checkpoint(folder, model=model, optimizer=optimizer, scheduler=None, scaler=None,
+                           epoch=epoch, config={"trainable": "finetune"}, label_map={"names": ["a", "b"]})
+
+
+def _torn_copies(source: Path, destination: Path):
+    """Every folder a copy of ``source`` killed part-way can leave (Ray copies a reported
+    checkpoint file by file, in no fixed order, several at once): each subset of its files, and
+    each file cut short with the others whole."""
+    import itertools
+    import shutil
+
+    names = sorted(p.name for p in source.iterdir())
+    for count in range(len(names)):
+        for subset in itertools.combinations(names, count):
+            if set(names) - set(subset) == {checkpointing.MANIFEST_FILE}:
+                continue  # every file whole but the list: complete (the next test)
+            shutil.rmtree(destination, ignore_errors=True)
+            destination.mkdir()
+            for name in subset:
+                shutil.copy(source / name, destination / name)
+            yield f"only {list(subset)}"
+    for cut in names:
+        shutil.rmtree(destination, ignore_errors=True)
+        shutil.copytree(source, destination)
+        whole = (source / cut).read_bytes()
+        (destination / cut).write_bytes(whole[: len(whole) // 2])
+        yield f"{cut} cut short"
+
+
+def test_an_interrupted_copy_leaves_no_folder_that_looks_complete(tmp_path):
+    source = _small_checkpoint(tmp_path / "written")
+    assert checkpointing.incomplete_reason(source) is None
+    assert (source / checkpointing.MANIFEST_FILE).is_file()
+    for case in _torn_copies(source, tmp_path / "checkpoint_000001"):
+        assert checkpointing.incomplete_reason(tmp_path / "checkpoint_000001") is not None, case
+
+
+def test_a_checkpoint_without_its_list_is_complete_when_it_loads_whole(tmp_path):
+    """Written before complete.json existed (or copied all but the list): read whole instead."""
+    folder = _small_checkpoint(tmp_path / "c")
+    (folder / checkpointing.MANIFEST_FILE).unlink()
+    assert checkpointing.incomplete_reason(folder) is None
+    (folder / STATE_FILE).write_bytes((folder / STATE_FILE).read_bytes()[:100])
+    assert "truncated or corrupt" in checkpointing.incomplete_reason(folder)
+
+
+def test_shrinking_keeps_the_checkpoint_complete(tmp_path):
+    folder = _small_checkpoint(tmp_path / "c")
+    shrink_to_model(folder)
+    assert checkpointing.incomplete_reason(folder) is None
+    assert load_checkpoint(folder)["extra"]["model_only"] is True
+
+
+def test_a_restore_from_a_folder_with_only_config_json_falls_back_to_the_newest_complete_earlier_one(
+        tmp_path, caplog):
+    """The soak's failure: checkpoint_000001 held config.json alone, checkpoint_000002 beside it
+    was complete, and Ray's saved state named checkpoint_000001. The trial resumes from
+    checkpoint_000000 (never a newer one: its epochs may not be in Ray's or MLflow's record)."""
+    from trainables.entry import resume_point
+
+    trial = tmp_path / "trial"
+    for index in range(3):
+        _small_checkpoint(trial / f"checkpoint_00000{index}", epoch=index + 1)
+    torn = trial / "checkpoint_000001"
+    for name in (STATE_FILE, LABEL_MAP_FILE, checkpointing.MANIFEST_FILE):
+        (torn / name).unlink()
+    with caplog.at_level("WARNING", logger="trainables.entry"):
+        chosen = resume_point(torn)
+    assert chosen == trial / "checkpoint_000000"
+    assert load_checkpoint(chosen)["epoch"] == 1
+    assert "checkpoint_000001" in caplog.text and "resumes from" in caplog.text
+    assert f"{STATE_FILE} is missing" in caplog.text
+
+    caplog.clear()
+    (trial / "checkpoint_000000" / STATE_FILE).unlink()  # no complete earlier one: from scratch
+    with caplog.at_level("WARNING", logger="trainables.entry"):
+        assert resume_point(torn) is None
+    assert "starts again from its first epoch" in caplog.text
+    assert resume_point(trial / "checkpoint_000002") == trial / "checkpoint_000002"  # complete: as is
+
+
+def test_a_trial_restored_from_a_torn_checkpoint_trains_instead_of_failing(tmp_path, tiny_model_dir, demo_data,
+                                                                          tiny_config, run_trainable, caplog):
+    """The trainable's resume path end to end: Ray hands it a torn checkpoint folder; it trains
+    from the complete one before (old code: CheckpointError, the trial retried and FAILED)."""
+    from trainables.entry import resume_point
+
+    cfg = tiny_config
+    run_trainable(cfg, demo_data, keep={1: str(tmp_path / "trial" / "checkpoint_000000"),
+                                        2: str(tmp_path / "trial" / "checkpoint_000001")})
+    torn = tmp_path / "trial" / "checkpoint_000001"
+    (torn / STATE_FILE).unlink()
+    with caplog.at_level("WARNING", logger="trainables.entry"):
+        directory = resume_point(torn)
+    reports, _ = run_trainable(cfg, demo_data, resume_dir=str(directory))
+    assert [r["epoch"] for r in reports] == list(range(2, cfg.last_epoch + 1))
+
+
+def test_ray_restoring_a_removed_checkpoint_folder_finds_an_empty_one(tmp_path):
+    """Ray refuses to restore from a folder that no longer exists (its num_to_keep removed it):
+    the trainable class makes it an empty one, which the trial then falls back from."""
+    from types import SimpleNamespace
+
+    from trainables import entry
+
+    class Base:
+        def restore(self, checkpoint_path):
+            self.restored = checkpoint_path
+            return True
+
+        def reset_config(self, new_config):
+            return True
+
+    gone = tmp_path / "trial" / "checkpoint_000003"
+    result = SimpleNamespace(checkpoint=SimpleNamespace(path=str(gone)), metrics={})
+    worker = entry.recycled(Base)()
+    assert worker.restore(result) is True and worker.restored is result
+    assert gone.is_dir() and entry.resume_point(gone) is None

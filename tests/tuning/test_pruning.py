@@ -2,6 +2,7 @@
 reports its disk use (printed and logged to the parent run). Real local Ray, Optuna, SQLite MLflow."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,88 @@ from tuning.config import SweepConfig
 from tuning.pruning import checkpoint_folders
 
 EPOCHS = 3
+
+
+# -- without Ray running: what pruning removes, given Ray's saved state
+
+
+def _checkpoint(folder, epoch):
+    from trainables.checkpointing import save_checkpoint
+
+    model = torch.nn.Linear(4, 2)
+    return save_checkpoint(folder, model=model, optimizer=torch.optim.AdamW(model.parameters()),
+                           scheduler=None, scaler=None, epoch=epoch, config={"trainable": "finetune"},
+                           label_map={"names": ["a", "b"]})
+
+
+def _save_ray_state(sweep_dir, trial_id, status, checkpoint):
+    """Ray's experiment state as Ray 2.60 writes it: the trial's JSON and its run metadata, whose
+    checkpoint manager (cloudpickled inside) names the checkpoint a restore resumes from."""
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint, CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    metadata = _TrainingRunMetadata()
+    metadata.checkpoint_manager = _CheckpointManager(checkpoint_config=CheckpointConfig())
+    metadata.checkpoint_manager.register_checkpoint(
+        _TrainingResult(checkpoint=Checkpoint.from_directory(str(checkpoint)), metrics={}))
+    trial = json.dumps({"trial_id": trial_id, "status": status})
+    (sweep_dir / "experiment_state-2026-01-01_00-00-00.json").write_text(
+        json.dumps({"trial_data": [[trial, metadata.get_json_state()]]}))
+
+
+def test_pruning_keeps_the_checkpoint_rays_saved_state_points_at(tmp_path):
+    """Ray's saved state records the trial ended but names checkpoint_000001 (the driver holds
+    checkpoint_000002): a restore would read checkpoint_000001, so it stays, whole and resumable,
+    until the saved state names the latest one."""
+    from types import SimpleNamespace
+
+    from trainables.checkpointing import incomplete_reason
+    from tuning.pruning import CheckpointPruner
+
+    trial_dir = tmp_path / "sweep" / "trainable_T1"
+    folders = [_checkpoint(trial_dir / f"checkpoint_00000{i}", epoch=i + 1) for i in range(3)]
+    _save_ray_state(tmp_path / "sweep", "T1", "TERMINATED", folders[1])
+    trial = SimpleNamespace(trial_id="T1", path=str(trial_dir), status="TERMINATED",
+                            checkpoint=SimpleNamespace(path=str(folders[2])))
+    pruner = CheckpointPruner("s", str(tmp_path / "sweep"), population_based=False)
+    pruner.CHECK_EVERY_S = 0.0
+    pruner.on_trial_complete(1, [trial], trial)
+    pruner.on_step_end(1, [trial])
+    assert folders[1].is_dir() and incomplete_reason(folders[1]) is None
+    assert load_checkpoint(folders[1])["optimizer"] is not None  # still resumable
+
+    _save_ray_state(tmp_path / "sweep", "T1", "TERMINATED", folders[2])  # Ray caught up
+    pruner.on_step_end(2, [trial])
+    assert checkpoint_folders(trial_dir) == [folders[2]]
+    assert load_checkpoint(folders[2])["extra"]["model_only"] is True
+
+
+def test_a_killed_removal_leaves_no_folder_that_looks_like_a_checkpoint(tmp_path, monkeypatch):
+    """A kill in the middle of deleting a checkpoint (rmtree goes file by file) must not leave
+    a checkpoint_<N> folder with some of its files: Ray or a reader would take it for one."""
+    from tuning import pruning
+
+    trial_dir = tmp_path / "trial"
+    folders = [_checkpoint(trial_dir / f"checkpoint_00000{i}", epoch=i + 1) for i in range(2)]
+
+    class Killed(BaseException):
+        pass
+
+    def killed_midway(path, ignore_errors=False):
+        path = Path(path)
+        if path.is_dir():
+            (path / "state.pt").unlink()
+            raise Killed
+
+    monkeypatch.setattr(pruning.shutil, "rmtree", killed_midway)
+    with pytest.raises(Killed):
+        pruning.prune_trial(trial_dir, folders[1])
+    assert checkpoint_folders(trial_dir) == [folders[1]]
+    monkeypatch.undo()
+    pruning.prune_trial(trial_dir, folders[1])  # the next pruning clears what was left
+    assert sorted(p.name for p in trial_dir.iterdir()) == ["checkpoint_000001"]
 
 
 @pytest.mark.slow
