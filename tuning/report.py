@@ -33,11 +33,12 @@ from tuning.config import DEFAULT_ROOT, check_sweep_name, resolve_tracking_uri
 from tuning.report_checkpoint import (Confusion, best_trial_confusion, confusion_counts,  # noqa: F401
                                       most_confused, rebuild_model)
 from tuning.report_data import (METRIC, TOP_CURVES, TrialRecord, load_trials, log_scaled,  # noqa: F401
-                                pick_best, saved_search_space, top_curves, varying_params, wall_time)
+                                pick_best, saved_search_space, top_curves, varying_params, wall_time,
+                                with_search_conditions)
 from tuning.report_figures import (plot_confusion, plot_history, plot_importances,
                                    plot_learning_curves, plot_parallel, plot_pareto)
 from tuning.report_page import render_html
-from tuning.report_study import build_study, param_importances
+from tuning.report_study import build_study, param_importances, unassessed_note
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +92,22 @@ def _pareto_step(trials: list[TrialRecord], sweep: str, uri: str, storage: str,
 
 def _importance_step(trials: list[TrialRecord], kinds: dict[str, str], study, out: Path,
                      figures: dict[str, Path], notes: dict[str, str]) -> Optional[dict[str, float]]:
-    """fANOVA importances of the varying parameters and their figure, or a note saying why not."""
+    """fANOVA importances of the varying parameters and their figure, or a note saying why not;
+    a note also names the conditional parameters left out (some finished trials did not use them)."""
     if not kinds:
         notes["importance"] = "No parameter took more than one value in this sweep."
         return None
     log.info(f"computing fANOVA importances of {len(kinds)} varying parameters over "
              f"{sum(t.scored for t in trials)} finished trials")
     importances, why = param_importances(study)
-    if importances is not None:
-        figures["importance"] = plot_importances(study, importances, out / "importance.png")
-    else:
+    if importances is None:
         notes["importance"] = why
+        return None
+    if importances:
+        figures["importance"] = plot_importances(study, importances, out / "importance.png")
+    left_out = unassessed_note(trials, kinds, importances)
+    if left_out:
+        notes["importance"] = left_out
     return importances
 
 
@@ -148,10 +154,11 @@ def build_report(sweep: str, *, storage: str = DEFAULT_ROOT, tracking_uri: Optio
     out.mkdir(parents=True, exist_ok=True)
     notes: dict[str, str] = {}
     figures: dict[str, Path] = {}
+    space = saved_search_space(uri, parent_id, root / "ray" / sweep)
+    trials = with_search_conditions(trials, space)  # which parameters each trial used
     scored = [t for t in trials if t.scored]
     best = pick_best(trials, sweep, uri, storage)
     kinds = varying_params(trials)
-    space = saved_search_space(uri, parent_id, root / "ray" / sweep)
     study = build_study(trials, kinds, log_scaled(kinds, trials, space))  # every trial, start order
 
     figures["history"] = plot_history(study, trials, best, out / "history.png")

@@ -7,12 +7,15 @@ use so that building the CLI parser stays fast.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
+
+from trainables.hparams import HPARAMS
 
 METRIC = "val_accuracy"
 TOP_CURVES = 5
@@ -45,6 +48,14 @@ class TrialRecord:
     end_ms: Optional[int]
     preset: Optional[str] = None
     error: Optional[str] = None
+    # the sweep's sampling conditions (``search_conditions`` of its saved search space)
+    search_when: Mapping[str, Mapping[str, tuple]] = field(default_factory=dict)
+
+    @functools.cached_property  # read once per parameter when the report builds its study
+    def inactive(self) -> dict[str, str]:
+        """The config keys this trial did not use, and why: ``{"head_hidden": "not used:
+        head=linear"}`` (see ``inactive_params``)."""
+        return inactive_params(self.config, self.search_when)
 
     @property
     def value(self) -> float:
@@ -92,6 +103,54 @@ def pick_best(trials: list[TrialRecord], sweep: str, uri: str, storage: str) -> 
     return next((t for t in trials if leader and t.trial_id == leader[0].trial_id), None)
 
 
+# --------------------------------------------------------------------------- the used parameters
+
+
+def search_conditions(space: dict) -> dict[str, dict[str, tuple]]:
+    """The ``when`` of each parameter of a saved ``search_space.yaml`` (``SearchSpace.describe``):
+    the searcher sampled it only in trials where that held."""
+    conditions = {}
+    for name, spec in space.items():
+        when = spec.get("when") if isinstance(spec, dict) else None
+        if isinstance(when, dict) and when:
+            conditions[name] = {key: tuple(allowed) if isinstance(allowed, (list, tuple)) else (allowed,)
+                                for key, allowed in when.items()}
+    return conditions
+
+
+def with_search_conditions(trials: list[TrialRecord], space: dict) -> list[TrialRecord]:
+    """``trials`` knowing the sweep's sampling conditions (from its saved search space)."""
+    conditions = search_conditions(space)
+    return [replace(t, search_when=conditions) for t in trials]
+
+
+def inactive_params(config: Mapping[str, Any],
+                    search_when: Optional[Mapping[str, Mapping[str, tuple]]] = None) -> dict[str, str]:
+    """The keys of ``config`` its trial did not use -> why ("not used: head=linear").
+
+    A trial's config holds every parameter, the ones its branch of the define-by-run space never
+    sampled too (the trainable fills in their defaults). The conditions are the registry's
+    ``HParam.when`` (the trainable reads ``momentum`` only with sgd, ``head_hidden`` only with an
+    mlp head) and, from ``search_when``, the sweep's own (a parameter its search space samples
+    only on one branch took its default on the others: "not searched"). A parameter whose
+    condition names an unused parameter is unused too.
+    """
+    search_when = search_when or {}
+
+    def why(name: str, seen: tuple[str, ...]) -> Optional[str]:
+        registry = HPARAMS[name].when if name in HPARAMS else {}
+        for verb, when in (("not used", registry), ("not searched", search_when.get(name, {}))):
+            for key, allowed in when.items():
+                if key in seen or key not in config:  # a cycle, or a config without the key
+                    return f"{verb}: no {key}"
+                upstream = why(key, (*seen, name))
+                if upstream or config[key] not in allowed:
+                    return upstream or f"{verb}: {key}={config[key]}"
+        return None
+
+    return {name: reason for name in config if (reason := why(name, ())) is not None}
+
+
 # --------------------------------------------------------------------------- the varying parameters
 
 
@@ -100,7 +159,9 @@ def _is_number(value: Any) -> bool:
 
 
 def varying_params(trials: list[TrialRecord]) -> dict[str, str]:
-    """Parameters whose value differs between trials: name -> "numeric" or "categorical".
+    """Parameters whose value differs between the trials that used them: name -> "numeric" or
+    "categorical" (a trial's value of a parameter it did not use, ``TrialRecord.inactive``, is a
+    default that says nothing about the parameter).
 
     Only keys every trial's config has count (in a mixed sweep, family-specific parameters are
     left out: their absence would only repeat what ``trainable`` says).
@@ -110,7 +171,7 @@ def varying_params(trials: list[TrialRecord]) -> dict[str, str]:
     shared = set.intersection(*(set(t.config) for t in trials)) - NOT_HYPERPARAMETERS
     kinds = {}
     for name in sorted(shared):
-        values = [t.config[name] for t in trials]
+        values = used_values(trials, name)
         if any(isinstance(v, (list, dict)) for v in values):
             continue
         if len({json.dumps(v, sort_keys=True) for v in values}) < 2:
@@ -119,18 +180,23 @@ def varying_params(trials: list[TrialRecord]) -> dict[str, str]:
     return kinds
 
 
+def used_values(trials: list[TrialRecord], name: str) -> list[Any]:
+    """The values of ``name`` in the trials that used it, in order."""
+    return [t.config[name] for t in trials if name not in t.inactive]
+
+
 def log_scaled(kinds: dict[str, str], trials: list[TrialRecord], space: dict) -> set[str]:
     """Numeric parameters to show and model on a log scale: the usual ones and any the sweep's
-    search space marks ``log: true``, as long as every observed value is positive."""
+    search space marks ``log: true``, as long as every value used is positive."""
     marked = {name for name, spec in space.items() if isinstance(spec, dict) and spec.get("log")}
     return {name for name, kind in kinds.items()
             if kind == "numeric" and (name in LOG_PARAMS or name in marked)
-            and all(t.config[name] > 0 for t in trials)}
+            and all(v > 0 for v in used_values(trials, name))}
 
 
 def categorical_choices(trials: list[TrialRecord], name: str) -> list[str]:
-    """The values ``name`` took, as strings, shortest first."""
-    return sorted({str(t.config[name]) for t in trials}, key=lambda s: (len(s), s))
+    """The values ``name`` took in the trials that used it, as strings, shortest first."""
+    return sorted({str(v) for v in used_values(trials, name)}, key=lambda s: (len(s), s))
 
 
 def saved_search_space(uri: str, parent_run_id: Optional[str], sweep_dir: Path) -> dict:

@@ -22,9 +22,11 @@ SECTIONS = [
      f"Best-epoch {METRIC} of every finished and failed trial, numbered in the order they started; "
      f"the line is the best finished trial so far."),
     ("importance", "Parameter importances",
-     f"fANOVA importances of the varying parameters for {METRIC}, from the finished trials."),
+     f"fANOVA importances for {METRIC} of the varying parameters every finished trial used, "
+     f"from the finished trials."),
     ("parallel", "Parallel coordinates",
-     f"Each line is a finished trial; colour (and the first axis) is its best-epoch {METRIC}."),
+     f"Each line is a finished trial; colour (and the first axis) is its best-epoch {METRIC}; "
+     f"a trial that did not use a parameter sits at 'None' on its axis."),
     ("curves", "Learning curves",
      f"{METRIC} and val_loss per epoch of the top {TOP_CURVES} finished trials."),
     ("pareto", "Pareto front",
@@ -89,6 +91,19 @@ def summary_rows(trials: list[TrialRecord], best: Optional[TrialRecord],
     return rows
 
 
+def config_rows(trial: TrialRecord, kinds: dict[str, str]) -> list[str]:
+    """A trial's config as table rows: the parameters that varied in the sweep in bold, and a
+    parameter the trial did not use (its config still holds a default) as "— (not used: ...)",
+    never bold: it was not one of this trial's varied values."""
+    inactive = trial.inactive
+    rows = []
+    for key, value in sorted(trial.config.items()):
+        name = f"<b>{html.escape(key)}</b>" if key in kinds and key not in inactive else html.escape(key)
+        shown = html.escape(f"— ({inactive[key]})") if key in inactive else _cell(value)
+        rows.append(f"<tr><td>{name}</td><td>{shown}</td></tr>")
+    return rows
+
+
 def _best_trial(sweep: str, best: TrialRecord, kinds: dict[str, str]) -> list[str]:
     metrics = [[k, f"{v:.4f}"] for k, v in sorted(best.metrics.items())
                if k.startswith(("val_", "train_"))]
@@ -98,9 +113,7 @@ def _best_trial(sweep: str, best: TrialRecord, kinds: dict[str, str]) -> list[st
             f"<p>Its config (<b>bold</b>: parameters that varied in this sweep; exact "
             f"values: <code>tunebert best {html.escape(sweep)}</code>):</p>",
             "<table><thead><tr><th>parameter</th><th>value</th></tr></thead><tbody>"
-            + "".join(f"<tr><td>{f'<b>{html.escape(k)}</b>' if k in kinds else html.escape(k)}"
-                      f"</td><td>{_cell(v)}</td></tr>" for k, v in sorted(best.config.items()))
-            + "</tbody></table>"]
+            + "".join(config_rows(best, kinds)) + "</tbody></table>"]
 
 
 def _confusion_details(confusion: Confusion, best: Optional[TrialRecord]) -> list[str]:

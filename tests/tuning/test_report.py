@@ -99,3 +99,50 @@ def test_confusion_counts_and_most_confused_pairs():
     pairs = most_confused(Confusion("t", counts, ["a", "b", "c"], 0.5), k=2)
     assert pairs[0] == ("a", "b", 2, pytest.approx(2 / 3))
     assert pairs[1][2] == 1 and len(pairs) == 2
+
+
+def test_the_best_trial_config_shows_parameters_it_did_not_use_as_not_used():
+    from tuning.report_data import TrialRecord, varying_params
+    from tuning.report_page import render_html
+
+    def trial(number, accuracy, head, head_hidden, optimizer, momentum):
+        return TrialRecord(run_id=f"run{number}", trial_id=f"t{number}", status="FINISHED",
+                           end_reason="completed", metrics={"val_accuracy": accuracy},
+                           config={"lr": 1e-4 * (number + 1), "head": head, "head_hidden": head_hidden,
+                                   "optimizer": optimizer, "momentum": momentum},
+                           start_ms=number, end_ms=number + 1)
+
+    # the linear adamw trial's config holds the defaults head_hidden 256 and momentum 0.9
+    best = trial(0, 0.9, "linear", 256, "adamw", 0.9)
+    trials = [best, trial(1, 0.5, "mlp", 64, "sgd", 0.5), trial(2, 0.6, "mlp", 128, "sgd", 0.7)]
+    kinds = varying_params(trials)
+    page = render_html("cond", store="sqlite:///x", parent_run_id=None, trials=trials, best=best,
+                       kinds=kinds, wall_s=None, figures={}, notes={}, confusion=None)
+    config = page[page.index("Its config"):]
+    assert "<b>lr</b>" in config and "<b>head</b>" in config and "<b>optimizer</b>" in config
+    assert "<b>head_hidden</b>" not in config and "<b>momentum</b>" not in config
+    assert "<td>head_hidden</td><td>— (not used: head=linear)</td>" in config
+    assert "<td>momentum</td><td>— (not used: optimizer=adamw)</td>" in config
+    assert ">256<" not in config and ">0.9<" not in config
+
+
+def test_the_importance_section_names_the_conditional_parameters_it_left_out(tmp_path):
+    from tuning.report import _importance_step
+    from tuning.report_data import TrialRecord, varying_params
+    from tuning.report_study import build_study
+
+    def trial(number, accuracy, head, head_hidden):
+        return TrialRecord(run_id=f"run{number}", trial_id=f"t{number}", status="FINISHED",
+                           end_reason="completed", metrics={"val_accuracy": accuracy},
+                           config={"lr": 1e-5 * (number + 1), "head": head, "head_hidden": head_hidden},
+                           start_ms=number, end_ms=number + 1)
+
+    trials = [trial(0, 0.8, "linear", 256), trial(1, 0.4, "mlp", 16), trial(2, 0.7, "linear", 256),
+              trial(3, 0.5, "mlp", 64), trial(4, 0.6, "mlp", 32)]
+    kinds = varying_params(trials)
+    figures, notes = {}, {}
+    importances = _importance_step(trials, kinds, build_study(trials, kinds, set()), tmp_path,
+                                   figures, notes)
+    assert set(importances) == {"lr", "head"} and figures["importance"].is_file()
+    assert notes["importance"].startswith("No importance for head_hidden (used by 3 of 5 finished "
+                                          "trials; not used: head=linear in the others).")

@@ -122,3 +122,23 @@ def test_the_pareto_figure_zooms_only_on_a_front_squeezed_into_a_corner():
     # the front spans most of the plot already, or is a single point: no zoom
     assert _front_window(front, front + [(1.5, 0.87)]) is None
     assert _front_window(front[:1], front + [(40.0, 0.10)]) is None
+
+
+def test_parallel_coordinates_put_an_unused_parameter_at_none(monkeypatch, tmp_path):
+    ticks = set()
+    save = report_figures._save
+
+    def reading_ticks(fig, path):
+        fig.canvas.draw()
+        ticks.update(label.get_text() for ax in fig.axes for label in ax.get_yticklabels())
+        return save(fig, path)
+
+    monkeypatch.setattr(report_figures, "_save", reading_ticks)
+    # head_hidden is used only with an mlp head; the linear trials' configs hold the default 256
+    trials = [_trial(i, "FINISHED", accuracy, lr=10.0 ** -(i + 3), head=head, head_hidden=hidden)
+              for i, (accuracy, head, hidden) in enumerate([(0.8, "linear", 256), (0.4, "mlp", 16),
+                                                            (0.6, "mlp", 64), (0.7, "linear", 256)])]
+    kinds = varying_params(trials)
+    _is_picture(report_figures.plot_parallel(build_study(trials, kinds, {"lr"}), kinds,
+                                             tmp_path / "parallel.png"))
+    assert "None" in ticks and "64" in ticks and "256" not in ticks
