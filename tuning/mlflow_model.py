@@ -13,10 +13,14 @@ import time. It imports ``mlflow.pyfunc`` because the class must subclass ``Pyth
 other use of mlflow (logging the model with its signature and input example, registering it,
 downloading it) stays in ``tuning.tracking``, the project's MLflow module.
 
-Code: the logged model names this class by its import path instead of carrying a copy of the code
-(``code_paths``). tunebert must be installed wherever the model is loaded or served, as it must be
-for ``tunebert predict``; a copy of the package put first on ``sys.path`` by MLflow could shadow
-an installed tunebert of another version. Serve it from the environment tunebert is installed in:
+Code: the model is logged "from code", not pickled: its code is the file
+``tuning/mlflow_model_code.py``, which MLflow copies into the logged model and runs when it loads
+it, and which only names this class by its import path. So a logged model holds no pickle: the
+one piece of code stored in it that loading runs is that short file, readable as plain text in the
+model's folder. Nor does it hold a copy of the package (``code_paths``: a copy put first on
+``sys.path`` by MLflow could shadow an installed tunebert of another version).
+tunebert must be installed wherever the model is loaded or served, as it must be for ``tunebert
+predict``. Serve it from the environment tunebert is installed in:
 ``mlflow models serve -m URI --env-manager local``.
 
 Input: a list of strings, or a DataFrame whose first (or ``text``) column holds the texts.

@@ -1,5 +1,6 @@
 """Everything MLflow. The only module in the project that imports mlflow, but for
-``tuning.mlflow_model``: the pyfunc class MLflow imports when it loads a logged model.
+``tuning.mlflow_model``: the pyfunc class MLflow imports when it loads a logged model (and
+``tuning/mlflow_model_code.py``, the file a logged model runs to name that class).
 
 Layout: one experiment per sweep (named after it); a parent run for the sweep (tag
 ``tunebert.kind=sweep``) and one nested child run per trial (``tunebert.kind=trial``, tagged with
@@ -920,6 +921,9 @@ EXAMPLE_TEXTS = ["wake me up at seven", "what's the weather like tomorrow"]
 # served where tunebert is installed (`mlflow models serve --env-manager local`)
 MODEL_REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "numpy",
                       "pandas")
+# the model's code, logged "from code" (a file MLflow copies into the model and runs when it loads
+# it) rather than as a pickled object: a logged model holds no pickle
+MODEL_CODE = Path(__file__).with_name("mlflow_model_code.py")
 
 
 @dataclass(frozen=True)
@@ -1007,7 +1011,7 @@ def log_model(uri: str, run_id: str, folder: str, name: str = "model", *,
     import pandas as pd
     from mlflow.models import Model
 
-    from tuning.mlflow_model import ARTIFACT, TEXT_COLUMN, TunebertClassifier
+    from tuning.mlflow_model import ARTIFACT, TEXT_COLUMN
 
     client = client_for(uri)
     tags = {k: str(v)[:MAX_TAG] for k, v in (lineage or {}).items()}
@@ -1015,45 +1019,25 @@ def log_model(uri: str, run_id: str, folder: str, name: str = "model", *,
         tunebert_version = version("tunebert")
     except PackageNotFoundError:
         tunebert_version = "unknown"
-    # MLflow warns that a python_model object is cloudpickled; ours pickles as a reference to
-    # its class (it holds no state), and the model folder itself is safetensors and JSON
-    pyfunc_log = logging.getLogger("mlflow.pyfunc")
-    quiet = _DropMessages("Passing a Python object as `python_model`")
-    pyfunc_log.addFilter(quiet)
-    try:
-        with _process_tracking_uri(uri):
-            # created here, in the run's experiment: runs:/<run id>/<name> finds it only there
-            logged = client.create_logged_model(client.get_run(run_id).info.experiment_id,
-                                                name=name, source_run_id=run_id, tags=tags,
-                                                model_type=MODEL_TYPE)
-            info = Model.log(
-                artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
-                model_id=logged.model_id, python_model=TunebertClassifier(),
-                artifacts={ARTIFACT: str(folder)}, signature=model_signature(),
-                input_example=pd.DataFrame({TEXT_COLUMN: EXAMPLE_TEXTS}),
-                pip_requirements=_requirements(),
-                metadata={"tunebert_version": tunebert_version,
-                          "needs": "tunebert installed where the model is loaded"})
-            ref = LoggedModelRef(f"runs:/{run_id}/{name}", info.model_id)
-            if register_as:
-                registered = mlflow.register_model(info.model_uri, register_as, tags=tags,
-                                                   await_registration_for=60)
-                ref = LoggedModelRef(ref.uri, ref.model_id, register_as,
-                                     str(registered.version))
-    finally:
-        pyfunc_log.removeFilter(quiet)
+    with _process_tracking_uri(uri):
+        # created here, in the run's experiment: runs:/<run id>/<name> finds it only there
+        logged = client.create_logged_model(client.get_run(run_id).info.experiment_id,
+                                            name=name, source_run_id=run_id, tags=tags,
+                                            model_type=MODEL_TYPE)
+        info = Model.log(
+            artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+            model_id=logged.model_id, python_model=str(MODEL_CODE),
+            artifacts={ARTIFACT: str(folder)}, signature=model_signature(),
+            input_example=pd.DataFrame({TEXT_COLUMN: EXAMPLE_TEXTS}),
+            pip_requirements=_requirements(),
+            metadata={"tunebert_version": tunebert_version,
+                      "needs": "tunebert installed where the model is loaded"})
+        ref = LoggedModelRef(f"runs:/{run_id}/{name}", info.model_id)
+        if register_as:
+            registered = mlflow.register_model(info.model_uri, register_as, tags=tags,
+                                               await_registration_for=60)
+            ref = LoggedModelRef(ref.uri, ref.model_id, register_as, str(registered.version))
     return ref
-
-
-class _DropMessages(logging.Filter):
-    """Drops log records whose message starts with ``prefix``."""
-
-    def __init__(self, prefix: str):
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)
 
 
 def download_model(model_uri: str, uri: Optional[str], destination: str) -> str:

@@ -7,6 +7,7 @@ The models are tiny classifiers whose encoder weights are moved away from the ba
 a folder that silently read its base encoder again would answer differently."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -208,6 +209,55 @@ def test_the_logged_pyfunc_model_predicts_labels_and_on_request_probabilities(lo
     assert params == {"proba": False, "batch_size": 64}
     assert model.metadata.get_input_schema().input_types()[0].name == "string"
     assert model.metadata.saved_input_example_info is not None  # an input example was logged
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_a_logged_model_holds_no_pickle_and_loads_where_pickles_are_refused(logged, tmp_path,
+                                                                             monkeypatch):
+    """Logged "from code": no pickled object in the model, MLflow's own warning about pickled
+    models not fired (nor silenced), and the model loads with MLflow's pickle loading turned off."""
+    import mlflow.artifacts
+    import mlflow.pyfunc
+    from mlflow.models import Model
+    from mlflow.tracking import MlflowClient
+
+    from tuning import tracking
+
+    uri, _, _, expected = logged
+    folder = Path(uri.removeprefix("sqlite:///")).parent / "model"  # the fixture's model folder
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.get_experiment_by_name("export").experiment_id).info.run_id
+    records = _Records()
+    mlflow_log = logging.getLogger("mlflow")  # MLflow's loggers do not propagate to the root
+    mlflow_log.addHandler(records)
+    try:
+        ref = tracking.log_model(uri, run_id, str(folder), "model")
+    finally:
+        mlflow_log.removeHandler(records)
+    assert not [m for m in records.messages if "CloudPickle" in m or "python_model" in m]
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri,
+                                                     dst_path=str(tmp_path / "downloaded")))
+    files = [p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()]
+    assert "MLmodel" in files
+    assert not [f for f in files if any(s in f.lower() for s in (".pkl", ".pickle", "cloudpickle"))]
+    flavor = Model.load(str(local / "MLmodel")).flavors["python_function"]
+    assert "python_model" not in flavor  # the key of a pickled python_model
+    code = local / Path(flavor["model_code_path"]).name
+    assert code.read_text() == tracking.MODEL_CODE.read_text()
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    model = mlflow.pyfunc.load_model(str(local))
+    assert model.predict(TEXTS) == expected.predict(TEXTS)
 
 
 def test_register_model_creates_a_version_with_lineage_tags(logged):
