@@ -35,6 +35,7 @@ from tuning.config import (DEFAULT_ROOT, POPULATION_SCHEDULERS, SweepConfig, loa
 from tuning.interrupt import (Interrupted, reclaim_sigterm, sigterm_blocked_in_children,
                               stop_tune_gracefully)
 from tuning.sweep_lock import sweep_lock
+from tuning.storage_trust import check_safe_to_unpickle
 from tuning.search import build_searcher, preview_configs, warm_start_values
 
 log = logging.getLogger(__name__)
@@ -510,6 +511,8 @@ def run_sweep(cfg: SweepConfig, *, resume: bool = False, stop=None) -> SweepOutc
     start = time.time()
     if resume and not (cfg.sweep_dir / "tuner.pkl").exists():
         raise ConfigError(f"sweep {cfg.name!r} has no Ray Tune state in {cfg.sweep_dir} to resume from")
+    if resume:  # Tuner.restore unpickles the sweep folder's state: only if no one else wrote it
+        check_safe_to_unpickle(cfg.root, cfg.sweep_dir, cfg.name)
     if not resume and (cfg.sweep_dir / "tuner.pkl").exists():
         raise ConfigError(f"a sweep named {cfg.name!r} already exists in {cfg.sweep_dir}; resume it "
                           f"with `tunebert resume {cfg.name}` or choose another --name")

@@ -171,3 +171,78 @@ def test_contrastive_trials_stopped_in_their_first_stage_are_never_best(ray_loca
     ranked = top_k("stage1", 6, storage=str(tmp_path))
     assert ranked and all(r.metrics["stage"] == 2 for r in ranked)
     assert {r.run_id for r in ranked}.isdisjoint({c.info.run_id for c in stopped_early})
+
+
+# --------------------------------------------------------------------------- resume's trust boundary
+
+
+class _Unpickled:
+    """A pickle that leaves a file behind when it is loaded: proof that it was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _saved_sweep(tmp_path):
+    """A saved sweep 's' under ``tmp_path`` whose ``tuner.pkl`` would leave ``marker`` if loaded."""
+    import pickle
+
+    cfg = SweepConfig(name="s", storage=str(tmp_path))
+    cfg.save()
+    marker = tmp_path / "unpickled"
+    (cfg.sweep_dir / "tuner.pkl").write_bytes(pickle.dumps(_Unpickled(marker)))
+    for path in (tmp_path, tmp_path / "ray", cfg.sweep_dir, cfg.sweep_dir / "tuner.pkl"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return cfg, marker
+
+
+@pytest.mark.parametrize("writable", ["storage", "sweep folder", "tuner.pkl", "experiment state"])
+def test_resume_refuses_state_other_users_can_write_before_unpickling_it(writable, tmp_path,
+                                                                         capsys):
+    from tuning.cli import main
+
+    cfg, marker = _saved_sweep(tmp_path)
+    (cfg.sweep_dir / "experiment_state-2025-01-01_00-00-00.json").write_text("{}")
+    path = {"storage": tmp_path, "sweep folder": cfg.sweep_dir,
+            "tuner.pkl": cfg.sweep_dir / "tuner.pkl",
+            "experiment state": cfg.sweep_dir / "experiment_state-2025-01-01_00-00-00.json"}[writable]
+    path.chmod(path.stat().st_mode | 0o002)
+    assert main(["resume", "s", "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tunebert resume: error: refusing to resume sweep 's'") and "\n" not in err.strip()
+    assert f"{path} is not yours alone: other users can write to it" in err
+    assert "unpickling runs any code" in err and f"chmod go-w {path}" in err
+    assert "Traceback" not in err and not marker.exists()
+
+
+def test_resume_refuses_state_owned_by_another_user(tmp_path, monkeypatch):
+    import os
+
+    from trainables.errors import ConfigError
+    from tuning.storage_trust import check_safe_to_unpickle
+
+    cfg, marker = _saved_sweep(tmp_path)
+    if os.getuid() == 0:
+        os.chown(cfg.sweep_dir / "tuner.pkl", 4321, -1)
+    else:  # only root can give a file away: be someone else instead
+        me = os.getuid()
+        monkeypatch.setattr(os, "getuid", lambda: me + 1)
+    with pytest.raises(ConfigError, match="is owned by uid .*, not by you .*resume as the owner"):
+        check_safe_to_unpickle(cfg.root, cfg.sweep_dir, "s")
+    assert not marker.exists()
+
+
+def test_resume_accepts_state_only_its_owner_can_write(tmp_path):
+    from tuning.storage_trust import check_safe_to_unpickle, unsafe_reason
+
+    cfg, marker = _saved_sweep(tmp_path)
+    check_safe_to_unpickle(cfg.root, cfg.sweep_dir, "s")  # refuses nothing
+    # a folder above the sweep's may be shared the way /tmp is (others cannot replace our entries)
+    tmp_path.chmod(0o1777)
+    check_safe_to_unpickle(cfg.root, cfg.sweep_dir, "s")
+    cfg.sweep_dir.chmod(0o1777)  # but not the sweep's own: anyone could add a newer state file
+    assert "other users can write to it" in unsafe_reason(cfg.sweep_dir)
+    assert not marker.exists()
