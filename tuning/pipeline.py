@@ -56,6 +56,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import shutil
 import tempfile
 import threading
@@ -65,6 +66,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from trainables.errors import ConfigError, UserError
+from tuning import outputs
 from tuning.config import DEFAULT_ROOT, POPULATION_SCHEDULERS, SweepConfig, check_sweep_name
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,8 @@ BUDGET_TRIALS = 1000
 PROBE_TRAIN_EXAMPLES = 96                   # three batches of 32: enough for a steady rate
 PROBE_VAL_EXAMPLES = 32
 PHASES = ("sweep", "select", "done")
+# what a selection writes into the output folder (tuning.selection)
+_SELECTION_FOLDER = re.compile(r"model|seed-\d+")
 
 HELP = "the whole job in one command: sweep, final selection, one test evaluation, one time budget"
 DESCRIPTION = (
@@ -382,6 +386,11 @@ class Pipeline:
         return self.folder / PIPELINE_FILE
 
     @property
+    def owner(self) -> "outputs.Owner":
+        """Who the output folder belongs to (``tuning.outputs.claim``)."""
+        return outputs.Owner(self.sweep.name, str(self.path))
+
+    @property
     def output_dir(self) -> Path:
         return Path(self.config.output_dir) if self.config.output_dir else \
             self.sweep.root / "models" / self.sweep.name
@@ -510,7 +519,9 @@ def start_pipeline(sweep: SweepConfig, config: PipelineConfig) -> Pipeline:
                               f"--name")
     pipeline = Pipeline(sweep, config, PipelineState())
     out = pipeline.output_dir
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    outputs.check_owner(out, sweep.sweep_dir)  # another pipeline's: named in the refusal
+    if out.exists() and (not out.is_dir() or any(e.name != outputs.OWNER_FILE
+                                                 for e in out.iterdir())):
         raise ConfigError(f"--output-dir {out} is not an empty folder; the handed-over model goes "
                           f"there. Choose a new or empty folder.")
     prep = runner.prepare(sweep)
@@ -554,6 +565,9 @@ def start_pipeline(sweep: SweepConfig, config: PipelineConfig) -> Pipeline:
                 f"top {split.selection.top_k} x {split.selection.seeds}")
         state.notes.append(note)
         say(f"note: {note}")
+    # the output folder is this pipeline's from now on; of two pipelines claiming it at once, one
+    # is refused here (claim is atomic), before Ray starts
+    outputs.claim(out, pipeline.owner)
     pipeline.save()
     return pipeline
 
@@ -666,6 +680,9 @@ def _select_phase(pipeline: Pipeline) -> None:
     from tuning.selection import final_selection
 
     sweep, config, state = pipeline.sweep, pipeline.config, pipeline.state
+    # refuses a folder another pipeline claimed meanwhile (one started before claims existed, or
+    # whose claim was removed) before anything runs; claims it again if it was removed
+    outputs.claim(pipeline.output_dir, pipeline.owner)
     uri = sweep.resolved_tracking_uri()
     leaders = best.top_k(sweep.name, config.top_k, sweep.metric, sweep.mode,
                          tracking_uri=sweep.tracking_uri, storage=sweep.storage)
@@ -697,8 +714,7 @@ def _select_phase(pipeline: Pipeline) -> None:
     say(f"selection: top {state.top_k} x {state.seeds} seed(s), planned "
         f"{_clock(state.select_planned_s)}, {_clock(max(0.0, left))} of the budget left")
     out = pipeline.output_dir
-    if out.exists():  # left by a selection that was stopped: it was empty when the pipeline began
-        shutil.rmtree(out)
+    _clear_stopped_selection(pipeline)
     ensemble = config.ensemble and state.seeds >= 2
     if config.ensemble and not ensemble:
         _note(pipeline, "no ensemble: it needs at least 2 seeds (an ensemble of one model is "
@@ -713,6 +729,17 @@ def _select_phase(pipeline: Pipeline) -> None:
     state.phase = "done"
     pipeline.save()
     _log_summary(pipeline, uri, parent.info.run_id if parent is not None else None)
+
+
+def _clear_stopped_selection(pipeline: Pipeline) -> None:
+    """Remove what a stopped selection of this pipeline wrote to its output folder: swaps left
+    half-done and the ``seed-<seed>/`` and ``model/`` model folders that hold only what tunebert
+    wrote. Anything else there stays (``tuning.outputs``)."""
+    out = pipeline.output_dir
+    outputs.recover_all(out)
+    for entry in sorted(out.iterdir()) if out.is_dir() else []:
+        if _SELECTION_FOLDER.fullmatch(entry.name) and outputs.remove_own_model(entry):
+            log.info(f"removed {entry}, written by a selection of this pipeline that was stopped")
 
 
 def _note(pipeline: Pipeline, note: str) -> None:

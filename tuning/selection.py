@@ -63,6 +63,7 @@ from typing import Any, Iterable, Optional, Sequence
 from trainables import registry
 from trainables.data import DataConfig
 from trainables.errors import ConfigError, DataError, NonFiniteLossError, UserError
+from tuning import outputs
 from tuning.config import DEFAULT_ROOT, check_sweep_name, load_saved_sweep, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ DESCRIPTION = (
 # what ``trainables.loops.evaluate`` measures: the metrics a single model and an ensemble can be
 # compared on
 ENSEMBLE_METRICS = ("val_accuracy", "val_macro_f1", "val_loss")
+
+# how a refusal names a model folder inside --output-dir (``tuning.outputs``)
+_IN_OUTPUT_DIR = "in --output-dir, the folder"
 
 # the first seed offset a selection trains: offset 0 would repeat the sweep trial's own run
 FIRST_SEED_OFFSET = 1
@@ -214,6 +218,19 @@ def check_arguments(sweep: str, top_k: int, seeds: int, metric: str, mode: str,
     if ensemble and metric not in ENSEMBLE_METRICS:
         raise ConfigError(f"`ensemble` compares models on a metric the evaluation measures, one of "
                           f"{list(ENSEMBLE_METRICS)}, but got metric={metric!r}")
+
+
+def check_output_dir(output_dir: Path, sweep: str, storage: str, seeds: Iterable[int]) -> None:
+    """Refuse an ``output_dir`` that another pipeline owns, or whose ``model/`` or any
+    ``seed-<seed>/`` of ``seeds`` tunebert may not replace (``tuning.outputs``); what else the
+    folder holds is never touched. An earlier swap there that was killed is finished first."""
+    output_dir = output_dir.expanduser()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"--output-dir {str(output_dir)!r} exists and is not a folder; pass a "
+                          f"folder for the chosen models")
+    outputs.check_owner(output_dir, Path(storage).expanduser().resolve() / "ray" / sweep)
+    for name in ["model", *(f"seed-{seed}" for seed in sorted(seeds))]:
+        outputs.check_output_target(output_dir / name, _IN_OUTPUT_DIR)
 
 
 def resolve_data(sweep: str, storage: str = DEFAULT_ROOT, source: Optional[str] = None,
@@ -389,6 +406,9 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
              f"selecting among those")
     data = data if data is not None else resolve_data(sweep, storage)
     fingerprint = data_fingerprint(load_raw_splits(data))  # bad data fails before anything runs
+    if output_dir:  # before anything trains
+        check_output_dir(Path(output_dir), sweep, storage,
+                         {s for trial in leaders for s in selection_seeds(trial.config, seeds)})
     parent = tracking.sweep_run(uri, sweep)
     params = {"sweep": sweep, "top_k": top_k, "seeds": seeds, "seed_offsets": _offsets(seeds),
               "metric": metric, "mode": mode, "epochs": epochs if epochs else "config's",
@@ -512,18 +532,17 @@ def _select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int,
             sweep=sweep, trial_id=chosen.trial_id, run_id=run_id, data_fingerprint=fingerprint,
             kind="single", data=data.source))
         test_rows.append({"seed": seed, "run_id": run_id, **metrics})
-        if output_dir:
-            kept = Path(output_dir) / f"seed-{seed}"
-            shutil.rmtree(kept, ignore_errors=True)  # an earlier selection's model
-            shutil.copytree(directory, kept)
+        if output_dir:  # swapped in for an earlier selection's model (check_output_dir)
+            with outputs.replacing(Path(output_dir) / f"seed-{seed}", _IN_OUTPUT_DIR) as new:
+                shutil.copytree(directory, new)
     handed_metrics = per_model[-1] if handover.kind == "ensemble" else \
         next(r for r in test_rows if r["seed"] == handover.seed)
     handed_over_test = {k: handed_metrics[k] for k in ("test_accuracy", "test_macro_f1")}
     model_dir = None
     if output_dir and ensemble:
         model_dir = Path(output_dir) / "model"
-        shutil.rmtree(model_dir, ignore_errors=True)
-        shutil.copytree(handover.folder, model_dir)
+        with outputs.replacing(model_dir, _IN_OUTPUT_DIR) as new:
+            shutil.copytree(handover.folder, new)
     elif output_dir:  # the best seed's folder, kept above, is the handed-over model
         model_dir = Path(output_dir) / f"seed-{handover.seed}"
     logged = tracking.log_model(
@@ -671,7 +690,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override every config's epochs")
     p.add_argument("--output-dir", help="also keep the chosen config's seed models here "
                                         "(seed-<seed>/), and with --ensemble the handed-over "
-                                        "model (model/)")
+                                        "model (model/); an earlier tunebert model there is "
+                                        "replaced, nothing else in the folder is touched")
     p.add_argument("--ensemble", action="store_true",
                    help="also try the chosen config's seed models as one ensemble (mean of their "
                         "probabilities); it is handed over unless it scores below the seed "

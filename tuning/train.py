@@ -8,7 +8,6 @@ test; it evaluates only the chosen candidate's models on test, after the choice.
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 import tempfile
 import time
@@ -20,9 +19,8 @@ import numpy as np
 
 from trainables import registry
 from trainables.data import DataConfig, data_fingerprint, load_raw_splits, tokenize_splits
-from trainables.errors import ConfigError
 from trainables.models import load_tokenizer
-from tuning import console, tracking
+from tuning import console, outputs, tracking
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +71,11 @@ class _Progress:
 
 
 def check_output_dir(output_dir: Optional[str], option: str = "--output-dir") -> None:
-    """Refuse, before anything is trained, an output folder holding anything but an earlier
-    model (which the new one replaces)."""
-    if not output_dir:
-        return
-    folder = Path(output_dir).expanduser()
-    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not any(
-            (folder / name).is_file() for name in ("tunebert.json", "ensemble.json", "state.pt")))):
-        raise ConfigError(f"{option} {output_dir!r} exists and holds something other than a "
-                          f"model; pass a new or empty folder (an earlier model there is replaced)")
+    """Refuse, before anything is trained, an output folder tunebert may not replace: anything
+    but a missing or empty folder or a model folder holding only what tunebert wrote
+    (``tuning.outputs``). An earlier swap there that was killed is finished first."""
+    if output_dir:
+        outputs.check_output_target(Path(output_dir), option)
 
 
 def _lineage(tags: dict, run_id: str, fingerprint: str, data: DataConfig) -> dict[str, str]:
@@ -191,12 +185,16 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
         with tempfile.TemporaryDirectory() as tmp:
             from trainables.export import save_model
 
-            target = Path(output_dir).expanduser() if output_dir else Path(tmp) / "model"
-            if output_dir or log_model:
-                if output_dir and target.exists():  # an earlier model (check_output_dir)
-                    shutil.rmtree(target)
-                save_model(target, model, config=resolved, label_map=data.label_map.to_dict(),
+            def write(folder: Path) -> None:
+                save_model(folder, model, config=resolved, label_map=data.label_map.to_dict(),
                            tokenizer=tokenizer, metrics={**val, **test_metrics})
+
+            target = Path(output_dir).expanduser() if output_dir else Path(tmp) / "model"
+            if output_dir:  # written beside it, then swapped in for an earlier model there
+                with outputs.replacing(target) as new:
+                    write(new)
+            elif log_model:
+                write(target)
             if log_model:
                 logged = tracking.log_model(
                     tracking_uri, run.run_id, str(target), "model", register_as=register_model,
