@@ -11,7 +11,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.space import Categorical, Fixed, SearchSpace, sample
 from trainables.errors import ConfigError
-from trainables.hparams import default_of
+from trainables.hparams import HPARAMS, default_of
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,13 @@ def _complete_point(space: SearchSpace, named: dict[str, Any], overrides: dict[s
 
 
 def _check_in_space(param, value: Any, preset_name: str, source: str, notes: Optional[list]) -> None:
-    """A categorical value must be one of the choices (Optuna cannot enqueue it otherwise); a
-    numeric one outside the range runs as it is, with a note."""
+    """The value must be valid for the trainable, and a categorical one one of the choices (Optuna
+    cannot enqueue it otherwise); a numeric one outside the range runs as it is, with a note."""
+    if param.name in HPARAMS:
+        try:
+            HPARAMS[param.name].check(HPARAMS[param.name].coerce(value))
+        except ConfigError as exc:
+            raise ConfigError(f"warm-start preset {preset_name!r}: {exc}") from None
     dist = param.dist
     if isinstance(dist, Categorical) and value not in dist.choices:
         raise ConfigError(

@@ -171,3 +171,14 @@ def test_first_trial_of_a_sweep_logs_hand_plus_defaults(ray_local, tiny_model_di
     expected = FinetuneConfig.from_dict({**get_preset("hand"), **sweep_level}).to_dict()
     assert json.loads(trials[0].data.tags["tunebert.config"]) == expected
     assert trials[0].data.params == {k: str(v) for k, v in expected.items()}
+
+
+def test_a_warm_start_file_with_a_bad_value_exits_2_naming_it(tmp_path, capsys):
+    from tuning.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: fast\n")  # used to end in a TypeError from the range check
+    rc = main(["sweep", "--warm-start", str(bad), "--trials", "1", "--storage", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert f"warm-start preset '{bad}': `lr` must be a number, but got 'fast'" in err
