@@ -18,6 +18,7 @@ its result (plain numpy arrays) is what trials receive through Ray's object stor
 
 from __future__ import annotations
 
+import collections.abc
 import csv
 import dataclasses
 import hashlib
@@ -26,6 +27,8 @@ import json
 import logging
 import math
 import os
+import re
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +89,11 @@ class DataConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"data `{name}` must be a non-empty string, but got {value!r}")
+        if self.text_column == self.label_column:
+            raise ConfigError(
+                f"--text-column and --label-column are both {self.text_column!r}: the model would "
+                f"be trained to read its own label. Name the column that holds the texts with "
+                f"--text-column and the one that holds the classes with --label-column.")
         fraction = self.val_fraction
         if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
                                      or not 0 < fraction < 1):
@@ -319,6 +327,8 @@ def _json_rows(text: str, path: Path) -> list[dict]:
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}, line {exc.lineno}, column {exc.colno}: not valid JSON "
                             f"({exc.msg}).") from exc
+        except RecursionError as exc:
+            raise _too_deep(path, "") from exc
     else:
         rows = []
         for number, line in enumerate(text.splitlines(), start=1):
@@ -326,6 +336,8 @@ def _json_rows(text: str, path: Path) -> list[dict]:
                 continue
             try:
                 rows.append(json.loads(line))
+            except RecursionError as exc:
+                raise _too_deep(path, f", line {number}") from exc
             except json.JSONDecodeError as exc:
                 hint = (" A .json file holds one object per line, or one array of objects "
                         "([{...}, {...}]).") if path.suffix == ".json" else ""
@@ -334,6 +346,14 @@ def _json_rows(text: str, path: Path) -> list[dict]:
         if not isinstance(row, dict):
             raise DataError(f"{path}, row {number}: expected a JSON object, got {type(row).__name__}")
     return rows
+
+
+def _too_deep(path: Path, where: str) -> DataError:
+    """Python's json parser recurses once per level of nesting, so a deep enough value exhausts
+    the interpreter's stack (RecursionError) before it is read."""
+    return DataError(f"{path}{where}: JSON nested too deeply to read (more than about "
+                     f"{sys.getrecursionlimit()} levels of [ or {{). A row is one object whose text "
+                     f"and label are a string or a number each; fix or remove that row.")
 
 
 def _delimiter(text: str, path: Path, config: DataConfig) -> str:
@@ -387,6 +407,28 @@ def _missing(label: Any) -> bool:
             or (isinstance(label, float) and math.isnan(label)))
 
 
+# a label cell that is a whole number written as text ("7", "-3"; ASCII digits only: "²" passes
+# str.isdigit() yet int() refuses it) is read as that number, since CSV gives every cell as text
+_INTEGER_TEXT = re.compile(r"\s*-?[0-9]+\s*")
+STRUCTURED = (list, tuple, dict, set)  # JSON arrays and objects, Parquet list and struct columns
+
+
+def _label_value(label: Any, number: int, config: DataConfig, split: str, origin: str) -> Any:
+    """A present label as the class value it stands for; a list, a mapping or another
+    structured value is refused (it cannot be one class; multi-label data is not supported)."""
+    if isinstance(label, STRUCTURED) or not isinstance(label, collections.abc.Hashable):
+        shown = repr(label)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise DataError(
+            f"{split} split ({origin}), row {number}: the label in column "
+            f"{config.label_column!r} is a {type(label).__name__} ({shown}), but a label must be "
+            f"one class: a string or a number. Multi-label data is not supported: give each row "
+            f"a single label, or check --label-column.")
+    if isinstance(label, str) and _INTEGER_TEXT.fullmatch(label):
+        return int(label)
+    return label
+
+
 def _rows_to_split(rows: list[dict], config: DataConfig, origin: str, split: str,
                    how: str = "") -> tuple[RawSplit, Optional[str]]:
     """The split, and with ``skip_bad_rows`` a report of the rows it dropped (else None)."""
@@ -411,8 +453,7 @@ def _rows_to_split(rows: list[dict], config: DataConfig, origin: str, split: str
             no_text.append(number)
         if label_missing or text_missing:
             continue
-        if isinstance(label, str) and label.strip().lstrip("-").isdigit():
-            label = int(label)  # CSV gives every cell as text
+        label = _label_value(label, number, config, split, origin)
         texts.append(text)
         labels.append(label)
         numbers.append(number)
@@ -441,13 +482,31 @@ def _rows_to_split(rows: list[dict], config: DataConfig, origin: str, split: str
 
 
 def _folder_files(folder: Path) -> dict[str, Path]:
-    """Data files of a folder by stem; where a stem has several, the first of ``EXTENSIONS``."""
-    files: dict[str, Path] = {}
+    """Data files of a folder by stem; where a stem has several, the first of ``EXTENSIONS``
+    (``_load_folder`` refuses a split whose stem has several)."""
+    return {stem: paths[0] for stem, paths in _files_by_stem(folder).items()}
+
+
+def _files_by_stem(folder: Path) -> dict[str, list[Path]]:
+    files: dict[str, list[Path]] = defaultdict(list)
     for ext in EXTENSIONS:
         for path in sorted(folder.glob(f"*{ext}")):
             if path.suffix == ext and path.is_file():
-                files.setdefault(path.stem, path)
+                files[path.stem].append(path)
     return files
+
+
+def _check_one_file_per_split(folder: Path, chosen: dict[str, Optional[str]]) -> None:
+    """Two files of one stem (train.jsonl and train.csv) leave it open which is the split;
+    reading one of them silently could train on data the user did not mean."""
+    by_stem = _files_by_stem(folder)
+    for split, stem in chosen.items():
+        if stem is not None and len(by_stem[stem]) > 1:
+            names = [p.name for p in by_stem[stem]]
+            raise DataError(
+                f"data folder {folder} has {len(names)} files for the {split} split: "
+                f"{', '.join(names)}; it is not clear which one to read. Keep one of them in the "
+                f"folder (move or rename the others, e.g. to {stem}-old{by_stem[stem][1].suffix}).")
 
 
 def _locate(config: DataConfig) -> tuple[str, Any]:
@@ -475,6 +534,7 @@ def _locate(config: DataConfig) -> tuple[str, Any]:
 def _load_folder(folder: Path, config: DataConfig) -> tuple[dict[str, RawSplit], list[str]]:
     files = _folder_files(folder)
     chosen = map_split_names(files, config.split_names, f"data folder {folder}", kind="file")
+    _check_one_file_per_split(folder, chosen)
     splits, notes = {}, []
     for split, stem in chosen.items():
         if stem is not None:
@@ -571,6 +631,12 @@ def _assemble(config: DataConfig) -> tuple[dict[str, RawSplit], list[str], Optio
         return splits, notes, None
     fraction = DEFAULT_VAL_FRACTION if config.val_fraction is None else config.val_fraction
     kept, validation, carved, unvalidated = carve_validation(train, fraction, config.split_seed)
+    if not validation.texts:
+        raise DataError(
+            f"{train.origin} has no validation split, and none can be carved from its "
+            f"{len(train.texts)} rows: no label has 2 or more examples, and a label's only example "
+            f"stays in train. Add a validation file (validation.jsonl or .csv) to the data, or more "
+            f"train examples per label.")
     if config.validation_ids is not None and tuple(carved) != config.validation_ids:
         now, saved = set(carved), set(config.validation_ids)
         raise DataError(
@@ -707,9 +773,58 @@ def encode_texts(tokenizer, texts: list[str], max_length: int) -> tuple[list[np.
     return ids, cut
 
 
+def _model_config(model: str) -> Optional[dict]:
+    """The model's config.json as a dict, from its folder or the local hub cache (never the
+    network); None when neither has it (the model's own loading then says what is wrong)."""
+    from trainables.models import resolve_model
+
+    path = Path(resolve_model(model)).expanduser() / "config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model, "config.json")
+        except Exception:  # not a valid hub id, or no hub client: nothing to read
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def model_positions(model: str) -> Optional[int]:
+    """How many tokens the model's position embeddings can hold (None when unknown). RoBERTa's
+    family numbers positions from ``pad_token_id + 1``, so that many of its rows are never used."""
+    config = _model_config(model) or {}
+    positions = config.get("max_position_embeddings")
+    if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
+        return None
+    kind = str(config.get("model_type", ""))
+    if "roberta" in kind or kind in ("camembert", "longformer"):
+        positions -= int(config.get("pad_token_id") or 1) + 1
+    return positions
+
+
+def check_max_length(model: str, max_length: int) -> None:
+    """Refuse a ``max_length`` beyond the model's positions before anything trains: a longer
+    text would index past the position embeddings, deep inside the first batch of a trial."""
+    positions = model_positions(model)
+    if positions is not None and max_length > positions:
+        raise ConfigError(
+            f"`max_length` (--max-length) {max_length} is more than model {model!r} can read: its "
+            f"position embeddings hold {positions} tokens (max_position_embeddings in its "
+            f"config.json). Pass --max-length {positions} or less (with `tunebert train`: --set "
+            f"max_length={positions}).")
+
+
 def tokenize_splits(raw: dict[str, RawSplit], tokenizer, *, model: str, max_length: int,
                     include_test: bool = True) -> TokenizedData:
     """Build the label map from train, encode labels and texts of each split once."""
+    check_max_length(model, max_length)
     label_map = LabelMap.from_labels(raw["train"].labels)
     splits, truncated = {}, {}
     for split in SPLITS:

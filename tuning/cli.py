@@ -702,8 +702,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         refuse_password_arguments(args)
         return COMMANDS[args.command](args)
-    except UserError as exc:
-        print(f"tunebert {args.command}: error: {exc}", file=sys.stderr)
+    except UserError as exc:  # a password in any URI it names (--address ray://u:pw@h) is masked
+        from tuning.credentials import redact
+
+        print(f"tunebert {args.command}: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BrokenPipeError:  # output piped into `head` and the like
         return 0

@@ -21,7 +21,13 @@ SWEEP_FILE = "tunebert_sweep.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SEARCHERS = ("tpe", "random")
 SCHEDULERS = ("asha", "none", "pbt", "pb2")
+# at most 10 trials share a CPU (Ray itself would pack 10,000: it counts resources in 1e-4 steps)
+MIN_CPUS_PER_TRIAL = 0.1
 POPULATION_SCHEDULERS = ("pbt", "pb2")  # mutate hyperparameters of running trials (tuning/pbt.py)
+# `tunebert tune --scheduler pbt` without --trials: synchronous PBT ranks and clones only once the
+# whole population has reached an epoch, so a population far beyond what runs at once (the budget's
+# 1,000 queued trials) would never be perturbed; 8 is the size of Ray's own PBT examples
+DEFAULT_POPULATION = 8
 # what PBT/PB2 mutate unless --mutate says otherwise: settings a trial can change mid-training
 PBT_MUTATIONS = ("lr", "classifier_dropout", "weight_decay", "label_smoothing")
 TRAINABLE_CHOICES = FAMILIES + ("any",)  # any: the family is searched too
@@ -155,6 +161,7 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         check_sweep_name(self.name)
+        self._remember_address()
         if self.trainable not in TRAINABLE_CHOICES:
             raise ConfigError(f"`trainable` must be one of {list(TRAINABLE_CHOICES)}, but got {self.trainable!r}")
         for name, low in (("max_length", 8), ("epochs", 1), ("grace_period", 1),
@@ -169,11 +176,7 @@ class SweepConfig:
             raise ConfigError(f"`time_budget_s` must be > 0 seconds, but got {self.time_budget_s!r}")
         if self.max_concurrent is not None and (not isinstance(self.max_concurrent, int) or self.max_concurrent < 1):
             raise ConfigError(f"`max_concurrent` must be an integer >= 1, but got {self.max_concurrent!r}")
-        if not self.cpus_per_trial > 0:
-            raise ConfigError(f"`cpus_per_trial` must be > 0, but got {self.cpus_per_trial!r}")
-        if self.gpus_per_trial < 0 or (self.gpus_per_trial > 1 and not float(self.gpus_per_trial).is_integer()):
-            raise ConfigError(f"`gpus_per_trial` must be a fraction in [0, 1] or a whole number, "
-                              f"but got {self.gpus_per_trial!r}")
+        self._check_trial_resources()
         if not isinstance(self.max_failures, int) or self.max_failures < 0:
             raise ConfigError(f"`max_failures` must be an integer >= 0, but got {self.max_failures!r}")
         if self.searcher not in SEARCHERS:
@@ -189,6 +192,34 @@ class SweepConfig:
         self._check_objectives()
         if self.scheduler in POPULATION_SCHEDULERS:
             self._check_population()
+
+    def _remember_address(self) -> None:
+        """``ray://user:PASSWORD@host`` connects with its password, but ``to_dict`` (saved
+        state, MLflow params) masks it; a masked address read back in the process that was
+        given the full one gets its password again (``credentials.reveal``), else it stays
+        masked and resume needs --address once more."""
+        if isinstance(self.address, str) and self.address:
+            from tuning.credentials import reveal
+
+            object.__setattr__(self, "address", reveal(self.address))
+
+    def _check_trial_resources(self) -> None:
+        """Finite resources Ray can schedule: NaN passes every comparison (``nan < 0`` is
+        false) and infinity no machine has, so both are refused by name."""
+        cpus, gpus = self.cpus_per_trial, self.gpus_per_trial
+        for name, value in (("cpus_per_trial", cpus), ("gpus_per_trial", gpus)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"`{name}` (--{name.replace('_', '-')}) must be a finite number, "
+                                  f"but got {value!r}")
+        if cpus < MIN_CPUS_PER_TRIAL:
+            raise ConfigError(
+                f"`cpus_per_trial` (--cpus-per-trial) must be at least {MIN_CPUS_PER_TRIAL:g}, but got "
+                f"{cpus!r}: each trial trains on at least one thread and holds a model in memory, so "
+                f"more than {round(1 / MIN_CPUS_PER_TRIAL)} trials per CPU only thrash. Pass e.g. "
+                f"--cpus-per-trial 1 (or 0.5 to run two trials per CPU).")
+        if gpus < 0 or (gpus > 1 and not float(gpus).is_integer()):
+            raise ConfigError(f"`gpus_per_trial` (--gpus-per-trial) must be a fraction in [0, 1] or "
+                              f"a whole number, but got {gpus!r}")
 
     def _check_objectives(self) -> None:
         """Objectives and constraints name metrics trials report, before anything starts."""
@@ -312,6 +343,10 @@ class SweepConfig:
         d["mutate"] = list(self.mutate)
         d["objectives"] = list(self.objectives)
         d["constraints"] = list(self.constraints)
+        if self.address:  # what is saved or logged never holds a ray:// password
+            from tuning.credentials import redact
+
+            d["address"] = redact(self.address)
         return d
 
     @classmethod

@@ -67,7 +67,8 @@ from typing import Any, Optional, Sequence
 
 from trainables.errors import ConfigError, UserError
 from tuning import outputs
-from tuning.config import DEFAULT_ROOT, POPULATION_SCHEDULERS, SweepConfig, check_sweep_name
+from tuning.config import (DEFAULT_POPULATION, DEFAULT_ROOT, POPULATION_SCHEDULERS, SweepConfig,
+                           check_sweep_name)
 
 log = logging.getLogger(__name__)
 
@@ -919,6 +920,10 @@ def default_select_workers(cpus_per_trial: float, gpus_per_trial: float, cores: 
 def run(args) -> int:
     from tuning.cli import objective_settings, sweep_settings
 
+    if args.trials is None and args.scheduler in POPULATION_SCHEDULERS:  # a population, not a queue
+        args.trials = DEFAULT_POPULATION
+        say(f"--scheduler {args.scheduler} without --trials: a population of {args.trials} trials "
+            f"(the budget decides how far they train; pass --trials N for another size)")
     if args.trials is None:  # the budget decides how many trials the sweep gets
         args.trials = BUDGET_TRIALS
     if args.warm_start is None:  # the hand config first, so the search starts from it

@@ -7,8 +7,11 @@ modification time every ``HEARTBEAT_S`` and removes it on exit (normal, error, C
 
 A lock left by a driver that was SIGKILLed (or lost with its machine) is stale and taken over:
 on the same host when its pid is gone or now belongs to another process (the start time
-differs); on any host when it has not been refreshed for ``STALE_AFTER_S``, so a sweep resumed
-from another machine or container is not blocked by a dead one for longer than that.
+differs); from another host when it has not been refreshed for ``STALE_AFTER_S``, so a sweep
+resumed from another machine or container is not blocked by a dead one for longer than that.
+On the same host a live owner keeps the lock however long its heartbeat has stalled: a driver
+suspended with Ctrl-Z (SIGSTOP) goes on when resumed, and two drivers would then share the sweep;
+such a lock is refused with the owner's pid and how to resume or end it.
 Re-entrant within one process (``tunebert tune`` holds it around its phases, the sweep phase
 takes it again).
 """
@@ -65,16 +68,45 @@ def _alive(owner: dict) -> bool:
     return start is None or _start_time(pid) in (None, start)
 
 
-def _stale(path: Path, owner: Optional[dict]) -> bool:
+def _state(pid: int) -> Optional[str]:
+    """The process's state letter (Linux): 'T' stopped (Ctrl-Z, SIGSTOP), 't' traced, ..."""
     try:
-        age = time.time() - path.stat().st_mtime
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _age(path: Path) -> Optional[float]:
+    """Seconds since the owner's last heartbeat; None when the lock is gone."""
+    try:
+        return time.time() - path.stat().st_mtime
     except FileNotFoundError:
-        return True
-    if age > STALE_AFTER_S:
+        return None
+
+
+def _stale(path: Path, owner: Optional[dict]) -> bool:
+    age = _age(path)
+    if age is None:
         return True
     if owner is None:  # unreadable: a writer killed between creating and filling it
         return age > 2 * HEARTBEAT_S
-    return owner.get("host") == socket.gethostname() and not _alive(owner)
+    if owner.get("host") == socket.gethostname():  # the pid can be asked: only a dead owner is stale
+        return not _alive(owner)
+    return age > STALE_AFTER_S
+
+
+def _stalled_message(path: Path, owner: dict, name: str) -> Optional[str]:
+    """For a live owner on this host whose heartbeat stopped: what it is and how to fix it."""
+    age = _age(path)
+    if age is None or age <= STALE_AFTER_S or owner.get("host") != socket.gethostname():
+        return None
+    pid = owner.get("pid")
+    why = ("it is stopped (suspended with Ctrl-Z or SIGSTOP)" if _state(pid) in ("T", "t")
+           else "it is alive but stalled (suspended, or hung)")
+    return (f"sweep {name!r} is held by pid {pid} on this host (since {owner.get('since')}), whose "
+            f"lock heartbeat stopped {age:.0f}s ago: {why}. It would go on when resumed, so the "
+            f"sweep is not taken over. Resume it (`fg` in its shell, or `kill -CONT {pid}`) and "
+            f"let it finish, or end it (`kill -CONT {pid}; kill {pid}`) and run this again.")
 
 
 def _read(path: Path) -> Optional[dict]:
@@ -118,6 +150,9 @@ def _acquire(path: Path, name: str) -> None:
                 continue
             owner = _read(path)
             if not _stale(path, owner):
+                stalled = owner and _stalled_message(path, owner, name)
+                if stalled:
+                    raise SweepLocked(stalled) from None
                 who = (f"pid {owner.get('pid')} on host {owner.get('host')}, since "
                        f"{owner.get('since')}") if owner else "a process that is starting"
                 raise SweepLocked(

@@ -177,3 +177,23 @@ def test_data_config_anchored_makes_folders_absolute(tmp_path, monkeypatch):
     assert DataConfig("data", "t", "l").anchored() == DataConfig(str(tmp_path / "data"), "t", "l")
     for source in ("demo", "hf:org/set", "org/set", "missing-folder"):
         assert DataConfig(source).anchored() == DataConfig(source)
+
+
+def test_max_length_beyond_the_models_positions_is_refused_before_tokenizing(tiny_model_dir, tmp_path):
+    """Issue 21: the tiny BERT has 128 positions; 1000 used to fail inside the first batch."""
+    from trainables.data import check_max_length, model_positions
+    from trainables.errors import ConfigError
+    from trainables.models import load_tokenizer
+
+    assert model_positions(tiny_model_dir) == 128
+    check_max_length(tiny_model_dir, 128)
+    raw = load_raw_splits(DataConfig(str(_folder(tmp_path / "d"))))
+    with pytest.raises(ConfigError, match=r"`max_length` \(--max-length\) 1000 is more than model .* can "
+                                          r"read: its position embeddings hold 128 tokens"):
+        tokenize_splits(raw, load_tokenizer(tiny_model_dir), model=tiny_model_dir, max_length=1000)
+    roberta = tmp_path / "roberta"
+    roberta.mkdir()
+    roberta.joinpath("config.json").write_text(json.dumps(
+        {"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}))
+    assert model_positions(str(roberta)) == 512  # positions start after the padding index
+    assert model_positions("m") is None  # unknown: no check (the model's own loading says why)

@@ -337,3 +337,73 @@ def test_cli_data_options_reach_the_data_config():
                              split_names=(("test", "eval"),), skip_bad_rows=True)
     plain = parser.parse_args([])
     assert data_options(plain) == {}  # not given: DataConfig's defaults apply
+
+
+# --------------------------------------------------------------------------- issue 21: bad inputs
+
+
+def _two_labels(extra=()):
+    return [{"text": f"text {i}", "label": "ab"[i % 2]} for i in range(20)] + list(extra)
+
+
+def test_a_list_label_is_refused_naming_its_row(tmp_path):
+    _jsonl(tmp_path / "train.jsonl", _two_labels([{"text": "hi", "label": ["a", "b"]}]))
+    _jsonl(tmp_path / "test.jsonl", _two_labels())
+    with pytest.raises(DataError, match=r"train split \(.*train\.jsonl\), row 21: the label in column "
+                                        r"'label' is a list \(\['a', 'b'\]\).*Multi-label data is not"):
+        load_raw_splits(DataConfig(str(tmp_path)))
+
+
+def test_a_parquet_list_column_label_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for split in ("train", "test"):
+        table = pa.table({"text": [f"t{i}" for i in range(6)], "label": [[i % 2] for i in range(6)]})
+        pq.write_table(table, tmp_path / f"{split}.parquet")
+    with pytest.raises(DataError, match=r"train\.parquet\), row 1: the label .* is a list \(\[0\]\)"):
+        load_raw_splits(DataConfig(str(tmp_path)))
+
+
+def test_label_texts_that_only_look_like_numbers_stay_texts(tmp_path):
+    # "²".isdigit() is True but int("²") raises; "--5" survived lstrip("-")
+    odd = [{"text": f"odd {i}", "label": label} for i in range(2) for label in ("²", "--5")]
+    _jsonl(tmp_path / "train.jsonl", _two_labels(odd + [{"text": "n", "label": " -7 "}]))
+    _jsonl(tmp_path / "test.jsonl", _two_labels())
+    labels = set(load_raw_splits(DataConfig(str(tmp_path)))["train"].labels)
+    assert {"²", "--5", "a", "b"} <= labels
+    assert labels - {"²", "--5", "a", "b"} in (set(), {-7})  # a whole number in text is a number
+
+
+@pytest.mark.parametrize("name, text, where", [
+    ("train.jsonl", '{"text": "x", "label": ' + "[" * 100000 + "]" * 100000 + "}\n", "train.jsonl, line 1"),
+    ("train.json", "[" * 100000 + "]" * 100000, "train.json"),
+])
+def test_deeply_nested_json_is_refused_without_a_recursion_error(tmp_path, name, text, where):
+    (tmp_path / name).write_text(text)
+    _jsonl(tmp_path / "test.jsonl", _two_labels())
+    with pytest.raises(DataError, match=rf"{where}: JSON nested too deeply to read"):
+        load_raw_splits(DataConfig(str(tmp_path)))
+
+
+def test_a_train_split_too_small_to_carve_a_validation_split_is_refused(tmp_path):
+    _jsonl(tmp_path / "train.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}])
+    _jsonl(tmp_path / "test.jsonl", _two_labels())
+    with pytest.raises(DataError, match=r"train\.jsonl has no validation split, and none can be carved "
+                                        r"from its 2 rows.*Add a validation file"):
+        load_raw_splits(DataConfig(str(tmp_path)))
+
+
+def test_the_text_column_cannot_be_the_label_column():
+    with pytest.raises(ConfigError, match="--text-column and --label-column are both 'label'"):
+        DataConfig("demo", text_column="label", label_column="label")
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_two_files_of_one_split_are_refused_naming_both(tmp_path, split):
+    for name in ("train", "validation", "test"):
+        _jsonl(tmp_path / f"{name}.jsonl", _two_labels())
+    (tmp_path / f"{split}.csv").write_text("text,label\nq,a\nr,b\n")
+    with pytest.raises(DataError, match=rf"has 2 files for the {split} split: {split}\.jsonl, "
+                                        rf"{split}\.csv; it is not clear which one to read"):
+        load_raw_splits(DataConfig(str(tmp_path)))

@@ -40,6 +40,17 @@ def cli(*args, cwd=None, timeout=600, env=None):
     (["sweep", "--cpus-per-trial", "4096"], "--cpus-per-trial 4096 asks for more CPUs than this machine has"),
     (["sweep", "--gpus-per-trial", "4096"], "--gpus-per-trial 4096 asks for GPUs, but this machine has"),
     (["sweep", "--tracking-uri", "foo://bar"], "--tracking-uri foo://bar is not a store MLflow can use"),
+    # issue 21 item 3 (part A): non-finite or unschedulable resources, one column for both,
+    # a max_length past the model's 512 positions, a ray:// password in a message
+    (["sweep", "--gpus-per-trial", "nan"], "`gpus_per_trial` (--gpus-per-trial) must be a finite number"),
+    (["sweep", "--gpus-per-trial", "inf"], "`gpus_per_trial` (--gpus-per-trial) must be a finite number"),
+    (["sweep", "--cpus-per-trial", "inf"], "`cpus_per_trial` (--cpus-per-trial) must be a finite number"),
+    (["sweep", "--cpus-per-trial", "0.001"], "`cpus_per_trial` (--cpus-per-trial) must be at least 0.1"),
+    (["sweep", "--text-column", "label"], "--text-column and --label-column are both 'label'"),
+    (["train", "--preset", "baseline", "--text-column", "label"], "--text-column and --label-column are both"),
+    (["sweep", "--max-length", "1000"], "`max_length` (--max-length) 1000 is more than model 'minilm-l6' can read"),
+    (["train", "--preset", "baseline", "--set", "max_length=1000"], "its position embeddings hold 512 tokens"),
+    (["sweep", "--address", "ray://user:s3cret@10.0.0.9:10001"], "--address ray://user:***@10.0.0.9:10001 joins"),
 ])
 def test_bad_input_exits_2_with_a_message(args, message, tmp_path, capsys):
     rc = main([*args, "--storage", str(tmp_path)] if args[0] != "presets" else args)
@@ -48,6 +59,45 @@ def test_bad_input_exits_2_with_a_message(args, message, tmp_path, capsys):
     assert message in err
     assert err.startswith(f"tunebert {args[0]}: error:")
     assert not (tmp_path / "ray").exists()  # nothing was started
+
+
+def _bad_data(folder: Path, case: str) -> None:
+    """A data folder with one of issue 21's bad inputs (each ended in a traceback before)."""
+    folder.mkdir()
+    rows = [{"text": f"text {i}", "label": "ab"[i % 2]} for i in range(20)]
+    train = {"list-label": rows + [{"text": "hi", "label": ["a", "b"]}],
+             "deep": rows + [{"text": "x", "label": [[[0]]]}],
+             "no-validation": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]}.get(case, rows)
+    lines = [json.dumps(r) for r in train]
+    if case == "deep":
+        lines[-1] = '{"text": "x", "label": ' + "[" * 100000 + "]" * 100000 + "}"
+    for split, text in (("train", "\n".join(lines)), ("test", "\n".join(json.dumps(r) for r in rows))):
+        (folder / f"{split}.jsonl").write_text(text + "\n")
+    if case == "two-train-files":
+        (folder / "train.csv").write_text("text,label\nq,a\nr,b\n")
+
+
+@pytest.mark.parametrize("command, case, message", [
+    ("sweep", "list-label", "row 21: the label in column 'label' is a list (['a', 'b'])"),
+    ("sweep", "deep", "train.jsonl, line 21: JSON nested too deeply to read"),
+    ("sweep", "no-validation", "has no validation split, and none can be carved from its 2 rows"),
+    ("train", "no-validation", "has no validation split, and none can be carved from its 2 rows"),
+    ("tune", "no-validation", "has no validation split, and none can be carved from its 2 rows"),
+    ("sweep", "two-train-files", "has 2 files for the train split: train.jsonl, train.csv"),
+    ("train", "two-train-files", "has 2 files for the train split: train.jsonl, train.csv"),
+])
+def test_bad_data_exits_2_with_a_message(command, case, message, tiny_model_dir, tmp_path, capsys):
+    """Issue 21 item 3: each of these data folders ended in a traceback (or, two train files, in a
+    silent choice of one); now one line that says what, where and how to fix, before Ray starts."""
+    _bad_data(tmp_path / "data", case)
+    extra = ["--preset", "baseline", "--output-dir", str(tmp_path / "out")] if command == "train" else \
+        ["--max-length", "64"]
+    rc = main([command, "--data", str(tmp_path / "data"), "--model", tiny_model_dir, *extra,
+               "--storage", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"tunebert {command}: error:"), err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "out").exists()
 
 
 def test_bad_space_file_from_the_shell_has_no_traceback(tmp_path):

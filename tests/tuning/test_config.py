@@ -66,3 +66,31 @@ def test_resume_refuses_another_store(tmp_path):
         resume_store("s", saved, "http://elsewhere:5000")
     assert resume_store("s", saved, saved) == saved
     assert resume_store("s", None, "http://x:5000") == "http://x:5000"  # saved before stores were
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"gpus_per_trial": float("nan")}, "`gpus_per_trial` (--gpus-per-trial) must be a finite number, but got nan"),
+    ({"gpus_per_trial": float("inf")}, "`gpus_per_trial` (--gpus-per-trial) must be a finite number, but got inf"),
+    ({"gpus_per_trial": -0.5}, "`gpus_per_trial` (--gpus-per-trial) must be a fraction in [0, 1]"),
+    ({"cpus_per_trial": float("nan")}, "`cpus_per_trial` (--cpus-per-trial) must be a finite number, but got nan"),
+    ({"cpus_per_trial": float("inf")}, "`cpus_per_trial` (--cpus-per-trial) must be a finite number, but got inf"),
+    ({"cpus_per_trial": 0.001}, "`cpus_per_trial` (--cpus-per-trial) must be at least 0.1, but got 0.001"),
+])
+def test_trial_resources_must_be_finite_and_schedulable(kwargs, message):
+    """Issue 21: `--gpus-per-trial nan` passed every comparison and the sweep ran."""
+    with pytest.raises(ConfigError) as info:
+        SweepConfig(name="s", **kwargs)
+    assert message in str(info.value)
+    assert SweepConfig(name="s", cpus_per_trial=0.5, gpus_per_trial=0.25).cpus_per_trial == 0.5
+
+
+def test_a_ray_address_password_is_used_but_never_saved_or_logged(tmp_path):
+    """Issue 21: `--address ray://user:pw@host` was saved (and logged to MLflow) as it was given."""
+    cfg = SweepConfig(name="s", storage=str(tmp_path), address="ray://user:s3cret@head:10001")
+    assert cfg.address == "ray://user:s3cret@head:10001"  # what ray.init connects with
+    assert cfg.to_dict()["address"] == "ray://user:***@head:10001"  # MLflow params, saved state
+    saved = cfg.save().read_text()
+    assert "s3cret" not in saved and "ray://user:***@head:10001" in saved
+    # read back in this process, the masked address gets its password again
+    assert SweepConfig.from_dict(cfg.to_dict()).address == "ray://user:s3cret@head:10001"
+    assert SweepConfig(name="s", address="auto").to_dict()["address"] == "auto"

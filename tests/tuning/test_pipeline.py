@@ -119,6 +119,11 @@ def test_pipeline_config_refuses_bad_settings(kwargs, message):
     (["--select-workers", "0"], "`select_workers` (--select-workers) must be an integer >= 1"),
     (["--time-budget", "1s"], "--time-budget 1s is too small"),
     (["--trials", "0"], "`num_trials` must be an integer >= 1"),
+    # issue 21 item 3 (part A)
+    (["--cpus-per-trial", "0.001"], "`cpus_per_trial` (--cpus-per-trial) must be at least 0.1"),
+    (["--gpus-per-trial", "nan"], "`gpus_per_trial` (--gpus-per-trial) must be a finite number"),
+    (["--max-length", "1000"], "`max_length` (--max-length) 1000 is more than model"),
+    (["--label-column", "text"], "--text-column and --label-column are both 'text'"),
 ])
 def test_bad_input_exits_2_before_ray_starts(extra, message, tiny_model_dir, tmp_path, capsys):
     import ray
@@ -160,6 +165,20 @@ def test_tune_starts_from_the_hand_config_unless_told_otherwise(monkeypatch, tmp
     assert sweep.warm_start == ("llrd_warmup",)
     sweep, _ = _planned(monkeypatch, "--storage", str(tmp_path), "--trainable", "contrastive")
     assert sweep.warm_start == ()  # the hand config is a fine-tuning one
+
+
+def test_tune_with_pbt_and_no_trials_gets_a_population_it_can_perturb(monkeypatch, tmp_path, capsys):
+    """Issue 21: without --trials, `tune` queued 1,000 trials (BUDGET_TRIALS), which as one
+    synchronous PBT population is never ranked, so never perturbed, within a budget."""
+    from tuning.config import DEFAULT_POPULATION
+
+    sweep, _ = _planned(monkeypatch, "--storage", str(tmp_path), "--scheduler", "pbt")
+    assert sweep.num_trials == DEFAULT_POPULATION == 8
+    assert "--scheduler pbt without --trials: a population of 8 trials" in capsys.readouterr().out
+    sweep, _ = _planned(monkeypatch, "--storage", str(tmp_path), "--scheduler", "pbt", "--trials", "5")
+    assert sweep.num_trials == 5
+    sweep, _ = _planned(monkeypatch, "--storage", str(tmp_path))  # ASHA: the budget still decides
+    assert sweep.num_trials == 1000
 
 
 def test_tune_takes_objectives_and_constraints_and_then_hands_over_one_model(monkeypatch, tmp_path,

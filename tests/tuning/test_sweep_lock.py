@@ -94,3 +94,38 @@ def test_two_drivers_taking_over_one_stale_lock_never_both_hold_it(tmp_path, oth
     assert raced
     assert json.loads(lock.read_text())["pid"] == other_process.pid  # A still holds it
     assert not list(tmp_path.glob(f"{LOCK_FILE}.stale-*"))  # nothing left aside
+
+
+def test_a_suspended_driver_on_this_host_keeps_the_lock_and_is_named(tmp_path):
+    """Issue 21: a driver stopped with Ctrl-Z stops its heartbeat but goes on when resumed, so its
+    lock is refused (naming the pid and `kill -CONT`), never taken over; once it is gone, it is."""
+    import signal
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from tuning.sweep_lock import sweep_lock\n"
+         f"with sweep_lock({str(tmp_path)!r}, 's'):\n"
+         "    print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True, cwd=str(sweep_lock.Path(__file__).parents[2]))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        os.kill(holder.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while sweep_lock._state(holder.pid) != "T" and time.monotonic() < deadline:
+            time.sleep(0.01)  # the signal is delivered asynchronously
+        lock = tmp_path / LOCK_FILE
+        old = time.time() - sweep_lock.STALE_AFTER_S - 5  # as if the heartbeat stopped long ago
+        os.utime(lock, (old, old))
+        with pytest.raises(SweepLocked) as info:
+            with sweep_lock.sweep_lock(tmp_path, "s"):
+                pass
+        message = str(info.value)
+        assert f"held by pid {holder.pid} on this host" in message
+        assert "stopped (suspended with Ctrl-Z or SIGSTOP)" in message
+        assert f"kill -CONT {holder.pid}" in message
+        assert json.loads(lock.read_text())["pid"] == holder.pid  # untouched
+    finally:
+        holder.kill()  # SIGKILL ends a stopped process too
+        holder.wait()
+    with sweep_lock.sweep_lock(tmp_path, "s") as path:  # the owner is gone now: taken over
+        assert json.loads(path.read_text())["pid"] == os.getpid()
