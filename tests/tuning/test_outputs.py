@@ -363,6 +363,7 @@ def test_a_pipeline_s_selection_phase_refuses_another_pipeline_s_folder(tiny_mod
         raise AssertionError("selected into another pipeline's folder")
 
     monkeypatch.setattr(best, "top_k", lambda *args, **kwargs: [])
+    monkeypatch.setattr("tuning.tracking.sweep_run", lambda *args, **kwargs: None)
     monkeypatch.setattr("tuning.selection.final_selection", must_not_select)
     out = tmp_path / "shared-out"
     owner_state = tmp_path / "runs" / "ray" / "first" / pipeline.PIPELINE_FILE
