@@ -110,10 +110,11 @@ def read_ensemble(folder: str | Path) -> tuple[list[Path], list[float]]:
     folder = Path(folder)
     path = folder / ENSEMBLE_FILE
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot read the ensemble manifest {path} ({exc}); it should be JSON "
-                             f"as `tunebert select --ensemble` writes it") from exc
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read the ensemble manifest {path} ({exc}); it should be "
+                             f"UTF-8 JSON as `tunebert select --ensemble` writes it: copy the "
+                             f"folder again, or select again") from None
     if not isinstance(manifest, dict) or manifest.get("kind") != KIND \
             or manifest.get("combine") != COMBINE:
         raise ModelLoadError(f"{path} is not an ensemble manifest: it needs \"kind\": \"{KIND}\" "
@@ -127,8 +128,14 @@ def read_ensemble(folder: str | Path) -> tuple[list[Path], list[float]]:
     missing = [m for m in members if not (folder / m).is_dir()]
     if missing:
         raise ModelLoadError(f"{path} names member folder(s) {missing} that are not in {folder}")
+    weights = manifest.get("weights")
+    if weights is not None and not (isinstance(weights, list) and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):
+        raise ModelLoadError(f"{path}: \"weights\" must be a list of numbers, one per member "
+                             f"({len(members)}), e.g. {[round(1 / len(members), 4)] * len(members)}, "
+                             f"but got {weights!r}; fix it, or remove it for equal weights")
     try:
-        weights = _normalised(manifest.get("weights"), len(members))
+        weights = _normalised(weights, len(members))
     except ValueError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
     return [folder / m for m in members], weights

@@ -48,7 +48,7 @@ from typing import Any, Optional, Sequence
 
 from torch import nn
 
-from trainables.errors import ModelLoadError
+from trainables.errors import ConfigError, ModelLoadError
 
 FORMAT = "tunebert-text-classifier"
 FORMAT_VERSION = 1
@@ -244,20 +244,66 @@ def _label_map(path: Path, num_labels: Optional[int] = None) -> dict:
     return label_map
 
 
+# what ``_load_single`` reads from tunebert.json besides the format: absent in a damaged folder
+DESCRIPTION_KEYS = ("pooling", "head", "head_hidden", "classifier_dropout", "config")
+
+
+def _damaged(where: str | Path, what: str) -> ModelLoadError:
+    return ModelLoadError(f"{where} {what}; the model folder is damaged or was not fully copied: "
+                          f"copy it again, or re-train the model")
+
+
+def _model_description(folder: Path) -> dict:
+    """``folder/tunebert.json``, checked: the format and its version, the keys loading reads, and
+    a training config this tunebert can build (``Predictor`` builds it again)."""
+    from trainables import registry
+
+    path = folder / MODEL_FILE
+    meta = _read_json(path)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelLoadError(f"{path} is not a tunebert model description: it needs "
+                             f"\"format\": \"{FORMAT}\"")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelLoadError(f"{folder} holds a model in format version {version!r}; this tunebert "
+                             f"reads versions up to {FORMAT_VERSION}: upgrade tunebert")
+    missing = [key for key in DESCRIPTION_KEYS if key not in meta]
+    if missing:
+        raise _damaged(path, f"lacks {', '.join(map(repr, missing))} (a model description holds "
+                             f"{', '.join(DESCRIPTION_KEYS)})")
+    config = meta["config"]
+    head = {key: meta[key] for key in DESCRIPTION_KEYS if key != "config"}  # the config's rules
+    try:
+        registry.config_class(config["trainable"]).from_dict({**config, **head})
+    except (KeyError, TypeError, ConfigError) as exc:
+        shown = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise _damaged(path, f"holds a \"config\" or head settings that no training config "
+                             f"allows ({shown})") from None
+    return meta
+
+
+def _from_folder(folder: Path, what: str, load):
+    """``load()`` of the folder's encoder or tokenizer, a damaged file said as such: a torn
+    safetensors file raises ``SafetensorError``, a torn JSON file a ``ValueError``, and
+    ``trainables.models`` words its failures for a hub id, not for a model folder."""
+    from safetensors import SafetensorError
+
+    try:
+        return load()
+    except (ModelLoadError, SafetensorError, OSError, ValueError) as exc:
+        cause = exc.__cause__ or exc
+        reason = str(cause).splitlines()[0][:300] if str(cause) else ""
+        raise _damaged(f"model folder {folder}", f"holds {what} that cannot be read "
+                                                 f"({type(cause).__name__}: {reason})") from None
+
+
 def _load_single(folder: Path) -> LoadedModel:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from trainables.models import TextClassifier, load_encoder, load_tokenizer, num_encoder_layers
 
-    meta = _read_json(folder / MODEL_FILE)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelLoadError(f"{folder / MODEL_FILE} is not a tunebert model description: it needs "
-                             f"\"format\": \"{FORMAT}\"")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ModelLoadError(f"{folder} holds a model in format version {version!r}; this tunebert "
-                             f"reads versions up to {FORMAT_VERSION}: upgrade tunebert")
+    meta = _model_description(folder)
     missing = [name for name in (ENCODER_CONFIG_FILE, HEAD_FILE, LABEL_MAP_FILE)
                if not (folder / name).is_file()]
     if not any((folder / name).is_file() for name in ENCODER_WEIGHTS):
@@ -268,14 +314,18 @@ def _load_single(folder: Path) -> LoadedModel:
     label_map = _label_map(folder / LABEL_MAP_FILE, meta.get("num_labels"))
     names = label_map["names"]
     where = str(folder.resolve())  # absolute: a folder named like a model alias stays a folder
-    encoder = load_encoder(where)
+    encoder = _from_folder(folder, f"an encoder ({ENCODER_CONFIG_FILE}, {ENCODER_WEIGHTS[0]})",
+                           lambda: load_encoder(where))
     layers = meta.get("num_layers")  # absent in folders written before it was recorded
     if layers is not None and num_encoder_layers(encoder) != layers:
         raise ModelLoadError(f"{folder / ENCODER_CONFIG_FILE} describes an encoder of "
                              f"{num_encoder_layers(encoder)} layers, but {MODEL_FILE} records "
                              f"{layers}; the model folder is damaged: copy it again, or re-train")
-    model = TextClassifier(encoder, len(names), pooling=meta["pooling"], head=meta["head"],
-                           head_hidden=meta["head_hidden"], dropout=meta["classifier_dropout"])
+    try:
+        model = TextClassifier(encoder, len(names), pooling=meta["pooling"], head=meta["head"],
+                               head_hidden=meta["head_hidden"], dropout=meta["classifier_dropout"])
+    except (ValueError, TypeError) as exc:
+        raise _damaged(folder / MODEL_FILE, f"describes a head that cannot be built ({exc})") from None
     try:
         model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
     except (SafetensorError, RuntimeError, OSError) as exc:
@@ -283,7 +333,9 @@ def _load_single(folder: Path) -> LoadedModel:
                              f"{len(names)} labels ({str(exc).splitlines()[0][:200]}); the model "
                              f"folder is damaged: copy it again, or re-train") from None
     model = _quantized_if(meta.get("quantize", False), model.eval())
-    return LoadedModel(model, meta["config"], label_map, load_tokenizer(where), "single", folder)
+    tokenizer = _from_folder(folder, "a tokenizer (tokenizer.json, tokenizer_config.json)",
+                             lambda: load_tokenizer(where))
+    return LoadedModel(model, meta["config"], label_map, tokenizer, "single", folder)
 
 
 def _quantized_if(quantize: bool, model: nn.Module) -> nn.Module:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from trainables.data import DataConfig
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, UserError
 from trainables.hparams import FAMILIES, default_of
 
 DEFAULT_ROOT = "tunebert-runs"
@@ -445,7 +445,19 @@ def load_saved_sweep(name: str, storage: str = DEFAULT_ROOT) -> SweepConfig:
         raise ConfigError(
             f"no sweep named {name!r} under {root}; known sweeps there: {known or 'none'}. "
             f"Pass --storage if the sweep lives elsewhere.")
-    return SweepConfig.from_dict(json.loads(path.read_text()))
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            raise TypeError(f"it holds a {type(saved).__name__}, not a mapping of settings")
+        return SweepConfig.from_dict(saved)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        # a UserError, not a ConfigError: callers that fall back when a sweep has no saved
+        # settings (``selection.resolve_data``) must not fall back past damaged ones
+        raise UserError(
+            f"the saved settings of sweep {name!r}, {path}, are damaged and cannot be read "
+            f"({(str(exc).splitlines() or [type(exc).__name__])[0][:200]}): the file was cut short, "
+            f"edited, or written by another tunebert version. Restore it from a backup, or "
+            f"start a new sweep with another --name.") from None
 
 
 def load_config_file(path: str, what: str = "--config") -> dict[str, Any]:

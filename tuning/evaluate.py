@@ -67,6 +67,10 @@ def load_split(data_config, split: str) -> tuple[list[str], list]:
         raise DataError(f"--data {data_config.source!r} has no {split} split (it has "
                         f"{sorted(splits)}); choose one with --split")
     part = splits[split]
+    if not part.texts:  # e.g. a validation split carved from a train file too small to give one
+        raise DataError(f"the {split} split of --data {data_config.source!r} ({part.origin}) has "
+                        f"no rows, so there is nothing to score; add rows to it, or choose "
+                        f"another split with --split")
     return list(part.texts), list(part.labels)
 
 
@@ -123,7 +127,9 @@ def add_arguments(p) -> None:
     p.add_argument("--label-column", default=None, help="column holding the label (default: label)")
     p.add_argument("--split", choices=SPLITS, default="test", help="split to score (default: test)")
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbations (default: 0)")
-    p.add_argument("--output", "-o", help="also write the table as JSON to this file")
+    p.add_argument("--output", "-o",
+                   help="also write the table as JSON to this file (missing folders above it are "
+                        "created; an existing file is replaced)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto (default): the first GPU if there is one, else the CPU")
     p.add_argument("--batch-size", type=int, default=64)
@@ -142,6 +148,29 @@ def _data_config(args):
     return DataConfig(**{**base, **given})
 
 
+def output_path(output: str) -> Path:
+    """``--output`` as a path to write to, refused before any work when it cannot be one: it names
+    a folder, or a folder above it is a file. Missing folders above it are created on writing."""
+    path = Path(output).expanduser()
+    if path.is_dir():
+        raise UserError(f"--output {output!r} is a folder; pass a file to write the JSON to, "
+                        f"e.g. {str(path / 'robustness.json')!r}")
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UserError(f"--output {output!r}: {str(above)!r} is a file, not a folder; pass a path "
+                        f"in a folder")
+    return path
+
+
+def write_output(path: Path, out: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2) + "\n")
+    except OSError as exc:
+        raise UserError(f"cannot write --output {str(path)!r} ({exc.strerror or exc}); the table "
+                        f"above is the result: pass another --output to keep it as JSON") from None
+
+
 def run(args) -> int:
     from trainables.perturb import describe, parse_spec
 
@@ -150,6 +179,7 @@ def run(args) -> int:
         raise UserError(f"--batch-size must be at least 1, but got {args.batch_size}")
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, but got {args.seed}")
+    output = output_path(args.output) if args.output else None
     folder = Path(args.model_dir).expanduser()
     if not folder.is_dir():
         raise UserError(f"model folder {args.model_dir!r} does not exist; pass the folder "
@@ -175,12 +205,12 @@ def run(args) -> int:
     print(f"[tunebert] {predictor.kind} model {str(folder)!r} on the {args.split} split of "
           f"{data_config.source!r} ({len(texts)} texts), perturbation seed {args.seed}")
     print(format_table(rows))
-    if args.output:
+    if output is not None:
         out = {"model_dir": str(folder.resolve()), "kind": predictor.kind,
                "data": data_config.to_dict(), "split": args.split, "examples": len(texts),
                "seed": args.seed, "perturb": describe(perturbations),
                "rows": [asdict(r) for r in rows]}
-        Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
+        write_output(output, out)
         print(f"[tunebert] wrote {args.output}", file=sys.stderr)
     sys.stdout.flush()
     return 0

@@ -72,6 +72,10 @@ class Predictor:
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad:
             raise UserError(f"texts must be strings, but text {bad[0]} is {texts[bad[0]]!r}")
+        bad = [i for i, t in enumerate(texts) if not _is_unicode(t)]
+        if bad:  # bytes that were not UTF-8, kept as surrogates (a shell's argv, sys.stdin)
+            raise UserError(f"text {bad[0]} ({texts[bad[0]]!r}) holds bytes that are not UTF-8 "
+                            f"text; pass it as UTF-8 (set the terminal or file to UTF-8)")
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
             return out
@@ -91,6 +95,14 @@ class Predictor:
     def predict(self, texts: Iterable[str]) -> list[str]:
         """The most probable label of each text (first label on a tie)."""
         return [self.labels[i] for i in self.predict_proba(texts).argmax(axis=1)]
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def is_model_uri(source: str | Path) -> bool:
@@ -146,18 +158,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="storage root whose MLflow store to read (default: ./tunebert-runs)")
 
 
+def _utf8(data: bytes, where: str) -> str:
+    """``data`` as UTF-8 text (a leading byte-order mark dropped), or a ``UserError`` that says
+    where the first byte that is not UTF-8 sits and how to convert the file."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise UserError(f"{where} is not UTF-8 text: byte {exc.start} (line {line}) is "
+                        f"0x{data[exc.start]:02x}. Convert it to UTF-8 first, e.g. "
+                        f"`iconv -f latin1 -t utf-8 FILE > FILE.utf8` for Latin-1 text") from None
+
+
+def _read_file_lines(name: str) -> list[str]:
+    if name == "-":
+        stdin = getattr(sys.stdin, "buffer", None)  # bytes, so that the decoding is ours
+        text = sys.stdin.read() if stdin is None else _utf8(stdin.read(), "stdin (--file -)")
+        return text.splitlines()
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise UserError(f"--file {name!r}: no such file; pass a text file with one "
+                        f"text a line, or '-' for stdin")
+    return _utf8(path.read_bytes(), f"--file {name!r}").splitlines()
+
+
 def _read_texts(args) -> list[str]:
     texts = list(args.texts)
     if args.file:
-        if args.file == "-":
-            lines = sys.stdin.read().splitlines()
-        else:
-            path = Path(args.file).expanduser()
-            if not path.is_file():
-                raise UserError(f"--file {args.file!r}: no such file; pass a text file with one "
-                                f"text a line, or '-' for stdin")
-            lines = path.read_text(encoding="utf-8").splitlines()
-        texts += [line for line in lines if line.strip()]
+        texts += [line for line in _read_file_lines(args.file) if line.strip()]
     if not texts:
         raise UserError("no texts to classify: give them as arguments after MODEL, or with "
                         "--file FILE (one text a line)")

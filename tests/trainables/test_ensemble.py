@@ -104,11 +104,20 @@ def test_an_ensemble_folder_holds_its_members_and_a_manifest(tmp_path):
      "names member folder(s) ['member-9']"),
     ({"kind": "ensemble", "combine": "mean_probability", "members": ["member-0"],
       "weights": [-1]}, "finite and > 0"),
+    ({"kind": "ensemble", "combine": "mean_probability", "members": ["member-0"],
+      "weights": 0.5}, '"weights" must be a list of numbers, one per member (1), e.g. [1.0], '
+                       'but got 0.5'),
+    ({"kind": "ensemble", "combine": "mean_probability", "members": ["member-0"],
+      "weights": ["1"]}, '"weights" must be a list of numbers'),
+    (b'{"kind": "ensemble", "note": "caf\xe9"}', "it should be UTF-8 JSON"),  # Latin-1, not UTF-8
 ])
 def test_a_broken_manifest_is_a_clear_model_load_error(tmp_path, manifest, message):
     _member(tmp_path / "member-0", "a")
-    (tmp_path / ENSEMBLE_FILE).write_text(manifest if isinstance(manifest, str)
-                                          else json.dumps(manifest))
+    path = tmp_path / ENSEMBLE_FILE
+    if isinstance(manifest, bytes):
+        path.write_bytes(manifest)
+    else:
+        path.write_text(manifest if isinstance(manifest, str) else json.dumps(manifest))
     with pytest.raises(ModelLoadError) as info:
         read_ensemble(tmp_path)
     assert message in str(info.value)

@@ -51,6 +51,12 @@ def cli(*args, cwd=None, timeout=600, env=None):
     (["sweep", "--max-length", "1000"], "`max_length` (--max-length) 1000 is more than model 'minilm-l6' can read"),
     (["train", "--preset", "baseline", "--set", "max_length=1000"], "its position embeddings hold 512 tokens"),
     (["sweep", "--address", "ray://user:s3cret@10.0.0.9:10001"], "--address ray://user:***@10.0.0.9:10001 joins"),
+    # issue 21 item 3 (part B): an MLflow store that is a text file, or a folder
+    (["best", "s", "--tracking-uri", f"sqlite:///{REPO / 'pyproject.toml'}"],
+     f"{REPO / 'pyproject.toml'} is not an SQLite database"),
+    (["ui", "--name", "s", "--tracking-uri", f"sqlite:///{REPO / 'pyproject.toml'}"],
+     f"{REPO / 'pyproject.toml'} is not an SQLite database"),
+    (["report", "s", "--tracking-uri", f"sqlite:///{REPO}"], f"sqlite:///{REPO} is a folder"),
 ])
 def test_bad_input_exits_2_with_a_message(args, message, tmp_path, capsys):
     rc = main([*args, "--storage", str(tmp_path)] if args[0] != "presets" else args)
@@ -98,6 +104,22 @@ def test_bad_data_exits_2_with_a_message(command, case, message, tiny_model_dir,
     assert rc == 2 and err.startswith(f"tunebert {command}: error:"), err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "ray").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["resume", "select"])
+@pytest.mark.parametrize("torn", ['{"name": "s", "trainable": "fine', '[]',
+                                  '{"name": "s", "note": "caf\xe9"}'])
+def test_a_damaged_saved_sweep_exits_2_naming_the_file(command, torn, tmp_path, capsys):
+    """The sweep's saved settings cut short, not a mapping, or not UTF-8 (issue 21 item 3)."""
+    saved = tmp_path / "ray" / "s" / "tunebert_sweep.json"
+    saved.parent.mkdir(parents=True)
+    saved.write_bytes(torn.encode("latin-1"))
+    assert main([command, "s", "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tunebert {command}: error: the saved settings of sweep 's', {saved}, "
+                          f"are damaged") and "Restore it from a backup" in err
+    assert saved.read_bytes() == torn.encode("latin-1")  # left as it was
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["tunebert_sweep.json"]
 
 
 def test_bad_space_file_from_the_shell_has_no_traceback(tmp_path):

@@ -77,6 +77,7 @@ def test_data_json_in_the_folder_is_the_default_data(model_dir, tmp_path, capsys
     (["--perturb", "tpyo:0.1", "--data", "demo"], "--perturb 'tpyo:0.1': unknown kind 'tpyo'; known kinds: swap"),
     (["--perturb", "typo:0", "--data", "demo"], r"rate of 'typo' must be a number in \(0, 1\]"),
     (["--perturb", "typo:0.1"], "has no data.json; pass --data"),
+    (["--perturb", "typo:0.1", "--data", "demo", "-o", "."], "--output '.' is a folder; pass a file"),
 ])
 def test_user_mistakes_exit_2_with_a_message(model_dir, capsys, extra, message):
     assert main(["evaluate", str(model_dir), *extra]) == 2
@@ -92,3 +93,29 @@ def test_missing_folder_and_missing_split_are_refused(model_dir, tmp_path, capsy
         (data / f"{split}.jsonl").write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n')
     assert main(["evaluate", str(model_dir), "--perturb", "typo:0.1", "--data", str(data)]) == 2
     assert "no test file" in capsys.readouterr().err
+
+
+def test_output_into_missing_folders_creates_them(model_dir, tmp_path, capsys):
+    out = tmp_path / "results" / "robustness" / "typo.json"
+    assert main(["evaluate", str(model_dir), "--perturb", "typo:0.1", "--data", "demo",
+                 "--output", str(out), "--device", "cpu"]) == 0
+    assert json.loads(out.read_text())["perturb"] == "typo:0.1"
+    above = tmp_path / "a-file"
+    above.write_text("mine\n")
+    assert main(["evaluate", str(model_dir), "--perturb", "typo:0.1", "--data", "demo",
+                 "--output", str(above / "typo.json")]) == 2
+    assert f"{str(above)!r} is a file, not a folder" in capsys.readouterr().err
+    assert above.read_text() == "mine\n"
+
+
+def test_an_empty_split_exits_2_with_a_message(model_dir, tmp_path, capsys):
+    """Two train rows of two labels carve no validation split: nothing to score."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = '{"text": "wake me up", "label": "alarm"}\n{"text": "play jazz", "label": "music"}\n'
+    for split in ("train", "test"):
+        (data / f"{split}.jsonl").write_text(rows)
+    assert main(["evaluate", str(model_dir), "--perturb", "typo:0.1", "--data", str(data),
+                 "--split", "validation", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tunebert evaluate: error:") and "validation split" in err

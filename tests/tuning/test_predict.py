@@ -3,6 +3,7 @@
 model folders of older tunebert versions, which still load; today's format: test_export.py), so
 what they should answer can be computed here directly."""
 
+import io
 import json
 import os
 import subprocess
@@ -121,13 +122,79 @@ def test_tunebert_predict_on_a_single_and_an_ensemble_folder(models, tmp_path, c
     (["{model}"], "no texts to classify"),
     (["{model}", "--file", "/no/such/file.txt"], "--file '/no/such/file.txt': no such file"),
     (["{model}", "a text", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["{model}", "--file", "{latin1}"], "is not UTF-8 text: byte 3 (line 1) is 0xe9"),
+    (["{model}", "caf\udce9"], "text 0 ('caf\\udce9') holds bytes that are not UTF-8"),  # argv
 ])
 def test_bad_input_exits_2_with_a_message(args, message, models, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    args = [a.format(tmp=tmp_path / "empty", model=models[0][1]) for a in args]
+    (tmp_path / "latin1.txt").write_bytes("café au lait\n".encode("latin-1"))
+    args = [a.format(tmp=tmp_path / "empty", model=models[0][1], latin1=tmp_path / "latin1.txt")
+            for a in args]
     assert main(["predict", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tunebert predict: error:") and message in err
+
+
+def test_stdin_that_is_not_utf8_exits_2_with_a_message(models, monkeypatch, capsys):
+    """As Python reads a pipe in the C locale: bytes that are not UTF-8 become surrogates."""
+    stdin = io.TextIOWrapper(io.BytesIO(b"caf\xe9 au lait\n"), errors="surrogateescape")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert main(["predict", str(models[0][1]), "--file", "-"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("tunebert predict: error: stdin (--file -) is not UTF-8 text: byte 3 (line 1) "
+                   "is 0xe9. Convert it to UTF-8 first, e.g. `iconv -f latin1 -t utf-8 FILE > "
+                   "FILE.utf8` for Latin-1 text\n")
+
+
+@pytest.fixture
+def saved(models, tmp_path, tiny_model_dir):
+    """The first model as a model folder of today's format (``trainables.export.save_model``)."""
+    from trainables.export import save_model
+    from trainables.models import load_tokenizer
+
+    model, folder = models[0]
+    return save_model(tmp_path / "saved", model, config=json.loads((folder / "config.json").read_text()),
+                      label_map=LABELS.to_dict(), tokenizer=load_tokenizer(tiny_model_dir))
+
+
+def _cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+def _edited(change):
+    return lambda path: path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+
+@pytest.mark.parametrize("folder, file, damage, message", [
+    ("saved", "model.safetensors", _cut_in_half,
+     "holds an encoder (config.json, model.safetensors) that cannot be read (SafetensorError"),
+    ("saved", "config.json", lambda p: p.write_text("{not json"),
+     "holds an encoder (config.json, model.safetensors) that cannot be read"),
+    ("saved", "tokenizer.json", _cut_in_half, "holds a tokenizer (tokenizer.json"),
+    ("saved", "tunebert.json", _edited(lambda d: {k: v for k, v in d.items() if k != "pooling"}),
+     "tunebert.json lacks 'pooling'"),
+    ("saved", "tunebert.json", _edited(lambda d: {k: v for k, v in d.items() if k != "config"}),
+     "tunebert.json lacks 'config'"),
+    ("saved", "tunebert.json", _edited(lambda d: {**d, "pooling": "weird"}),
+     "`pooling` must be one of ['cls', 'mean', 'max'], but got 'weird'"),
+    ("saved", "tunebert.json", _edited(lambda d: {**d, "config": {**d["config"], "lr": "fast"}}),
+     "tunebert.json holds a \"config\" or head settings that no training config allows (`lr`"),
+    ("ensemble", "ensemble.json", _edited(lambda d: {**d, "weights": 0.5}),
+     "ensemble.json: \"weights\" must be a list of numbers, one per member (2)"),
+    ("ensemble", "ensemble.json", lambda p: p.write_bytes(p.read_bytes() + "\u00e9".encode("latin-1")),
+     "ensemble.json ('utf-8' codec can't decode byte 0xe9"),
+])
+def test_a_damaged_model_folder_exits_2_naming_the_file(folder, file, damage, message, saved,
+                                                       models, tmp_path, capsys):
+    if folder == "ensemble":
+        folder = save_ensemble(tmp_path / "ensemble", [f for _, f in models])
+    else:
+        folder = saved
+    damage(folder / file)
+    assert main(["predict", str(folder), "a text"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tunebert predict: error:") and message in err, err
+    assert err.count("\n") == 1 and ("copy" in err or "fix it" in err)  # and what to do
 
 
 def test_ensemble_members_must_agree_on_labels_and_tokenizer(models, tmp_path):

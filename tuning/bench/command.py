@@ -16,7 +16,12 @@ from tuning.bench.quality import search, study_table, table_job_names
 from tuning.bench.speed import overhead, throughput
 
 PARTS = ("throughput", "overhead", "search", "table", "ablation", "compare", "deploy")
-
+# the options that count something: each must be at least 1 (None: the option's own default)
+COUNTS = ("batches", "batch_size", "repeats", "overhead_trials", "overhead_subset",
+          "search_epochs", "seeds", "table_epochs", "table_workers", "ablation_epochs",
+          "ablation_workers")
+# the options that are seconds of search: each must be finite and > 0 (front: >= 0, 0 skips it)
+BUDGETS = ("search_budget", "tune_budget")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,6 +62,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tiny sizes everywhere (checks the wiring, numbers mean nothing)")
 
 
+def check_sizes(args) -> None:
+    """Refuse, before any work, a count below 1 or a budget that is no positive number of
+    seconds: zero batches or repeats left nothing to time, and zero seeds nothing to average."""
+    import math
+
+    def option(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    for name in COUNTS:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"{option(name)} must be at least 1, but got {value}")
+    for name in BUDGETS:
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"{option(name)} must be a number of seconds > 0, but got {value:g}")
+    if not (math.isfinite(args.front_budget) and args.front_budget >= 0):
+        raise UserError(f"--front-budget must be a number of seconds >= 0 (0 skips the front "
+                        f"sweep), but got {args.front_budget:g}")
+
+
 def run(args) -> int:
     import shlex
     import sys
@@ -65,8 +91,7 @@ def run(args) -> int:
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise UserError(f"--parts: unknown part(s) {unknown}; choose from {list(PARTS)}")
-    if args.table_workers < 1:
-        raise UserError(f"--table-workers must be at least 1, but got {args.table_workers}")
+    check_sizes(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     storage = Path(args.storage).expanduser().resolve()

@@ -33,6 +33,23 @@ def test_unknown_part_is_refused_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("option, value, rule", [
+    ("--batches", "0", "--batches must be at least 1, but got 0"),
+    ("--repeats", "0", "--repeats must be at least 1, but got 0"),
+    ("--seeds", "0", "--seeds must be at least 1, but got 0"),
+    ("--batch-size", "-1", "--batch-size must be at least 1, but got -1"),
+    ("--table-epochs", "0", "--table-epochs must be at least 1, but got 0"),
+    ("--search-budget", "nan", "--search-budget must be a number of seconds > 0, but got nan"),
+    ("--front-budget", "-5", "--front-budget must be a number of seconds >= 0"),
+])
+def test_sizes_below_one_are_refused_before_any_work(tmp_path, capsys, option, value, rule):
+    rc = main(["bench", option, value, "--smoke-test", "--out", str(tmp_path / "out"),
+               "--storage", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"tunebert bench: error: {rule}") and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_smoke_throughput_and_table(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
