@@ -426,12 +426,15 @@ def load_pipeline(name: str, storage: str = DEFAULT_ROOT) -> Pipeline:
         raise ConfigError(f"no `tunebert tune` pipeline named {name!r} under "
                           f"{path.parent.parent.parent}; pass the --storage it used")
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(path.read_text(encoding="utf-8"))
         return Pipeline(SweepConfig.from_dict(saved["sweep"]),
                         PipelineConfig.from_dict(saved["pipeline"]),
                         PipelineState.from_dict(saved["state"]))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path} cannot be read ({exc}); it is written by `tunebert tune`") from None
+    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError too
+        raise ConfigError(f"the saved state of pipeline {name!r}, {path}, is damaged and cannot be "
+                          f"read ({type(exc).__name__}: {exc}); it is written by `tunebert tune`: "
+                          f"restore it from a backup, or start a new pipeline with another --name"
+                          ) from None
 
 
 class _Heartbeat:

@@ -460,3 +460,18 @@ def test_a_killed_sweep_phase_resumes_through_the_sweeps_own_resume(ray_local, t
     assert all(r.info.status == "FINISHED" for r in trials)
     assert parent.info.status == "FINISHED"
     _predicts(state["result"]["model_dir"])
+
+
+@pytest.mark.parametrize("damage", [b"caf\xe9 {", b'{"sweep": {', b"[1, 2]"])
+def test_a_damaged_pipeline_state_exits_2_naming_the_file(damage, tmp_path, capsys):
+    from tuning.pipeline import pipeline_path
+
+    path = pipeline_path("cut", str(tmp_path))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(damage)
+    rc = main(["resume", "cut", "--storage", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("tunebert resume: error: the saved state of pipeline 'cut'")
+    assert str(path) in err and "is damaged" in err and "Traceback" not in err
+    assert path.read_bytes() == damage  # left as it was
