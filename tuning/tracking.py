@@ -1116,11 +1116,39 @@ def probe_database(uri: str) -> None:
         engine.dispose()
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def refuse_non_sqlite_file(uri: str) -> None:
+    """A ``sqlite:///`` store whose path holds something else than an SQLite database (a text
+    file, a folder) is refused by name: SQLAlchemy only says "file is not a database", in a
+    traceback. A missing or empty file is fine: MLflow creates the database in it."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):].split("?")[0]).expanduser()
+    fix = ("Point --tracking-uri (or MLFLOW_TRACKING_URI) at the mlflow.db file a sweep wrote, "
+           "or at a new file for a new store, or leave it out for <storage>/mlflow.db")
+    if path.is_dir():
+        raise TrackingError(f"the MLflow store {uri} is a folder, not an SQLite database file. {fix}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise TrackingError(f"cannot read the MLflow store {uri} ({exc.strerror or exc}). {fix}") from None
+    if head and head != SQLITE_HEADER:
+        raise TrackingError(f"the MLflow store {uri}: {path} is not an SQLite database (those begin "
+                        f"with 'SQLite format 3'; it holds other data). {fix}")
+
+
 def check_store(uri: str) -> None:
     """Refuse, within seconds, a tracking URI MLflow cannot use or a server that does not
     answer. Call ``bound_http_waits`` first (MLflow's own retries wait minutes); a database
     store gets one connection attempt first (``probe_database``). Local stores (SQLite, a
-    folder) are not opened: they are created when first written."""
+    folder) are not opened: they are created when first written; an SQLite path that holds
+    something else is refused (``refuse_non_sqlite_file``)."""
+    refuse_non_sqlite_file(uri)
     if is_local_store(uri):
         return
     try:

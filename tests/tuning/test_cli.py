@@ -56,6 +56,10 @@ def cli(*args, cwd=None, timeout=600, env=None):
      f"{REPO / 'pyproject.toml'} is not an SQLite database"),
     (["ui", "--name", "s", "--tracking-uri", f"sqlite:///{REPO / 'pyproject.toml'}"],
      f"{REPO / 'pyproject.toml'} is not an SQLite database"),
+    (["sweep", "--tracking-uri", f"sqlite:///{REPO / 'pyproject.toml'}"],
+     f"{REPO / 'pyproject.toml'} is not an SQLite database"),
+    (["train", "--preset", "hand", "--tracking-uri", f"sqlite:///{REPO / 'pyproject.toml'}"],
+     f"{REPO / 'pyproject.toml'} is not an SQLite database"),
     (["report", "s", "--tracking-uri", f"sqlite:///{REPO}"], f"sqlite:///{REPO} is a folder"),
 ])
 def test_bad_input_exits_2_with_a_message(args, message, tmp_path, capsys):
