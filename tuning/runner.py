@@ -27,7 +27,7 @@ from trainables import registry
 from trainables.data import TokenizedData, data_fingerprint, load_raw_splits, tokenize_splits
 from trainables.errors import ConfigError, UserError
 from trainables.models import load_tokenizer
-from tuning import console, tracking
+from tuning import console, credentials, tracking
 from tuning.progress import SweepProgress
 from tuning.pruning import CheckpointPruner
 from tuning.config import (DEFAULT_ROOT, POPULATION_SCHEDULERS, SweepConfig, load_saved_sweep,
@@ -257,8 +257,13 @@ def _init_ray(cfg: SweepConfig) -> None:
     if ray.is_initialized():
         return
     if cfg.address:
+        address = credentials.reveal(cfg.address)
+        if credentials.MASK in address:  # read back from saved state, its password masked
+            raise ConfigError(f"the sweep's saved --address {address} had a password, which "
+                              f"tunebert never saves; pass it again: --address "
+                              f"{address.replace(credentials.MASK, 'PASSWORD')}")
         try:
-            ray.init(address=cfg.address, **console.ray_settings()["init"])
+            ray.init(address=address, **console.ray_settings()["init"])
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ConfigError(f"could not join the Ray cluster at --address {cfg.address!r} "
                               f"({str(exc).splitlines()[0][:200]}). Check that `ray start --head` "

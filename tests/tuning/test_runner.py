@@ -246,3 +246,20 @@ def test_resume_accepts_state_only_its_owner_can_write(tmp_path):
     cfg.sweep_dir.chmod(0o1777)  # but not the sweep's own: anyone could add a newer state file
     assert "other users can write to it" in unsafe_reason(cfg.sweep_dir)
     assert not marker.exists()
+
+
+def test_a_masked_saved_address_asks_for_the_password_again(tmp_path, monkeypatch):
+    """A sweep saved with `--address ray://user:PW@…` holds `***` for PW; a resume in a new
+    process without --address must say so, not try to join with `***` as the password."""
+    import ray
+
+    from trainables.errors import ConfigError
+    from tuning import credentials, runner
+    from tuning.config import SweepConfig
+
+    monkeypatch.setattr(credentials, "_known", {})  # a new process: no password seen
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("joined with a masked password"))
+    cfg = SweepConfig(name="s", storage=str(tmp_path), address="ray://user:***@head:10001")
+    with pytest.raises(ConfigError, match=r"pass it again: --address ray://user:PASSWORD@head:10001"):
+        runner._init_ray(cfg)
