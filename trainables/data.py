@@ -424,6 +424,8 @@ def _label_value(label: Any, number: int, config: DataConfig, split: str, origin
             f"{config.label_column!r} is a {type(label).__name__} ({shown}), but a label must be "
             f"one class: a string or a number. Multi-label data is not supported: give each row "
             f"a single label, or check --label-column.")
+    if isinstance(label, bool):  # JSON true/false: as texts, or True would merge with 1
+        return str(label).lower()
     if isinstance(label, str) and _INTEGER_TEXT.fullmatch(label):
         return int(label)
     return label

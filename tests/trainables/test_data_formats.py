@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from trainables.data import (DataConfig, RawSplit, carve_validation, load_raw_splits,
+from trainables.data import (DataConfig, LabelMap, RawSplit, carve_validation, load_raw_splits,
                              map_split_names)
 from trainables.errors import ConfigError, DataError, UserError
 
@@ -373,6 +373,17 @@ def test_label_texts_that_only_look_like_numbers_stay_texts(tmp_path):
     labels = set(load_raw_splits(DataConfig(str(tmp_path)))["train"].labels)
     assert {"²", "--5", "a", "b"} <= labels
     assert labels - {"²", "--5", "a", "b"} in (set(), {-7})  # a whole number in text is a number
+
+
+def test_boolean_labels_stay_apart_from_the_numbers_0_and_1(tmp_path):
+    # True == 1 and False == 0 in Python: JSON true/false labels beside 1/0 merged into one class
+    rows = [{"text": f"r{i} {label}", "label": label} for i in range(2)
+            for label in (True, 1, False, 0)]
+    _jsonl(tmp_path / "train.jsonl", rows)
+    _jsonl(tmp_path / "test.jsonl", rows)
+    labels = load_raw_splits(DataConfig(str(tmp_path)))["train"].labels
+    assert len(LabelMap.from_labels(labels).names) == 4  # four classes, not two
+    assert {"true", "false"} <= set(l for l in labels if isinstance(l, str))
 
 
 @pytest.mark.parametrize("name, text, where", [
