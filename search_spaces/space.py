@@ -8,59 +8,14 @@ earlier parameters to the values under which this one exists (momentum only for 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional
 
+from trainables.ranges import Categorical, Distribution, Fixed, FloatRange, IntRange
 
-@dataclass(frozen=True)
-class FloatRange:
-    low: float
-    high: float
-    log: bool = False
-    step: Optional[float] = None
-
-    def describe(self) -> dict:
-        d = {"low": self.low, "high": self.high}
-        if self.log:
-            d["log"] = True
-        if self.step is not None:
-            d["step"] = self.step
-        return d
-
-
-@dataclass(frozen=True)
-class IntRange:
-    low: int
-    high: int
-    log: bool = False
-    step: int = 1
-
-    def describe(self) -> dict:
-        d = {"low": self.low, "high": self.high}
-        if self.log:
-            d["log"] = True
-        if self.step != 1:
-            d["step"] = self.step
-        return d
-
-
-@dataclass(frozen=True)
-class Categorical:
-    choices: tuple
-
-    def describe(self) -> dict:
-        return {"choices": list(self.choices)}
-
-
-@dataclass(frozen=True)
-class Fixed:
-    value: Any
-
-    def describe(self) -> Any:
-        return self.value
-
-
-Distribution = Union[FloatRange, IntRange, Categorical, Fixed]
-
+# The range types live in trainables/ranges.py, a leaf both packages build on; re-exported here.
+__all__ = [
+    "Categorical", "Distribution", "Fixed", "FloatRange", "IntRange", "Param", "SearchSpace", "sample", "suggest",
+]
 
 @dataclass(frozen=True)
 class Param:

@@ -20,8 +20,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from search_spaces.space import Categorical, Distribution, Fixed, FloatRange, IntRange
 from trainables.errors import ConfigError
+from trainables.ranges import Categorical, Distribution, Fixed, FloatRange, IntRange
 
 FAMILIES = ("finetune", "contrastive")
 BOTH = FAMILIES
