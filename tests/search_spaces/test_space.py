@@ -10,7 +10,7 @@ def _trial(seed=0):
 
 
 def test_default_space_leaves_sgd_out():
-    # measured: SGD trails AdamW on MASSIVE at every learning rate tried (README, "The search space")
+    # measured: SGD trails AdamW on MASSIVE at every learning rate tried (docs/search-space.md)
     space = finetune_space()
     assert space.get("optimizer") is None and space.get("momentum") is None
 

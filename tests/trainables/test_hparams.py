@@ -91,10 +91,10 @@ def test_the_checker_would_catch_a_repeated_choice_list():
     assert not {"max", "min"} <= set(HPARAMS["pooling"].choices)
 
 
-def test_readme_parameter_table_is_the_registry():
-    readme = (REPO / "README.md").read_text()
+def test_docs_parameter_table_is_the_registry():
+    page = (REPO / "docs" / "search-space.md").read_text()
     start, end = "<!-- hparams:start -->\n", "<!-- hparams:end -->"
-    assert start in readme and end in readme, "README lost its generated parameter table markers"
-    table = readme.split(start, 1)[1].split(end, 1)[0]
-    assert table == markdown_table(), ("README's parameter table is stale: regenerate it with "
-                                       "`tunebert space --table`")
+    assert start in page and end in page, "docs/search-space.md lost its generated parameter table markers"
+    table = page.split(start, 1)[1].split(end, 1)[0]
+    assert table == markdown_table(), ("docs/search-space.md's parameter table is stale: regenerate it "
+                                       "with `tunebert space --table`")

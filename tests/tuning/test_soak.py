@@ -157,7 +157,7 @@ def soak(tmp_path: Path, tiny_model_dir: str, db: Path, *, server=None, seed: in
     With ``server`` (tests/conftest.py MlflowServer), the server is stopped and restarted in the
     middle, while a driver trains if trials are left; that driver is killed only once the queued
     writes had their retry period to arrive (a driver killed while the store is down loses its
-    queue: not guaranteed, see the README)."""
+    queue: not guaranteed, see docs/reliability.md)."""
     rng = random.Random(seed)
     store = Store(db, tmp_path / "ray" / "soak")
     common = ["--storage", str(tmp_path)] + (["--tracking-uri", server.uri] if server else [])
