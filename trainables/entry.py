@@ -24,9 +24,6 @@ from trainables.errors import ConfigError, NonFiniteLossError
 log = logging.getLogger(__name__)
 
 NONFINITE_MARKER = "nonfinite_loss.txt"
-# Ray Tune writes this into the experiment folder on the driver before any trial starts
-# (ray/tune/impl/tuner_internal.py, _TUNER_PKL); tuning.runner relies on it for resume too.
-SWEEP_STATE_FILE = "tuner.pkl"
 
 # A worker process that ran a trial is reused for the next one (no new process, no re-import of
 # torch and transformers: about a third of a tiny sweep's time) unless its memory grew by more
@@ -41,8 +38,11 @@ def check_storage_visible(folder: Path, node: str) -> None:
     """Fail a trial at its start when the node it landed on cannot see the sweep folder
     (``folder``, Ray's experiment folder in --storage): a node that joined after the sweep checked
     its storage, or one that lost its mount. Its checkpoints would stay on that node's disk and no
-    other node could resume it."""
-    if not (folder / SWEEP_STATE_FILE).is_file():
+    other node could resume it. The driver writes the Tuner's state there before any trial starts;
+    ``Tuner.can_restore`` (public API) says whether it is there."""
+    from ray.tune import Tuner
+
+    if not Tuner.can_restore(str(folder)):
         raise ConfigError(
             f"the sweep folder {folder} is not shared with Ray node {node}: the sweep's state is "
             f"not visible from there, so this trial's checkpoints could not be read by the sweep "
@@ -109,6 +109,16 @@ def resume_point(recorded: Path) -> Optional[Path]:
     return None
 
 
+def restored_checkpoint_path(restore_arg) -> Optional[str]:
+    """The folder of the checkpoint Ray hands ``Trainable.restore``, or None. Ray 2.60 passes its
+    private ``_TrainingResult`` (``.checkpoint.path``); its signature also allows a ``Checkpoint`` or a path.
+    Duck-typed, so no private Ray name is imported here (``trainables`` may not import
+    ``tuning.ray_internals``); ``tests/tuning/test_ray_internals.py`` checks Ray still passes that."""
+    checkpoint = getattr(restore_arg, "checkpoint", restore_arg)
+    path = getattr(checkpoint, "path", None)
+    return path if isinstance(path, str) else None
+
+
 def recycled(trainable_fn: Callable) -> type:
     """Ray Tune's class for the function trainable ``trainable_fn`` (``ray.tune.trainable.
     wrap_function``), reusing its worker process across trials until ``worth_reusing`` says no;
@@ -125,8 +135,7 @@ def recycled(trainable_fn: Callable) -> type:
             # Ray refuses to restore from a checkpoint folder that is gone (removed by its own
             # num_to_keep after a newer one was written than its saved state names): an empty
             # folder instead lets the trainable fall back (``resume_point``) and the trial live
-            checkpoint = getattr(checkpoint_path, "checkpoint", checkpoint_path)  # a _TrainingResult
-            path = getattr(checkpoint, "path", None)
+            path = restored_checkpoint_path(checkpoint_path)
             if path and os.path.isabs(path) and not os.path.exists(path):
                 os.makedirs(path, exist_ok=True)
             return super().restore(checkpoint_path)

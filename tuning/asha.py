@@ -12,9 +12,8 @@ Ray's own saved state (its last result's ``time_attr``). Values recorded after R
 are left out on purpose: Ray runs that trial again from its last saved checkpoint, it reports those
 epochs again and is judged again, as it would have been without the restart.
 
-Relies on ``AsyncHyperBandScheduler``'s ``_brackets``, ``_trial_info`` and ``_Bracket._rungs``
-(a list of ``(milestone, {trial_id: score})``): Ray has no public API for rung state. Checked
-against Ray 2.60; ``tests/tuning/test_asha.py`` fails if that layout changes.
+Ray has no public API for rung state: it is read and written through ``tuning.ray_internals``
+(``asha_rungs`` and its neighbours), which checks at import that the layout is the one tested.
 """
 
 from __future__ import annotations
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Optional
 
 from ray.tune.schedulers import AsyncHyperBandScheduler
+
+from tuning import ray_internals as internals
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,16 @@ class ResumableASHA(AsyncHyperBandScheduler):
         if self._saved is None:
             self._saved = self._read()
         saved = self._saved.pop(trial.trial_id, None)
-        reached = (trial.last_result or {}).get(self._time_attr)
+        reached = (trial.last_result or {}).get(internals.asha_time_attr(self))
         if saved is None or not reached:  # a new trial, or one Ray restores from its start
             return
-        bracket = self._brackets[saved["bracket"]] if saved["bracket"] < len(self._brackets) else \
-            self._trial_info[trial.trial_id]
-        self._trial_info[trial.trial_id] = bracket
-        for milestone, recorded in bracket._rungs:
+        brackets = internals.asha_brackets(self)
+        bracket = brackets[saved["bracket"]] if saved["bracket"] < len(brackets) else \
+            internals.asha_bracket_of(self, trial.trial_id)
+        internals.set_asha_bracket_of(self, trial.trial_id, bracket)
+        for milestone, _ in internals.asha_rungs(bracket):
             if milestone <= reached and milestone in saved["rungs"]:
-                recorded[trial.trial_id] = saved["rungs"][milestone]
+                internals.set_asha_rung_score(bracket, milestone, trial.trial_id, saved["rungs"][milestone])
 
     def on_trial_result(self, tune_controller, trial, result):
         before = self._rungs_of(trial.trial_id)
@@ -69,28 +71,28 @@ class ResumableASHA(AsyncHyperBandScheduler):
 
     def on_trial_complete(self, tune_controller, trial, result):
         before = self._rungs_of(trial.trial_id)
-        bracket = self._trial_info.get(trial.trial_id)
+        bracket = internals.asha_bracket_of(self, trial.trial_id)
         super().on_trial_complete(tune_controller, trial, result)
         if bracket is not None:
             self._append(trial.trial_id, before, bracket)
 
     # -- the rungs file
     def _rungs_of(self, trial_id: str) -> dict:
-        bracket = self._trial_info.get(trial_id)
+        bracket = internals.asha_bracket_of(self, trial_id)
         if bracket is None:
             return {}
-        return {milestone: recorded[trial_id] for milestone, recorded in bracket._rungs
+        return {milestone: recorded[trial_id] for milestone, recorded in internals.asha_rungs(bracket)
                 if trial_id in recorded}
 
     def _append(self, trial_id: str, before: dict, bracket=None) -> None:
-        bracket = bracket or self._trial_info.get(trial_id)
+        bracket = bracket or internals.asha_bracket_of(self, trial_id)
         if bracket is None:
             return
-        new = [(m, recorded[trial_id]) for m, recorded in bracket._rungs
+        new = [(m, recorded[trial_id]) for m, recorded in internals.asha_rungs(bracket)
                if trial_id in recorded and m not in before]
         if not new:
             return
-        index = self._brackets.index(bracket)
+        index = internals.asha_brackets(self).index(bracket)
         with open(self.rungs_file, "a") as out:  # one line per value: a torn last line is skipped
             for milestone, score in new:
                 out.write(json.dumps({"trial_id": trial_id, "bracket": index,

@@ -28,6 +28,7 @@ from ray.tune.schedulers.pb2 import PB2
 from search_spaces.space import Categorical, FloatRange, IntRange, Param, SearchSpace
 from trainables import registry
 from trainables.errors import ConfigError
+from tuning.ray_internals import PBTHooks
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,9 @@ def clone_event(*, before: dict, donor: dict, after: dict, mutated: tuple[str, .
             "config": dict(after)}
 
 
-class _RecordsLineage:
-    """Mixin for Ray's PBT and PB2: bounds perturbed values, skips last epochs, reports clones."""
+class _RecordsLineage(PBTHooks):
+    """Mixin for Ray's PBT and PB2: bounds perturbed values, skips last epochs, reports clones
+    (through ``PBTHooks``, which reaches PBT's private exploit steps)."""
 
     def __init__(self, *, params: dict[str, Param], on_clone: Optional[OnClone], **kwargs):
         super().__init__(**kwargs)
@@ -137,8 +139,7 @@ class _RecordsLineage:
             return TrialScheduler.CONTINUE  # nothing left to perturb
         return super().on_trial_result(tune_controller, trial, result)
 
-    def _get_new_config(self, trial, trial_to_clone):
-        config, operations = super()._get_new_config(trial, trial_to_clone)
+    def explored(self, config: dict, operations: dict) -> tuple[dict, dict]:
         # PB2 picks all values at once with its GP bandit and names no operation
         operations = {name: "gp-bandit" for name in self._params} if isinstance(self, PB2) \
             else dict(operations)
@@ -153,22 +154,19 @@ class _RecordsLineage:
         self._last_operations = operations
         return config, operations
 
-    def _exploit(self, tune_controller, trial, trial_to_clone):
-        before = dict(trial.config)
-        own = self._trial_state[trial].last_result or {}  # this result: trial.last_result lags
-        donor = self._trial_state[trial_to_clone].last_result or {}  # the checkpoint's result
-        super()._exploit(tune_controller, trial, trial_to_clone)
+    def exploited(self, trial, donor, *, before: dict, own_result: dict, donor_result: dict) -> None:
+        # own_result: this result (trial.last_result lags); donor_result: the checkpoint's result
         if self._on_clone is None:
             return
-        event = clone_event(before=before, donor=dict(trial_to_clone.config), after=dict(trial.config),
+        event = clone_event(before=before, donor=dict(donor.config), after=dict(trial.config),
                             mutated=tuple(self._params), operations=self._last_operations,
-                            epoch=own.get("epoch"), donor_trial_id=trial_to_clone.trial_id,
-                            donor_epoch=donor.get("epoch"))
+                            epoch=own_result.get("epoch"), donor_trial_id=donor.trial_id,
+                            donor_epoch=donor_result.get("epoch"))
         try:
-            self._on_clone(trial, trial_to_clone, event)
+            self._on_clone(trial, donor, event)
         except Exception as exc:  # recording must never stop the sweep
             log.warning("could not record that trial %s cloned %s: %s", trial.trial_id,
-                        trial_to_clone.trial_id, exc)
+                        donor.trial_id, exc)
 
 
 class LineagePBT(_RecordsLineage, PopulationBasedTraining):

@@ -41,6 +41,7 @@ from ray.tune import Callback
 
 from trainables.checkpointing import STATE_FILE, checkpoint_folders, shrink_to_model
 from trainables.errors import CheckpointError
+from tuning.ray_internals import saved_checkpoint_path
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +101,6 @@ class SavedTrial:
         self.status, self.checkpoint = status, checkpoint
 
 
-def _recorded_checkpoint(run_metadata_json: str) -> Optional[str]:
-    """The latest checkpoint in a trial's saved run metadata. Ray stores its checkpoint manager
-    cloudpickled inside that JSON; its own loader reads it (our sweep folder, as `resume` reads)."""
-    from ray.tune.trainable.metadata import _TrainingRunMetadata  # Ray 2.60 (pinned)
-
-    manager = _TrainingRunMetadata.from_json_state(run_metadata_json).checkpoint_manager
-    latest = manager.latest_checkpoint_result if manager is not None else None
-    return latest.checkpoint.path if latest is not None and latest.checkpoint is not None else None
-
-
 def saved_trials(sweep_dir: Path) -> dict[str, SavedTrial]:
     """trial id -> ``SavedTrial`` in Ray's newest saved experiment state (the file a restore
     reads: Ray takes the greatest ``experiment_state-<timestamp>.json``); {} when there is none
@@ -124,7 +115,9 @@ def saved_trials(sweep_dir: Path) -> dict[str, SavedTrial]:
         found = {}
         for state, run_metadata in saved.get("trial_data", []):
             trial = json.loads(state)
-            found[trial["trial_id"]] = SavedTrial(trial["status"], _recorded_checkpoint(run_metadata))
+            # the checkpoint manager is cloudpickled in there: Ray's own loader reads it (our sweep
+            # folder, as `resume` reads)
+            found[trial["trial_id"]] = SavedTrial(trial["status"], saved_checkpoint_path(run_metadata))
         return found
     except Exception as exc:  # being replaced right now, or not Ray's format: next time
         log.debug("Ray's saved state %s cannot be read now: %s", files[-1], exc)

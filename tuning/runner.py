@@ -27,7 +27,7 @@ from trainables import registry
 from trainables.data import TokenizedData, data_fingerprint, load_raw_splits, tokenize_splits
 from trainables.errors import ConfigError, UserError
 from trainables.models import load_tokenizer
-from tuning import console, credentials, tracking
+from tuning import console, credentials, ray_internals, tracking
 from tuning.progress import SweepProgress
 from tuning.pruning import CheckpointPruner
 from tuning.config import (DEFAULT_ROOT, POPULATION_SCHEDULERS, SweepConfig, load_saved_sweep,
@@ -163,9 +163,7 @@ def check_trial_resources(cfg: SweepConfig, node_wait_s: float = NODE_WAIT_S) ->
             f"autoscaler to add one (--wait-for-nodes)")
         return
     try:  # the autoscaler's limits, where Ray publishes them (autoscaler v2, e.g. KubeRay)
-        from ray._private.state import state
-
-        ceiling = state.get_max_resources_from_cluster_config() or {}
+        ceiling = ray_internals.autoscaler_max_resources()
     except Exception:
         ceiling = {}
     if ceiling and all(ceiling.get(key, 0) >= value for key, value in need.items()):
@@ -286,9 +284,7 @@ def _init_ray(cfg: SweepConfig) -> None:
         # should listen beyond the loopback interface. Ray's own switch for that is single-node
         # mode; it is read from the environment at import time, hence both lines.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        from ray._private import ray_constants
-
-        ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false", "False")
+        ray_internals.set_multi_node(os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false", "False"))
         ray.init(address="local", include_dashboard=False, dashboard_host="127.0.0.1",
                  **console.ray_settings()["init"])
 

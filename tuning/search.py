@@ -12,6 +12,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search_spaces.space import Categorical, Fixed, SearchSpace, sample
 from trainables.errors import ConfigError
 from trainables.hparams import HPARAMS, default_of
+from tuning import ray_internals as internals
 
 log = logging.getLogger(__name__)
 
@@ -152,18 +153,21 @@ class ObjectivesSearch(OptunaSearch):
     # objective, which every result carries; the Optuna study holds all of them.
     @property
     def metric(self):
-        return self._metric[0] if isinstance(self._metric, list) else self._metric
+        metric = internals.searcher_metric(self)
+        return metric[0] if isinstance(metric, list) else metric
 
     @property
     def mode(self):
-        return self._mode[0] if isinstance(self._mode, list) else self._mode
+        mode = internals.searcher_mode(self)
+        return mode[0] if isinstance(mode, list) else mode
 
     @property
     def objectives(self) -> list[str]:
-        return list(self._metric) if isinstance(self._metric, list) else [self._metric]
+        metric = internals.searcher_metric(self)
+        return list(metric) if isinstance(metric, list) else [metric]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if not isinstance(self._metric, list):
+        if not isinstance(internals.searcher_metric(self), list):
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
@@ -171,14 +175,16 @@ class ObjectivesSearch(OptunaSearch):
 
         from optuna.trial import TrialState
 
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        completed, asked = internals.completed_trial_ids(self), internals.optuna_trials(self)
+        if trial_id in completed or trial_id not in asked:
             return super().on_trial_complete(trial_id, result, error)
-        ot_trial = self._ot_trials[trial_id]
+        ot_trial = asked[trial_id]
         result = result or {}
         self._tell_constraints(ot_trial, result)
-        if not isinstance(self._metric, list):
+        metric = internals.searcher_metric(self)
+        if not isinstance(metric, list):
             return super().on_trial_complete(trial_id, result or None, error)
-        values = [result.get(name) for name in self._metric]
+        values = [result.get(name) for name in metric]
         if error:
             state, values = TrialState.FAIL, None
         elif all(_finite(v) for v in values):
@@ -186,10 +192,10 @@ class ObjectivesSearch(OptunaSearch):
         else:
             state, values = TrialState.PRUNED, None
         try:
-            self._ot_study.tell(ot_trial, values, state=state)
+            internals.optuna_study(self).tell(ot_trial, values, state=state)
         except Exception as exc:  # as OptunaSearch: a searcher error must not end the sweep
             logging.getLogger(__name__).warning("Optuna could not record trial %s: %s", trial_id, exc)
-        self._completed_trials.add(trial_id)
+        completed.add(trial_id)
 
     def _tell_constraints(self, ot_trial, result: dict) -> None:
         known = {str(c): c.violation(result[c.metric]) for c in self._constraints
