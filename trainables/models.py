@@ -13,6 +13,10 @@ import torch
 from torch import nn
 
 from trainables.errors import ConfigError, ModelLoadError
+from trainables.hparams import choices_of
+
+POOLINGS = choices_of("pooling")  # declared in trainables.hparams
+HEADS = choices_of("head")
 
 DEFAULT_MODEL = "minilm-l6"
 
@@ -138,7 +142,7 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
     if kind == "max":
         return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).max(1).values
-    raise ValueError(f"pooling must be 'cls', 'mean' or 'max', got {kind!r}")
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {kind!r}")
 
 
 def build_head(dim: int, num_labels: int, *, kind: str, hidden: int, dropout: float) -> nn.Module:
@@ -151,7 +155,7 @@ def build_head(dim: int, num_labels: int, *, kind: str, hidden: int, dropout: fl
             nn.Dropout(dropout), nn.Linear(dim, hidden), nn.Tanh(),
             nn.Dropout(dropout), nn.Linear(hidden, num_labels),
         )
-    raise ValueError(f"head must be 'linear' or 'mlp', got {kind!r}")
+    raise ValueError(f"head must be one of {HEADS}, got {kind!r}")
 
 
 class TextClassifier(nn.Module):

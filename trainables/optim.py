@@ -11,6 +11,10 @@ from typing import Iterable
 
 import torch
 
+from trainables.hparams import choices_of
+
+OPTIMIZERS = choices_of("optimizer")  # declared in trainables.hparams
+
 # encoder.layer.3.attention... (BERT, RoBERTa, DeBERTa), transformer.layer.3 (DistilBERT), layers.3
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers)\.(\d+)\.")
 HEAD_PREFIX = "head."
@@ -89,7 +93,7 @@ def build_optimizer(param_groups: list[dict], *, kind: str, lr: float, momentum:
         return _with_fused(torch.optim.AdamW, param_groups, lr=lr)
     if kind == "sgd":
         return _with_fused(torch.optim.SGD, param_groups, lr=lr, momentum=momentum, nesterov=nesterov)
-    raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {kind!r}")
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {kind!r}")
 
 
 def _with_fused(cls, param_groups: list[dict], **kwargs) -> torch.optim.Optimizer:

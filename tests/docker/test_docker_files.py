@@ -656,9 +656,10 @@ def test_dockerfile_installs_torch_and_the_project(dockerfile):
     torch_run = next((r for r in runs if "torch==" in r), None)
     assert torch_run, "no RUN installs a pinned torch"
     assert substitute("$TORCH_CPU_INDEX", stage_args) == "https://download.pytorch.org/whl/cpu"
-    readme_pin = re.search(r"torch==([\w.+]+)", (REPO / "README.md").read_text())
-    if readme_pin:
-        assert stage_args["TORCH_VERSION"] == readme_pin.group(1), "the image's torch must match the README's pin"
+    readme_pins = set(re.findall(r"torch==([\w.+]+)", (REPO / "README.md").read_text()))
+    assert readme_pins, "README.md pins no torch (torch==X.Y.Z in its Quickstart): the image's pin has nothing to match"
+    assert readme_pins == {stage_args["TORCH_VERSION"]}, (
+        f"the image installs torch=={stage_args['TORCH_VERSION']} but README.md pins torch=={sorted(readme_pins)}")
     assert any(" . " in f" {r} " and "pip install" in r for r in runs), "the project is never `pip install .`-ed"
     copies = [i.args for i in dockerfile if i.keyword == "COPY"]
     assert any(c.split()[-2:] == [".", "."] for c in copies), "the build context is never copied in"
@@ -692,18 +693,40 @@ def test_dockerfile_ignore_keeps_what_pip_install_needs():
         assert is_ignored(path, rules), f"{path} would be sent to the Docker daemon"
 
 
-def test_own_dockerfile_parser_agrees_with_dockerfile_parse(dockerfile):
-    dockerfile_parse = pytest.importorskip("dockerfile_parse")
+def test_dockerfile_as_dockerfile_parse_reads_it(dockerfile):
+    """The product read by an independent parser (a test dependency: missing, it fails): each
+    variant builds on the official Ray image of RAY_VERSION, pins TORCH_VERSION and ends as a
+    non-root user; and our parser, which the other tests use, reads the same instructions."""
+    import dockerfile_parse
+
     text = (DOCKER / "Dockerfile").read_text()
     theirs = [(s["instruction"], " ".join(s["value"].split()))
               for s in dockerfile_parse.DockerfileParser(fileobj=io.BytesIO(text.encode())).structure
               if s["instruction"] != "COMMENT"]
-    ours = [(i.keyword, " ".join(i.args.split())) for i in dockerfile]
-    assert ours == theirs
-    for variant in ("cpu", "cuda"):
+    assert [(i.keyword, " ".join(i.args.split())) for i in dockerfile] == theirs
+    defaults = dict(i.args.split("=", 1) for i in dockerfile if i.keyword == "ARG" and "=" in i.args)
+    for variant, platform in (("cpu", "cpu"), ("cuda", "gpu")):
         parser = dockerfile_parse.DockerfileParser(fileobj=io.BytesIO(text.encode()), build_args={"VARIANT": variant})
-        assert parser.parent_images[-1] == f"base-{variant}"
-        assert resolve_base_image(dockerfile, {"VARIANT": variant}) in parser.parent_images
+        stages = {s["value"].split()[-1]: s["value"].split()[0] for s in parser.structure
+                  if s["instruction"] == "FROM" and " AS " in s["value"].upper()}
+        final = parser.parent_images[-1]
+        image = parser.parent_images[list(stages).index(final)] if final in stages else final
+        assert image == f"rayproject/ray:{defaults['RAY_VERSION']}-{defaults['PYTHON_TAG']}-{platform}", (
+            f"VARIANT={variant} builds on {image!r}")
+        assert parser.args["TORCH_VERSION"] == defaults["TORCH_VERSION"]
+        users = [s["value"].split(":")[0] for s in parser.structure if s["instruction"] == "USER"]
+        assert users and users[-1] not in ("root", "0"), f"VARIANT={variant}: the image ends as {users[-1:]}"
+
+
+def test_every_command_the_files_show_is_one_the_tests_check():
+    """Each `tunebert sweep` / `ray start` / `mlflow server` the docker files and docker/README.md
+    show is found by the command splitter, so none escapes the tests that check them."""
+    for name in ("compose.yaml", "cluster.yaml", "rayjob.yaml", "README.md"):
+        script = file_scripts(name)
+        for prefix in COMMAND_PREFIXES:
+            shown = len(re.findall(rf"(?<![\w-]){re.escape(' '.join(prefix))}(?![\w-])", script))
+            found = commands_starting_with(script, *prefix)
+            assert len(found) == shown, f"docker/{name}: {shown} `{' '.join(prefix)}` shown, {len(found)} found"
 
 
 def test_own_parsers_handle_the_tricky_cases():

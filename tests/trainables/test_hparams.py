@@ -68,19 +68,74 @@ def _string_lists(tree: ast.AST):
             yield node.lineno, {e.value for e in node.elts}
 
 
-def test_no_other_module_spells_out_a_choice_list_of_a_registered_parameter():
-    """Choices live in trainables/hparams.py only; the CLI, spaces, validation and docs read them."""
+def _compared_strings(test: ast.expr) -> tuple[str, str] | None:
+    """(subject, string) for a test `subject == "literal"` (either side), else None."""
+    if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq):
+        left, right = test.left, test.comparators[0]
+        if isinstance(left, ast.Constant):
+            left, right = right, left
+        if isinstance(right, ast.Constant) and isinstance(right.value, str):
+            return ast.unparse(left), right.value
+    return None
+
+
+def _if_chains(tree: ast.AST):
+    """Per function: every subject that `if`/`elif` tests compare against two or more string
+    literals (`if kind == "adamw": ... elif kind == "sgd":`, or one `if` after another)."""
+    for function in ast.walk(tree):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        chains: dict[str, tuple[int, set]] = {}
+        for node in ast.walk(function):
+            found = _compared_strings(node.test) if isinstance(node, (ast.If, ast.IfExp)) else None
+            if found:
+                chains.setdefault(found[0], (node.lineno, set()))[1].add(found[1])
+        for line, strings in chains.values():
+            if len(strings) >= 2:
+                yield line, strings
+
+
+def _registry_reads(tree: ast.AST) -> set[str]:
+    """Parameters whose choices a module reads from the registry: `choices_of("name")` or
+    `HPARAMS["name"]`."""
+    read = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "choices_of" \
+                and node.args and isinstance(node.args[0], ast.Constant):
+            read.add(node.args[0].value)
+        if isinstance(node, ast.Subscript) and getattr(node.value, "id", None) == "HPARAMS" \
+                and isinstance(node.slice, ast.Constant):
+            read.add(node.slice.value)
+    return read
+
+
+def _repeated_choice_lists(tree: ast.AST, where: str) -> list[str]:
+    """A literal list of choices (a subset of a parameter's choices), or an if-chain that goes
+    through every choice of a parameter without reading that parameter's choices from the
+    registry (so its fallback error and its coverage cannot follow the registry)."""
     choice_sets = {name: set(p.choices) for name, p in HPARAMS.items()
                    if p.choices is not None and all(isinstance(c, str) for c in p.choices)}
+    offenders = []
+    for line, strings in _string_lists(tree):
+        offenders += [f"{where}:{line} {sorted(strings)} ({name})"
+                      for name, allowed in choice_sets.items() if strings <= allowed]
+    read = _registry_reads(tree)
+    for line, strings in _if_chains(tree):
+        names = [name for name, allowed in choice_sets.items() if strings == allowed]
+        if names and not read & set(names):
+            offenders.append(f"{where}:{line} if-chain over {sorted(strings)} ({', '.join(names)}): "
+                             f"read the choices with trainables.hparams.choices_of({names[0]!r})")
+    return offenders
+
+
+def test_no_other_module_spells_out_a_choice_list_of_a_registered_parameter():
+    """Choices live in trainables/hparams.py only; the CLI, spaces, validation and docs read them."""
     offenders = []
     for package in PACKAGES:
         for path in sorted((REPO / package).rglob("*.py")):
             if path.name == "hparams.py" and package == "trainables":
                 continue
-            for line, strings in _string_lists(ast.parse(path.read_text())):
-                for name, allowed in choice_sets.items():
-                    if strings <= allowed:
-                        offenders.append(f"{path.relative_to(REPO)}:{line} {sorted(strings)} ({name})")
+            offenders += _repeated_choice_lists(ast.parse(path.read_text()), str(path.relative_to(REPO)))
     assert not offenders, "choice lists repeated outside trainables/hparams.py:\n" + "\n".join(offenders)
 
 
@@ -89,6 +144,18 @@ def test_the_checker_would_catch_a_repeated_choice_list():
     found = [s for _, s in _string_lists(tree)]
     assert {"auto", "fp32", "bf16"} in found and found[0] <= set(HPARAMS["precision"].choices)
     assert not {"max", "min"} <= set(HPARAMS["pooling"].choices)
+
+
+@pytest.mark.parametrize("source, caught", [
+    ('def f(kind):\n    if kind == "adamw":\n        return 1\n    elif kind == "sgd":\n        return 2\n'
+     '    raise ValueError("optimizer must be adamw or sgd")\n', True),
+    ('def f(kind):\n    if kind == "adamw":\n        return 1\n    if "sgd" == kind:\n        return 2\n', True),
+    ('def f(kind):\n    if kind not in choices_of("optimizer"):\n        raise ValueError(kind)\n'
+     '    if kind == "adamw":\n        return 1\n    if kind == "sgd":\n        return 2\n', False),
+    ('def f(kind):\n    if kind == "sgd":\n        return 2\n    return 1\n', False),
+])
+def test_the_checker_would_catch_an_if_chain_over_every_choice(source, caught):
+    assert bool(_repeated_choice_lists(ast.parse(source), "m.py")) is caught
 
 
 def test_docs_parameter_table_is_the_registry():

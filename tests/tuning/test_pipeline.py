@@ -433,10 +433,12 @@ def test_a_killed_sweep_phase_resumes_through_the_sweeps_own_resume(ray_local, t
     folder = tmp_path / "ray" / "cut"
     deadline = time.time() + 300
     try:
-        while not (folder / "tuner.pkl").exists():
-            assert proc.poll() is None and time.time() < deadline, "the sweep never started"
-            time.sleep(0.2)
-        time.sleep(2)
+        # killed once Ray has saved the sweep's state, so the resume goes through Tuner.restore
+        # (before that snapshot a resume starts the sweep's trials again: not the case tested)
+        while not any(folder.glob("experiment_state-*.json")):
+            assert proc.poll() is None and time.time() < deadline, (
+                f"Ray saved no experiment state within 300 s (exit {proc.poll()})")
+            time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -449,8 +451,15 @@ def test_a_killed_sweep_phase_resumes_through_the_sweeps_own_resume(ray_local, t
                         lambda *a, **k: calls.append("resume") or real_resume(*a, **k))
     monkeypatch.setattr(runner, "run_sweep", lambda *a, resume=False, **k: calls.append(
         f"run(resume={resume})") or real_run(*a, resume=resume, **k))
+    from ray import tune
+
+    restored = []
+    real_restore = tune.Tuner.restore
+    monkeypatch.setattr(tune.Tuner, "restore", classmethod(
+        lambda cls, path, **k: restored.append(os.path.realpath(path)) or real_restore(path, **k)))
     assert main(["resume", "cut", "--storage", str(tmp_path)]) == 0
     assert calls == ["resume", "run(resume=True)"]  # the killed sweep continued; no new sweep
+    assert restored == [os.path.realpath(folder)], "the resume did not restore Ray's saved state"
 
     state = json.loads((folder / PIPELINE_FILE).read_text())["state"]
     assert state["phase"] == "done" and state["session"] is None

@@ -151,22 +151,27 @@ def test_ended_trials_keep_only_their_best_model(ray_local, tiny_model_dir, demo
     assert 0 < metrics["disk_checkpoints_mb"] <= metrics["disk_sweep_mb"]
 
 
-def _finished_trials(db) -> set[str]:
-    """Trial ids whose MLflow run is FINISHED, straight from the SQLite file (cheap to poll)."""
+def _trial_runs(db) -> dict[str, str]:
+    """Trial id -> its MLflow run's status, straight from the SQLite file (cheap to poll)."""
     import sqlite3
 
     if not db.is_file():
-        return set()
+        return {}
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2)
         try:
-            return {trial for trial, in con.execute(
-                "select t.value from runs r join tags t on t.run_uuid = r.run_uuid "
-                "and t.key = 'tunebert.trial_id' where r.status = 'FINISHED'")}
+            return dict(con.execute(
+                "select t.value, r.status from runs r join tags t on t.run_uuid = r.run_uuid "
+                "and t.key = 'tunebert.trial_id'"))
         finally:
             con.close()
     except sqlite3.Error:
-        return set()
+        return {}
+
+
+def _finished_trials(db) -> set[str]:
+    """Trial ids whose MLflow run is FINISHED."""
+    return {trial for trial, status in _trial_runs(db).items() if status == "FINISHED"}
 
 
 @pytest.mark.slow
@@ -190,10 +195,14 @@ def test_a_trial_is_pruned_only_once_rays_saved_state_records_its_end(tiny_model
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     try:
-        while not _finished_trials(tmp_path / "mlflow.db"):
-            assert proc.poll() is None and time.time() < deadline, f"no trial finished (exit {proc.poll()})"
+        # a trial has ended and the driver has moved on: the next trial's run exists. Ray creates
+        # it in a later step than the one whose callbacks saw the end (on_trial_complete,
+        # on_step_end), so a pruner that went by the in-memory status has acted by then.
+        while not (_finished_trials(tmp_path / "mlflow.db") and
+                   len(_trial_runs(tmp_path / "mlflow.db")) > len(_finished_trials(tmp_path / "mlflow.db"))):
+            assert proc.poll() is None and time.time() < deadline, (
+                f"no trial started after one finished within 300 s (exit {proc.poll()})")
             time.sleep(0.05)
-        time.sleep(0.3)  # (a pruner that went by the in-memory status would have acted by now)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

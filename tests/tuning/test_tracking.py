@@ -77,11 +77,21 @@ def _result(epoch: int, value: float) -> dict:
 
 
 DRIVER = textwrap.dedent("""
-    import sys, time
+    import logging, sys, threading, time
     from ray.tune.experiment import Trial
     from trainables import registry
     from tuning import tracking
 
+    class FirstFailure(logging.Handler):  # the writer's warning on its first failed delivery
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.seen = threading.Event()
+        def emit(self, record):
+            if "writes are queued" in record.getMessage():
+                self.seen.set()
+
+    failure = FirstFailure()
+    logging.getLogger().addHandler(failure)
     tracking.bound_http_waits()
     uri, experiment_id, parent_id = sys.argv[1:4]
     logger = tracking.MlflowTrialLogger(uri, experiment_id, parent_id, registry.resolve_config, "timer")
@@ -96,7 +106,7 @@ DRIVER = textwrap.dedent("""
     logger.on_trial_result(1, [trial], trial, result)
     trial.run_metadata.last_result = result
     logger.on_trial_complete(1, [trial], trial)
-    print("queued", flush=True)
+    print("queued" if failure.seen.wait(60) else "no delivery failed within 60 s", flush=True)
     time.sleep(3600)  # no trial reports anything any more: only a timer can deliver the writes
 """)
 
@@ -116,8 +126,9 @@ def test_queued_writes_reach_mlflow_on_a_timer_before_the_driver_is_killed(mlflo
         mlflow_server.stop()
         driver.stdin.write("go\n")
         driver.stdin.flush()
+        # "queued" once a delivery has failed against the dead server: from then on only the
+        # writer's retry timer can deliver the writes
         assert driver.stdout.readline().strip() == "queued"
-        time.sleep(2)  # the first delivery fails against the dead server
         mlflow_server.start()
         client = MlflowClient(uri)
         deadline = time.time() + tracking.RETRY_AFTER_S + 20
