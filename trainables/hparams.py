@@ -1,11 +1,13 @@
 """Every hyperparameter, declared once: default, allowed values, default search range, phase, doc.
 
 ``HPARAMS`` is the single source of truth. The config dataclasses (``FinetuneConfig``,
-``ContrastiveConfig``) are generated from it, their validation reads its rules, the default
+``ContrastiveConfig``) list its fields in source, so editors and type checkers see them, with its
+names, types (``KIND_TYPES[kind]``) and defaults, in its order; a test holds the two equal. Their
+validation reads its rules, the default
 search spaces (``search_spaces``) read its ranges, the CLI reads its defaults and choices, YAML
 overrides are checked against it, and the README's parameter table is rendered from it
 (``tunebert space --table``; a test keeps the README in step). A new parameter goes here and
-nowhere else; a test fails if another module spells out a choice list of a parameter declared
+as a field of its config class(es), nowhere else; a test fails if another module spells out a choice list of a parameter declared
 here.
 
 ``FinetuneConfig.from_dict(d).to_dict()`` is the exact dict a trial trains with and the exact dict
@@ -13,12 +15,10 @@ that reaches MLflow. Unknown keys and bad values raise ``ConfigError`` naming th
 and the rule.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Self
 
 from trainables.errors import ConfigError
 from trainables.ranges import Categorical, Distribution, Fixed, FloatRange, IntRange
@@ -106,6 +106,11 @@ class HParam:
             return int(value)
         return value
 
+    @property
+    def annotation(self) -> Any:
+        """The Python type of the config field (``KIND_TYPES[kind]``)."""
+        return KIND_TYPES[self.kind]
+
     def allowed(self) -> str:
         """The rule in words, for docs and errors."""
         if self.choices is not None:
@@ -119,6 +124,13 @@ class HParam:
         bracket = "(" if self.low_open else "["
         rule = f"{bracket}{_num(self.low)}, {_num(self.high)}]"
         return rule + (" or null" if self.kind.startswith("optional_") else "")
+
+
+# the Python type of each ``HParam.kind``: the annotation of its config field
+KIND_TYPES: dict[str, Any] = {
+    "bool": bool, "int": int, "float": float, "str": str,
+    "optional_int": Optional[int], "optional_float": Optional[float], "optional_str": Optional[str],
+}
 
 
 def _num(v: Any) -> str:
@@ -324,7 +336,7 @@ class _Config:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]):
+    def from_dict(cls, values: dict[str, Any]) -> Self:
         """Build from a (possibly partial) dict; unset keys take the declared defaults."""
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
@@ -338,18 +350,13 @@ class _Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any):
+    def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)
 
     @property
     def last_epoch(self) -> int:
         """The classification-stage epoch training stops after (``stop_epoch`` or ``epochs``)."""
         return self.stop_epoch or self.epochs
-
-
-def _fields(family: str) -> list:
-    return [(p.name, Any, field(default=family if p.name == "trainable" else p.default))
-            for p in params_of_family(family)]
 
 
 class _FinetuneRules(_Config):
@@ -399,13 +406,105 @@ class _ContrastiveRules(_Config):
         return self.last_epoch if self.mode == "joint" else self.contrastive_epochs + self.last_epoch
 
 
-FinetuneConfig = dataclasses.make_dataclass(
-    "FinetuneConfig", _fields("finetune"), bases=(_FinetuneRules,), frozen=True,
-    namespace={"__module__": __name__, "__doc__": "Everything one fine-tuning trial needs besides "
-               "the data; fields and defaults come from ``HPARAMS``. " + _FinetuneRules.__doc__})
-ContrastiveConfig = dataclasses.make_dataclass(
-    "ContrastiveConfig", _fields("contrastive"), bases=(_ContrastiveRules,), frozen=True,
-    namespace={"__module__": __name__, "__doc__": _ContrastiveRules.__doc__})
+@dataclass(frozen=True)
+class FinetuneConfig(_FinetuneRules):
+    """Everything one fine-tuning trial needs besides the data. Fields, types and defaults are
+    ``HPARAMS``'s (a test holds them equal); the rules are ``_FinetuneRules``'s."""
+
+    trainable: str = 'finetune'
+    model: str = 'minilm-l6'
+    max_length: int = 128
+    epochs: int = 4
+    seed: int = 0
+    precision: str = 'auto'
+    lr: float = 0.0001
+    optimizer: str = 'adamw'
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.01
+    llrd_decay: float = 1.0
+    head_lr_multiplier: float = 1.0
+    scheduler: str = 'linear'
+    warmup_ratio: float = 0.1
+    min_lr: float = 0.0
+    batch_size: int = 32
+    stop_epoch: Optional[int] = None
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0
+    reinit_layers: int = 0
+    pooling: str = 'mean'
+    head: str = 'linear'
+    head_hidden: int = 256
+    classifier_dropout: float = 0.1
+    hidden_dropout: Optional[float] = None
+    attention_dropout: Optional[float] = None
+    num_layers: int = 0
+    quantize: bool = False
+    ema_decay: float = 0.0
+    swa_epochs: int = 0
+    rdrop_alpha: float = 0.0
+    supcon_lambda: float = 0.0
+    supcon_temperature: float = 0.1
+    perturb_eval: Optional[str] = DEFAULT_PERTURB_EVAL
+    deploy_metrics: bool = True
+    preset: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ContrastiveConfig(_ContrastiveRules):
+    """Everything one contrastive trial needs besides the data. Fields, types and defaults are
+    ``HPARAMS``'s (a test holds them equal); modes and phases: ``_ContrastiveRules``."""
+
+    trainable: str = 'contrastive'
+    model: str = 'minilm-l6'
+    max_length: int = 128
+    epochs: int = 4
+    seed: int = 0
+    precision: str = 'auto'
+    lr: float = 0.0001
+    optimizer: str = 'adamw'
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.01
+    llrd_decay: float = 1.0
+    head_lr_multiplier: float = 1.0
+    scheduler: str = 'linear'
+    warmup_ratio: float = 0.1
+    min_lr: float = 0.0
+    batch_size: int = 32
+    stop_epoch: Optional[int] = None
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0
+    reinit_layers: int = 0
+    pooling: str = 'mean'
+    head: str = 'linear'
+    head_hidden: int = 256
+    classifier_dropout: float = 0.1
+    hidden_dropout: Optional[float] = None
+    attention_dropout: Optional[float] = None
+    num_layers: int = 0
+    mode: str = 'two-stage'
+    loss: str = 'supcon'
+    temperature: float = 0.1
+    joint_lambda: float = 0.5
+    projection_dim: int = 128
+    contrastive_epochs: int = 3
+    contrastive_optimizer: str = 'adamw'
+    contrastive_lr: float = 0.0001
+    contrastive_batch_size: int = 64
+    augmentation: str = 'none'
+    augmentation_strength: float = 0.1
+    knn_k: int = 10
+    perturb_eval: Optional[str] = DEFAULT_PERTURB_EVAL
+    deploy_metrics: bool = True
+    preset: Optional[str] = None
+
+
+TrialConfig = FinetuneConfig | ContrastiveConfig  # the config of one trial, either family
 
 
 # --------------------------------------------------------------------------- docs

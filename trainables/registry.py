@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from trainables.errors import ConfigError
-from trainables.hparams import ContrastiveConfig, FinetuneConfig
+from trainables.hparams import ContrastiveConfig, FinetuneConfig, TrialConfig
 
-TRAINABLES: dict[str, tuple[type, str]] = {
+TRAINABLES: dict[str, tuple[type[TrialConfig], str]] = {
     "finetune": (FinetuneConfig, "trainables.finetune:fit"),
     "contrastive": (ContrastiveConfig, "trainables.contrastive:fit"),
 }
@@ -100,7 +100,7 @@ def check_reported(names: list[str], configs: list[dict]) -> None:
                 f"in the space file (e.g. `{needs}: true`) or leave {name!r} out")
 
 
-def config_class(name: str) -> type:
+def config_class(name: str) -> type[TrialConfig]:
     if name not in TRAINABLES:
         raise ConfigError(f"unknown trainable {name!r}; available: {sorted(TRAINABLES)}")
     return TRAINABLES[name][0]

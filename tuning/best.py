@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from tuning import tracking
+import tuning.tracking as tracking
 from tuning.config import DEFAULT_ROOT, Constraint, Objective, SweepConfig, resolve_tracking_uri
 from trainables.errors import ConfigError
 

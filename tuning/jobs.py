@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import statistics
 import subprocess
 import time
@@ -34,6 +33,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+from tuning.job_folder import JobFolder  # noqa: F401  (the benchmark jobs' checkpoints; named here too)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def _pinned(fn: Callable, threads: int, kwargs: dict,
     """``fn(**kwargs)`` and its wall seconds, in a worker process limited to ``threads``
     intra-op threads, logging as the parent does (``verbosity``: its ``console.configured()``)."""
     from trainables.runtime import set_threads
-    from tuning import console
+    import tuning.console as console
 
     if verbosity is not None:
         console.setup(verbosity)
@@ -90,7 +91,7 @@ def run_jobs(fn: Callable, jobs: Sequence[dict], workers: int = 1,
     threads = threads_per_worker(workers)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        from tuning import console
+        import tuning.console as console
 
         verbosity = console.configured()
         futures = [pool.submit(_pinned, fn, threads, dict(job), verbosity) for job in jobs]
@@ -144,50 +145,6 @@ def code_version() -> str:
 
 def job_tags(key: str) -> dict[str, str]:
     return {"tunebert.bench_job": key, "tunebert.code_version": code_version()}
-
-
-# --------------------------------------------------------------------------- resumable benchmark jobs
-
-
-class JobFolder:
-    """A benchmark job's resumable checkpoint, ``<storage>/jobs/<job key>/``.
-
-    Each epoch's checkpoint goes into a folder of its own (``epoch-0003/``, with the metrics that
-    epoch reported in ``metrics.json``); then ``latest`` is switched to it by an atomic rename and
-    the older folders are removed. A process killed at any moment leaves a complete checkpoint
-    that ``latest`` names, or none.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def latest(self) -> Optional[Path]:
-        pointer = self.path / "latest"
-        if not pointer.is_file():
-            return None
-        folder = self.path / pointer.read_text().strip()
-        return folder if (folder / "metrics.json").is_file() else None
-
-    def metrics(self) -> dict[str, float]:
-        """What the latest checkpoint's epoch reported ({} without a checkpoint)."""
-        latest = self.latest()
-        return json.loads((latest / "metrics.json").read_text()) if latest else {}
-
-    def save(self, metrics: dict, write: Callable[[str], None]) -> None:
-        """``write(folder)`` (a trainable's checkpoint writer) for the epoch ``metrics`` report."""
-        folder = self.path / f"epoch-{int(metrics['epoch']):04d}"
-        shutil.rmtree(folder, ignore_errors=True)
-        write(str(folder))
-        (folder / "metrics.json").write_text(json.dumps(metrics, default=float))
-        partial = self.path / ".latest.partial"
-        partial.write_text(folder.name)
-        os.replace(partial, self.path / "latest")
-        for old in self.path.glob("epoch-*"):
-            if old != folder:
-                shutil.rmtree(old, ignore_errors=True)
-
-    def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def _duration(seconds: float) -> str:
@@ -325,7 +282,7 @@ def train_job(config: dict, data: Any, *, key: str, uri: str, experiment: str, r
     """Train one benchmark job as an MLflow run tagged with its key and the code version
     (``job_tags``). With ``storage``, a checkpoint is kept every epoch in
     ``<storage>/jobs/<key>/`` and an unfinished run of the same job is continued from it."""
-    from tuning import tracking
+    import tuning.tracking as tracking
     from tuning.train import train_config
 
     log.info(f"bench job {run_name} ({experiment}, key {key})")
@@ -343,7 +300,7 @@ def run_bench_jobs(jobs: Sequence[BenchJob], *, uri: str, experiment: str, worke
     in ``selected`` when given), ``workers`` at a time, saying the progress after each. Returns
     every job's finished run as MLflow holds it (``tracking.finished_job``) by name, or None for
     a job that has none (not selected)."""
-    from tuning import tracking
+    import tuning.tracking as tracking
 
     # create the store and the experiment once, here: workers racing to set up a fresh SQLite
     # store collide in its schema migrations

@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import mlflow.pyfunc
 
-ARTIFACT = "tunebert_model"  # the key (and folder name) of the model folder among the artifacts
-TEXT_COLUMN = "text"
+from tuning.mlflow_names import ARTIFACT, TEXT_COLUMN
 
 
 def texts_of(model_input) -> list[str]:

@@ -66,7 +66,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from trainables.errors import ConfigError, UserError
-from tuning import outputs
+import tuning.outputs as outputs
+from tuning.arguments import add_objective_arguments, add_sweep_arguments, objective_settings, sweep_settings
 from tuning.config import (DEFAULT_POPULATION, DEFAULT_ROOT, POPULATION_SCHEDULERS, SweepConfig,
                            check_sweep_name)
 
@@ -512,7 +513,7 @@ def _count_killed_session(pipeline: Pipeline) -> None:
 def start_pipeline(sweep: SweepConfig, config: PipelineConfig) -> Pipeline:
     """Validate, measure speed, split the budget and write the pipeline's state. No Ray yet:
     every refusal happens here, before anything is written."""
-    from tuning import runner
+    import tuning.runner as runner
 
     started = time.time()
     sweep = sweep.anchored()  # absolute paths and the MLflow store, as the sweep will save them
@@ -602,7 +603,7 @@ def resume_pipeline(name: str, storage: str = DEFAULT_ROOT, **changes: Any) -> P
     """Continue a stopped pipeline; ``changes`` (tracking_uri, address) apply to its sweep. The
     MLflow store must be the one it started with (``config.resume_store``). One driver at a time
     (``sweep_lock``)."""
-    from tuning import tracking
+    import tuning.tracking as tracking
     from tuning.config import resume_store
     from tuning.sweep_lock import sweep_lock
 
@@ -622,7 +623,7 @@ def resume_pipeline(name: str, storage: str = DEFAULT_ROOT, **changes: Any) -> P
 
 
 def _sweep_phase(pipeline: Pipeline) -> None:
-    from tuning import runner
+    import tuning.runner as runner
 
     sweep, state = pipeline.sweep, pipeline.state
     left = state.sweep_planned_s - state.sweep_actual_s
@@ -680,7 +681,8 @@ def _train_size(pipeline: Pipeline) -> int:
 
 
 def _select_phase(pipeline: Pipeline) -> None:
-    from tuning import best, tracking
+    import tuning.best as best
+    import tuning.tracking as tracking
     from tuning.selection import final_selection
 
     sweep, config, state = pipeline.sweep, pipeline.config, pipeline.state
@@ -771,7 +773,7 @@ def _result_summary(result, metric: str) -> dict[str, Any]:
 
 def _log_summary(pipeline: Pipeline, uri: str, parent_run_id: Optional[str]) -> None:
     """The pipeline's summary on the sweep's parent run: metrics, tags and PIPELINE_FILE."""
-    from tuning import tracking
+    import tuning.tracking as tracking
 
     if parent_run_id is None:
         return
@@ -876,8 +878,6 @@ def _default(name: str) -> Any:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``tunebert tune``: the sweep's options (``--time-budget`` is the whole job's) and the
     selection's."""
-    from tuning.cli import add_objective_arguments, add_sweep_arguments
-
     add_sweep_arguments(p, time_budget_default=_default("budget_s"), time_budget_help=(
         "the whole job's time: sweep, final selection and test (default: 2h); e.g. 45m, 1h30m"))
     add_objective_arguments(p)
@@ -921,8 +921,6 @@ def default_select_workers(cpus_per_trial: float, gpus_per_trial: float, cores: 
 
 
 def run(args) -> int:
-    from tuning.cli import objective_settings, sweep_settings
-
     if args.trials is None and args.scheduler in POPULATION_SCHEDULERS:  # a population, not a queue
         args.trials = DEFAULT_POPULATION
         say(f"--scheduler {args.scheduler} without --trials: a population of {args.trials} trials "

@@ -120,7 +120,7 @@ def load_model(source: str | Path, *, device=None, batch_size: int = 64,
     if not is_model_uri(source):
         return Predictor(load_folder(source), device=device, batch_size=batch_size,
                          source=str(source))
-    from tuning import tracking
+    import tuning.tracking as tracking
 
     download = tempfile.TemporaryDirectory(prefix="tunebert-model-")
     try:
@@ -201,9 +201,9 @@ def run(args) -> int:
         raise UserError("--device cuda: no GPU is visible here; use --device cpu or auto")
     tracking_uri = None
     if is_model_uri(args.model_dir):
-        from tuning.cli import reachable_store
+        import tuning.tracking as tracking  # local: keeps mlflow and ray off predict with a folder
 
-        tracking_uri = reachable_store(getattr(args, "tracking_uri", None),
+        tracking_uri = tracking.reachable_store(getattr(args, "tracking_uri", None),
                                        getattr(args, "storage", "tunebert-runs"))
     predictor = load_model(args.model_dir, device=None if args.device == "auto" else args.device,
                            batch_size=args.batch_size, tracking_uri=tracking_uri)

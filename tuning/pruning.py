@@ -208,7 +208,7 @@ class CheckpointPruner(Callback):
         self._log_usage()
 
     def _log_usage(self) -> None:
-        from tuning import tracking
+        import tuning.tracking as tracking
 
         logger = tracking.MlflowTrialLogger.live(self.sweep_name)
         if logger is None:

@@ -57,7 +57,7 @@ FIGURES = {  # figure key (its PNG's file stem) -> what the figure shows
 
 def _tracking():
     """``tuning.tracking`` (mlflow, Ray) loads on first use, so building the CLI stays fast."""
-    from tuning import tracking
+    import tuning.tracking as tracking
 
     return tracking
 

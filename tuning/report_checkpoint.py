@@ -28,7 +28,7 @@ EVAL_BATCH_SIZE = 64
 
 def _tracking():
     """``tuning.tracking`` (mlflow, Ray) loads on first use, so building the CLI stays fast."""
-    from tuning import tracking
+    import tuning.tracking as tracking
 
     return tracking
 

@@ -29,7 +29,7 @@ STOPPED_EARLY = "stopped early"
 
 def _tracking():
     """``tuning.tracking`` (mlflow, Ray) loads on first use, so building the CLI stays fast."""
-    from tuning import tracking
+    import tuning.tracking as tracking
 
     return tracking
 

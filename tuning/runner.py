@@ -27,7 +27,10 @@ from trainables import registry
 from trainables.data import TokenizedData, data_fingerprint, load_raw_splits, tokenize_splits
 from trainables.errors import ConfigError, UserError
 from trainables.models import load_tokenizer
-from tuning import console, credentials, ray_internals, tracking
+import tuning.console as console
+import tuning.credentials as credentials
+import tuning.ray_internals as ray_internals
+import tuning.tracking as tracking
 from tuning.progress import SweepProgress
 from tuning.pruning import CheckpointPruner
 from tuning.config import (DEFAULT_ROOT, POPULATION_SCHEDULERS, SweepConfig, load_saved_sweep,
@@ -197,7 +200,7 @@ def prepare(cfg: SweepConfig) -> Prepared:
         say(f"note: {note}")
     population_based = cfg.scheduler in POPULATION_SCHEDULERS
     if population_based:
-        from tuning import pbt
+        import tuning.pbt as pbt
 
         pbt.check_available(cfg.scheduler)
         pbt.mutable_params(space, cfg.mutate, cfg.scheduler)
@@ -408,7 +411,7 @@ def _tuner(prep: Prepared, callback, *, restore: bool, stop=None):
     keep, param_space = cfg.keep_checkpoints, None
     tune_metric = cfg.metric  # population schedulers exploit the current epoch's score
     if cfg.scheduler in POPULATION_SCHEDULERS:
-        from tuning import pbt
+        import tuning.pbt as pbt
 
         scheduler = pbt.build_scheduler(cfg, prep.space,
                                         on_clone=functools.partial(tracking.record_clone, cfg.name))

@@ -12,7 +12,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search_spaces.space import Categorical, Fixed, SearchSpace, sample
 from trainables.errors import ConfigError
 from trainables.hparams import HPARAMS, default_of
-from tuning import ray_internals as internals
+import tuning.ray_internals as internals
 
 log = logging.getLogger(__name__)
 

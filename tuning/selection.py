@@ -63,7 +63,7 @@ from typing import Any, Iterable, Optional, Sequence
 from trainables import registry
 from trainables.data import DataConfig
 from trainables.errors import ConfigError, DataError, NonFiniteLossError, UserError
-from tuning import outputs
+import tuning.outputs as outputs
 from tuning.config import DEFAULT_ROOT, check_sweep_name, load_saved_sweep, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -393,7 +393,8 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
     Registry, tagged with its lineage (sweep, trial, selection run, data fingerprint).
     """
     from trainables.data import data_fingerprint, load_raw_splits
-    from tuning import best, tracking
+    import tuning.best as best
+    import tuning.tracking as tracking
 
     check_arguments(sweep, top_k, seeds, metric, mode, epochs, ensemble=ensemble, workers=workers)
     uri = resolve_tracking_uri(tracking_uri, Path(storage).expanduser().resolve())
@@ -444,7 +445,7 @@ def _select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int,
             register_model: Optional[str] = None, fingerprint: Optional[str] = None) -> SelectionResult:
     import yaml
 
-    from tuning import tracking
+    import tuning.tracking as tracking
     from tuning.jobs import run_jobs
 
     # an epochs override trains the whole new schedule: the sweep's stop_epoch no longer applies

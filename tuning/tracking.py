@@ -34,7 +34,9 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from trainables.errors import UserError
-from tuning import credentials
+import tuning.credentials as credentials
+from tuning.config import resolve_tracking_uri
+from tuning.mlflow_names import ARTIFACT, TEXT_COLUMN
 
 log = logging.getLogger(__name__)
 for _noisy in ("mlflow", "alembic"):
@@ -1011,8 +1013,6 @@ def log_model(uri: str, run_id: str, folder: str, name: str = "model", *,
     import pandas as pd
     from mlflow.models import Model
 
-    from tuning.mlflow_model import ARTIFACT, TEXT_COLUMN
-
     client = client_for(uri)
     tags = {k: str(v)[:MAX_TAG] for k, v in (lineage or {}).items()}
     try:
@@ -1050,7 +1050,6 @@ def download_model(model_uri: str, uri: Optional[str], destination: str) -> str:
     from trainables.checkpointing import STATE_FILE
     from trainables.ensemble import ENSEMBLE_FILE
     from trainables.export import MODEL_FILE
-    from tuning.mlflow_model import ARTIFACT
 
     from contextlib import nullcontext
 
@@ -1166,6 +1165,16 @@ def check_store(uri: str) -> None:
         raise TrackingError(
             f"cannot reach the MLflow store {redact(uri)} ({redact(reason)}). Start the server, "
             f"or fix --tracking-uri / MLFLOW_TRACKING_URI.") from None
+
+
+def reachable_store(tracking_uri: Optional[str], storage: str) -> str:
+    """The MLflow store a command reads (``--tracking-uri``, else the SQLite file under
+    ``--storage``), refused within seconds when MLflow cannot use or reach it (MLflow's own HTTP
+    retries wait minutes)."""
+    uri = resolve_tracking_uri(tracking_uri, Path(storage).expanduser().resolve())
+    bound_http_waits()
+    check_store(uri)
+    return uri
 
 
 def claim_experiment(uri: str, sweep_name: str, uid: Optional[str], *, resume: bool) -> None:

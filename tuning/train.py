@@ -16,11 +16,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import torch
 
-from trainables import registry
+from trainables import export, loops, registry
 from trainables.data import DataConfig, data_fingerprint, load_raw_splits, tokenize_splits
 from trainables.models import load_tokenizer
-from tuning import console, outputs, tracking
+import tuning.console as console
+import tuning.outputs as outputs
+import tuning.tracking as tracking
+from tuning.job_folder import JobFolder
 
 log = logging.getLogger(__name__)
 
@@ -103,18 +107,12 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
     the MLflow pyfunc model ``model`` (``runs:/<run id>/model``, ``tracking.log_model``) unless
     ``log_model=False``; ``register_model`` also registers it under that name, with lineage tags.
 
-    ``job_dir`` (a benchmark job's folder, ``tuning.jobs.JobFolder``) keeps a resumable checkpoint
+    ``job_dir`` (a benchmark job's folder, ``tuning.job_folder.JobFolder``) keeps a resumable checkpoint
     of every epoch, written before the epoch is logged, and is removed when the run finishes.
     With ``continue_run``, the id of the unfinished run that logged the earlier epochs, training
     continues from the folder's checkpoint (from the start without one) in that run, and no
     epoch it holds is logged again; without it the folder is emptied first.
     """
-    import torch
-
-    from tuning.jobs import JobFolder
-
-    from trainables.loops import evaluate
-
     if register_model and not log_model:
         raise ValueError("register_model needs log_model=True: only a logged model can be "
                          "registered")
@@ -167,7 +165,7 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
     try:
         model = fit(cfg, data, device=device, report=report, progress=progress.batch,
                     **({"resume_dir": str(resume)} if resume else {}))
-        test = evaluate(model, data.splits["test"], batch_size=64, pad_token_id=data.pad_token_id,
+        test = loops.evaluate(model, data.splits["test"], batch_size=64, pad_token_id=data.pad_token_id,
                         num_labels=data.num_labels, device=device, precision=cfg.precision) \
             if evaluate_test else None
     except BaseException as exc:
@@ -183,11 +181,10 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
     checkpoint_dir = logged = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            from trainables.export import save_model
 
             def write(folder: Path) -> None:
-                save_model(folder, model, config=resolved, label_map=data.label_map.to_dict(),
-                           tokenizer=tokenizer, metrics={**val, **test_metrics})
+                export.save_model(folder, model, config=resolved, label_map=data.label_map.to_dict(),
+                                  tokenizer=tokenizer, metrics={**val, **test_metrics})
 
             target = Path(output_dir).expanduser() if output_dir else Path(tmp) / "model"
             if output_dir:  # written beside it, then swapped in for an earlier model there

@@ -136,7 +136,7 @@ class UiServer:
         self.failed = False  # keep the log for the user to read
 
     def start(self, timeout_s: float) -> "UiServer":
-        from tuning import credentials
+        import tuning.credentials as credentials
 
         handle, name = tempfile.mkstemp(prefix="tunebert-mlflow-ui-", suffix=".log")
         self.log_path = Path(name)
@@ -211,7 +211,7 @@ def _say(message: str) -> None:
 
 def run(args: argparse.Namespace, uri: str) -> int:
     """``tunebert ui`` on the store ``uri`` (resolved and checked by the CLI)."""
-    from tuning import tracking
+    import tuning.tracking as tracking
     from tuning.interrupt import Interrupted
 
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).expanduser().is_file():

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from trainables.errors import ConfigError
-from trainables.hparams import HPARAMS, ContrastiveConfig, FinetuneConfig, markdown_table
+from trainables.hparams import HPARAMS, ContrastiveConfig, FinetuneConfig, markdown_table, params_of_family
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("tuning", "search_spaces", "trainables")
@@ -47,6 +47,22 @@ def test_config_fields_are_exactly_the_registry():
     # recipe knobs are fine-tuning only; the contrastive trainable refuses them by name
     with pytest.raises(ConfigError, match="apply to"):
         ContrastiveConfig.from_dict({"rdrop_alpha": 1.0})
+
+
+@pytest.mark.parametrize("cls, family", [(FinetuneConfig, "finetune"), (ContrastiveConfig, "contrastive")])
+def test_config_fields_types_and_defaults_in_source_equal_the_registry(cls, family):
+    """The classes list their fields in source (editors and mypy see them); the registry stays the
+    one declaration: a field, a type, a default or the order drifting from it fails here."""
+    import dataclasses
+    import typing
+
+    fields = [(f.name, f.type, f.default) for f in dataclasses.fields(cls)]
+    declared = [(p.name, p.annotation, family if p.name == "trainable" else p.default)
+                for p in params_of_family(family)]
+    assert fields == declared
+    assert typing.get_type_hints(cls) == {name: kind for name, kind, _ in declared}
+    assert all(f.default_factory is dataclasses.MISSING for f in dataclasses.fields(cls))
+    assert cls.__dataclass_params__.frozen
 
 
 def test_every_default_search_range_is_valid_for_its_parameter():

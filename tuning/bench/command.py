@@ -145,7 +145,7 @@ def run(args) -> int:
 
 
 def _compare_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path, out: Path) -> None:
-    from tuning.bench import compare
+    import tuning.bench.compare as compare
     from tuning.config import resolve_tracking_uri
 
     hand = compare.hand_baseline(data_cfg, args.model, seeds=args.seeds,
@@ -162,7 +162,7 @@ def _compare_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path
 
 
 def _ablation_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path, out: Path) -> None:
-    from tuning.bench import ablation
+    import tuning.bench.ablation as ablation
     from tuning.config import resolve_tracking_uri
 
     epochs = args.ablation_epochs or (1 if args.smoke_test else ablation.HAND_CONFIG["epochs"])
@@ -180,7 +180,7 @@ def _ablation_part(data_cfg: DataConfig, args, report: BenchReport, storage: Pat
 
 def _deploy_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path, out: Path) -> None:
     from trainables.models import load_encoder, num_encoder_layers
-    from tuning.bench import deploy
+    import tuning.bench.deploy as deploy
     from tuning.config import resolve_tracking_uri
 
     layers = num_encoder_layers(load_encoder(args.model))
@@ -205,7 +205,7 @@ def _deploy_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path,
 
 
 def _log_to_mlflow(storage: Path, out: Path) -> None:
-    from tuning import tracking
+    import tuning.tracking as tracking
     from tuning.config import resolve_tracking_uri
 
     run = tracking.TrainRun(resolve_tracking_uri(None, storage), "tunebert-bench",

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from trainables.data import DataConfig
+from tuning.arguments import EXIT_USER_ERROR
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,12 @@ TARGETS = {"handed_over": 0.900, "config_mean": 0.895, "margin_over_hand": 0.005
 
 def _say(message: str) -> None:
     log.info(f"bench: compare: {message}")
+
+
+def run_tunebert(argv: list[str]) -> int:
+    """``tunebert ARGV`` as a child process (the command a user runs, with its own signal
+    handling and logging), sharing this terminal and environment; its exit status."""
+    return subprocess.run([sys.executable, "-m", "tuning.cli", *argv], check=False).returncode
 
 
 def hand_baseline(data: DataConfig, model: str, *, seeds: int, uri: str,
@@ -62,8 +71,6 @@ def tune_pipeline(data: DataConfig, model: str, *, budget_s: float, storage: Pat
                   max_train_examples: Optional[int] = None, smoke: bool = False,
                   extra: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """The default ``tunebert tune`` with ``budget_s``: its summary (``pipeline.state.result``)."""
-    from tuning.cli import EXIT_USER_ERROR, main
-
     argv = ["tune", "--name", name, "--data", data.source, "--text-column", data.text_column,
             "--label-column", data.label_column, "--model", model, "--time-budget", f"{budget_s:.0f}",
             "--storage", str(storage)]
@@ -72,7 +79,7 @@ def tune_pipeline(data: DataConfig, model: str, *, budget_s: float, storage: Pat
         argv.append("--smoke-test")
     _say("tunebert " + " ".join(argv))
     start = time.time()
-    code = main(argv)
+    code = run_tunebert(argv)
     if code == EXIT_USER_ERROR:
         raise PipelineRefused(f"tunebert tune exited with {code}")
     if code != 0:

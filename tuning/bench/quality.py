@@ -13,6 +13,7 @@ import numpy as np
 
 from trainables.data import DataConfig
 from tuning.bench.common import BenchReport, pm, say
+import tuning.bench.compare as compare
 
 
 
@@ -22,7 +23,7 @@ def search(data_cfg: DataConfig, model: str, report: BenchReport, *, budget_s: f
     from tuning.best import best_run
     from tuning.config import SweepConfig
     from tuning.runner import run_sweep
-    from tuning import tracking
+    import tuning.tracking as tracking
 
     curves, chosen = {}, {}
     stamp = int(time.time())
@@ -70,7 +71,7 @@ def _chosen_on_test(cfg, data_cfg: DataConfig, config: dict) -> float:
     """Test accuracy of the sweep's best trial's own model (the checkpoint the sweep logged)."""
     import tempfile
 
-    from tuning import tracking
+    import tuning.tracking as tracking
     from tuning.selection import evaluate_on_test
 
     uri = cfg.resolved_tracking_uri()
@@ -168,8 +169,7 @@ def pipeline_job(data_cfg: DataConfig, model: str, *, seed: int, budget_s: float
     --time-budget budget_s --seed seed`` under a name derived from its job key; a pipeline a
     kill interrupted is resumed (``tunebert resume``), a finished one is not run again; the
     outcome is then one FINISHED run in the table's experiment, tagged with the job key."""
-    from tuning import tracking
-    from tuning.bench.compare import tune_pipeline
+    import tuning.tracking as tracking
     from tuning.jobs import job_key, job_tags
     from tuning.pipeline import exists, load_pipeline
 
@@ -184,14 +184,12 @@ def pipeline_job(data_cfg: DataConfig, model: str, *, seed: int, budget_s: float
         return record["metrics"]
     name = f"bench-table-tune-seed{seed}-{key[:8]}"
     if exists(name, str(storage)) and load_pipeline(name, str(storage)).state.phase != "done":
-        from tuning.cli import main
-
         say(f"table: {table_job_name(PIPELINE, seed)}: resuming pipeline {name}")
-        if main(["resume", name, "--storage", str(storage)]) != 0:
+        if compare.run_tunebert(["resume", name, "--storage", str(storage)]) != 0:
             raise RuntimeError(f"tunebert resume {name} failed")
     if not exists(name, str(storage)):
         say(f"table: {table_job_name(PIPELINE, seed)}: tunebert tune for {budget_s / 60:.1f} min")
-        tune_pipeline(data_cfg, model, budget_s=budget_s, storage=storage, name=name, smoke=smoke,
+        compare.tune_pipeline(data_cfg, model, budget_s=budget_s, storage=storage, name=name, smoke=smoke,
                       extra=["--seed", str(seed)])
     pipeline = load_pipeline(name, str(storage))
     result = pipeline.state.result or {}
@@ -225,7 +223,6 @@ def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds:
     (``--jobs``) trains only the jobs it matches. The table is then written from the runs MLflow
     holds, so jobs finished by earlier invocations count, and a row short of seeds is marked."""
     from search_spaces.presets import STUDY_TEST_ACCURACY, get_preset
-    from tuning.bench.compare import PipelineRefused
     from tuning.config import resolve_tracking_uri
     from tuning.jobs import bench_job, pick_jobs, run_bench_jobs, threads_per_worker
 
@@ -264,7 +261,7 @@ def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds:
             try:
                 metrics = pipeline_job(data_cfg, model, seed=seed, budget_s=budget_s, uri=uri,
                                        storage=storage, smoke=smoke)
-            except PipelineRefused as err:  # e.g. a budget below what `tunebert tune` accepts;
+            except compare.PipelineRefused as err:  # e.g. a budget below what `tunebert tune` accepts;
                 # an interrupted or failed pipeline stops the bench (the next run resumes it)
                 refused = f"{job_name}: {err}"
                 say(f"table: {refused}; the table is written without it")
