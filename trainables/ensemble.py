@@ -33,9 +33,8 @@ import torch
 from torch import nn
 
 from trainables.errors import ModelLoadError
+from trainables.model_files import ENSEMBLE_FILE, ENSEMBLE_KIND as KIND
 
-ENSEMBLE_FILE = "ensemble.json"
-KIND = "ensemble"
 COMBINE = "mean_probability"
 
 

@@ -5,7 +5,7 @@ a complete new model in for it.
 --output-dir``'s ``seed-<seed>/`` and ``model/``, ``tune``'s output folder) is replaced only when
 it is missing, empty, or a tunebert model folder that holds nothing tunebert did not write
 (``check_replaceable``): a model folder (``tunebert.json`` with tunebert's format, and only the
-file names ``trainables.export.WRITTEN_FILES``), or an ensemble folder (``ensemble.json`` and
+file names ``trainables.model_files.WRITTEN_FILES``), or an ensemble folder (``ensemble.json`` and
 ``member-<i>/`` model folders, as ``save_ensemble_model`` writes it). Anything else is refused
 with a ``ConfigError`` naming the folder and what in it is foreign, before anything trains.
 The folder around ``seed-<seed>/`` and ``model/`` may hold anything: tunebert never removes it.
@@ -42,9 +42,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from trainables.ensemble import ENSEMBLE_FILE, KIND as ENSEMBLE_KIND
 from trainables.errors import ConfigError
-from trainables.export import FORMAT, MODEL_FILE, CARD_FILE, written_by_save_model
+from trainables.model_files import (CARD_FILE, ENSEMBLE_FILE, ENSEMBLE_KIND, FORMAT, MODEL_FILE,
+                                    written_by_save_model)
 
 log = logging.getLogger(__name__)
 
