@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from trainables.errors import CheckpointError
+from trainables.model_files import STATE_FILE
 
-STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
 LABEL_MAP_FILE = "label_map.json"
 MANIFEST_FILE = "complete.json"

@@ -36,6 +36,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
+from trainables.aliases import resolve_model
 from trainables.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -778,8 +779,6 @@ def encode_texts(tokenizer, texts: list[str], max_length: int) -> tuple[list[np.
 def _model_config(model: str) -> Optional[dict]:
     """The model's config.json as a dict, from its folder or the local hub cache (never the
     network); None when neither has it (the model's own loading then says what is wrong)."""
-    from trainables.models import resolve_model
-
     path = Path(resolve_model(model)).expanduser() / "config.json"
     if not path.is_file():
         try:

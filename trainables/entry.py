@@ -20,6 +20,7 @@ from trainables import registry
 from trainables.checkpointing import checkpoint_folders, checkpoint_index, incomplete_reason, is_model_only
 from trainables.data import TokenizedData
 from trainables.errors import ConfigError, NonFiniteLossError
+from trainables.runtime import pick_device, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,6 @@ def trainable(config: dict, data: TokenizedData) -> None:
     """``tune.with_parameters(trainable, data=...)``: ``config["trainable"]`` picks the family."""
     import ray
     from ray import tune
-
-    from trainables.runtime import pick_device, set_threads
 
     resources = ray.get_runtime_context().get_assigned_resources()
     set_threads(resources.get("CPU", 1))

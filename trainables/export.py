@@ -47,11 +47,17 @@ from typing import Any, Optional, Sequence
 
 from torch import nn
 
+from trainables import registry
+from trainables.checkpointing import STATE_FILE, load_checkpoint, model_weights
+from trainables.contrastive import ContrastiveModel
+from trainables.ensemble import ProbabilityEnsemble, is_ensemble_folder, read_ensemble, save_ensemble
 from trainables.errors import ConfigError, ModelLoadError
+from trainables.finetune import build_classifier
 # the folder's file names live in trainables/model_files.py (a leaf without torch); named here too
 from trainables.model_files import (  # noqa: F401
     CARD_FILE, ENCODER_CONFIG_FILE, ENCODER_WEIGHTS, FORMAT, FORMAT_VERSION, HEAD_FILE, LABEL_MAP_FILE,
     MODEL_FILE, WEIGHT_SHARD, WRITTEN_FILES, written_by_save_model)
+from trainables.models import TextClassifier, load_encoder, load_tokenizer, num_encoder_layers, quantize_int8
 
 
 @dataclass
@@ -79,8 +85,6 @@ def _check_empty(folder: Path) -> None:
 def _classifier_of(model: nn.Module):
     """The ``TextClassifier`` to hand over: the model itself, or a contrastive model's classifier
     (its projection head serves the contrastive loss in training only)."""
-    from trainables.models import TextClassifier
-
     for candidate in (model, getattr(model, "classifier", None)):
         if isinstance(candidate, TextClassifier):
             return candidate
@@ -95,9 +99,6 @@ def save_model(folder: str | Path, model: nn.Module, *, config: dict, label_map:
     with; ``metrics`` (optional, e.g. validation and test scores) go into the card and
     ``tunebert.json``. ``folder`` must not exist yet, or be empty."""
     from safetensors.torch import save_file
-
-    from trainables import registry
-    from trainables.models import num_encoder_layers
 
     folder = Path(folder)
     _check_empty(folder)
@@ -130,8 +131,6 @@ def save_ensemble_model(folder: str | Path, member_dirs: Sequence[str | Path],
                         weights: Optional[Sequence[float]] = None) -> Path:
     """An ensemble folder (``trainables.ensemble.save_ensemble``) of model folders written by
     ``save_model``, with its model card."""
-    from trainables.ensemble import read_ensemble, save_ensemble
-
     not_models = [str(m) for m in member_dirs if not is_model_folder(m)]
     if not_models:
         raise ModelLoadError(f"ensemble members must be model folders written by save_model "
@@ -232,8 +231,6 @@ def _damaged(where: str | Path, what: str) -> ModelLoadError:
 def _model_description(folder: Path) -> dict:
     """``folder/tunebert.json``, checked: the format and its version, the keys loading reads, and
     a training config this tunebert can build (``Predictor`` builds it again)."""
-    from trainables import registry
-
     path = folder / MODEL_FILE
     meta = _read_json(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -277,8 +274,6 @@ def _load_single(folder: Path) -> LoadedModel:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from trainables.models import TextClassifier, load_encoder, load_tokenizer, num_encoder_layers
-
     meta = _model_description(folder)
     missing = [name for name in (ENCODER_CONFIG_FILE, HEAD_FILE, LABEL_MAP_FILE)
                if not (folder / name).is_file()]
@@ -316,24 +311,16 @@ def _load_single(folder: Path) -> LoadedModel:
 
 def _quantized_if(quantize: bool, model: nn.Module) -> nn.Module:
     """``model``, or its int8 version when it was trained with ``quantize`` (CPU inference)."""
-    from trainables.models import quantize_int8
-
     return quantize_int8(model).eval() if quantize else model
 
 
 def _load_checkpoint(folder: Path) -> LoadedModel:
     """An older model folder: a training checkpoint, rebuilt on its base encoder."""
-    from trainables import registry
-    from trainables.checkpointing import load_checkpoint, model_weights
-    from trainables.finetune import build_classifier
-    from trainables.models import load_tokenizer
-
     state = load_checkpoint(folder)
     names = _label_map(folder / LABEL_MAP_FILE)["names"]
     cfg = registry.config_class(state["config"]["trainable"]).from_dict(state["config"])
     model = build_classifier(cfg, len(names))
     if cfg.trainable == "contrastive":  # a classifier plus its projection head
-        from trainables.contrastive import ContrastiveModel
 
         model = ContrastiveModel(model, cfg.projection_dim)
     model.load_state_dict(model_weights(state))  # the best epoch's (averaged) weights
@@ -343,8 +330,6 @@ def _load_checkpoint(folder: Path) -> LoadedModel:
 
 
 def _load_member(folder: Path) -> LoadedModel:
-    from trainables.checkpointing import STATE_FILE
-
     if is_model_folder(folder):
         return _load_single(folder)
     if (folder / STATE_FILE).is_file():
@@ -358,8 +343,6 @@ def _load_member(folder: Path) -> LoadedModel:
 def load_model(folder: str | Path) -> LoadedModel:
     """The model in ``folder``: a model folder, an ensemble folder, or an older checkpoint folder;
     on the CPU, in eval mode. Raises ``ModelLoadError`` (a ``UserError``) saying what is wrong."""
-    from trainables.ensemble import ProbabilityEnsemble, is_ensemble_folder, read_ensemble
-
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise ModelLoadError(f"model folder {str(folder)!r} does not exist; pass the folder "

@@ -24,9 +24,10 @@ from trainables.errors import ConfigError
 from trainables.hparams import FinetuneConfig
 from trainables.loops import evaluate, train_epoch
 from trainables.losses import two_view_classification_loss
-from trainables.models import (TextClassifier, freeze_bottom, load_encoder, num_encoder_layers,
-                                quantize_int8, reinit_top)
+from trainables.models import (TextClassifier, freeze_bottom, load_encoder, load_tokenizer,
+                               num_encoder_layers, quantize_int8, reinit_top)
 from trainables.optim import build_optimizer, llrd_param_groups
+from trainables.perturb import parse_spec, perturb_texts
 from trainables.runtime import resolve_precision, seed_everything, supports_precision
 from trainables.schedules import make_schedule
 
@@ -197,9 +198,6 @@ def perturbed_validation(spec: str, data: TokenizedData) -> EncodedSplit:
     A trial receives token ids, not texts, so the texts perturbed are the tokenizer's decoding of
     the ids: for an uncased model the lower-cased, accent-stripped text the model reads anyway;
     pieces the vocabulary lacks ([UNK]) are left out."""
-    from trainables.models import load_tokenizer
-    from trainables.perturb import parse_spec, perturb_texts
-
     val = data.splits["validation"]
     tokenizer = load_tokenizer(data.model)
     texts = tokenizer.batch_decode([ids.tolist() for ids in val.input_ids], skip_special_tokens=True,
@@ -246,8 +244,6 @@ def _measure_costs(cfg, model: TextClassifier, data: TokenizedData) -> dict[str,
         deployed = quantize_int8(deployed)
     probe = None
     if cfg.deploy_metrics:
-        from trainables.models import load_tokenizer
-
         # never longer than the position embeddings: training truncates texts there too
         length = min(cfg.max_length, getattr(model.encoder.config, "max_position_embeddings",
                                              cfg.max_length))

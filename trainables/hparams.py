@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Self
 
 from trainables.errors import ConfigError
+from trainables.perturb import parse_spec
 from trainables.ranges import Categorical, Distribution, Fixed, FloatRange, IntRange
 
 FAMILIES = ("finetune", "contrastive")
@@ -327,8 +328,6 @@ class _Config:
         if self.stop_epoch is not None and self.stop_epoch > self.epochs:
             raise ConfigError(f"`stop_epoch` ({self.stop_epoch}) cannot exceed `epochs` ({self.epochs})")
         if getattr(self, "perturb_eval", None) is not None:
-            from trainables.perturb import parse_spec
-
             parse_spec(self.perturb_eval, what="`perturb_eval`")
 
     @classmethod

@@ -28,6 +28,7 @@ WRITTEN_FILES = frozenset({
     "chat_template.json"})
 WEIGHT_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 ENSEMBLE_FILE = "ensemble.json"
+STATE_FILE = "state.pt"  # an older model folder: a training checkpoint (trainables.checkpointing)
 ENSEMBLE_KIND = "ensemble"
 
 

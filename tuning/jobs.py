@@ -34,6 +34,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
+import tuning.console as console
+from trainables.errors import UserError
 from tuning.job_folder import JobFolder  # noqa: F401  (the benchmark jobs' checkpoints; named here too)
 
 log = logging.getLogger(__name__)
@@ -53,8 +55,7 @@ def _pinned(fn: Callable, threads: int, kwargs: dict,
             verbosity: Optional[int] = None) -> tuple[float, Any]:
     """``fn(**kwargs)`` and its wall seconds, in a worker process limited to ``threads``
     intra-op threads, logging as the parent does (``verbosity``: its ``console.configured()``)."""
-    from trainables.runtime import set_threads
-    import tuning.console as console
+    from trainables.runtime import set_threads  # local: keeps torch off --help
 
     if verbosity is not None:
         console.setup(verbosity)
@@ -91,8 +92,6 @@ def run_jobs(fn: Callable, jobs: Sequence[dict], workers: int = 1,
     threads = threads_per_worker(workers)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        import tuning.console as console
-
         verbosity = console.configured()
         futures = [pool.submit(_pinned, fn, threads, dict(job), verbosity) for job in jobs]
         for index, future in enumerate(futures):
@@ -252,8 +251,6 @@ def pick_jobs(names: Sequence[str], patterns: str, option: str = "--jobs") -> li
     wanted = [p.strip() for p in patterns.split(",") if p.strip()]
     unmatched = [p for p in wanted if not fnmatch.filter(names, p)]
     if not wanted or unmatched:
-        from trainables.errors import UserError
-
         raise UserError(f"{option} {patterns!r}: {unmatched or 'no pattern'} matches no job; the "
                         f"jobs are {', '.join(names)} (glob patterns such as 'llrd-*' allowed)")
     return [name for name in names if any(fnmatch.fnmatchcase(name, p) for p in wanted)]
@@ -282,6 +279,7 @@ def train_job(config: dict, data: Any, *, key: str, uri: str, experiment: str, r
     """Train one benchmark job as an MLflow run tagged with its key and the code version
     (``job_tags``). With ``storage``, a checkpoint is kept every epoch in
     ``<storage>/jobs/<key>/`` and an unfinished run of the same job is continued from it."""
+    # local: keeps torch, mlflow and ray off --help
     import tuning.tracking as tracking
     from tuning.train import train_config
 
@@ -300,7 +298,7 @@ def run_bench_jobs(jobs: Sequence[BenchJob], *, uri: str, experiment: str, worke
     in ``selected`` when given), ``workers`` at a time, saying the progress after each. Returns
     every job's finished run as MLflow holds it (``tracking.finished_job``) by name, or None for
     a job that has none (not selected)."""
-    import tuning.tracking as tracking
+    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
 
     # create the store and the experiment once, here: workers racing to set up a fresh SQLite
     # store collide in its schema migrations

@@ -33,6 +33,7 @@ from __future__ import annotations
 import mlflow.pyfunc
 
 from tuning.mlflow_names import ARTIFACT, TEXT_COLUMN
+from tuning.predict import load_model
 
 
 def texts_of(model_input) -> list[str]:
@@ -60,8 +61,6 @@ class TunebertClassifier(mlflow.pyfunc.PythonModel):
     signature), so MLflow notes once that it has no type hints."""
 
     def load_context(self, context) -> None:
-        from tuning.predict import load_model
-
         self._predictor = load_model(context.artifacts[ARTIFACT])
 
     def predict(self, context, model_input, params=None):

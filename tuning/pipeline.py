@@ -51,10 +51,10 @@ evaluation), never more — as far as the measured speed holds.
 
 from __future__ import annotations
 
-import logging
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import re
 import shutil
@@ -65,11 +65,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from trainables.errors import ConfigError, UserError
 import tuning.outputs as outputs
+import tuning.selection as selection
+from trainables import registry
+from trainables.data import load_raw_splits
+from trainables.errors import ConfigError, UserError
 from tuning.arguments import add_objective_arguments, add_sweep_arguments, objective_settings, sweep_settings
 from tuning.config import (DEFAULT_POPULATION, DEFAULT_ROOT, POPULATION_SCHEDULERS, SweepConfig,
-                           check_sweep_name)
+                           check_sweep_name, resume_store)
+from tuning.credentials import redact
+from tuning.jobs import threads_per_worker
+from tuning.sweep_lock import sweep_lock
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +252,6 @@ def selection_speedup(cpus_per_trial: float, gpus_per_trial: float, select_worke
     (2 cores): sweep trials at 1 thread took 1m26s per epoch, the selection's trainings 34 s;
     without this factor the 2-hour plan left 22 of its 30 selection minutes unused. 1.0 on GPUs
     and on a cluster, whose machines this one cannot see."""
-    from tuning.jobs import threads_per_worker
-
     if gpus_per_trial > 0 or address not in (None, "", "local"):
         return 1.0
     return max(1.0, threads_per_worker(select_workers) / max(1, int(cpus_per_trial)))
@@ -276,8 +280,6 @@ def measure_epoch_seconds(prep) -> Optional[float]:
     """
     import numpy as np
     import torch
-
-    from trainables import registry
 
     cfg = prep.config
     remote = cfg.address not in (None, "", "local")
@@ -331,8 +333,6 @@ def trial_epoch_seconds(sweep_dir: Path, trial_id: str) -> list[float]:
 def training_epochs(config: dict[str, Any], epochs: Optional[int] = None) -> int:
     """Epochs one training of ``config`` runs (both stages of a contrastive config), with the
     classifier epochs replaced by ``epochs`` when given (as the selection does)."""
-    from trainables import registry
-
     config = {**config, **({"epochs": epochs, "stop_epoch": None} if epochs else {})}
     cfg = registry.config_class(config.get("trainable", "finetune")).from_dict(config)
     return int(getattr(cfg, "total_epochs", cfg.last_epoch))  # a sweep's stop_epoch shortens it
@@ -513,7 +513,7 @@ def _count_killed_session(pipeline: Pipeline) -> None:
 def start_pipeline(sweep: SweepConfig, config: PipelineConfig) -> Pipeline:
     """Validate, measure speed, split the budget and write the pipeline's state. No Ray yet:
     every refusal happens here, before anything is written."""
-    import tuning.runner as runner
+    import tuning.runner as runner  # local: keeps torch, mlflow and ray off --help
 
     started = time.time()
     sweep = sweep.anchored()  # absolute paths and the MLflow store, as the sweep will save them
@@ -593,8 +593,6 @@ def advance(pipeline: Pipeline, until: str = "done") -> Pipeline:
 def run_pipeline(sweep: SweepConfig, config: PipelineConfig) -> Pipeline:
     """The whole job: plan, sweep, select, test. Returns the finished pipeline. One driver at a
     time (``sweep_lock``)."""
-    from tuning.sweep_lock import sweep_lock
-
     with sweep_lock(sweep.sweep_dir, sweep.name):
         return advance(start_pipeline(sweep, config))
 
@@ -603,9 +601,7 @@ def resume_pipeline(name: str, storage: str = DEFAULT_ROOT, **changes: Any) -> P
     """Continue a stopped pipeline; ``changes`` (tracking_uri, address) apply to its sweep. The
     MLflow store must be the one it started with (``config.resume_store``). One driver at a time
     (``sweep_lock``)."""
-    import tuning.tracking as tracking
-    from tuning.config import resume_store
-    from tuning.sweep_lock import sweep_lock
+    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
 
     with sweep_lock(pipeline_path(name, storage).parent, name):
         pipeline = load_pipeline(name, storage)
@@ -623,7 +619,7 @@ def resume_pipeline(name: str, storage: str = DEFAULT_ROOT, **changes: Any) -> P
 
 
 def _sweep_phase(pipeline: Pipeline) -> None:
-    import tuning.runner as runner
+    import tuning.runner as runner  # local: keeps torch, mlflow and ray off --help
 
     sweep, state = pipeline.sweep, pipeline.state
     left = state.sweep_planned_s - state.sweep_actual_s
@@ -675,15 +671,13 @@ def _measured_training_s(pipeline: Pipeline, leaders) -> tuple[list[float], floa
 
 
 def _train_size(pipeline: Pipeline) -> int:
-    from trainables.data import load_raw_splits
-
     return len(load_raw_splits(pipeline.sweep.data)["train"].texts)
 
 
 def _select_phase(pipeline: Pipeline) -> None:
+    # local: keeps mlflow and ray off --help
     import tuning.best as best
     import tuning.tracking as tracking
-    from tuning.selection import final_selection
 
     sweep, config, state = pipeline.sweep, pipeline.config, pipeline.state
     # refuses a folder another pipeline claimed meanwhile (one started before claims existed, or
@@ -726,7 +720,7 @@ def _select_phase(pipeline: Pipeline) -> None:
         _note(pipeline, "no ensemble: it needs at least 2 seeds (an ensemble of one model is "
                         "that model)")
     with _Session(pipeline, "select"):
-        result = final_selection(
+        result = selection.final_selection(
             sweep.name, state.top_k, state.seeds, sweep.metric, sweep.tracking_uri, sweep.storage,
             mode=sweep.mode, epochs=config.select_epochs,
             max_train_examples=config.max_train_examples, output_dir=str(out),
@@ -773,7 +767,7 @@ def _result_summary(result, metric: str) -> dict[str, Any]:
 
 def _log_summary(pipeline: Pipeline, uri: str, parent_run_id: Optional[str]) -> None:
     """The pipeline's summary on the sweep's parent run: metrics, tags and PIPELINE_FILE."""
-    import tuning.tracking as tracking
+    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
 
     if parent_run_id is None:
         return
@@ -855,8 +849,6 @@ def render_summary(pipeline: Pipeline) -> str:
 
 
 def print_summary(pipeline: Pipeline) -> None:
-    from tuning.tracking import redact
-
     print()
     print(render_summary(pipeline), flush=True)
     sweep = pipeline.sweep

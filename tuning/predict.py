@@ -26,6 +26,8 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from trainables import registry
+from trainables.data import EncodedSplit, bucketed_batches, collate, encode_texts
 from trainables.errors import UserError
 
 MODEL_URI_SCHEMES = ("runs:/", "models:/")
@@ -45,8 +47,6 @@ class Predictor:
     def __init__(self, loaded, *, device=None, batch_size: int = 64, source: Optional[str] = None):
         import torch
 
-        from trainables import registry
-
         if device is None:
             device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.device = torch.device(device)
@@ -65,8 +65,7 @@ class Predictor:
         members'). Batches of similar length, answered in the order given."""
         import torch
 
-        from trainables.data import EncodedSplit, bucketed_batches, collate, encode_texts
-        from trainables.loops import autocast_context
+        from trainables.loops import autocast_context  # local: keeps torch off --help
 
         texts = list(texts)
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
@@ -115,12 +114,12 @@ def load_model(source: str | Path, *, device=None, batch_size: int = 64,
     a ``runs:/`` or ``models:/`` URI of a model tunebert logged to MLflow, read from
     ``tracking_uri``: default ``$MLFLOW_TRACKING_URI``), ready to predict on ``device`` (default:
     the first GPU if there is one, else the CPU) in batches of ``batch_size`` texts."""
-    from trainables.export import load_model as load_folder
+    from trainables.export import load_model as load_folder  # local: keeps torch off --help
 
     if not is_model_uri(source):
         return Predictor(load_folder(source), device=device, batch_size=batch_size,
                          source=str(source))
-    import tuning.tracking as tracking
+    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
 
     download = tempfile.TemporaryDirectory(prefix="tunebert-model-")
     try:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from ray.tune import Callback
 
+from trainables import registry
 from tuning.console import clock
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,6 @@ def _fmt_value(value: Any) -> str:
 def planned_epochs(config: dict[str, Any]) -> int:
     """The epochs a trial of ``config`` runs when nothing stops it (both stages of a contrastive
     trial; a sweep's ``stop_epoch`` shortens it)."""
-    from trainables import registry
-
     resolved = registry.resolve_config(config)
     cfg = registry.config_class(resolved.get("trainable", "finetune")).from_dict(resolved)
     return int(getattr(cfg, "total_epochs", cfg.last_epoch))

@@ -41,6 +41,7 @@ from ray.tune import Callback
 
 from trainables.checkpointing import STATE_FILE, checkpoint_folders, shrink_to_model
 from trainables.errors import CheckpointError
+import tuning.tracking as tracking
 from tuning.ray_internals import saved_checkpoint_path
 
 log = logging.getLogger(__name__)
@@ -208,8 +209,6 @@ class CheckpointPruner(Callback):
         self._log_usage()
 
     def _log_usage(self) -> None:
-        import tuning.tracking as tracking
-
         logger = tracking.MlflowTrialLogger.live(self.sweep_name)
         if logger is None:
             return

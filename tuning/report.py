@@ -57,7 +57,7 @@ FIGURES = {  # figure key (its PNG's file stem) -> what the figure shows
 
 def _tracking():
     """``tuning.tracking`` (mlflow, Ray) loads on first use, so building the CLI stays fast."""
-    import tuning.tracking as tracking
+    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
 
     return tracking
 
@@ -81,7 +81,7 @@ class Report:
 def _pareto_step(trials: list[TrialRecord], sweep: str, uri: str, storage: str,
                  best: Optional[TrialRecord], out: Path, figures: dict[str, Path]) -> None:
     """The Pareto figure, for a sweep with exactly two objectives."""
-    from tuning.best import front, sweep_goal
+    from tuning.best import front, sweep_goal  # local: keeps mlflow and ray off --help
 
     goal = sweep_goal(sweep, tracking_uri=uri, storage=storage)
     if len(goal.objectives) == 2:

@@ -17,7 +17,11 @@ from typing import Optional
 
 import numpy as np
 
+import trainables.data as trainables_data
+from trainables import registry
+from trainables.data import LabelMap, load_raw_splits
 from trainables.errors import ConfigError, UserError
+from tuning.config import load_saved_sweep
 from tuning.report_data import TrialRecord
 
 log = logging.getLogger(__name__)
@@ -28,7 +32,7 @@ EVAL_BATCH_SIZE = 64
 
 def _tracking():
     """``tuning.tracking`` (mlflow, Ray) loads on first use, so building the CLI stays fast."""
-    import tuning.tracking as tracking
+    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
 
     return tracking
 
@@ -88,7 +92,7 @@ def best_checkpoint(uri: str, parent_run_id: Optional[str], sweep_dir: Path, bes
 
 def rebuild_model(config: dict, state: dict, num_labels: int):
     """The trial's model, as its family builds it, with the checkpoint's weights."""
-    from trainables import registry
+    # local: keeps torch off --help
     from trainables.checkpointing import model_weights
     from trainables.finetune import build_classifier
 
@@ -96,7 +100,7 @@ def rebuild_model(config: dict, state: dict, num_labels: int):
     cfg = registry.config_class(trainable).from_dict(config)
     model = build_classifier(cfg, num_labels)
     if trainable == "contrastive":
-        from trainables.contrastive import ContrastiveModel
+        from trainables.contrastive import ContrastiveModel  # local: keeps torch off --help
 
         model = ContrastiveModel(model, cfg.projection_dim)
     model.load_state_dict(model_weights(state))  # the best epoch's (averaged) weights
@@ -107,15 +111,15 @@ def validation_confusion(checkpoint_dir: Path, data_config, trial_id: str) -> Co
     """Re-tokenize the validation split the way the trial saw it, run the checkpoint over it."""
     import torch
 
+    # local: keeps torch off --help
     from trainables.checkpointing import load_checkpoint
-    from trainables.data import LabelMap, load_raw_splits, tokenize_splits
     from trainables.loops import evaluate
     from trainables.models import load_tokenizer
 
     state = load_checkpoint(checkpoint_dir)
     config = state["config"]
     raw = load_raw_splits(data_config)
-    data = tokenize_splits(raw, load_tokenizer(config["model"]), model=config["model"],
+    data = trainables_data.tokenize_splits(raw, load_tokenizer(config["model"]), model=config["model"],
                            max_length=config["max_length"], include_test=False)
     saved = LabelMap.from_dict(state["label_map"])
     if saved.names != data.label_map.names:
@@ -135,8 +139,6 @@ def validation_confusion(checkpoint_dir: Path, data_config, trial_id: str) -> Co
 def best_trial_confusion(uri: str, parent_run_id: Optional[str], sweep: str, storage: str,
                          best: Optional[TrialRecord]) -> tuple[Optional[Confusion], Optional[str]]:
     """The best trial's validation confusion matrix, or (None, why it was skipped)."""
-    from tuning.config import load_saved_sweep
-
     if best is None:
         return None, "No finished trial, so no checkpoint to evaluate."
     try:

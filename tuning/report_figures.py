@@ -18,6 +18,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from trainables.registry import REPORTED_METRICS, ranked_metric
 from tuning.report_checkpoint import Confusion
 from tuning.report_data import METRIC, TrialRecord
 from tuning.report_study import completed
@@ -188,8 +189,6 @@ def plot_learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], 
 
 
 def _objective_label(metric: str, mode: str) -> str:
-    from trainables.registry import REPORTED_METRICS, ranked_metric
-
     unit = getattr(REPORTED_METRICS.get(metric), "unit", "")
     name = "best-epoch " + metric if ranked_metric(metric) != metric else metric
     return f"{name} ({unit + ', ' if unit else ''}{'higher' if mode == 'max' else 'lower'} is better)"
@@ -218,7 +217,7 @@ def plot_pareto(trials: list[TrialRecord], goal, front_ids: list[str], chosen_id
     starred. Drawn here, not with optuna.visualization's plot_pareto_front: the front and the
     chosen point must be exactly `tunebert best --front`'s (constraints, best epochs, trials with
     a missing objective left out), which an Optuna study rebuilt from MLflow would not know."""
-    from tuning.best import score_key
+    from tuning.best import score_key  # local: keeps mlflow and ray off --help
 
     plt = _pyplot()
     y_obj, x_obj = goal.objectives  # the first objective up the y axis

@@ -25,12 +25,16 @@ from search_spaces.overrides import load_space
 from search_spaces.space import SearchSpace
 from trainables import registry
 from trainables.data import TokenizedData, data_fingerprint, load_raw_splits, tokenize_splits
+from trainables.entry import recycled
 from trainables.errors import ConfigError, UserError
 from trainables.models import load_tokenizer
+import tuning.best as best_trials
 import tuning.console as console
 import tuning.credentials as credentials
+import tuning.pbt as pbt
 import tuning.ray_internals as ray_internals
 import tuning.tracking as tracking
+from tuning.asha import RUNGS_FILE, ResumableASHA
 from tuning.progress import SweepProgress
 from tuning.pruning import CheckpointPruner
 from tuning.config import (DEFAULT_ROOT, POPULATION_SCHEDULERS, SweepConfig, load_saved_sweep,
@@ -200,8 +204,6 @@ def prepare(cfg: SweepConfig) -> Prepared:
         say(f"note: {note}")
     population_based = cfg.scheduler in POPULATION_SCHEDULERS
     if population_based:
-        import tuning.pbt as pbt
-
         pbt.check_available(cfg.scheduler)
         pbt.mutable_params(space, cfg.mutate, cfg.scheduler)
     # a dry run of the sampler: every combination it can produce must be a valid config. PBT has
@@ -389,11 +391,7 @@ def _tuner(prep: Prepared, callback, *, restore: bool, stop=None):
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from tuning.asha import RUNGS_FILE, ResumableASHA
-
     cfg = prep.config
-    from trainables.entry import recycled
-
     trainable = tune.with_resources(
         recycled(tune.with_parameters(registry.ray_entry_point(), data=prep.data)),
         {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
@@ -411,8 +409,6 @@ def _tuner(prep: Prepared, callback, *, restore: bool, stop=None):
     keep, param_space = cfg.keep_checkpoints, None
     tune_metric = cfg.metric  # population schedulers exploit the current epoch's score
     if cfg.scheduler in POPULATION_SCHEDULERS:
-        import tuning.pbt as pbt
-
         scheduler = pbt.build_scheduler(cfg, prep.space,
                                         on_clone=functools.partial(tracking.record_clone, cfg.name))
         searcher, param_space = pbt.population_search(prep.population)
@@ -643,13 +639,12 @@ def _finish(cfg: SweepConfig, uri: str, experiment_id: str, parent_id: str, resu
 
 def _record_end(cfg: SweepConfig, uri: str, experiment_id: str, parent_id: str, results, live,
                 start: float) -> SweepOutcome:
-    from tuning.best import Goal, top_k
-
     tracking.close_open_trial_runs(uri, experiment_id, "KILLED")
     runs = tracking.trial_runs(uri, cfg.name)
     counts = {s: sum(r.info.status == s for r in runs) for s in ("FINISHED", "FAILED", "KILLED")}
     # with several objectives: the point of the front `tunebert best` hands back
-    best_list = top_k(cfg.name, 1, goal=Goal.of(cfg), tracking_uri=uri, storage=cfg.storage)
+    best_list = best_trials.top_k(cfg.name, 1, goal=best_trials.Goal.of(cfg), tracking_uri=uri,
+                                  storage=cfg.storage)
     best = best_list[0] if best_list else None
     best_checkpoint = None
     extra = [str(cfg.sweep_dir / "search_space.yaml")]

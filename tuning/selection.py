@@ -49,9 +49,9 @@ the selection run; only the chosen config's runs get test metrics and an MLflow 
 
 from __future__ import annotations
 
-import logging
 import argparse
 import json
+import logging
 import math
 import shutil
 import statistics
@@ -60,11 +60,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from trainables import registry
-from trainables.data import DataConfig
-from trainables.errors import ConfigError, DataError, NonFiniteLossError, UserError
+import trainables.data as trainables_data
+import tuning.jobs as training_jobs
 import tuning.outputs as outputs
+from trainables import registry
+from trainables.data import DataConfig, data_fingerprint, load_raw_splits
+from trainables.errors import ConfigError, DataError, NonFiniteLossError, UserError
 from tuning.config import DEFAULT_ROOT, check_sweep_name, load_saved_sweep, resolve_tracking_uri
+from tuning.credentials import redact
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +265,7 @@ def load_model_folder(folder: str | Path):
     self-contained model folder, an ensemble folder whose members share the label map and the
     tokenizer (``model``, ``max_length``; the config returned is then the first member's), or an
     older checkpoint folder. Raises ``ModelLoadError`` for anything else."""
-    from trainables.export import load_model
+    from trainables.export import load_model  # local: keeps torch off --help
 
     loaded = load_model(folder)
     return loaded.model, loaded.config, loaded.label_map
@@ -275,14 +278,14 @@ def evaluate_folders(folders: Sequence[str | Path], data_config: DataConfig, con
     is the only place selection reads the test split."""
     import torch
 
-    from trainables.data import load_raw_splits, tokenize_splits
+    # local: keeps torch off --help
     from trainables.loops import evaluate
     from trainables.models import load_tokenizer
 
     if split not in ("validation", "test"):
         raise ValueError(f"split must be 'validation' or 'test', but got {split!r}")
     cfg = registry.config_class(config["trainable"]).from_dict(config)
-    data = tokenize_splits(load_raw_splits(data_config), load_tokenizer(cfg.model), model=cfg.model,
+    data = trainables_data.tokenize_splits(load_raw_splits(data_config), load_tokenizer(cfg.model), model=cfg.model,
                            max_length=cfg.max_length, include_test=split == "test")
     label_map = json.loads(json.dumps(data.label_map.to_dict()))
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
@@ -344,7 +347,7 @@ def _train_seed(config: dict, data: DataConfig, *, uri: str, sweep: str, parent_
                 max_train_examples: Optional[int], announce: str = "") -> tuple[float, str]:
     """Train one seed of one candidate, validation only; (its metric, its run id). Runs in a
     worker process when selection trains several at a time (``tuning.jobs.run_jobs``)."""
-    from tuning.train import train_config
+    from tuning.train import train_config  # local: keeps torch, mlflow and ray off --help
 
     if announce:
         _say(announce)
@@ -392,7 +395,7 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
     ``register_model`` registers the handed-over model under that name in the MLflow Model
     Registry, tagged with its lineage (sweep, trial, selection run, data fingerprint).
     """
-    from trainables.data import data_fingerprint, load_raw_splits
+    # local: keeps mlflow and ray off --help
     import tuning.best as best
     import tuning.tracking as tracking
 
@@ -445,8 +448,7 @@ def _select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int,
             register_model: Optional[str] = None, fingerprint: Optional[str] = None) -> SelectionResult:
     import yaml
 
-    import tuning.tracking as tracking
-    from tuning.jobs import run_jobs
+    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
 
     # an epochs override trains the whole new schedule: the sweep's stop_epoch no longer applies
     configs = [{**trial.config, **({"epochs": epochs, "stop_epoch": None} if epochs else {})}
@@ -465,7 +467,7 @@ def _select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int,
     # workers never race to create them
     if workers > 1:
         _say(f"training {len(jobs)} models, {workers} at a time")
-    results = run_jobs(_train_seed, jobs, workers)
+    results = training_jobs.run_jobs(_train_seed, jobs, workers)
     candidates: list[Candidate] = []
     leader: Optional[Candidate] = None
     try:
@@ -607,7 +609,7 @@ def _hand_over(chosen: Candidate, checkpoints: list[str], data: DataConfig, *, m
     if not ensemble:
         seed, score = best_seed(chosen.seeds, chosen.scores, mode)
         return _Handover("single", checkpoints[chosen.seeds.index(seed)], seed, score, None, 1)
-    from trainables.export import save_ensemble_model
+    from trainables.export import save_ensemble_model  # local: keeps torch off --help
 
     save_ensemble_model(ensemble_dir, checkpoints)
     scores = [m[metric] for m in evaluate_folders(checkpoints + [str(ensemble_dir)], data,
@@ -721,8 +723,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from tuning.tracking import redact
-
     top_k, seeds, epochs, limit = args.top_k, args.seeds, args.epochs, None
     if args.smoke_test:
         top_k, seeds, epochs, limit = min(top_k, 2), 2 if args.ensemble else 1, 1, 64

@@ -33,16 +33,17 @@ from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from trainables.errors import UserError
 import tuning.credentials as credentials
+from trainables.errors import UserError
+from trainables.model_files import ENSEMBLE_FILE, MODEL_FILE, STATE_FILE
+from trainables.registry import ranked_metric
 from tuning.config import resolve_tracking_uri
-from tuning.mlflow_names import ARTIFACT, TEXT_COLUMN
+from tuning.mlflow_names import ARTIFACT, KIND, RUNS_VIEW_QUERY, TEXT_COLUMN
 
 log = logging.getLogger(__name__)
 for _noisy in ("mlflow", "alembic"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
-KIND = "tunebert.kind"
 SWEEP = "tunebert.sweep"
 TRIAL_ID = "tunebert.trial_id"
 CONFIG = "tunebert.config"
@@ -176,11 +177,10 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: Option
 # the answer in the tag EXPERIMENT_KIND (the UI writes it itself): RUNS_VIEW is its "Machine
 # learning" kind (the runs table), "genai_development" its traces view. Without the tag, 3.x asks
 # on every visit; up to 3.16 or so it picked the view from the tag. MLflow 3.17 picks the view
-# from the browser's workflow toggle instead, which a link's query RUNS_VIEW_QUERY sets, for the
-# page it opens (``link_report``, ``tuning.ui``).
+# from the browser's workflow toggle instead, which a link's query RUNS_VIEW_QUERY
+# (``tuning.mlflow_names``) sets, for the page it opens (``link_report``, ``tuning.ui``).
 EXPERIMENT_KIND = "mlflow.experimentKind"
 RUNS_VIEW = "custom_model_development"
-RUNS_VIEW_QUERY = {"workflowType": "machine_learning"}
 NOTE = "mlflow.note.content"  # the Markdown description the UI shows for an experiment or run
 OUR_NOTE = "tunebert sweep"  # how every experiment description tunebert writes starts
 # a kind the UI sets on its own (inferred) or that says nothing: ours replaces it; a kind someone
@@ -205,8 +205,6 @@ def describe(client: MlflowClient, experiment, text: str) -> None:
 
 def sweep_description(name: str, metric: str = "val_accuracy", mode: str = "max") -> str:
     """How to read sweep ``name`` in the MLflow UI (Markdown, the experiment's description)."""
-    from trainables.registry import ranked_metric
-
     ranked = ranked_metric(metric)
     better = "higher" if mode == "max" else "lower"
     return (
@@ -231,8 +229,6 @@ def prepare_for_ui(uri: str, sweep_name: str) -> tuple[str, str, str]:
     """Make sweep ``sweep_name``'s experiment read well in the MLflow UI (the runs-table kind and
     the description, also for sweeps recorded before tunebert set them). Returns its experiment
     id, the metric key its trials are ranked by and the mode ('max' or 'min')."""
-    from trainables.registry import ranked_metric
-
     client, experiment = find_sweep_experiment(uri, sweep_name)
     parent = _runs(client, experiment.experiment_id, f"tags.`{KIND}` = 'sweep'")
     params = parent[0].data.params if parent else {}
@@ -1046,10 +1042,6 @@ def download_model(model_uri: str, uri: Optional[str], destination: str) -> str:
     model folder inside it (an older run's ``model`` artifact is the folder itself)."""
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
-
-    from trainables.checkpointing import STATE_FILE
-    from trainables.ensemble import ENSEMBLE_FILE
-    from trainables.export import MODEL_FILE
 
     from contextlib import nullcontext
 

@@ -15,8 +15,8 @@ row with a + to expand; the second lists the trials flat, ranked by the sweep's 
 
 from __future__ import annotations
 
-import logging
 import argparse
+import logging
 import os
 import signal
 import socket
@@ -30,7 +30,10 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlencode
 
+import tuning.credentials as credentials
 from trainables.errors import UserError
+from tuning.interrupt import Interrupted
+from tuning.mlflow_names import KIND, RUNS_VIEW_QUERY
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +69,6 @@ def experiment_url(base: str, experiment_id: Optional[str]) -> str:
     (the only order in which MLflow nests child runs under their parent); or the experiment
     list. The order and filter are explicit because the UI otherwise reuses the last ones the
     browser used for that experiment."""
-    from tuning.tracking import RUNS_VIEW_QUERY
-
     if not experiment_id:
         return f"{base.rstrip('/')}/#/experiments?{urlencode(RUNS_VIEW_QUERY)}"
     query = {**RUNS_VIEW_QUERY, "searchFilter": "", "orderByKey": "attributes.start_time",
@@ -78,8 +79,6 @@ def experiment_url(base: str, experiment_id: Optional[str]) -> str:
 def ranked_url(base: str, experiment_id: str, metric_key: str, mode: str) -> str:
     """The experiment's trial runs alone, sorted by ``metric_key``, best first (a sorted table
     lists runs flat)."""
-    from tuning.tracking import KIND, RUNS_VIEW_QUERY
-
     query = {**RUNS_VIEW_QUERY, "searchFilter": f"tags.`{KIND}` = 'trial'",
              "orderByKey": f"metrics.`{metric_key}`", "orderByAsc": "true" if mode == "min" else "false"}
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
@@ -136,8 +135,6 @@ class UiServer:
         self.failed = False  # keep the log for the user to read
 
     def start(self, timeout_s: float) -> "UiServer":
-        import tuning.credentials as credentials
-
         handle, name = tempfile.mkstemp(prefix="tunebert-mlflow-ui-", suffix=".log")
         self.log_path = Path(name)
         # the store's URI goes in the environment, not the command line: ps shows no password
@@ -211,8 +208,7 @@ def _say(message: str) -> None:
 
 def run(args: argparse.Namespace, uri: str) -> int:
     """``tunebert ui`` on the store ``uri`` (resolved and checked by the CLI)."""
-    import tuning.tracking as tracking
-    from tuning.interrupt import Interrupted
+    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
 
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).expanduser().is_file():
         raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}: pass the --storage a sweep "

@@ -14,8 +14,10 @@ import statistics
 from pathlib import Path
 from typing import Any, Optional
 
+import tuning.jobs as training_jobs
 from search_spaces.presets import PRESETS
 from trainables.data import DataConfig
+from tuning.jobs import bench_job
 
 # The issue's hand-written config: AdamW, lr 1e-4, batch 32, 4 epochs, mean pooling, linear
 # head, 10 % linear warm-up, weight decay 0.01 (these are also the trainable's defaults).
@@ -49,8 +51,6 @@ def run_ablation(data: DataConfig, model: str, *, seeds: int, epochs: Optional[i
     """One row per variant: its per-seed validation accuracies (best epoch) and mean wall
     seconds, read from the jobs' MLflow runs. Each (row, seed) is a resumable job
     (``tuning.jobs.run_bench_jobs``; with ``storage`` it continues from its checkpoint)."""
-    from tuning.jobs import bench_job, run_bench_jobs
-
     variants = variants or VARIANTS
     base = {**HAND_CONFIG, "model": model, **({"epochs": epochs} if epochs else {})}
     fit = {"swa_epochs": lambda k: min(k, base["epochs"])}  # a shortened run (smoke test)
@@ -61,7 +61,7 @@ def run_ablation(data: DataConfig, model: str, *, seeds: int, epochs: Optional[i
                              log_model=False)
                    for seed in range(seeds)] for name, changes in variants.items()}
     _say(f"{len(variants)} variants x {seeds} seeds, {workers} at a time")
-    records = run_bench_jobs([job for mine in jobs.values() for job in mine], uri=uri,
+    records = training_jobs.run_bench_jobs([job for mine in jobs.values() for job in mine], uri=uri,
                              experiment=EXPERIMENT, workers=workers, say=_say)
     rows = []
     for name, changes in variants.items():

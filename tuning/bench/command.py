@@ -9,11 +9,16 @@ import statistics
 import time
 from pathlib import Path
 
+import tuning.bench.ablation as ablation
+import tuning.bench.compare as compare
+import tuning.bench.deploy as deploy
 from trainables.data import DataConfig
 from trainables.errors import UserError
 from tuning.bench.common import BenchReport, load_data, say, subset_folder
 from tuning.bench.quality import search, study_table, table_job_names
 from tuning.bench.speed import overhead, throughput
+from tuning.config import resolve_tracking_uri
+from tuning.jobs import pick_jobs
 
 PARTS = ("throughput", "overhead", "search", "table", "ablation", "compare", "deploy")
 # the options that count something: each must be at least 1 (None: the option's own default)
@@ -106,7 +111,6 @@ def run(args) -> int:
         if "table" not in parts:
             raise UserError(f"--jobs picks jobs of the table part, but --parts {args.parts!r} has no "
                             f"table; add it, or leave --jobs out")
-        from tuning.jobs import pick_jobs
 
         pick_jobs(table_job_names(presets, args.seeds, tuned="search" in parts), args.jobs)
     if args.smoke_test:
@@ -145,9 +149,6 @@ def run(args) -> int:
 
 
 def _compare_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path, out: Path) -> None:
-    import tuning.bench.compare as compare
-    from tuning.config import resolve_tracking_uri
-
     hand = compare.hand_baseline(data_cfg, args.model, seeds=args.seeds,
                                  uri=resolve_tracking_uri(None, storage),
                                  epochs=1 if args.smoke_test else None, storage=storage)
@@ -162,9 +163,6 @@ def _compare_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path
 
 
 def _ablation_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path, out: Path) -> None:
-    import tuning.bench.ablation as ablation
-    from tuning.config import resolve_tracking_uri
-
     epochs = args.ablation_epochs or (1 if args.smoke_test else ablation.HAND_CONFIG["epochs"])
     rows = ablation.run_ablation(data_cfg, args.model, seeds=args.seeds, epochs=epochs,
                                  uri=resolve_tracking_uri(None, storage), workers=args.ablation_workers,
@@ -179,9 +177,7 @@ def _ablation_part(data_cfg: DataConfig, args, report: BenchReport, storage: Pat
 
 
 def _deploy_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path, out: Path) -> None:
-    from trainables.models import load_encoder, num_encoder_layers
-    import tuning.bench.deploy as deploy
-    from tuning.config import resolve_tracking_uri
+    from trainables.models import load_encoder, num_encoder_layers  # local: keeps torch off --help
 
     layers = num_encoder_layers(load_encoder(args.model))
     fewer = tuple(k for k in (deploy.LAYERS if not args.smoke_test else (1,)) if k < layers)
@@ -205,8 +201,7 @@ def _deploy_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path,
 
 
 def _log_to_mlflow(storage: Path, out: Path) -> None:
-    import tuning.tracking as tracking
-    from tuning.config import resolve_tracking_uri
+    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
 
     run = tracking.TrainRun(resolve_tracking_uri(None, storage), "tunebert-bench",
                             {"trainable": "bench"}, f"bench-{time.strftime('%Y%m%d-%H%M%S')}",

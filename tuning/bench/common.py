@@ -54,7 +54,7 @@ def machine() -> str:
 
 
 def load_data(data: DataConfig, model: str, max_length: int, subset: Optional[int]) -> TokenizedData:
-    from trainables.models import load_tokenizer
+    from trainables.models import load_tokenizer  # local: keeps torch off --help
 
     raw = load_raw_splits(data)
     tokenized = tokenize_splits(raw, load_tokenizer(model), model=model, max_length=max_length)

@@ -17,8 +17,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import tuning.jobs as training_jobs
 from trainables.data import DataConfig
 from tuning.arguments import EXIT_USER_ERROR
+from tuning.bench.ablation import HAND_CONFIG
+from tuning.jobs import bench_job
+from tuning.pipeline import load_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +47,12 @@ def hand_baseline(data: DataConfig, model: str, *, seeds: int, uri: str,
     the test accuracy and the wall seconds, read from the jobs' MLflow runs. Each seed is a
     resumable job (``tuning.jobs.run_bench_jobs``; with ``storage`` it continues from its
     checkpoint)."""
-    from tuning.bench.ablation import HAND_CONFIG
-    from tuning.jobs import bench_job, run_bench_jobs
-
     jobs = [bench_job(f"hand-seed{seed}",
                       {**HAND_CONFIG, "model": model, "seed": seed, **({"epochs": epochs} if epochs else {})},
                       data, uri=uri, experiment=HAND_EXPERIMENT, storage=storage, log_model=False)
             for seed in range(seeds)]
     _say(f"hand baseline: {seeds} seed(s) of the hand config")
-    records = run_bench_jobs(jobs, uri=uri, experiment=HAND_EXPERIMENT, workers=1,
+    records = training_jobs.run_bench_jobs(jobs, uri=uri, experiment=HAND_EXPERIMENT, workers=1,
                              say=lambda message: _say(f"hand baseline: {message}"))
     results = []
     for job in jobs:
@@ -84,7 +85,6 @@ def tune_pipeline(data: DataConfig, model: str, *, budget_s: float, storage: Pat
         raise PipelineRefused(f"tunebert tune exited with {code}")
     if code != 0:
         raise RuntimeError(f"tunebert tune exited with {code}")
-    from tuning.pipeline import load_pipeline
 
     pipeline = load_pipeline(name, str(storage))
     return {**pipeline.state.result, "wall_s": time.time() - start,

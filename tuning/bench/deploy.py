@@ -25,8 +25,13 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import tuning.jobs as training_jobs
 from trainables.data import DataConfig
+from tuning.bench.ablation import HAND_CONFIG
 from tuning.bench.common import pm
+from tuning.config import SweepConfig
+from tuning.jobs import bench_job
+from tuning.report import build_report
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +62,6 @@ def run_variants(data: DataConfig, model: str, *, seeds: int, uri: str, storage:
     """One row per variant, from its jobs' MLflow runs: per-seed validation accuracy and
     perturbed accuracy (of the int8 model for an int8 row) and the mean costs of the served
     model."""
-    from tuning.bench.ablation import HAND_CONFIG
-    from tuning.jobs import bench_job, run_bench_jobs
-
     base = {**HAND_CONFIG, "model": model, "perturb_eval": PERTURB,
             **({"epochs": epochs} if epochs else {})}
     table = variants(layers)
@@ -69,7 +71,7 @@ def run_variants(data: DataConfig, model: str, *, seeds: int, uri: str, storage:
                              log_model=False)
                    for seed in range(seeds)] for name, changes in table.items()}
     _say(f"{len(table)} variants x {seeds} seed(s)")
-    records = run_bench_jobs([job for mine in jobs.values() for job in mine], uri=uri,
+    records = training_jobs.run_bench_jobs([job for mine in jobs.values() for job in mine], uri=uri,
                              experiment=EXPERIMENT, workers=1, say=_say)
     rows = []
     for name, changes in table.items():
@@ -161,9 +163,8 @@ def front_sweep(data: DataConfig, model: str, *, budget_s: float, storage: Path,
     """A two-objective sweep (accuracy up, latency down) for ``budget_s`` seconds over the default
     space plus ``num_layers`` (1..``max_layers``) and ``quantize``; returns its front
     (``tuning.best.front_rows``) and copies the report's ``pareto.png`` to ``out``."""
+    # local: keeps torch, mlflow and ray off --help
     from tuning.best import front, front_rows, sweep_goal
-    from tuning.config import SweepConfig
-    from tuning.report import build_report
     from tuning.runner import run_sweep
 
     name = f"bench-deploy-front-{time.strftime('%Y%m%d-%H%M%S')}"

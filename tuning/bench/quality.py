@@ -11,17 +11,22 @@ from typing import Any, Optional
 
 import numpy as np
 
+import tuning.bench.compare as compare
+import tuning.jobs as training_jobs
+from search_spaces.presets import STUDY_TEST_ACCURACY, get_preset
 from trainables.data import DataConfig
 from tuning.bench.common import BenchReport, pm, say
-import tuning.bench.compare as compare
-
+from tuning.config import SweepConfig, resolve_tracking_uri
+from tuning.jobs import bench_job, job_key, job_tags, pick_jobs, threads_per_worker
+from tuning.pipeline import exists, load_pipeline
+from tuning.selection import evaluate_on_test
 
 
 def search(data_cfg: DataConfig, model: str, report: BenchReport, *, budget_s: float, epochs: int,
            storage: Path, out: Path) -> dict[str, Any]:
     """ASHA + TPE vs random search (no early stopping), same wall-clock budget each."""
+    # local: keeps torch, mlflow and ray off --help
     from tuning.best import best_run
-    from tuning.config import SweepConfig
     from tuning.runner import run_sweep
     import tuning.tracking as tracking
 
@@ -71,8 +76,7 @@ def _chosen_on_test(cfg, data_cfg: DataConfig, config: dict) -> float:
     """Test accuracy of the sweep's best trial's own model (the checkpoint the sweep logged)."""
     import tempfile
 
-    import tuning.tracking as tracking
-    from tuning.selection import evaluate_on_test
+    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
 
     uri = cfg.resolved_tracking_uri()
     parent = tracking.sweep_run(uri, cfg.name)
@@ -169,9 +173,7 @@ def pipeline_job(data_cfg: DataConfig, model: str, *, seed: int, budget_s: float
     --time-budget budget_s --seed seed`` under a name derived from its job key; a pipeline a
     kill interrupted is resumed (``tunebert resume``), a finished one is not run again; the
     outcome is then one FINISHED run in the table's experiment, tagged with the job key."""
-    import tuning.tracking as tracking
-    from tuning.jobs import job_key, job_tags
-    from tuning.pipeline import exists, load_pipeline
+    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
 
     # a smoke run's anchor takes seconds, less than any pipeline can plan with; its 2 trials end
     # the sweep long before this floor does
@@ -222,10 +224,6 @@ def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds:
     Each (configuration, seed) is one resumable job (``tuning.jobs.run_bench_jobs``); ``pick``
     (``--jobs``) trains only the jobs it matches. The table is then written from the runs MLflow
     holds, so jobs finished by earlier invocations count, and a row short of seeds is marked."""
-    from search_spaces.presets import STUDY_TEST_ACCURACY, get_preset
-    from tuning.config import resolve_tracking_uri
-    from tuning.jobs import bench_job, pick_jobs, run_bench_jobs, threads_per_worker
-
     uri = resolve_tracking_uri(None, storage)
     # the presets name no model: each trains --model (the study's own was bert-base-uncased)
     configs = [(name, {**get_preset(name), "model": model}) for name in presets]
@@ -239,7 +237,7 @@ def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds:
     names = [job.name for _, job in jobs]
     pipeline_names = [table_job_name(PIPELINE, seed) for seed in range(seeds)] if ANCHOR in presets else []
     picked = set(pick_jobs(names + pipeline_names, pick)) if pick else set(names + pipeline_names)
-    records = run_bench_jobs([job for _, job in jobs], uri=uri, experiment=TABLE_EXPERIMENT,
+    records = training_jobs.run_bench_jobs([job for _, job in jobs], uri=uri, experiment=TABLE_EXPERIMENT,
                              workers=workers, say=lambda message: say(f"table: {message}"),
                              selected=[n for n in names if n in picked])
     rows = []

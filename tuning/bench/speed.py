@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from trainables.data import DataConfig, TokenizedData, bucketed_batches, collate
+from trainables.hparams import FinetuneConfig
 from tuning.bench.common import BenchReport, load_data, say, subset_folder
+from tuning.config import SweepConfig
 
 WARMUP = 2  # untimed batches before each throughput measurement
 TRAINER_FP32 = "tunebert loop, fp32 (same batches as the reference)"
@@ -55,8 +57,8 @@ def throughput(data: TokenizedData, model_name: str, report: BenchReport, *, bat
     """Samples/s of each variant on the same number of batches, interleaved over ``repeats``."""
     import torch
 
+    # local: keeps torch off --help
     from trainables.finetune import build_classifier, build_optimization, classification_loss
-    from trainables.hparams import FinetuneConfig
     from trainables.loops import train_epoch
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
@@ -66,7 +68,7 @@ def throughput(data: TokenizedData, model_name: str, report: BenchReport, *, bat
     keep = np.random.default_rng(0).permutation(len(train))[:n]
     part = type(train)([train.input_ids[i] for i in keep], train.labels[keep])
     pad = data.pad_token_id
-    from trainables.runtime import resolve_precision
+    from trainables.runtime import resolve_precision  # local: keeps torch off --help
 
     auto = resolve_precision(device, "auto")
 
@@ -178,10 +180,9 @@ def overhead(data_cfg: DataConfig, model: str, report: BenchReport, *, trials: i
     """A sweep of N one-epoch trials (one at a time) against the same configs run directly."""
     import torch
 
+    # local: keeps torch, mlflow and ray off --help
     from trainables.finetune import fit
-    from trainables.hparams import FinetuneConfig
     from tuning.best import top_k
-    from tuning.config import SweepConfig
     from tuning.runner import run_sweep
 
     name = f"bench-overhead-{int(time.time())}"
