@@ -715,7 +715,7 @@ def _check_train_labels(train: RawSplit, config: DataConfig) -> None:
 
 def data_fingerprint(splits: dict[str, RawSplit]) -> str:
     """sha256 of the texts and labels of every split, in order: what a sweep trained and was
-    validated on, whatever the files' format or place. Resume compares it (``tuning.runner``)."""
+    validated on, whatever the files' format or place. Resume compares it (``tuning.sweep.runner``)."""
     digest = hashlib.sha256()
     for split in SPLITS:
         part = splits[split]

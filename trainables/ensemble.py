@@ -16,7 +16,7 @@ On disk an ensemble is ONE model folder::
       member-1/
       ...
 
-Nothing here rebuilds a member from its checkpoint: ``tuning.selection.load_model_folder`` reads
+Nothing here rebuilds a member from its checkpoint: ``tuning.results.selection.load_model_folder`` reads
 the manifest with ``read_ensemble``, rebuilds each member and wraps them in a
 ``ProbabilityEnsemble``.
 """

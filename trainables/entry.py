@@ -114,7 +114,7 @@ def restored_checkpoint_path(restore_arg) -> Optional[str]:
     """The folder of the checkpoint Ray hands ``Trainable.restore``, or None. Ray 2.60 passes its
     private ``_TrainingResult`` (``.checkpoint.path``); its signature also allows a ``Checkpoint`` or a path.
     Duck-typed, so no private Ray name is imported here (``trainables`` may not import
-    ``tuning.ray_internals``); ``tests/tuning/test_ray_internals.py`` checks Ray still passes that."""
+    ``tuning.sweep.ray_internals``); ``tests/tuning/sweep/test_ray_internals.py`` checks Ray still passes that."""
     checkpoint = getattr(restore_arg, "checkpoint", restore_arg)
     path = getattr(checkpoint, "path", None)
     return path if isinstance(path, str) else None
@@ -188,7 +188,7 @@ def trainable(config: dict, data: TokenizedData) -> None:
             fit(cfg, data, device=device, report=report)
         elif is_model_only(directory):
             # the sweep had ended this trial and pruned its checkpoint to its best model
-            # (tuning.pruning waits until Ray's saved state records the end, so this is
+            # (tuning.sweep.pruning waits until Ray's saved state records the end, so this is
             # a guard): it stays ended, with nothing to train and no epoch reported twice
             return
         else:

@@ -34,8 +34,8 @@ Older model folders, written before this format (a training checkpoint: ``state.
 ``config.json`` holding the training config, ``label_map.json``), still load, read weights-only
 (``trainables.checkpointing``); they need the base encoder their config names, as they always did.
 
-Nothing here imports Ray, MLflow or ``tuning``: ``tuning.predict`` and the MLflow model
-(``tuning.mlflow_model``) both load through ``load_model``.
+Nothing here imports Ray, MLflow or ``tuning``: ``tuning.serve.predict`` and the MLflow model
+(``tuning.serve.mlflow_model``) both load through ``load_model``.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def save_ensemble_model(folder: str | Path, member_dirs: Sequence[str | Path],
 def _load_lines(folder_word: str) -> list[str]:
     return ["## How to load", "",
             "With tunebert installed (no sweep, Ray or MLflow needed; works offline):", "",
-            "```python", "from tuning.predict import load_model", "",
+            "```python", "from tuning.serve.predict import load_model", "",
             f"model = load_model(\"path/to/this/{folder_word}\")",
             "model.predict([\"wake me up at seven\"])        # labels",
             "model.predict_proba([\"wake me up at seven\"])  # (texts, labels) probabilities",

@@ -1,5 +1,5 @@
 """The names of the files in a tunebert model folder (``trainables.export``) and an ensemble folder
-(``trainables.ensemble``). A leaf that imports no torch, so ``tuning.outputs`` can tell a folder
+(``trainables.ensemble``). A leaf that imports no torch, so ``tuning.results.outputs`` can tell a folder
 tunebert wrote without loading torch (``tunebert --help`` stays quick)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ CARD_FILE = "README.md"
 ENCODER_CONFIG_FILE = "config.json"
 ENCODER_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # whole, or sharded
 # Every name ``save_model`` can write into a model folder, and nothing else: what tunebert may
-# replace (``tuning.outputs``). Its own files; the encoder's (``save_pretrained``: whole or
+# replace (``tuning.results.outputs``). Its own files; the encoder's (``save_pretrained``: whole or
 # sharded weights, and generation_config.json for encoders that generate); the tokenizer's,
 # which depend on its kind and on the transformers version (WordPiece: vocab.txt; BPE:
 # vocab.json, merges.txt; SentencePiece: *.model; before transformers 5 also

@@ -11,10 +11,10 @@ _BEST = ("best_config", "best_run", "top_k")
 
 
 def __getattr__(name: str):
-    # tuning.best pulls in mlflow and Ray; load it on first use so `tunebert --help` is quick
+    # tuning.tracking.best pulls in mlflow and Ray; load it on first use so `tunebert --help` is quick
     if name in _BEST:
         # local: `import tuning`, which every submodule import runs, loads nothing (mlflow, Ray)
-        import tuning.best as best
+        import tuning.tracking.best as best
 
         return getattr(best, name)
     raise AttributeError(f"module 'tuning' has no attribute {name!r}")
@@ -22,9 +22,9 @@ def __getattr__(name: str):
 
 def final_selection(*args, **kwargs):
     """Re-train the sweep's top-k configs with several seeds, pick by mean validation accuracy,
-    then evaluate the chosen one on test (see ``tuning.selection.final_selection``)."""
+    then evaluate the chosen one on test (see ``tuning.results.selection.final_selection``)."""
     # local: `import tuning`, which every submodule import runs, loads nothing (mlflow, Ray)
-    from tuning.selection import final_selection as run
+    from tuning.results.selection import final_selection as run
 
     return run(*args, **kwargs)
 

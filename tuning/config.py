@@ -27,7 +27,7 @@ SEARCHERS = ("tpe", "random")
 SCHEDULERS = ("asha", "none", "pbt", "pb2")
 # at most 10 trials share a CPU (Ray itself would pack 10,000: it counts resources in 1e-4 steps)
 MIN_CPUS_PER_TRIAL = 0.1
-POPULATION_SCHEDULERS = ("pbt", "pb2")  # mutate hyperparameters of running trials (tuning/pbt.py)
+POPULATION_SCHEDULERS = ("pbt", "pb2")  # mutate hyperparameters of running trials (tuning/sweep/pbt.py)
 # `tunebert tune --scheduler pbt` without --trials: synchronous PBT ranks and clones only once the
 # whole population has reached an epoch, so a population far beyond what runs at once (the budget's
 # 1,000 queued trials) would never be perturbed; 8 is the size of Ray's own PBT examples
@@ -147,7 +147,7 @@ class SweepConfig:
     mode: str = "max"
     # Several objectives (``METRIC:MODE`` each; empty: the single ``metric``/``mode``): Optuna
     # samples for all of them (its multi-objective TPE), ASHA stops on the first, which must be
-    # ``metric:mode``, and ``tunebert best`` returns their Pareto front (tuning/best.py).
+    # ``metric:mode``, and ``tunebert best`` returns their Pareto front (tuning/tracking/best.py).
     objectives: tuple[str, ...] = ()
     # ``METRIC<=BOUND`` / ``METRIC>=BOUND``: a trial that breaks one (or never reported its
     # metric) is infeasible: never best, not on the front; the sampler is told too.
@@ -264,7 +264,7 @@ class SweepConfig:
         return tuple(Constraint.parse(text) for text in self.constraints)
 
     def _check_population(self) -> None:
-        """PBT/PB2 settings that can be checked without the search space (tuning/pbt.py checks
+        """PBT/PB2 settings that can be checked without the search space (tuning/sweep/pbt.py checks
         the mutated parameters against the space)."""
         flag = f"--scheduler {self.scheduler}"
         if self.num_trials < 2:

@@ -7,7 +7,7 @@ the same lines). The CLI calls ``setup(verbosity)``:
 
 - ``-q`` (verbosity -1): errors and the final summary (printed, not logged) only;
 - default (0): one line per message, ``[tunebert] ...``; during a sweep
-  ``tuning.progress.SweepProgress`` prints one line when a trial starts, one when it ends and a
+  ``tuning.sweep.progress.SweepProgress`` prints one line when a trial starts, one when it ends and a
   status line every so often. Ray's own log lines, status tables, per-trial config boxes and the
   trials' output stay hidden;
 - ``-v`` (1): also debug messages, Ray's status tables and log lines, and the trials' output.
@@ -92,7 +92,7 @@ def verbosity() -> int:
 
 def configured() -> Optional[int]:
     """The verbosity ``setup`` was called with in this process, or None: what a worker process
-    started by this one (``tuning.jobs``) sets up again, so its messages show the same way."""
+    started by this one (``tuning.results.jobs``) sets up again, so its messages show the same way."""
     return _verbosity if _configured else None
 
 

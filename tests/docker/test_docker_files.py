@@ -370,7 +370,7 @@ def test_cluster_sweeps_join_the_cluster_and_its_shared_folder(name):
 def test_every_sweep_command_builds_a_valid_sweep_config(name, monkeypatch):
     """Beyond argparse: the settings are turned into a SweepConfig (which validates itself) and
     the remote-cluster/tracking-store rule is applied; nothing runs."""
-    import tuning.runner as runner
+    import tuning.sweep.runner as runner
     from search_spaces.presets import get_preset
     from tuning.cli import main
 
@@ -738,7 +738,7 @@ def test_own_parsers_handle_the_tricky_cases():
     assert expand_compose_variables("--n ${A:-2} ${B-x} $$? ${C}") == "--n 2 x $? "
     rules = dockerignore_rules("**/__pycache__\n.venv\n*.egg-info\n")
     assert is_ignored("a/b/__pycache__/c.pyc", rules) and is_ignored("x.egg-info/PKG", rules)
-    assert not is_ignored("a/.venv", rules) and not is_ignored("tuning/cli.py", rules)
+    assert not is_ignored("a/.venv", rules) and not is_ignored("tuning/cli/__init__.py", rules)
 
 
 # --------------------------------------------------------------------------- rayjob.yaml

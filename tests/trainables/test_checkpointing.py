@@ -53,7 +53,7 @@ def _swap_in_payload(folder: Path, marker: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["torch.save", "pickle"])
 def test_a_pickle_payload_in_state_pt_is_refused_and_never_runs(tmp_path, tiny_model_dir, demo_data, how):
-    from tuning.selection import load_model_folder
+    from tuning.results.selection import load_model_folder
 
     folder = _model_folder(tmp_path, tiny_model_dir, demo_data)
     marker = tmp_path / "payload-ran"

@@ -178,7 +178,7 @@ def test_model_folder_keeps_num_layers_and_quantize(tiny_model_dir, tmp_path, qu
     with torch.no_grad():
         assert torch.allclose(loaded.model(ids, mask), expected(ids, mask), atol=1e-6)
     # `tunebert predict` serves it as it is, bf16 autocast asked for or not
-    from tuning.predict import Predictor
+    from tuning.serve.predict import Predictor
 
     texts = ["wake me up at seven", "play some jazz"]
     proba = Predictor(loaded, device="cpu").predict_proba(texts)
@@ -246,7 +246,7 @@ def test_finetune_reports_deployment_metrics_with_every_epoch(tiny_config, demo_
 def test_trade_offs_are_off_by_default_and_searchable_from_a_space_file(tmp_path):
     from search_spaces.finetune import SWEEP_LEVEL, finetune_space
     from search_spaces.overrides import load_space
-    from tuning.search import preview_configs
+    from tuning.sweep.search import preview_configs
 
     assert (HPARAMS["num_layers"].default, HPARAMS["quantize"].default) == (0, False)
     assert HPARAMS["deploy_metrics"].default is True

@@ -53,7 +53,7 @@ def test_a_sweeps_trials_share_worker_processes(ray_local, tiny_model_dir, tmp_p
     from mlflow.tracking import MlflowClient
 
     from tuning.config import SweepConfig
-    from tuning.runner import run_sweep
+    from tuning.sweep.runner import run_sweep
 
     cfg = SweepConfig(name="reuse", model=tiny_model_dir, max_length=64, epochs=1, num_trials=4,
                       storage=str(tmp_path), scheduler="none", max_concurrent=1, precision="fp32")

@@ -111,7 +111,7 @@ def test_a_space_file_fixes_the_setting_for_every_trial(tmp_path):
     before Ray starts, when the spec is wrong)."""
     from search_spaces.finetune import SWEEP_LEVEL, finetune_space
     from search_spaces.overrides import SpaceError, load_space
-    from tuning.search import preview_configs
+    from tuning.sweep.search import preview_configs
 
     path = tmp_path / "space.yaml"
     path.write_text("perturb_eval: typo:0.1,delete:0.05\n")

@@ -24,7 +24,7 @@ reported for context only. ``--overhead-subset``, ``--table-epochs`` and ``--smo
 the expensive parts down (the table says when they did).
 
 The jobs of ``table``, ``ablation`` and the hand baseline of ``compare`` are resumable
-(``tuning.jobs.run_bench_jobs``): the same command run again skips the jobs MLflow holds as
+(``tuning.results.jobs.run_bench_jobs``): the same command run again skips the jobs MLflow holds as
 finished, continues the others from their last epoch's checkpoint in their own runs, says
 the progress and the time left after every job, then writes its results from what MLflow holds.
 """

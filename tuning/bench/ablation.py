@@ -14,10 +14,10 @@ import statistics
 from pathlib import Path
 from typing import Any, Optional
 
-import tuning.jobs as training_jobs
+import tuning.results.jobs as training_jobs
 from search_spaces.presets import PRESETS
 from trainables.data import DataConfig
-from tuning.jobs import bench_job
+from tuning.results.jobs import bench_job
 
 # The issue's hand-written config: AdamW, lr 1e-4, batch 32, 4 epochs, mean pooling, linear
 # head, 10 % linear warm-up, weight decay 0.01 (these are also the trainable's defaults).
@@ -50,7 +50,7 @@ def run_ablation(data: DataConfig, model: str, *, seeds: int, epochs: Optional[i
                  storage: Optional[Path] = None) -> list[dict[str, Any]]:
     """One row per variant: its per-seed validation accuracies (best epoch) and mean wall
     seconds, read from the jobs' MLflow runs. Each (row, seed) is a resumable job
-    (``tuning.jobs.run_bench_jobs``; with ``storage`` it continues from its checkpoint)."""
+    (``tuning.results.jobs.run_bench_jobs``; with ``storage`` it continues from its checkpoint)."""
     variants = variants or VARIANTS
     base = {**HAND_CONFIG, "model": model, **({"epochs": epochs} if epochs else {})}
     fit = {"swa_epochs": lambda k: min(k, base["epochs"])}  # a shortened run (smoke test)

@@ -18,7 +18,7 @@ from tuning.bench.common import BenchReport, load_data, say, subset_folder
 from tuning.bench.quality import search, study_table, table_job_names
 from tuning.bench.speed import overhead, throughput
 from tuning.config import resolve_tracking_uri
-from tuning.jobs import pick_jobs
+from tuning.results.jobs import pick_jobs
 
 PARTS = ("throughput", "overhead", "search", "table", "ablation", "compare", "deploy")
 # the options that count something: each must be at least 1 (None: the option's own default)

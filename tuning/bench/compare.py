@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import tuning.jobs as training_jobs
+import tuning.results.jobs as training_jobs
 from trainables.data import DataConfig
 from tuning.arguments import EXIT_USER_ERROR
 from tuning.bench.ablation import HAND_CONFIG
-from tuning.jobs import bench_job
-from tuning.pipeline import load_pipeline
+from tuning.results.jobs import bench_job
+from tuning.results.pipeline import load_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def hand_baseline(data: DataConfig, model: str, *, seeds: int, uri: str,
     """The hand config (``tuning.bench.ablation.HAND_CONFIG``), one seed after another, each on every
     core, as `tunebert train --config` runs it: per seed the best epoch's validation accuracy,
     the test accuracy and the wall seconds, read from the jobs' MLflow runs. Each seed is a
-    resumable job (``tuning.jobs.run_bench_jobs``; with ``storage`` it continues from its
+    resumable job (``tuning.results.jobs.run_bench_jobs``; with ``storage`` it continues from its
     checkpoint)."""
     jobs = [bench_job(f"hand-seed{seed}",
                       {**HAND_CONFIG, "model": model, "seed": seed, **({"epochs": epochs} if epochs else {})},

@@ -5,7 +5,7 @@ and the Pareto front a two-objective sweep finds on its own.
 Variants: the hand config (``tuning.bench.ablation.HAND_CONFIG``) with its bottom k encoder
 layers (``num_layers``: all, then ``LAYERS``), each trained once per seed and served fp32 or
 int8 (``quantize``: the same fp32 training, quantized after it). Each (variant, seed) is one
-resumable job (``tuning.jobs.run_bench_jobs``). Everything is read on VALIDATION, as a sweep
+resumable job (``tuning.results.jobs.run_bench_jobs``). Everything is read on VALIDATION, as a sweep
 ranks: accuracy (the best epoch's), accuracy on perturbed texts (``PERTURB``, the same noisy
 texts for every variant), and what the served model costs: parameters, serialized size, CPU
 latency p50 at batch 1 and throughput at batch 32 (``trainables.deploy``, measured on the
@@ -25,12 +25,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import tuning.jobs as training_jobs
+import tuning.results.jobs as training_jobs
 from trainables.data import DataConfig
 from tuning.bench.ablation import HAND_CONFIG
 from tuning.bench.common import pm
 from tuning.config import SweepConfig
-from tuning.jobs import bench_job
+from tuning.results.jobs import bench_job
 from tuning.report import build_report
 
 log = logging.getLogger(__name__)
@@ -162,10 +162,10 @@ def front_sweep(data: DataConfig, model: str, *, budget_s: float, storage: Path,
                 max_layers: int, epochs: Optional[int] = None) -> list[dict]:
     """A two-objective sweep (accuracy up, latency down) for ``budget_s`` seconds over the default
     space plus ``num_layers`` (1..``max_layers``) and ``quantize``; returns its front
-    (``tuning.best.front_rows``) and copies the report's ``pareto.png`` to ``out``."""
+    (``tuning.tracking.best.front_rows``) and copies the report's ``pareto.png`` to ``out``."""
     # local: keeps torch, mlflow and ray off --help
-    from tuning.best import front, front_rows, sweep_goal
-    from tuning.runner import run_sweep
+    from tuning.tracking.best import front, front_rows, sweep_goal
+    from tuning.sweep.runner import run_sweep
 
     name = f"bench-deploy-front-{time.strftime('%Y%m%d-%H%M%S')}"
     space = storage / "deploy-front-space.yaml"

@@ -12,22 +12,22 @@ from typing import Any, Optional
 import numpy as np
 
 import tuning.bench.compare as compare
-import tuning.jobs as training_jobs
+import tuning.results.jobs as training_jobs
 from search_spaces.presets import STUDY_TEST_ACCURACY, get_preset
 from trainables.data import DataConfig
 from tuning.bench.common import BenchReport, pm, say
 from tuning.config import SweepConfig, resolve_tracking_uri
-from tuning.jobs import bench_job, job_key, job_tags, pick_jobs, threads_per_worker
-from tuning.pipeline import exists, load_pipeline
-from tuning.selection import evaluate_on_test
+from tuning.results.jobs import bench_job, job_key, job_tags, pick_jobs, threads_per_worker
+from tuning.results.pipeline import exists, load_pipeline
+from tuning.results.selection import evaluate_on_test
 
 
 def search(data_cfg: DataConfig, model: str, report: BenchReport, *, budget_s: float, epochs: int,
            storage: Path, out: Path) -> dict[str, Any]:
     """ASHA + TPE vs random search (no early stopping), same wall-clock budget each."""
     # local: keeps torch, mlflow and ray off --help
-    from tuning.best import best_run
-    from tuning.runner import run_sweep
+    from tuning.tracking.best import best_run
+    from tuning.sweep.runner import run_sweep
     import tuning.tracking as tracking
 
     curves, chosen = {}, {}
@@ -221,7 +221,7 @@ def study_table(data_cfg: DataConfig, model: str, report: BenchReport, *, seeds:
     """Each preset (and the search's chosen config) over ``seeds`` seeds; ``workers`` runs at a
     time (on a CPU, two one-thread runs get through more than one two-thread run).
 
-    Each (configuration, seed) is one resumable job (``tuning.jobs.run_bench_jobs``); ``pick``
+    Each (configuration, seed) is one resumable job (``tuning.results.jobs.run_bench_jobs``); ``pick``
     (``--jobs``) trains only the jobs it matches. The table is then written from the runs MLflow
     holds, so jobs finished by earlier invocations count, and a row short of seeds is marked."""
     uri = resolve_tracking_uri(None, storage)

@@ -182,8 +182,8 @@ def overhead(data_cfg: DataConfig, model: str, report: BenchReport, *, trials: i
 
     # local: keeps torch, mlflow and ray off --help
     from trainables.finetune import fit
-    from tuning.best import top_k
-    from tuning.runner import run_sweep
+    from tuning.tracking.best import top_k
+    from tuning.sweep.runner import run_sweep
 
     name = f"bench-overhead-{int(time.time())}"
     space = storage / "overhead-space.yaml"

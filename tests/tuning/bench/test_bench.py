@@ -111,7 +111,7 @@ def test_smoke_ablation_run_again_skips_the_jobs_it_finished(tmp_path, tiny_mode
 
 
 def test_job_key_follows_config_and_data_not_the_order_of_keys():
-    from tuning.jobs import job_key
+    from tuning.results.jobs import job_key
     from trainables.data import DataConfig
 
     data = DataConfig("demo")
@@ -131,7 +131,7 @@ def test_a_row_short_of_seeds_is_marked_not_averaged():
 
 def test_table_trains_the_picked_jobs_and_marks_rows_missing_some(tmp_path, monkeypatch):
     from trainables.data import DataConfig
-    from tuning import jobs
+    from tuning.results import jobs
 
     asked = {}
 
@@ -170,7 +170,7 @@ def test_jobs_matching_nothing_or_without_the_table_are_refused_before_any_work(
 
 
 def test_an_unfinished_job_run_is_found_by_its_key_and_continued(mlflow_uri):
-    from tuning.jobs import job_tags
+    from tuning.results.jobs import job_tags
 
     run = tracking.TrainRun(mlflow_uri, "bench-x", {"trainable": "finetune"}, "baseline-seed0",
                             tags=job_tags("key1"))

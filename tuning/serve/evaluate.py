@@ -1,0 +1,207 @@
+"""Robustness to perturbed input: ``tunebert evaluate MODEL --perturb typo:0.1,delete:0.05``.
+
+A model folder (single or ensemble, as ``tuning.serve.predict.load_model`` reads it) is scored on one
+split of a dataset as it is, then on copies of that split whose texts are perturbed
+(``trainables.perturb``): one row per kind and rate of the spec, and with more than one a row for
+all of them applied together. The texts perturbed here are the split's own texts; each text's
+perturbation is seeded by ``(--seed, its index)``, so a rerun gives the same table.
+
+The data: ``--data`` (with ``--text-column``/``--label-column``), else the folder's
+``data.json`` (a ``trainables.data.DataConfig`` dict) when it has one. ``tunebert train`` and
+``select`` do not write that file (the folder holds the config and the label map only), so for
+their folders ``--data`` is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from trainables.data import DataConfig, load_raw_splits
+from trainables.errors import DataError, UserError
+from trainables.perturb import KINDS, Perturbation, describe, parse_spec, perturb_texts
+from tuning.serve.predict import load_model
+
+HELP = "accuracy of a model folder on a clean split and on perturbed copies of it"
+DESCRIPTION = ("Evaluate a model folder (`tunebert train/select --output-dir`) on a clean split "
+               "and on the same split with typos, dropped letters, contractions or swapped words "
+               f"(--perturb KIND:RATE,...; kinds: {', '.join(KINDS)}). Prints one row per perturbation and, with --output, "
+               "writes them as JSON.")
+DATA_FILE = "data.json"
+SPLITS = ("test", "validation")
+
+
+@dataclass(frozen=True)
+class RobustnessRow:
+    """The model's accuracy on one version of the split."""
+
+    perturbation: str   # "clean", "typo:0.1", ... or "all combined (typo:0.1,delete:0.05)"
+    accuracy: float
+    drop: float         # clean accuracy minus this one
+    changed: float      # share of texts the perturbation changed (0 for clean)
+
+
+def saved_data_config(folder: str | Path):
+    """The ``DataConfig`` in ``folder/data.json``, or None when the folder has none."""
+    path = Path(folder).expanduser() / DATA_FILE
+    if not path.is_file():
+        return None
+    try:
+        return DataConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{path}: not a data config ({exc}); fix or remove it, or pass --data") from None
+
+
+def load_split(data_config, split: str) -> tuple[list[str], list]:
+    """(texts, labels) of ``split`` of the data, or a ``UserError`` that says what is missing."""
+    try:
+        splits = load_raw_splits(data_config)
+    except DataError as exc:
+        raise DataError(f"cannot read --data {data_config.source!r}: {exc}") from None
+    if split not in splits:
+        raise DataError(f"--data {data_config.source!r} has no {split} split (it has "
+                        f"{sorted(splits)}); choose one with --split")
+    part = splits[split]
+    if not part.texts:  # e.g. a validation split carved from a train file too small to give one
+        raise DataError(f"the {split} split of --data {data_config.source!r} ({part.origin}) has "
+                        f"no rows, so there is nothing to score; add rows to it, or choose "
+                        f"another split with --split")
+    return list(part.texts), list(part.labels)
+
+
+def robustness_rows(predict, texts: Sequence[str], labels: Sequence, perturbations, *,
+                    seed: int) -> list[RobustnessRow]:
+    """Accuracy of ``predict(texts) -> label names`` on the clean texts, on each perturbation
+    alone and, with more than one, on all of them applied in order. ``labels`` are compared as
+    strings (a label map's names are ``str`` of the raw values)."""
+    gold = [str(label) for label in labels]
+
+    def accuracy(batch: list[str]) -> float:
+        predicted = predict(batch)
+        return sum(p == g for p, g in zip(predicted, gold)) / len(gold)
+
+    clean = accuracy(list(texts))
+    rows = [RobustnessRow("clean", clean, 0.0, 0.0)]
+    variants = [(Perturbation(*p).describe(), [p]) for p in perturbations]
+    if len(perturbations) > 1:
+        variants.append((f"all combined ({describe(perturbations)})", list(perturbations)))
+    for name, applied in variants:
+        noisy = perturb_texts(texts, applied, seed=seed)
+        changed = sum(a != b for a, b in zip(texts, noisy)) / len(texts)
+        score = accuracy(noisy)
+        rows.append(RobustnessRow(name, score, clean - score, changed))
+    return rows
+
+
+def format_table(rows: Sequence[RobustnessRow]) -> str:
+    width = max(len("perturbation"), *(len(r.perturbation) for r in rows))
+    lines = [f"{'perturbation':<{width}}  accuracy     drop  texts changed"]
+    for r in rows:
+        drop = "       —" if r.perturbation == "clean" else f"{r.drop:+8.4f}"
+        changed = "            —" if r.perturbation == "clean" else f"{100 * r.changed:12.1f}%"
+        lines.append(f"{r.perturbation:<{width}}  {r.accuracy:8.4f} {drop}  {changed}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the CLI subcommand
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model_dir", metavar="MODEL",
+                   help="a model folder (tunebert train --output-dir, or select --output-dir's "
+                        "seed-<seed>/ or model/)")
+    p.add_argument("--perturb", required=True, metavar="KIND:RATE[,KIND:RATE...]",
+                   help="perturbations to measure, each at a rate in (0, 1] (the probability per "
+                        f"letter or word), e.g. typo:0.1,delete:0.05; kinds: {', '.join(KINDS)}")
+    p.add_argument("--data", default=None,
+                   help="'demo', a folder with train/validation/test files, or hf:<id> (default: "
+                        f"the model folder's {DATA_FILE}, if it has one)")
+    p.add_argument("--text-column", default=None, help="column holding the text (default: text)")
+    p.add_argument("--label-column", default=None, help="column holding the label (default: label)")
+    p.add_argument("--split", choices=SPLITS, default="test", help="split to score (default: test)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the perturbations (default: 0)")
+    p.add_argument("--output", "-o",
+                   help="also write the table as JSON to this file (missing folders above it are "
+                        "created; an existing file is replaced)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto (default): the first GPU if there is one, else the CPU")
+    p.add_argument("--batch-size", type=int, default=64)
+
+
+def _data_config(args):
+    saved = saved_data_config(args.model_dir)
+    if args.data is None and saved is None:
+        raise UserError(f"which data? the model folder {args.model_dir!r} has no {DATA_FILE}; pass "
+                        f"--data (a folder with train/validation/test files, 'demo' or hf:<id>)")
+    base = saved.to_dict() if saved is not None else DataConfig().to_dict()
+    given = {k: v for k, v in (("source", args.data), ("text_column", args.text_column),
+                               ("label_column", args.label_column)) if v is not None}
+    return DataConfig(**{**base, **given})
+
+
+def output_path(output: str) -> Path:
+    """``--output`` as a path to write to, refused before any work when it cannot be one: it names
+    a folder, or a folder above it is a file. Missing folders above it are created on writing."""
+    path = Path(output).expanduser()
+    if path.is_dir():
+        raise UserError(f"--output {output!r} is a folder; pass a file to write the JSON to, "
+                        f"e.g. {str(path / 'robustness.json')!r}")
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UserError(f"--output {output!r}: {str(above)!r} is a file, not a folder; pass a path "
+                        f"in a folder")
+    return path
+
+
+def write_output(path: Path, out: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2) + "\n")
+    except OSError as exc:
+        raise UserError(f"cannot write --output {str(path)!r} ({exc.strerror or exc}); the table "
+                        f"above is the result: pass another --output to keep it as JSON") from None
+
+
+def run(args) -> int:
+    perturbations = parse_spec(args.perturb, what="--perturb")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, but got {args.batch_size}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, but got {args.seed}")
+    output = output_path(args.output) if args.output else None
+    folder = Path(args.model_dir).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"model folder {args.model_dir!r} does not exist; pass the folder "
+                        f"`tunebert train --output-dir` or `tunebert select --output-dir DIR` wrote")
+    data_config = _data_config(args)
+    texts, labels = load_split(data_config, args.split)
+
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no GPU is visible here; use --device cpu or auto")
+    predictor = load_model(folder, device=None if args.device == "auto" else args.device,
+                           batch_size=args.batch_size)
+    unknown = sorted({str(label) for label in labels} - set(predictor.labels))
+    if unknown:
+        shown = unknown[:20] + (["..."] if len(unknown) > 20 else [])
+        raise DataError(f"the {args.split} split of {data_config.source!r} has {len(unknown)} "
+                        f"label(s) the model never learned: {shown}. Is this the data it was "
+                        f"trained on (--data, --label-column)?")
+    rows = robustness_rows(predictor.predict, texts, labels, perturbations, seed=args.seed)
+    print(f"[tunebert] {predictor.kind} model {str(folder)!r} on the {args.split} split of "
+          f"{data_config.source!r} ({len(texts)} texts), perturbation seed {args.seed}")
+    print(format_table(rows))
+    if output is not None:
+        out = {"model_dir": str(folder.resolve()), "kind": predictor.kind,
+               "data": data_config.to_dict(), "split": args.split, "examples": len(texts),
+               "seed": args.seed, "perturb": describe(perturbations),
+               "rows": [asdict(r) for r in rows]}
+        write_output(output, out)
+        print(f"[tunebert] wrote {args.output}", file=sys.stderr)
+    sys.stdout.flush()
+    return 0
+
