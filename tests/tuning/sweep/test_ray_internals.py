@@ -271,7 +271,7 @@ def test_the_autoscaler_ceiling_is_a_method_of_rays_global_state_taking_no_argum
 # -- no other module reaches Ray's private API
 
 SCANNED = ("tuning", "trainables", "search_spaces")
-INTERNALS_MODULE = ROOT / "tuning" / "ray_internals.py"
+INTERNALS_MODULE = ROOT / "tuning" / "sweep" / "ray_internals.py"
 
 
 @functools.lru_cache(maxsize=1)
