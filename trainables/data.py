@@ -14,46 +14,43 @@ sweep starts (``DataConfig.pinned``), and every later load checks that it carves
 
 Raw splits are validated before anything expensive starts. ``tokenize_splits`` runs once per sweep;
 its result (plain numpy arrays) is what trials receive through Ray's object store.
+
+This module finds the splits and carves validation; the file formats are read in
+``trainables.data_files``, rows become labelled splits in ``trainables.labels``, and tokenizing and
+batching live in ``trainables.encoding``. Their public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import collections.abc
-import csv
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import math
 import os
-import re
-import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
-import numpy as np
-
-from trainables.aliases import resolve_model
 from trainables.errors import ConfigError, DataError
+# re-exported: callers import these from trainables.data
+from trainables.data_files import (DELIMITER_ALIASES, DELIMITERS, EXTENSIONS,  # noqa: F401
+                                   _check_one_file_per_split, _folder_files, _read_rows)
+from trainables.encoding import (EncodedSplit, TokenizedData, bucketed_batches,  # noqa: F401
+                                 check_max_length, collate, encode_texts, model_positions,
+                                 steps_per_epoch, tokenize_splits)
+from trainables.labels import SHOWN_ROWS, SPLITS, LabelMap, RawSplit, _rows_to_split  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val", "dev", "valid"),
                  "test": ("test",)}
-EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 DEMO_DIR = Path(__file__).resolve().parent / "demo_data"
 # the share of train that becomes the validation split when a dataset has none (--val-fraction)
 DEFAULT_VAL_FRACTION = 0.1
 # --split-names validation=none: use no validation split of the dataset, carve one from train
 NO_SPLIT = "none"
-# CSV delimiters that are detected (csv.Sniffer, restricted to these) or may be given
-DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
-DELIMITER_ALIASES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
-SHOWN_ROWS = 10  # row numbers listed in a --skip-bad-rows report
 
 
 @dataclass(frozen=True)
@@ -243,273 +240,7 @@ def map_split_names(available: Iterable[str], split_names: Any, where: str,
     return chosen
 
 
-@dataclass
-class RawSplit:
-    texts: list[str]
-    labels: list[Any]
-    origin: str  # file or dataset the split came from, for error messages
-    rows: list[int] = field(default_factory=list)  # each example's 1-based row in its origin
-
-
-@dataclass
-class LabelMap:
-    """Label value ↔ class index, built from the training split (sorted, so it is stable)."""
-
-    names: list[str]
-    raw_values: list[Any]
-
-    @classmethod
-    def from_labels(cls, labels: list[Any]) -> "LabelMap":
-        values = sorted(set(labels), key=lambda v: (not isinstance(v, (int, float)), v if isinstance(v, (int, float)) else str(v)))
-        return cls(names=[str(v) for v in values], raw_values=list(values))
-
-    def index(self) -> dict[Any, int]:
-        return {v: i for i, v in enumerate(self.raw_values)}
-
-    def encode(self, labels: list[Any], *, split: str, origin: str) -> np.ndarray:
-        lookup = self.index()
-        unseen = sorted({str(v) for v in labels if v not in lookup})
-        if unseen:
-            shown = unseen[:20] + (["..."] if len(unseen) > 20 else [])
-            raise DataError(
-                f"{split} split ({origin}) has {len(unseen)} label(s) that the train split does not "
-                f"have: {shown}. A classifier cannot predict classes it never saw: add examples of "
-                f"them to train, or remove those rows."
-            )
-        return np.asarray([lookup[v] for v in labels], dtype=np.int64)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"names": self.names, "raw_values": self.raw_values}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LabelMap":
-        return cls(names=list(d["names"]), raw_values=list(d["raw_values"]))
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-# --------------------------------------------------------------------------- reading files
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")  # -sig: drops the byte-order mark Excel writes
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}: not valid UTF-8 (byte {exc.start}, line {line}). Re-save the file as UTF-8."
-        ) from exc
-
-
-def _read_rows(path: Path, config: DataConfig) -> tuple[list[dict], str]:
-    """The rows of one file, and how a delimited file was read ('' for other files), which a
-    message about its columns repeats (a wrong delimiter shows up as one odd column)."""
-    if path.suffix == ".parquet":
-        return _read_parquet(path), ""
-    text = _read_text(path)
-    if path.suffix in (".csv", ".tsv"):
-        delimiter = _delimiter(text, path, config)
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-        try:
-            rows = list(reader)
-        except csv.Error as exc:
-            raise DataError(f"{path}, line {reader.line_num}: not valid CSV ({exc}).") from exc
-        return rows, (f" (read as {DELIMITERS[delimiter]}-separated; pass --delimiter if that "
-                      f"is wrong)")
-    return _json_rows(text, path), ""
-
-
-def _json_rows(text: str, path: Path) -> list[dict]:
-    """JSON Lines, or one JSON array of objects (in a .json or .jsonl file)."""
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}, line {exc.lineno}, column {exc.colno}: not valid JSON "
-                            f"({exc.msg}).") from exc
-        except RecursionError as exc:
-            raise _too_deep(path, "") from exc
-    else:
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except RecursionError as exc:
-                raise _too_deep(path, f", line {number}") from exc
-            except json.JSONDecodeError as exc:
-                hint = (" A .json file holds one object per line, or one array of objects "
-                        "([{...}, {...}]).") if path.suffix == ".json" else ""
-                raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg}).{hint}") from exc
-    for number, row in enumerate(rows, start=1):
-        if not isinstance(row, dict):
-            raise DataError(f"{path}, row {number}: expected a JSON object, got {type(row).__name__}")
-    return rows
-
-
-def _too_deep(path: Path, where: str) -> DataError:
-    """Python's json parser recurses once per level of nesting, so a deep enough value exhausts
-    the interpreter's stack (RecursionError) before it is read."""
-    return DataError(f"{path}{where}: JSON nested too deeply to read (more than about "
-                     f"{sys.getrecursionlimit()} levels of [ or {{). A row is one object whose text "
-                     f"and label are a string or a number each; fix or remove that row.")
-
-
-def _delimiter(text: str, path: Path, config: DataConfig) -> str:
-    """--delimiter if given; a tab for .tsv; else csv.Sniffer's guess among ``DELIMITERS`` from
-    the first lines, unless only another of them splits the header into the text and label
-    columns (texts full of commas can mislead the sniffer)."""
-    if config.delimiter:
-        return config.delimiter
-    if path.suffix == ".tsv":
-        return "\t"
-    lines = text.splitlines()
-    try:
-        guess = csv.Sniffer().sniff("\n".join(lines[:100]), delimiters="".join(DELIMITERS)).delimiter
-    except csv.Error:  # one column, or too few lines to tell
-        guess = ","
-
-    def names_columns(delimiter: str) -> bool:
-        header = next(csv.reader(lines[:1], delimiter=delimiter), [])
-        return {config.text_column, config.label_column} <= set(header)
-
-    if not names_columns(guess):
-        fitting = [d for d in DELIMITERS if names_columns(d)]
-        if len(fitting) == 1:
-            return fitting[0]
-    return guess
-
-
-def _read_parquet(path: Path) -> list[dict]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise DataError(
-            f"{path}: reading .parquet files needs pyarrow, which is not installed. Install it "
-            f"with `pip install pyarrow` (or `pip install 'tunebert[parquet]'`), or save the "
-            f"split as .jsonl or .csv.") from exc
-    try:
-        return pq.read_table(path).to_pylist()
-    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError and others
-        raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: "
-                        f"{str(exc)[:200]}).") from exc
-
-
-def _row_list(numbers: list[int]) -> str:
-    """'2, 5, 9' or, for many, the first ``SHOWN_ROWS`` and 'and N more'."""
-    shown = ", ".join(str(n) for n in numbers[:SHOWN_ROWS])
-    return shown + (f" and {len(numbers) - SHOWN_ROWS} more" if len(numbers) > SHOWN_ROWS else "")
-
-
-def _missing(label: Any) -> bool:
-    return (label is None or (isinstance(label, str) and not label.strip())
-            or (isinstance(label, float) and math.isnan(label)))
-
-
-# a label cell that is a whole number written as text ("7", "-3"; ASCII digits only: "²" passes
-# str.isdigit() yet int() refuses it) is read as that number, since CSV gives every cell as text
-_INTEGER_TEXT = re.compile(r"\s*-?[0-9]+\s*")
-STRUCTURED = (list, tuple, dict, set)  # JSON arrays and objects, Parquet list and struct columns
-
-
-def _label_value(label: Any, number: int, config: DataConfig, split: str, origin: str) -> Any:
-    """A present label as the class value it stands for; a list, a mapping or another
-    structured value is refused (it cannot be one class; multi-label data is not supported)."""
-    if isinstance(label, STRUCTURED) or not isinstance(label, collections.abc.Hashable):
-        shown = repr(label)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        raise DataError(
-            f"{split} split ({origin}), row {number}: the label in column "
-            f"{config.label_column!r} is a {type(label).__name__} ({shown}), but a label must be "
-            f"one class: a string or a number. Multi-label data is not supported: give each row "
-            f"a single label, or check --label-column.")
-    if isinstance(label, bool):  # JSON true/false: as texts, or True would merge with 1
-        return str(label).lower()
-    if isinstance(label, str) and _INTEGER_TEXT.fullmatch(label):
-        return int(label)
-    return label
-
-
-def _rows_to_split(rows: list[dict], config: DataConfig, origin: str, split: str,
-                   how: str = "") -> tuple[RawSplit, Optional[str]]:
-    """The split, and with ``skip_bad_rows`` a report of the rows it dropped (else None)."""
-    if not rows:
-        raise DataError(f"{split} split ({origin}) is empty: it needs at least one row.")
-    available = sorted(k for k in rows[0] if isinstance(k, str))
-    for kind, column in (("text", config.text_column), ("label", config.label_column)):
-        if column not in rows[0]:
-            option = "--text-column" if kind == "text" else "--label-column"
-            raise DataError(
-                f"{split} split ({origin}) has no {kind} column {column!r}; its columns are "
-                f"{available}{how}. Name the right one with {option}."
-            )
-    texts, labels, numbers, no_label, no_text = [], [], [], [], []
-    for number, row in enumerate(rows, start=1):
-        text, label = row.get(config.text_column), row.get(config.label_column)
-        label_missing = _missing(label)
-        text_missing = not isinstance(text, str) or not text.strip()
-        if label_missing:
-            no_label.append(number)
-        if text_missing:
-            no_text.append(number)
-        if label_missing or text_missing:
-            continue
-        label = _label_value(label, number, config, split, origin)
-        texts.append(text)
-        labels.append(label)
-        numbers.append(number)
-    skip = " Fill in or remove those rows, or pass --skip-bad-rows to drop them."
-    if no_label and not config.skip_bad_rows:
-        where = f"row {no_label[0]}" if len(no_label) == 1 else f"rows {_row_list(no_label)}"
-        raise DataError(f"{split} split ({origin}), {where}: the label is missing (column "
-                        f"{config.label_column!r}).{skip}")
-    if no_text and not config.skip_bad_rows:
-        shown = no_text[:20] + (["..."] if len(no_text) > 20 else [])
-        raise DataError(
-            f"{split} split ({origin}) has {len(no_text)} empty or missing text(s) in column "
-            f"{config.text_column!r}, at row(s) {shown}.{skip}"
-        )
-    bad = sorted(set(no_label) | set(no_text))
-    if bad and not texts:
-        raise DataError(f"{split} split ({origin}): all {len(rows)} rows have an empty text or a "
-                        f"missing label; nothing is left after --skip-bad-rows. Check "
-                        f"--text-column and --label-column.")
-    note = (f"{split} split ({origin}): skipped {len(bad)} of {len(rows)} rows with an empty "
-            f"text or a missing label (--skip-bad-rows): row(s) {_row_list(bad)}") if bad else None
-    return RawSplit(texts, labels, origin, numbers), note
-
-
 # --------------------------------------------------------------------------- finding the splits
-
-
-def _folder_files(folder: Path) -> dict[str, Path]:
-    """Data files of a folder by stem; where a stem has several, the first of ``EXTENSIONS``
-    (``_load_folder`` refuses a split whose stem has several)."""
-    return {stem: paths[0] for stem, paths in _files_by_stem(folder).items()}
-
-
-def _files_by_stem(folder: Path) -> dict[str, list[Path]]:
-    files: dict[str, list[Path]] = defaultdict(list)
-    for ext in EXTENSIONS:
-        for path in sorted(folder.glob(f"*{ext}")):
-            if path.suffix == ext and path.is_file():
-                files[path.stem].append(path)
-    return files
-
-
-def _check_one_file_per_split(folder: Path, chosen: dict[str, Optional[str]]) -> None:
-    """Two files of one stem (train.jsonl and train.csv) leave it open which is the split;
-    reading one of them silently could train on data the user did not mean."""
-    by_stem = _files_by_stem(folder)
-    for split, stem in chosen.items():
-        if stem is not None and len(by_stem[stem]) > 1:
-            names = [p.name for p in by_stem[stem]]
-            raise DataError(
-                f"data folder {folder} has {len(names)} files for the {split} split: "
-                f"{', '.join(names)}; it is not clear which one to read. Keep one of them in the "
-                f"folder (move or rename the others, e.g. to {stem}-old{by_stem[stem][1].suffix}).")
 
 
 def _locate(config: DataConfig) -> tuple[str, Any]:
@@ -723,162 +454,3 @@ def data_fingerprint(splits: dict[str, RawSplit]) -> str:
                                  default=str).encode("utf-8"))
     return f"sha256:{digest.hexdigest()}"
 
-
-# --------------------------------------------------------------------------- tokenizing
-
-
-@dataclass
-class EncodedSplit:
-    """Token ids without padding: one int32 array per text, and one label index per text."""
-
-    input_ids: list[np.ndarray]
-    labels: np.ndarray
-
-    def lengths(self) -> np.ndarray:
-        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64,
-                           count=len(self.input_ids))
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@dataclass
-class TokenizedData:
-    """What every trial of a sweep receives (through Ray's object store)."""
-
-    splits: dict[str, EncodedSplit]
-    label_map: LabelMap
-    model: str
-    max_length: int
-    pad_token_id: int
-    truncated: dict[str, int] = field(default_factory=dict)  # texts cut to max_length, per split
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.label_map)
-
-    def without_test(self) -> "TokenizedData":
-        """The same data minus the test split: what tuning trials get, so they cannot peek."""
-        splits = {k: v for k, v in self.splits.items() if k != "test"}
-        return TokenizedData(splits, self.label_map, self.model, self.max_length,
-                             self.pad_token_id, dict(self.truncated))
-
-
-def encode_texts(tokenizer, texts: list[str], max_length: int) -> tuple[list[np.ndarray], int]:
-    """Token ids of each text (special tokens added), cut to ``max_length`` keeping the closing
-    special token; and how many texts were cut. Training and prediction both encode this way."""
-    ids, cut = [], 0
-    for seq in tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]:
-        if len(seq) > max_length:
-            cut += 1
-            seq = seq[: max_length - 1] + seq[-1:]  # keep the closing [SEP]
-        ids.append(np.asarray(seq, dtype=np.int32))
-    return ids, cut
-
-
-def _model_config(model: str) -> Optional[dict]:
-    """The model's config.json as a dict, from its folder or the local hub cache (never the
-    network); None when neither has it (the model's own loading then says what is wrong)."""
-    path = Path(resolve_model(model)).expanduser() / "config.json"
-    if not path.is_file():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(model, "config.json")
-        except Exception:  # not a valid hub id, or no hub client: nothing to read
-            return None
-        if not isinstance(cached, str):
-            return None
-        path = Path(cached)
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return config if isinstance(config, dict) else None
-
-
-def model_positions(model: str) -> Optional[int]:
-    """How many tokens the model's position embeddings can hold (None when unknown). RoBERTa's
-    family numbers positions from ``pad_token_id + 1``, so that many of its rows are never used."""
-    config = _model_config(model) or {}
-    positions = config.get("max_position_embeddings")
-    if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
-        return None
-    kind = str(config.get("model_type", ""))
-    if "roberta" in kind or kind in ("camembert", "longformer"):
-        positions -= int(config.get("pad_token_id") or 1) + 1
-    return positions
-
-
-def check_max_length(model: str, max_length: int) -> None:
-    """Refuse a ``max_length`` beyond the model's positions before anything trains: a longer
-    text would index past the position embeddings, deep inside the first batch of a trial."""
-    positions = model_positions(model)
-    if positions is not None and max_length > positions:
-        raise ConfigError(
-            f"`max_length` (--max-length) {max_length} is more than model {model!r} can read: its "
-            f"position embeddings hold {positions} tokens (max_position_embeddings in its "
-            f"config.json). Pass --max-length {positions} or less (with `tunebert train`: --set "
-            f"max_length={positions}).")
-
-
-def tokenize_splits(raw: dict[str, RawSplit], tokenizer, *, model: str, max_length: int,
-                    include_test: bool = True) -> TokenizedData:
-    """Build the label map from train, encode labels and texts of each split once."""
-    check_max_length(model, max_length)
-    label_map = LabelMap.from_labels(raw["train"].labels)
-    splits, truncated = {}, {}
-    for split in SPLITS:
-        if split == "test" and not include_test:
-            continue
-        part = raw[split]
-        labels = label_map.encode(part.labels, split=split, origin=part.origin)
-        ids, truncated[split] = encode_texts(tokenizer, part.texts, max_length)
-        splits[split] = EncodedSplit(ids, labels)
-    return TokenizedData(splits, label_map, model, max_length, int(tokenizer.pad_token_id or 0),
-                         truncated)
-
-
-# --------------------------------------------------------------------------- batching
-
-
-def bucketed_batches(lengths: np.ndarray, batch_size: int, *, rng: np.random.Generator,
-                     shuffle: bool = True, bucket_batches: int = 50) -> list[np.ndarray]:
-    """Index batches of similar length, so dynamic padding wastes little.
-
-    Training order stays random: indices are shuffled, cut into chunks of ``bucket_batches``
-    batches, sorted by length inside each chunk, batched, and the batches shuffled. Without
-    ``shuffle`` (evaluation) the batches follow the sorted lengths (order does not matter there).
-    """
-    n = len(lengths)
-    if not shuffle:
-        order = np.argsort(lengths, kind="stable")
-        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    order = rng.permutation(n)
-    chunk = batch_size * bucket_batches
-    batches = []
-    for start in range(0, n, chunk):
-        part = order[start:start + chunk]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
-    rng.shuffle(batches)
-    return batches
-
-
-def collate(split: EncodedSplit, indices: np.ndarray, pad_token_id: int):
-    """Pad one batch to its own longest text. Returns (input_ids, attention_mask, labels) tensors."""
-    import torch
-
-    seqs = [split.input_ids[i] for i in indices]
-    width = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), width), pad_token_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=np.int64)
-    for row, seq in enumerate(seqs):
-        ids[row, :len(seq)] = seq
-        mask[row, :len(seq)] = 1
-    return (torch.from_numpy(ids), torch.from_numpy(mask),
-            torch.from_numpy(split.labels[indices]))
-
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    return math.ceil(num_examples / batch_size)
