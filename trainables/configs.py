@@ -1,0 +1,211 @@
+"""The typed config of one trial: ``FinetuneConfig`` and ``ContrastiveConfig``, frozen dataclasses
+whose fields, types and defaults are ``HPARAMS``'s (a test holds them equal), validated when built
+by each parameter's rule and the rules between parameters. Read them through ``trainables.hparams``.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional, Self
+
+from trainables.errors import ConfigError
+from trainables.hparam_table import DEFAULT_PERTURB_EVAL, FAMILIES, HPARAMS
+from trainables.perturb import parse_spec
+
+
+class _Config:
+    """Behaviour shared by the generated config dataclasses (fields come from ``HPARAMS``)."""
+
+    TRAINABLE = ""
+
+    def __post_init__(self) -> None:
+        if self.trainable != self.TRAINABLE:
+            raise ConfigError(f"`trainable` must be {self.TRAINABLE!r} for {type(self).__name__}, "
+                              f"got {self.trainable!r}")
+        for name in self.field_names():
+            if name != "trainable":
+                HPARAMS[name].check(getattr(self, name))
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise ConfigError(
+                f"`nesterov` needs optimizer 'sgd' with momentum > 0, but got "
+                f"(optimizer={self.optimizer!r}, momentum={self.momentum})")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"`min_lr` must lie in [0.0, lr={self.lr}], but got {self.min_lr!r}")
+        if self.stop_epoch is not None and self.stop_epoch > self.epochs:
+            raise ConfigError(f"`stop_epoch` ({self.stop_epoch}) cannot exceed `epochs` ({self.epochs})")
+        if getattr(self, "perturb_eval", None) is not None:
+            parse_spec(self.perturb_eval, what="`perturb_eval`")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Self:
+        """Build from a (possibly partial) dict; unset keys take the declared defaults."""
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            other = [k for k in unknown if k in HPARAMS]
+            hint = (f" ({other} apply to {[f for f in FAMILIES if f != cls.TRAINABLE]} trials only)"
+                    if other else "")
+            raise ConfigError(f"unknown {cls.TRAINABLE} parameter(s) {unknown}{hint}; allowed: "
+                              f"{sorted(cls.field_names())}")
+        return cls(**{k: HPARAMS[k].coerce(v) for k, v in values.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def last_epoch(self) -> int:
+        """The classification-stage epoch training stops after (``stop_epoch`` or ``epochs``)."""
+        return self.stop_epoch or self.epochs
+
+
+class _FinetuneRules(_Config):
+    """Learning rates follow layer-wise decay (LLRD, Howard & Ruder 2018; Sun et al. 2019): the top
+    encoder layer trains at ``lr``, layer ``l`` below it at ``lr * llrd_decay**l``, the embeddings
+    lowest, and the classification head at ``lr * head_lr_multiplier``."""
+
+    TRAINABLE = "finetune"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.swa_epochs > self.last_epoch:
+            raise ConfigError(f"`swa_epochs` ({self.swa_epochs}) cannot exceed the epochs trained "
+                              f"({self.last_epoch})")
+        if self.ema_decay and self.swa_epochs:
+            raise ConfigError("`ema_decay` and `swa_epochs` both average the weights; use one of "
+                              f"them, but got (ema_decay={self.ema_decay}, swa_epochs={self.swa_epochs})")
+
+
+class _ContrastiveRules(_Config):
+    """Contrastive pretraining of the encoder, then classification (or both at once).
+
+    Modes: ``two-stage`` trains encoder + projection head with the contrastive loss for
+    ``contrastive_epochs``, then freezes the encoder and trains the classifier head for
+    ``epochs`` (the study's protocol); ``two-stage-finetune`` then fine-tunes the whole model
+    instead; ``joint`` minimises cross-entropy + ``joint_lambda`` * SupCon for ``epochs``
+    (Gunel et al., ICLR 2021). Phases (see ``PHASES``): the classification stage uses the
+    ``optimizer``/``loop``/``model`` fields (``lr``, ``optimizer``, LLRD, ``batch_size``,
+    ``epochs``); the contrastive stage has its own optimizer, learning rate and batch size
+    (``contrastive_*``) and shares LLRD, warm-up and schedule.
+    """
+
+    TRAINABLE = "contrastive"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode != "joint" and self.contrastive_epochs < 1:
+            raise ConfigError(f"`contrastive_epochs` must lie in [1, 10000] in mode {self.mode!r}, "
+                              f"but got {self.contrastive_epochs}")
+        if self.mode == "joint" and self.loss != "supcon":
+            raise ConfigError(f"`mode` 'joint' combines cross-entropy with SupCon; `loss` must be "
+                              f"'supcon', but got {self.loss!r}")
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs reported to Ray (ASHA's time axis): both stages, or ``epochs`` when joint."""
+        return self.last_epoch if self.mode == "joint" else self.contrastive_epochs + self.last_epoch
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(_FinetuneRules):
+    """Everything one fine-tuning trial needs besides the data. Fields, types and defaults are
+    ``HPARAMS``'s (a test holds them equal); the rules are ``_FinetuneRules``'s."""
+
+    trainable: str = 'finetune'
+    model: str = 'minilm-l6'
+    max_length: int = 128
+    epochs: int = 4
+    seed: int = 0
+    precision: str = 'auto'
+    lr: float = 0.0001
+    optimizer: str = 'adamw'
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.01
+    llrd_decay: float = 1.0
+    head_lr_multiplier: float = 1.0
+    scheduler: str = 'linear'
+    warmup_ratio: float = 0.1
+    min_lr: float = 0.0
+    batch_size: int = 32
+    stop_epoch: Optional[int] = None
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0
+    reinit_layers: int = 0
+    pooling: str = 'mean'
+    head: str = 'linear'
+    head_hidden: int = 256
+    classifier_dropout: float = 0.1
+    hidden_dropout: Optional[float] = None
+    attention_dropout: Optional[float] = None
+    num_layers: int = 0
+    quantize: bool = False
+    ema_decay: float = 0.0
+    swa_epochs: int = 0
+    rdrop_alpha: float = 0.0
+    supcon_lambda: float = 0.0
+    supcon_temperature: float = 0.1
+    perturb_eval: Optional[str] = DEFAULT_PERTURB_EVAL
+    deploy_metrics: bool = True
+    preset: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ContrastiveConfig(_ContrastiveRules):
+    """Everything one contrastive trial needs besides the data. Fields, types and defaults are
+    ``HPARAMS``'s (a test holds them equal); modes and phases: ``_ContrastiveRules``."""
+
+    trainable: str = 'contrastive'
+    model: str = 'minilm-l6'
+    max_length: int = 128
+    epochs: int = 4
+    seed: int = 0
+    precision: str = 'auto'
+    lr: float = 0.0001
+    optimizer: str = 'adamw'
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.01
+    llrd_decay: float = 1.0
+    head_lr_multiplier: float = 1.0
+    scheduler: str = 'linear'
+    warmup_ratio: float = 0.1
+    min_lr: float = 0.0
+    batch_size: int = 32
+    stop_epoch: Optional[int] = None
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0
+    reinit_layers: int = 0
+    pooling: str = 'mean'
+    head: str = 'linear'
+    head_hidden: int = 256
+    classifier_dropout: float = 0.1
+    hidden_dropout: Optional[float] = None
+    attention_dropout: Optional[float] = None
+    num_layers: int = 0
+    mode: str = 'two-stage'
+    loss: str = 'supcon'
+    temperature: float = 0.1
+    joint_lambda: float = 0.5
+    projection_dim: int = 128
+    contrastive_epochs: int = 3
+    contrastive_optimizer: str = 'adamw'
+    contrastive_lr: float = 0.0001
+    contrastive_batch_size: int = 64
+    augmentation: str = 'none'
+    augmentation_strength: float = 0.1
+    knn_k: int = 10
+    perturb_eval: Optional[str] = DEFAULT_PERTURB_EVAL
+    deploy_metrics: bool = True
+    preset: Optional[str] = None
+
+
+TrialConfig = FinetuneConfig | ContrastiveConfig  # the config of one trial, either family

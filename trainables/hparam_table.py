@@ -1,0 +1,206 @@
+"""The table of every hyperparameter, declared once (``HPARAMS``): default, allowed values, default
+search range, phase, doc; the lookups the CLI and the spaces use (``choices_of``, ``default_of``)
+and the docs' parameter table rendered from it (``markdown_table``). Read it through
+``trainables.hparams``.
+"""
+
+from typing import Any
+
+from trainables.hparam_kinds import CONTRASTIVE, FAMILIES, FINETUNE, HParam, _num
+from trainables.ranges import Categorical, Fixed, FloatRange, IntRange
+
+# every trial's robustness check: keyboard typos in 10 % of the words, 5 % of the letters deleted
+DEFAULT_PERTURB_EVAL = "typo:0.1,delete:0.05"
+
+
+def _p(name: str, kind: str, default: Any, doc: str, phase: str, **rules: Any) -> HParam:
+    return HParam(name, kind, default, doc, phase, **rules)
+
+
+SGD_ONLY = {"optimizer": ("sgd",)}
+TWO_STAGE = {"mode": ("two-stage", "two-stage-finetune")}
+AUGMENTED = {"augmentation": ("word_deletion", "span_cutoff", "shuffle")}
+
+# Default search ranges follow the BERT fine-tuning literature: learning rate 1e-5..3e-4 on a
+# log scale (Devlin et al. 2019 searched 2e-5..5e-5; Mosbach et al. 2021 and Sun et al. 2019 go
+# higher for small encoders), LLRD decay 0.7..1.0 (Sun et al. 2019 use 0.95; Zhang et al. 2021
+# ~0.9), warm-up 0..30 % of the steps, dropout 0..0.5, batch 16..128, weight decay 0..0.1, label
+# smoothing 0..0.2. Contrastive: temperature log 0.02..1 (SupCon and SimCLR both report strong
+# dependence on it, good values 0.05..0.5), contrastive batch 32..256 (more negatives help),
+# 1..5 contrastive epochs, joint lambda log 0.05..1 (Gunel et al. 2021 use 0.1..0.9).
+_DECLARED: tuple[HParam, ...] = (
+    # ---- run (sweep-level)
+    _p("trainable", "str", "finetune", "what a trial trains: fine-tuning or contrastive "
+       "pretraining + classifier", "run", choices=FAMILIES),
+    _p("model", "str", "minilm-l6", "hub id, local folder or alias (minilm-l6: the packaged "
+       "all-MiniLM-L6-v2)", "run"),
+    _p("max_length", "int", 128, "texts are truncated to this many tokens", "run", low=8, high=8192),
+    _p("epochs", "int", 4, "epochs of the classification stage (ASHA's max_t for fine-tuning; "
+       "contrastive trials add their contrastive epochs)", "run", low=1, high=10_000),
+    _p("seed", "int", 0, "seed of the model's initialisation, data order and dropout", "run",
+       low=0, high=2**32 - 1),
+    _p("precision", "str", "auto", "auto: bf16 autocast on Ampere+ GPUs and CPUs with "
+       "AVX512-BF16/AMX, fp16 on older GPUs, else fp32", "run", choices=("auto", "fp32", "bf16", "fp16")),
+    # ---- optimizer
+    _p("lr", "float", 1e-4, "learning rate of the top encoder layer", "optimizer", low=0.0,
+       high=10.0, low_open=True, search=FloatRange(1e-5, 3e-4, log=True)),
+    _p("optimizer", "str", "adamw", "adamw (fused where available) or sgd", "optimizer",
+       choices=("adamw", "sgd")),
+    _p("momentum", "float", 0.9, "SGD momentum", "optimizer", low=0.0, high=0.9999,
+       when=SGD_ONLY),
+    _p("nesterov", "bool", False, "Nesterov momentum (SGD with momentum > 0 only)", "optimizer",
+       when=SGD_ONLY),
+    _p("weight_decay", "float", 0.01, "decoupled weight decay, never on biases and LayerNorm",
+       "optimizer", low=0.0, high=1.0, search=FloatRange(0.0, 0.1)),
+    _p("llrd_decay", "float", 1.0, "layer-wise LR decay: layer l below the top trains at "
+       "lr * decay**l, the embeddings lowest", "optimizer", low=0.0, high=1.0, low_open=True,
+       search=FloatRange(0.7, 1.0)),
+    _p("head_lr_multiplier", "float", 1.0, "the classification head trains at lr * this",
+       "optimizer", low=0.0, high=10_000.0, low_open=True, search=FloatRange(1.0, 100.0, log=True)),
+    # ---- schedule
+    _p("scheduler", "str", "linear", "learning-rate schedule after warm-up", "schedule",
+       choices=("linear", "cosine", "constant"), search=Categorical(("linear", "cosine", "constant"))),
+    _p("warmup_ratio", "float", 0.1, "share of the steps spent warming up linearly", "schedule",
+       low=0.0, high=0.9, search=FloatRange(0.0, 0.3)),
+    _p("min_lr", "float", 0.0, "the schedule ends at this learning rate (<= lr)", "schedule",
+       low=0.0, high=10.0),
+    # ---- loop
+    _p("batch_size", "int", 32, "examples per optimizer step", "loop", low=1, high=65536,
+       search=Categorical((16, 32, 64, 128))),
+    _p("stop_epoch", "optional_int", None, "stop after this epoch while keeping the schedule of "
+       "`epochs` (set by `tunebert best` to the epoch that produced the score, so retraining "
+       "reproduces that model)", "loop", low=1, high=10_000),
+    _p("grad_clip", "float", 1.0, "gradient-norm clipping (0 disables it)", "loop", low=0.0,
+       high=1e6, search=Fixed(1.0)),
+    _p("label_smoothing", "float", 0.0, "label smoothing of the cross-entropy", "loop", low=0.0,
+       high=0.9, search=FloatRange(0.0, 0.2)),
+    _p("freeze_embeddings", "bool", False, "keep the word/position embeddings frozen", "loop"),
+    _p("freeze_layers", "int", 0, "freeze the bottom k encoder layers", "loop", low=0, high=1000),
+    _p("reinit_layers", "int", 0, "re-initialise the top k encoder layers", "loop", low=0, high=1000),
+    # ---- model
+    _p("pooling", "str", "mean", "sentence embedding: [CLS] token, mean or max over tokens",
+       "model", choices=("cls", "mean", "max"), search=Categorical(("cls", "mean", "max"))),
+    _p("head", "str", "linear", "classification head: linear, or an MLP with one hidden layer",
+       "model", choices=("linear", "mlp"), search=Categorical(("linear", "mlp"))),
+    _p("head_hidden", "int", 256, "hidden units of the MLP head", "model", low=1, high=1_000_000,
+       search=IntRange(16, 512, log=True), when={"head": ("mlp",)}),
+    _p("classifier_dropout", "float", 0.1, "dropout in front of the head", "model", low=0.0,
+       high=0.99, search=FloatRange(0.0, 0.5)),
+    _p("hidden_dropout", "optional_float", None, "encoder hidden dropout (null keeps the "
+       "pretrained value)", "model", low=0.0, high=0.99),
+    _p("attention_dropout", "optional_float", None, "encoder attention dropout (null keeps the "
+       "pretrained value)", "model", low=0.0, high=0.99),
+    _p("num_layers", "int", 0, "keep only the bottom k layers of the pretrained encoder (0 = all): "
+       "a smaller, faster model, usually less accurate; the model folder records the truncated "
+       "encoder", "model", low=0, high=1000),
+    _p("quantize", "bool", False, "dynamic int8 quantization of the Linear layers for CPU "
+       "inference (torch.ao.quantization.quantize_dynamic) of the handed-over model: training "
+       "and val_accuracy stay fp32, size and latency are the int8 model's, the last epoch "
+       "reports its val_accuracy_int8, and loading a model folder quantizes again", "model",
+       families=FINETUNE),
+    # ---- recipe knobs (fine-tuning trials)
+    _p("ema_decay", "float", 0.0, "exponential moving average of the weights, updated every "
+       "step; evaluated and saved with the averaged weights (0 = off; 0.999 is typical)", "recipe",
+       families=FINETUNE, low=0.0, high=0.99999),
+    _p("swa_epochs", "int", 0, "stochastic weight averaging: the mean of the weights at the end "
+       "of each of the last k epochs, evaluated and saved (0 = off)", "recipe", families=FINETUNE,
+       low=0, high=10_000),
+    _p("rdrop_alpha", "float", 0.0, "R-Drop (Liang et al. 2021): weight of the symmetric KL "
+       "between two dropout passes (0 = off; 1..5 is typical)", "recipe", families=FINETUNE,
+       low=0.0, high=100.0),
+    _p("supcon_lambda", "float", 0.0, "joint SupCon (Gunel et al. 2021): cross-entropy + lambda * "
+       "SupCon on the pooled embeddings of two dropout views (0 = off)", "recipe",
+       families=FINETUNE, low=0.0, high=100.0),
+    _p("supcon_temperature", "float", 0.1, "temperature of the joint SupCon term", "recipe",
+       families=FINETUNE, low=0.0, high=10.0, low_open=True),
+    # ---- contrastive
+    _p("mode", "str", "two-stage", "two-stage (contrastive, then a classifier on the frozen "
+       "encoder), two-stage-finetune, or joint (CE + lambda * SupCon)", "contrastive",
+       families=CONTRASTIVE, choices=("two-stage", "two-stage-finetune", "joint"),
+       search=Categorical(("two-stage", "two-stage-finetune", "joint"))),
+    _p("loss", "str", "supcon", "contrastive loss: SupCon (labels) or SimCLR/NT-Xent (views)",
+       "contrastive", families=CONTRASTIVE, choices=("supcon", "simclr"),
+       search=Categorical(("supcon", "simclr")), when=TWO_STAGE),
+    _p("temperature", "float", 0.1, "temperature of the contrastive loss", "contrastive",
+       families=CONTRASTIVE, low=0.0, high=10.0, low_open=True, search=FloatRange(0.02, 1.0, log=True)),
+    _p("joint_lambda", "float", 0.5, "weight of SupCon in joint mode", "contrastive",
+       families=CONTRASTIVE, low=0.0, high=100.0, search=FloatRange(0.05, 1.0, log=True),
+       when={"mode": ("joint",)}),
+    _p("projection_dim", "int", 128, "output size of the projection head", "contrastive",
+       families=CONTRASTIVE, low=1, high=65536, search=Categorical((64, 128, 256))),
+    _p("contrastive_epochs", "int", 3, "epochs of the contrastive stage (0 only in joint mode)",
+       "contrastive", families=CONTRASTIVE, low=0, high=10_000, search=IntRange(1, 5), when=TWO_STAGE),
+    _p("contrastive_optimizer", "str", "adamw", "optimizer of the contrastive stage", "contrastive",
+       families=CONTRASTIVE, choices=("adamw", "sgd")),
+    _p("contrastive_lr", "float", 1e-4, "learning rate of the contrastive stage", "contrastive",
+       families=CONTRASTIVE, low=0.0, high=10.0, low_open=True,
+       search=FloatRange(1e-5, 3e-4, log=True), when=TWO_STAGE),
+    _p("contrastive_batch_size", "int", 64, "batch of the contrastive stage (more negatives "
+       "per batch)", "contrastive", families=CONTRASTIVE, low=2, high=65536,
+       search=Categorical((32, 64, 128, 256)), when=TWO_STAGE),
+    _p("augmentation", "str", "none", "text noise on top of the dropout views (SimCSE)",
+       "contrastive", families=CONTRASTIVE, choices=("none", "word_deletion", "span_cutoff", "shuffle"),
+       search=Categorical(("none", "word_deletion", "span_cutoff", "shuffle"))),
+    _p("augmentation_strength", "float", 0.1, "share of tokens the augmentation touches",
+       "contrastive", families=CONTRASTIVE, low=0.0, high=0.5, search=FloatRange(0.05, 0.3),
+       when=AUGMENTED),
+    _p("knn_k", "int", 10, "neighbours of the k-NN validation signal during the contrastive stage",
+       "contrastive", families=CONTRASTIVE, low=1, high=1000),
+    # ---- evaluation
+    _p("perturb_eval", "optional_str", DEFAULT_PERTURB_EVAL, "also evaluate the validation split "
+       "with perturbed texts and report val_accuracy_perturbed every epoch (a contrastive trial: "
+       "every classifier epoch; rank with --metric val_accuracy_perturbed, fine-tuning sweeps): "
+       "KIND:RATE[,KIND:RATE...] (kinds in trainables/perturb.py; null = off)", "eval"),
+    _p("deploy_metrics", "bool", True, "time the trial's model on the CPU once, before its "
+       "first epoch, and report the timings with every epoch (latency_ms_p50/p95 at batch 1, "
+       "throughput_b32; a few seconds per trial); false skips the timing, sizes and memory are "
+       "still reported", "eval"),
+    # ---- provenance
+    _p("preset", "optional_str", None, "the named preset this config came from, if any", "run"),
+)
+
+HPARAMS: dict[str, HParam] = {p.name: p for p in _DECLARED}
+SWEEP_LEVEL = tuple(p.name for p in _DECLARED if p.phase == "run" and p.name != "preset")
+
+
+def choices_of(name: str) -> tuple:
+    """The allowed values of a categorical parameter (for CLI ``choices=``)."""
+    choices = HPARAMS[name].choices
+    if choices is None:
+        raise KeyError(f"{name} is not a categorical parameter")
+    return choices
+
+
+def default_of(name: str) -> Any:
+    return HPARAMS[name].default
+
+
+def params_of_family(family: str) -> tuple[HParam, ...]:
+    return tuple(p for p in _DECLARED if family in p.families)
+
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def markdown_table() -> str:
+    """The README's parameter table, rendered from ``HPARAMS``."""
+    rows = ["| parameter | default | allowed | default search | phase | applies to | what it does |",
+            "|---|---|---|---|---|---|---|"]
+    for p in _DECLARED:
+        if p.name == "preset":
+            continue
+        search = "—"
+        if p.search is not None:
+            d = p.search.describe()
+            search = (str(d) if not isinstance(d, dict) else
+                      " \\| ".join(str(c) for c in d["choices"]) if "choices" in d else
+                      f"{_num(d['low'])}..{_num(d['high'])}" + (" log" if d.get("log") else ""))
+            if p.when:
+                search += " (when " + ", ".join(f"{k} {' / '.join(map(str, v))}" for k, v in p.when.items()) + ")"
+        if p.phase == "run":
+            search = "sweep setting"
+        default = "null" if p.default is None else str(p.default).lower() if isinstance(p.default, bool) else _num(p.default)
+        rows.append(f"| `{p.name}` | {default} | {p.allowed()} | {search} | {p.phase} | "
+                    f"{', '.join(p.families)} | {p.doc} |")
+    return "\n".join(rows) + "\n"
