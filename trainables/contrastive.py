@@ -15,6 +15,7 @@ stages, so ``epoch`` (and Ray's iteration) runs from 1 to ``total_epochs``.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -190,17 +191,69 @@ def _feature_result(head: nn.Module, features: torch.Tensor, labels: np.ndarray,
                       labels=labels)
 
 
-def fit(cfg: ContrastiveConfig, data: TokenizedData, *, device: torch.device, report: Reporter,
-        resume_dir: Optional[str] = None, progress: Optional[Callable[[int], None]] = None) -> ContrastiveModel:
-    """Train as ``cfg.mode`` says, calling ``report`` after every epoch of every stage. Every
-    report carries the epoch's training time (``epoch_seconds``), the peak training memory so far
-    (``peak_memory_mb``) and what the classifier the trial hands over costs to serve
-    (``trainables.finetune.deployment_costs``: size and CPU timings, measured once)."""
+@dataclass
+class _Trial:
+    """What the steps of one contrastive trial share: its settings, model, resume state and the
+    best classifier epoch so far. ``done``: the last epoch trained (a resumed trial's checkpoint
+    epoch, then the end of each stage as it completes)."""
+
+    cfg: ContrastiveConfig
+    data: TokenizedData
+    device: torch.device
+    report: Reporter
+    progress: Optional[Callable[[int], None]]
+    model: ContrastiveModel
+    memory: PeakMemory
+    state: Optional[dict]
+    done: int
+    first_stage_epochs: int
+    last: int
+    best: BestEpoch
+    costs: dict
+
+    def write_for(self, optimizer, scheduler, epoch: int) -> Callable[[str], None]:
+        """The checkpoint writer of ``epoch``: resumable state until the last epoch, then the
+        best classifier's weights alone."""
+        resumable = epoch < self.last  # nothing resumes after the last epoch
+        cfg, best, model = self.cfg, self.best, self.model
+        stage = "contrastive" if epoch <= self.first_stage_epochs else "classifier"
+
+        def write(directory: str) -> None:
+            final = not resumable and best.weights is not None
+            save_checkpoint(directory, model=best.weights if final else model,
+                            optimizer=optimizer if resumable else None,
+                            scheduler=scheduler if resumable else None,
+                            scaler=None, epoch=epoch, config=cfg.to_dict(),
+                            label_map=self.data.label_map.to_dict(),
+                            extra={"stage": stage, "best": best.state()},
+                            best_model=best.weights if resumable else None)
+        return write
+
+    def resume_optimizer(self, optimizer, scheduler, stage_start: int) -> None:
+        # the checkpoint's optimizer belongs to the stage it was written in
+        if self.state and self.state["optimizer"] is not None and self.done > stage_start:
+            optimizer.load_state_dict(self.state["optimizer"])
+            scheduler.load_state_dict(self.state["scheduler"])
+
+    def views(self, rng) -> Callable:
+        cfg = self.cfg
+        return functools.partial(views_batch, self.data.splits["train"], pad_token_id=self.data.pad_token_id,
+                                 augmentation=cfg.augmentation, strength=cfg.augmentation_strength, rng=rng)
+
+    def epoch_metrics(self, epoch: int, stats, optimizer) -> dict:
+        """What every epoch's report carries besides its scores."""
+        return {"epoch": epoch, "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s,
+                "epoch_seconds": stats.seconds, "peak_memory_mb": self.memory.mb(), **self.costs}
+
+
+def _start(cfg: ContrastiveConfig, data: TokenizedData, *, device: torch.device, report: Reporter,
+           resume_dir: Optional[str], progress: Optional[Callable[[int], None]]) -> _Trial:
+    """Build the model, restore a checkpoint's weights, best epoch and random state, and measure
+    what the classifier handed over costs to serve."""
     if not supports_precision(device, cfg.precision):
         raise ConfigError(f"`precision` {cfg.precision!r} is not supported on {device}; use fp32")
     seed_everything(cfg.seed)
     memory = PeakMemory(device)
-    train, val = data.splits["train"], data.splits["validation"]
     model = ContrastiveModel(build_classifier(cfg, data.num_labels), cfg.projection_dim).to(device)
     first_stage_epochs = 0 if cfg.mode == "joint" else cfg.contrastive_epochs
     state = load_checkpoint(resume_dir) if resume_dir is not None else None
@@ -213,102 +266,110 @@ def fit(cfg: ContrastiveConfig, data: TokenizedData, *, device: torch.device, re
         restore_rng_states(state["rng"])
     # the architecture of the classifier handed over is fixed from the start (stage 1 included)
     costs = deployment_costs(cfg, model.classifier, data) if done < last else {}
+    return _Trial(cfg, data, device, report, progress, model, memory, state, done,
+                  first_stage_epochs, last, best, costs)
 
-    def write_for(optimizer, scheduler, epoch):
-        resumable = epoch < last  # nothing resumes after the last epoch
 
-        def write(directory: str) -> None:
-            final = not resumable and best.weights is not None
-            save_checkpoint(directory, model=best.weights if final else model,
-                            optimizer=optimizer if resumable else None,
-                            scheduler=scheduler if resumable else None,
-                            scaler=None, epoch=epoch, config=cfg.to_dict(),
-                            label_map=data.label_map.to_dict(),
-                            extra={"stage": "contrastive" if epoch <= first_stage_epochs else "classifier",
-                                   "best": best.state()},
-                            best_model=best.weights if resumable else None)
-        return write
-
-    def resume_optimizer(optimizer, scheduler, stage_start: int) -> None:
-        # the checkpoint's optimizer belongs to the stage it was written in
-        if state and state["optimizer"] is not None and done > stage_start:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-
-    def views(epoch: int, rng):
-        return functools.partial(views_batch, train, pad_token_id=data.pad_token_id,
-                                 augmentation=cfg.augmentation, strength=cfg.augmentation_strength, rng=rng)
-
-    # ---- stage 1: contrastive (two-stage modes)
-    if first_stage_epochs and done < first_stage_epochs:
-        total = first_stage_epochs * steps_per_epoch(len(train), cfg.contrastive_batch_size)
-        optimizer, scheduler = stage_optimization(model, cfg, stage="contrastive", total_steps=total)
-        resume_optimizer(optimizer, scheduler, 0)
-        for epoch in range(done + 1, first_stage_epochs + 1):
-            maybe_inject_failure(epoch)
-            rng = np.random.default_rng([cfg.seed, epoch])
-            stats = train_epoch(model, train, batch_size=cfg.contrastive_batch_size, rng=rng,
-                                pad_token_id=data.pad_token_id, optimizer=optimizer, scheduler=scheduler,
-                                loss_fn=contrastive_loss(cfg), device=device, precision=cfg.precision,
-                                grad_clip=cfg.grad_clip, progress=progress, make_batch=views(epoch, rng))
-            knn = knn_signal(model, data, k=cfg.knn_k, seed=cfg.seed, device=device)
-            report({"epoch": epoch, "stage": 1, "contrastive_loss": stats.loss, "val_knn_accuracy": knn,
-                    "val_accuracy": knn,
-                    "best_val_accuracy": knn,  # the proxy stands in until a classifier exists
-                    "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s,
-                    "epoch_seconds": stats.seconds, "peak_memory_mb": memory.mb(), **costs},
-                   write_for(optimizer, scheduler, epoch))
-        done = first_stage_epochs
-
-    # ---- stage 2: classification (or the joint loop)
-    stage = {"two-stage": "frozen", "two-stage-finetune": "finetune", "joint": "joint"}[cfg.mode]
-    total = cfg.epochs * steps_per_epoch(len(train), cfg.batch_size)
-    optimizer, scheduler = stage_optimization(model, cfg, stage=stage, total_steps=total)
-    resume_optimizer(optimizer, scheduler, first_stage_epochs)
-    # the classifier stage is scored on perturbed validation texts too, as a fine-tuning trial is
-    noisy_val = perturbed_validation(cfg.perturb_eval, data) if cfg.perturb_eval else None
-    if stage == "frozen":
-        for p in model.classifier.encoder.parameters():
-            p.requires_grad_(False)
-        # the encoder no longer changes: embed once, train the head on the cached features
-        train_features = embed_split(model.classifier, train, np.arange(len(train)),
-                                     pad_token_id=data.pad_token_id, device=device)
-        val_features = embed_split(model.classifier, val, np.arange(len(val)),
-                                   pad_token_id=data.pad_token_id, device=device)
-        noisy_features = None if noisy_val is None else embed_split(
-            model.classifier, noisy_val, np.arange(len(noisy_val)), pad_token_id=data.pad_token_id,
-            device=device)
-    for epoch in range(done + 1, last + 1):
+def _contrastive_stage(run: _Trial) -> None:
+    """Stage 1 of the two-stage modes: encoder + projection head on the contrastive loss, scored
+    by the k-NN accuracy of validation embeddings (the proxy ASHA ranks by until a classifier
+    exists)."""
+    cfg, data, train = run.cfg, run.data, run.data.splits["train"]
+    total = run.first_stage_epochs * steps_per_epoch(len(train), cfg.contrastive_batch_size)
+    optimizer, scheduler = stage_optimization(run.model, cfg, stage="contrastive", total_steps=total)
+    run.resume_optimizer(optimizer, scheduler, 0)
+    for epoch in range(run.done + 1, run.first_stage_epochs + 1):
         maybe_inject_failure(epoch)
         rng = np.random.default_rng([cfg.seed, epoch])
-        common = dict(batch_size=cfg.batch_size, rng=rng, pad_token_id=data.pad_token_id,
-                      optimizer=optimizer, scheduler=scheduler, device=device, precision=cfg.precision,
-                      grad_clip=cfg.grad_clip, progress=progress)
-        if stage == "frozen":
-            head_loss = lambda m, batch: F.cross_entropy(  # noqa: E731
-                m.classifier.head(batch[0]).float(), batch[1], label_smoothing=cfg.label_smoothing)
-            stats = train_epoch(model, train, loss_fn=head_loss, **common,
-                                make_batch=lambda idx: (train_features[idx], torch.from_numpy(train.labels[idx])))
-            result = _feature_result(model.classifier.head, val_features, val.labels, data.num_labels, device)
-            noisy = None if noisy_val is None else _feature_result(
-                model.classifier.head, noisy_features, noisy_val.labels, data.num_labels, device)
-        else:
-            loss_fn = joint_loss(cfg) if stage == "joint" else classification_loss(cfg.label_smoothing)
-            target = model if stage == "joint" else model.classifier
-            stats = train_epoch(target, train, loss_fn=loss_fn, **common,
-                                make_batch=views(epoch, rng) if stage == "joint" else None)
-            eval_kwargs = dict(batch_size=max(64, cfg.batch_size), pad_token_id=data.pad_token_id,
-                               num_labels=data.num_labels, device=device, precision=cfg.precision)
-            result = evaluate(model.classifier, val, **eval_kwargs)
-            noisy = None if noisy_val is None else evaluate(model.classifier, noisy_val, **eval_kwargs)
+        stats = train_epoch(run.model, train, batch_size=cfg.contrastive_batch_size, rng=rng,
+                            pad_token_id=data.pad_token_id, optimizer=optimizer, scheduler=scheduler,
+                            loss_fn=contrastive_loss(cfg), device=run.device, precision=cfg.precision,
+                            grad_clip=cfg.grad_clip, progress=run.progress, make_batch=run.views(rng))
+        knn = knn_signal(run.model, data, k=cfg.knn_k, seed=cfg.seed, device=run.device)
+        metrics = run.epoch_metrics(epoch, stats, optimizer)
+        run.report({"epoch": epoch, "stage": 1, "contrastive_loss": stats.loss, "val_knn_accuracy": knn,
+                    "val_accuracy": knn,
+                    "best_val_accuracy": knn,  # the proxy stands in until a classifier exists
+                    **metrics}, run.write_for(optimizer, scheduler, epoch))
+    run.done = run.first_stage_epochs
+
+
+def _frozen_features(run: _Trial, noisy_val: Optional[EncodedSplit]) -> dict[str, Optional[torch.Tensor]]:
+    """Freeze the encoder and embed train, validation and perturbed validation once: the frozen
+    stage trains the head on these cached features."""
+    classifier, data = run.model.classifier, run.data
+    for p in classifier.encoder.parameters():
+        p.requires_grad_(False)
+    splits = {"train": data.splits["train"], "validation": data.splits["validation"], "noisy": noisy_val}
+    return {name: None if split is None else embed_split(classifier, split, np.arange(len(split)),
+                                                         pad_token_id=data.pad_token_id, device=run.device)
+            for name, split in splits.items()}
+
+
+def _classifier_epoch(run: _Trial, stage: str, epoch: int, optimizer, scheduler,
+                      features: Optional[dict], noisy_val: Optional[EncodedSplit]):
+    """Train one classifier-stage (or joint) epoch and score it: (stats, validation result,
+    perturbed validation result or None)."""
+    cfg, data, model = run.cfg, run.data, run.model
+    train, val = data.splits["train"], data.splits["validation"]
+    rng = np.random.default_rng([cfg.seed, epoch])
+    common = dict(batch_size=cfg.batch_size, rng=rng, pad_token_id=data.pad_token_id,
+                  optimizer=optimizer, scheduler=scheduler, device=run.device, precision=cfg.precision,
+                  grad_clip=cfg.grad_clip, progress=run.progress)
+    if stage == "frozen":
+        head_loss = lambda m, batch: F.cross_entropy(  # noqa: E731
+            m.classifier.head(batch[0]).float(), batch[1], label_smoothing=cfg.label_smoothing)
+        stats = train_epoch(model, train, loss_fn=head_loss, **common,
+                            make_batch=lambda idx: (features["train"][idx], torch.from_numpy(train.labels[idx])))
+        result = _feature_result(model.classifier.head, features["validation"], val.labels,
+                                 data.num_labels, run.device)
+        noisy = None if noisy_val is None else _feature_result(
+            model.classifier.head, features["noisy"], noisy_val.labels, data.num_labels, run.device)
+        return stats, result, noisy
+    loss_fn = joint_loss(cfg) if stage == "joint" else classification_loss(cfg.label_smoothing)
+    target = model if stage == "joint" else model.classifier
+    stats = train_epoch(target, train, loss_fn=loss_fn, **common,
+                        make_batch=run.views(rng) if stage == "joint" else None)
+    eval_kwargs = dict(batch_size=max(64, cfg.batch_size), pad_token_id=data.pad_token_id,
+                       num_labels=data.num_labels, device=run.device, precision=cfg.precision)
+    result = evaluate(model.classifier, val, **eval_kwargs)
+    noisy = None if noisy_val is None else evaluate(model.classifier, noisy_val, **eval_kwargs)
+    return stats, result, noisy
+
+
+def _classifier_stage(run: _Trial) -> None:
+    """Stage 2: the classifier on the frozen encoder, the whole model fine-tuned, or the joint
+    loop; every epoch scored on validation (and perturbed validation) and the best one kept."""
+    cfg, data = run.cfg, run.data
+    stage = {"two-stage": "frozen", "two-stage-finetune": "finetune", "joint": "joint"}[cfg.mode]
+    total = cfg.epochs * steps_per_epoch(len(data.splits["train"]), cfg.batch_size)
+    optimizer, scheduler = stage_optimization(run.model, cfg, stage=stage, total_steps=total)
+    run.resume_optimizer(optimizer, scheduler, run.first_stage_epochs)
+    # the classifier stage is scored on perturbed validation texts too, as a fine-tuning trial is
+    noisy_val = perturbed_validation(cfg.perturb_eval, data) if cfg.perturb_eval else None
+    features = _frozen_features(run, noisy_val) if stage == "frozen" else None
+    for epoch in range(run.done + 1, run.last + 1):
+        maybe_inject_failure(epoch)
+        stats, result, noisy = _classifier_epoch(run, stage, epoch, optimizer, scheduler, features, noisy_val)
         metrics = {"epoch": epoch, "stage": 2, "train_loss": stats.loss, **result.as_metrics("val"),
-                   "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s,
-                   "epoch_seconds": stats.seconds, "peak_memory_mb": memory.mb(), **costs}
+                   **run.epoch_metrics(epoch, stats, optimizer)}
         if noisy is not None:
             metrics["val_accuracy_perturbed"] = noisy.accuracy
-        best.update(epoch, metrics, model.state_dict())
-        report({**metrics, **best.as_metrics()}, write_for(optimizer, scheduler, epoch))
-    maybe_inject_failure(last + 1)
-    if best.weights is not None:
-        model.load_state_dict(best.weights)
-    return model
+        run.best.update(epoch, metrics, run.model.state_dict())
+        run.report({**metrics, **run.best.as_metrics()}, run.write_for(optimizer, scheduler, epoch))
+
+
+def fit(cfg: ContrastiveConfig, data: TokenizedData, *, device: torch.device, report: Reporter,
+        resume_dir: Optional[str] = None, progress: Optional[Callable[[int], None]] = None) -> ContrastiveModel:
+    """Train as ``cfg.mode`` says, calling ``report`` after every epoch of every stage. Every
+    report carries the epoch's training time (``epoch_seconds``), the peak training memory so far
+    (``peak_memory_mb``) and what the classifier the trial hands over costs to serve
+    (``trainables.finetune.deployment_costs``: size and CPU timings, measured once)."""
+    run = _start(cfg, data, device=device, report=report, resume_dir=resume_dir, progress=progress)
+    if run.first_stage_epochs and run.done < run.first_stage_epochs:
+        _contrastive_stage(run)
+    _classifier_stage(run)
+    maybe_inject_failure(run.last + 1)
+    if run.best.weights is not None:
+        run.model.load_state_dict(run.best.weights)
+    return run.model

@@ -47,47 +47,45 @@ tie because averaging over seeds is what makes the choice trustworthy and what a
 made of. One training of one config always runs, even when it does not fit, since a pipeline must
 hand over a model: the total can then exceed the budget by at most that one training (and its
 evaluation), never more — as far as the measured speed holds.
+
+This module runs the phases; beside it in ``tuning.results``: ``budget`` (the split, pure
+functions), ``speed`` (measuring it), ``pipeline_state`` (the settings, the state on disk, the
+sessions and their heartbeat) and ``pipeline_summary`` (what is handed over, logged and printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import math
 import re
-import shutil
-import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import tuning.results.outputs as outputs
 import tuning.results.selection as selection
-from trainables import registry
 from trainables.data import load_raw_splits
 from trainables.errors import ConfigError, UserError
 from tuning.arguments import add_objective_arguments, add_sweep_arguments, objective_settings, sweep_settings
-from tuning.config import (DEFAULT_POPULATION, DEFAULT_ROOT, POPULATION_SCHEDULERS, SweepConfig,
-                           check_sweep_name, resume_store)
-from tuning.credentials import redact
-from tuning.results.jobs import threads_per_worker
+from tuning.config import DEFAULT_POPULATION, DEFAULT_ROOT, POPULATION_SCHEDULERS, SweepConfig, resume_store
+# the budget's math, the saved state, the speed and the summary live in their own modules; their
+# names stay importable from here
+from tuning.results.budget import (BudgetSplit, SelectionPlan, clock, fit_selection,  # noqa: F401
+                                   selection_seconds, selection_speedup, shrink_steps, split_budget)
+from tuning.results.pipeline_state import (ALIVE_FILE, DEADLINE_FILE, HEARTBEAT_S,  # noqa: F401
+                                           PHASES, PIPELINE_FILE, Pipeline, PipelineConfig,
+                                           PipelineState, Session, count_killed_session, exists,
+                                           load_pipeline, pipeline_path)
+from tuning.results.pipeline_summary import (log_summary, predict_command, print_summary,  # noqa: F401
+                                             render_summary, result_summary)
+from tuning.results.speed import (PROBE_TRAIN_EXAMPLES, PROBE_VAL_EXAMPLES,  # noqa: F401
+                                  measure_epoch_seconds, trial_epoch_seconds, training_epochs)
 from tuning.sweep.lock import sweep_lock
 
 log = logging.getLogger(__name__)
 
-PIPELINE_FILE = "tunebert_pipeline.json"
-DEADLINE_FILE = "tunebert_sweep_deadline"   # read by runner.DeadlineStopper
-ALIVE_FILE = "tunebert_pipeline.alive"      # touched while a process works on the pipeline
-HEARTBEAT_S = 10.0
-# `tunebert tune` without --trials: the sweep phase's time share, not a count, ends the sweep
 BUDGET_TRIALS = 1000
-PROBE_TRAIN_EXAMPLES = 96                   # three batches of 32: enough for a steady rate
-PROBE_VAL_EXAMPLES = 32
-PHASES = ("sweep", "select", "done")
 # what a selection writes into the output folder (tuning.results.selection)
 _SELECTION_FOLDER = re.compile(r"model|seed-\d+")
 
@@ -102,409 +100,6 @@ DESCRIPTION = (
 
 def say(message: str) -> None:
     log.info(f"tune: {message}")
-
-
-# --------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """What ``tunebert tune`` adds to a sweep's settings. Phases: ``budget_s`` all of them;
-    ``max_select_share``/``fallback_select_share`` the plan made before the sweep; the rest the
-    selection phase."""
-
-    budget_s: float = 2 * 3600.0           # the whole job: plan, sweep, selection, test
-    top_k: int = 3                          # configs the selection re-trains (upper bound)
-    seeds: int = 3                          # seeds per config (upper bound)
-    ensemble: bool = True                   # also consider the ensemble of the chosen seed models
-    select_workers: int = 1                 # selection trainings at a time
-    max_select_share: float = 0.5           # before the sweep: selection gets at most this share
-    fallback_select_share: float = 0.35     # before the sweep, when speed cannot be measured here
-    output_dir: Optional[str] = None        # default: <storage>/models/<sweep name>
-    select_epochs: Optional[int] = None     # override the configs' epochs in the selection
-    max_train_examples: Optional[int] = None  # selection trains on a sample (smoke tests)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.budget_s, bool) or not isinstance(self.budget_s, (int, float)) \
-                or not math.isfinite(self.budget_s) or self.budget_s <= 0:
-            raise ConfigError(f"`budget_s` (--time-budget) must be a positive number of seconds, "
-                              f"but got {self.budget_s!r}")
-        for name in ("top_k", "seeds", "select_workers"):
-            _check_count(name, getattr(self, name), f"--{name.replace('_', '-')}")
-        for name in ("select_epochs", "max_train_examples"):
-            if getattr(self, name) is not None:
-                _check_count(name, getattr(self, name), None)
-        if not isinstance(self.ensemble, bool):
-            raise ConfigError(f"`ensemble` must be true or false, but got {self.ensemble!r}")
-        for name in ("max_select_share", "fallback_select_share"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise ConfigError(f"`{name}` must lie strictly between 0 and 1, but got {value!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PipelineConfig":
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown pipeline setting(s) {unknown}")
-        return cls(**d)
-
-
-def _check_count(name: str, value: Any, flag: Optional[str]) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        where = f" ({flag})" if flag else ""
-        raise ConfigError(f"`{name}`{where} must be an integer >= 1, but got {value!r}")
-
-
-# --------------------------------------------------------------------------- the budget split (pure)
-
-
-@dataclass(frozen=True)
-class SelectionPlan:
-    top_k: int
-    seeds: int
-    seconds: float   # planned length of the selection phase
-    fits: bool       # False: even one training does not fit the time given (it runs anyway)
-
-
-@dataclass(frozen=True)
-class BudgetSplit:
-    budget_s: float
-    sweep_s: float
-    select_s: float
-    selection: SelectionPlan
-    basis: str       # "measured speed" or "fixed share"
-
-
-def selection_seconds(top_k: int, seeds: int, workers: int, training_s: Sequence[float],
-                      eval_s: float) -> float:
-    """ceil(top_k·seeds / workers) waves, each as long as the slowest of the top_k configs'
-    trainings, plus ``eval_s`` for evaluating the chosen models."""
-    return math.ceil(top_k * seeds / workers) * max(training_s[:top_k]) + eval_s
-
-
-def shrink_steps(top_k: int, seeds: int) -> list[tuple[int, int]]:
-    """(top_k, seeds), then one step smaller at a time down to (1, 1): the larger of the two
-    shrinks first, top_k on a tie. (3, 3) → (2, 3) → (2, 2) → (1, 2) → (1, 1)."""
-    steps = [(top_k, seeds)]
-    while steps[-1] != (1, 1):
-        k, s = steps[-1]
-        steps.append((k - 1, s) if k >= s and k > 1 else (k, s - 1))
-    return steps
-
-
-def fit_selection(available_s: float, training_s: Sequence[float], eval_s: float, top_k: int,
-                  seeds: int, workers: int = 1) -> SelectionPlan:
-    """The largest selection along ``shrink_steps`` that fits in ``available_s``.
-
-    ``training_s[r]``: seconds to train the rank-(r+1) config once, best first; there may be
-    fewer ranks than ``top_k`` (a sweep that finished fewer trials). When even (1, 1) does not
-    fit, the plan is (1, 1) with ``fits=False``: one training always runs.
-    """
-    if not training_s:
-        raise ValueError("fit_selection needs the training time of at least one config")
-    for k, s in shrink_steps(min(top_k, len(training_s)), seeds):
-        seconds = selection_seconds(k, s, workers, training_s, eval_s)
-        if seconds <= available_s:
-            return SelectionPlan(k, s, seconds, True)
-    return SelectionPlan(1, 1, selection_seconds(1, 1, workers, training_s, eval_s), False)
-
-
-def split_budget(budget_s: float, training_s: Optional[float], eval_s: float, top_k: int,
-                 seeds: int, workers: int = 1, *, trial_s: Optional[float] = None,
-                 max_select_share: float = 0.5, fallback_select_share: float = 0.35) -> BudgetSplit:
-    """Before the sweep: the selection's reserve and the sweep's share of ``budget_s``.
-
-    ``training_s``: the estimated seconds of one selection training (None: not measurable here,
-    then the reserve is ``fallback_select_share`` of the budget). ``trial_s``: the longest sweep
-    trial (default ``training_s``). The selection gets ``selection_s(top_k, seeds)``, shrunk until
-    it fits ``max_select_share`` of the budget; the sweep gets the rest, which must hold one
-    trial, else ``ConfigError``.
-    """
-    if training_s is None:
-        select_s = fallback_select_share * budget_s
-        return BudgetSplit(budget_s, budget_s - select_s, select_s,
-                           SelectionPlan(top_k, seeds, select_s, True), "fixed share")
-    trial_s = training_s if trial_s is None else trial_s
-    plan = fit_selection(max_select_share * budget_s, [training_s] * top_k, eval_s, top_k, seeds,
-                         workers)
-    sweep_s = budget_s - plan.seconds
-    if sweep_s < trial_s:
-        need = trial_s + selection_seconds(1, 1, 1, [training_s], eval_s)
-        raise ConfigError(
-            f"--time-budget {_clock(budget_s)} is too small: at the measured speed one sweep trial "
-            f"takes about {_clock(trial_s)} and the final selection needs at least "
-            f"{_clock(plan.seconds)} (one training and its evaluation), so the budget must be at "
-            f"least {_clock(need)}. Raise --time-budget, or lower --epochs or --max-length.")
-    return BudgetSplit(budget_s, sweep_s, plan.seconds, plan, "measured speed")
-
-
-def selection_speedup(cpus_per_trial: float, gpus_per_trial: float, select_workers: int,
-                      address: Optional[str] = None) -> float:
-    """How many times faster one selection training runs than one sweep trial of the same config.
-
-    On CPU in embedded mode a sweep trial trains on ``cpus_per_trial`` threads beside the other
-    trials, while a selection training gets ``cpu_count // select_workers`` threads
-    (``tuning.results.jobs.threads_per_worker``): the ratio of the two. Training speed grows a little
-    less than linearly with threads, so a plan made with it errs long. Measured on MASSIVE
-    (2 cores): sweep trials at 1 thread took 1m26s per epoch, the selection's trainings 34 s;
-    without this factor the 2-hour plan left 22 of its 30 selection minutes unused. 1.0 on GPUs
-    and on a cluster, whose machines this one cannot see."""
-    if gpus_per_trial > 0 or address not in (None, "", "local"):
-        return 1.0
-    return max(1.0, threads_per_worker(select_workers) / max(1, int(cpus_per_trial)))
-
-
-def _clock(seconds: float) -> str:
-    """600 -> '10m00s', 7200 -> '2h00m', 42.4 -> '42s'."""
-    seconds = max(0, int(round(seconds)))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-# --------------------------------------------------------------------------- measuring speed
-
-
-def measure_epoch_seconds(prep) -> Optional[float]:
-    """Seconds one sweep trial needs per epoch, from one short training on this machine.
-
-    Trains a default fine-tuning config of the sweep's model on ``PROBE_TRAIN_EXAMPLES`` training
-    texts (a seeded sample) with the threads one trial gets, and scales its rate to the train
-    split plus a forward pass over validation (a third of a training step per example). The
-    first batches are the slowest (allocation, warm-up), so the estimate errs long. Returns None
-    when the trials will not run on this machine's hardware (a remote cluster, or GPUs here
-    missing): the caller then falls back to a fixed share.
-    """
-    import numpy as np
-    import torch
-
-    cfg = prep.config
-    remote = cfg.address not in (None, "", "local")
-    if remote or (cfg.gpus_per_trial > 0 and not torch.cuda.is_available()):
-        return None
-    device = torch.device("cuda", 0) if cfg.gpus_per_trial > 0 else torch.device("cpu")
-    config = registry.config_class("finetune").from_dict(registry.resolve_config(
-        {"trainable": "finetune", "model": cfg.model, "max_length": cfg.max_length, "epochs": 1,
-         "seed": cfg.seed, "precision": cfg.precision}))
-    train, val = prep.data.splits["train"], prep.data.splits["validation"]
-    rng = np.random.default_rng(cfg.seed)
-
-    def sample(split, n):
-        keep = rng.permutation(len(split))[:n]
-        return type(split)([split.input_ids[i] for i in keep], split.labels[keep])
-
-    data = dataclasses.replace(prep.data, splits={"train": sample(train, PROBE_TRAIN_EXAMPLES),
-                                                  "validation": sample(val, PROBE_VAL_EXAMPLES)})
-    rates: list[float] = []
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, int(cfg.cpus_per_trial)))  # as runtime.set_threads in a trial
-    def report(metrics: dict, write) -> None:
-        rates.append(metrics["samples_per_s"])
-
-    try:
-        registry.fit_function("finetune")(config, data, device=device, report=report)
-    finally:
-        torch.set_num_threads(threads)
-    rate = rates[-1] if rates and math.isfinite(rates[-1]) and rates[-1] > 0 else None
-    if rate is None:
-        return None
-    return len(train) / rate + len(val) / (3 * rate)
-
-
-def trial_epoch_seconds(sweep_dir: Path, trial_id: str) -> list[float]:
-    """``time_this_iter_s`` of every epoch a trial reported (Ray's result.json; train, validation
-    and checkpoint together)."""
-    seconds = []
-    for path in sorted(Path(sweep_dir).glob(f"*_{trial_id}/result.json")):
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                value = json.loads(line).get("time_this_iter_s")
-            except (json.JSONDecodeError, AttributeError):
-                continue
-            if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
-                seconds.append(float(value))
-    return seconds
-
-
-def training_epochs(config: dict[str, Any], epochs: Optional[int] = None) -> int:
-    """Epochs one training of ``config`` runs (both stages of a contrastive config), with the
-    classifier epochs replaced by ``epochs`` when given (as the selection does)."""
-    config = {**config, **({"epochs": epochs, "stop_epoch": None} if epochs else {})}
-    cfg = registry.config_class(config.get("trainable", "finetune")).from_dict(config)
-    return int(getattr(cfg, "total_epochs", cfg.last_epoch))  # a sweep's stop_epoch shortens it
-
-
-# --------------------------------------------------------------------------- state on disk
-
-
-@dataclass
-class PipelineState:
-    """Where a pipeline stands; rewritten after every step, so a killed one can be continued."""
-
-    phase: str = "sweep"                    # sweep -> select -> done
-    basis: str = "fixed share"              # how the split was planned
-    epoch_s_estimate: Optional[float] = None
-    plan_s: float = 0.0                     # validation and speed measurement, before the sweep
-    sweep_planned_s: float = 0.0
-    select_reserved_s: float = 0.0          # the selection's share, planned before the sweep
-    select_planned_s: float = 0.0           # re-planned after the sweep from its measured speed
-    sweep_actual_s: float = 0.0
-    select_actual_s: float = 0.0
-    top_k: int = 0                          # the selection's plan (shrunk if needed)
-    seeds: int = 0
-    notes: list[str] = field(default_factory=list)
-    session: Optional[dict] = None          # {"phase", "started_at"} while a process works on it
-    result: Optional[dict] = None           # the handed-over model, once done
-
-    @property
-    def total_s(self) -> float:
-        return self.plan_s + self.sweep_actual_s + self.select_actual_s
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PipelineState":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-@dataclass
-class Pipeline:
-    sweep: SweepConfig
-    config: PipelineConfig
-    state: PipelineState
-
-    @property
-    def folder(self) -> Path:
-        return self.sweep.sweep_dir
-
-    @property
-    def path(self) -> Path:
-        return self.folder / PIPELINE_FILE
-
-    @property
-    def owner(self) -> "outputs.Owner":
-        """Who the output folder belongs to (``tuning.results.outputs.claim``)."""
-        return outputs.Owner(self.sweep.name, str(self.path))
-
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.config.output_dir) if self.config.output_dir else \
-            self.sweep.root / "models" / self.sweep.name
-
-    def save(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"sweep": self.sweep.saved_dict(), "pipeline": self.config.to_dict(),
-                           "state": self.state.to_dict()}, indent=2)
-        partial = self.path.with_suffix(".json.partial")
-        partial.write_text(text)
-        partial.replace(self.path)  # atomic: a kill never leaves half a file
-
-    def write_deadline(self, seconds_from_now: float) -> None:
-        (self.folder / DEADLINE_FILE).write_text(f"{time.time() + max(0.0, seconds_from_now):.3f}\n")
-
-
-def pipeline_path(name: str, storage: str = DEFAULT_ROOT) -> Path:
-    return Path(storage).expanduser().resolve() / "ray" / check_sweep_name(name) / PIPELINE_FILE
-
-
-def exists(name: str, storage: str = DEFAULT_ROOT) -> bool:
-    """Whether ``name`` was started by ``tunebert tune`` (``tunebert resume`` asks)."""
-    try:
-        return pipeline_path(name, storage).is_file()
-    except ConfigError:
-        return False
-
-
-def load_pipeline(name: str, storage: str = DEFAULT_ROOT) -> Pipeline:
-    path = pipeline_path(name, storage)
-    if not path.is_file():
-        raise ConfigError(f"no `tunebert tune` pipeline named {name!r} under "
-                          f"{path.parent.parent.parent}; pass the --storage it used")
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        return Pipeline(SweepConfig.from_dict(saved["sweep"]),
-                        PipelineConfig.from_dict(saved["pipeline"]),
-                        PipelineState.from_dict(saved["state"]))
-    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError too
-        raise ConfigError(f"the saved state of pipeline {name!r}, {path}, is damaged and cannot be "
-                          f"read ({type(exc).__name__}: {exc}); it is written by `tunebert tune`: "
-                          f"restore it from a backup, or start a new pipeline with another --name"
-                          ) from None
-
-
-class _Heartbeat:
-    """Touches ALIVE_FILE every HEARTBEAT_S while a phase runs, so that a resume can tell how
-    long a killed process worked."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="tunebert-heartbeat", daemon=True)
-
-    def _beat(self) -> None:
-        while True:
-            try:
-                self.path.touch()
-            except OSError:
-                pass
-            if self._stop.wait(HEARTBEAT_S):
-                return
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
-class _Session:
-    """One process working on one phase: its time is added to the phase however it ends."""
-
-    def __init__(self, pipeline: Pipeline, phase: str):
-        self.pipeline, self.phase = pipeline, phase
-
-    def __enter__(self):
-        self.start = time.time()
-        self.pipeline.state.session = {"phase": self.phase, "started_at": self.start}
-        self.pipeline.save()
-        self.heartbeat = _Heartbeat(self.pipeline.folder / ALIVE_FILE).__enter__()
-        return self
-
-    def __exit__(self, kind, exc, tb) -> None:
-        self.heartbeat.__exit__()
-        state = self.pipeline.state
-        attr = f"{self.phase}_actual_s"
-        setattr(state, attr, getattr(state, attr) + time.time() - self.start)
-        state.session = None
-        self.pipeline.save()
-        # Ctrl-C or SIGTERM (interrupt.Interrupted); a stopped sweep names its resume command itself
-        if kind is not None and issubclass(kind, KeyboardInterrupt) and not getattr(exc, "resume_hint", None):
-            say(f"interrupted in the {self.phase} phase; continue with: tunebert resume "
-                f"{self.pipeline.sweep.name}" + _storage_flag(self.pipeline.sweep.storage))
-
-
-def _count_killed_session(pipeline: Pipeline) -> None:
-    """A process that was killed left its session open: count its time up to its last heartbeat."""
-    session = pipeline.state.session
-    if not session:
-        return
-    alive = pipeline.folder / ALIVE_FILE
-    last = alive.stat().st_mtime if alive.is_file() else session["started_at"]
-    lost = max(0.0, last - session["started_at"])
-    attr = f"{session['phase']}_actual_s"
-    setattr(pipeline.state, attr, getattr(pipeline.state, attr) + lost)
-    pipeline.state.notes.append(f"a process stopped during the {session['phase']} phase after "
-                                f"about {_clock(lost)} (counted up to its last heartbeat)")
-    pipeline.state.session = None
-    pipeline.save()
 
 
 # --------------------------------------------------------------------------- the phases
@@ -550,8 +145,8 @@ def start_pipeline(sweep: SweepConfig, config: PipelineConfig) -> Pipeline:
     plan_s = time.time() - started
     sweep_s = split.sweep_s - plan_s
     if sweep_s <= 0:
-        raise ConfigError(f"--time-budget {_clock(config.budget_s)} is too small: checking the inputs "
-                          f"and measuring speed used {_clock(plan_s)} of it, and the sweep needs time "
+        raise ConfigError(f"--time-budget {clock(config.budget_s)} is too small: checking the inputs "
+                          f"and measuring speed used {clock(plan_s)} of it, and the sweep needs time "
                           f"after that. Raise --time-budget.")
     pipeline.sweep = dataclasses.replace(sweep, time_budget_s=sweep_s)
     state = pipeline.state
@@ -559,11 +154,11 @@ def start_pipeline(sweep: SweepConfig, config: PipelineConfig) -> Pipeline:
     state.sweep_planned_s = sweep_s
     state.select_reserved_s = state.select_planned_s = split.select_s
     state.top_k, state.seeds = split.selection.top_k, split.selection.seeds
-    speed = f"{_clock(epoch_s)} per trial-epoch measured here" if epoch_s else \
+    speed = f"{clock(epoch_s)} per trial-epoch measured here" if epoch_s else \
         "speed not measurable on this machine"
-    say(f"budget {_clock(config.budget_s)} ({speed}): sweep {_clock(sweep_s)}, selection "
-        f"{_clock(split.select_s)} for top {split.selection.top_k} x {split.selection.seeds} "
-        f"seed(s), planning took {_clock(plan_s)}")
+    say(f"budget {clock(config.budget_s)} ({speed}): sweep {clock(sweep_s)}, selection "
+        f"{clock(split.select_s)} for top {split.selection.top_k} x {split.selection.seeds} "
+        f"seed(s), planning took {clock(plan_s)}")
     if (split.selection.top_k, split.selection.seeds) != (config.top_k, config.seeds):
         note = (f"planned top {config.top_k} x {config.seeds} seeds do not fit "
                 f"{config.max_select_share:.0%} of the budget at the measured speed; planning "
@@ -581,7 +176,7 @@ def advance(pipeline: Pipeline, until: str = "done") -> Pipeline:
     """Run the pipeline's remaining phases, stopping once it reaches phase ``until``."""
     if until not in PHASES:
         raise ValueError(f"`until` must be one of {PHASES}, but got {until!r}")
-    _count_killed_session(pipeline)
+    count_killed_session(pipeline)
     for phase, step in (("sweep", _sweep_phase), ("select", _select_phase)):
         if pipeline.state.phase == until:
             break
@@ -614,7 +209,7 @@ def resume_pipeline(name: str, storage: str = DEFAULT_ROOT, **changes: Any) -> P
         tracking.check_store(pipeline.sweep.resolved_tracking_uri())
         if pipeline.state.phase != "done":
             say(f"continuing {name!r} in its {pipeline.state.phase} phase "
-                f"({_clock(pipeline.state.total_s)} of {_clock(pipeline.config.budget_s)} used)")
+                f"({clock(pipeline.state.total_s)} of {clock(pipeline.config.budget_s)} used)")
         return advance(pipeline)
 
 
@@ -623,17 +218,17 @@ def _sweep_phase(pipeline: Pipeline) -> None:
 
     sweep, state = pipeline.sweep, pipeline.state
     left = state.sweep_planned_s - state.sweep_actual_s
-    with _Session(pipeline, "sweep"):
+    with Session(pipeline, "sweep"):
         pipeline.write_deadline(left)
         if (sweep.sweep_dir / "tuner.pkl").exists():
-            say(f"resuming the sweep with {_clock(max(0.0, left))} of its share left")
+            say(f"resuming the sweep with {clock(max(0.0, left))} of its share left")
             changes = {k: getattr(sweep, k) for k in ("tracking_uri", "address")}
             outcome = runner.resume_sweep(sweep.name, sweep.storage, **changes)
         else:
             outcome = runner.run_sweep(
                 sweep, stop=runner.DeadlineStopper(str(pipeline.folder / DEADLINE_FILE)))
     counts = outcome.counts
-    say(f"sweep done in {_clock(state.sweep_actual_s)} (planned {_clock(state.sweep_planned_s)}): "
+    say(f"sweep done in {clock(state.sweep_actual_s)} (planned {clock(state.sweep_planned_s)}): "
         f"{counts['FINISHED']} finished, {counts['FAILED']} failed, {counts['KILLED']} killed")
     if outcome.best is None:
         raise UserError(f"the sweep phase of {sweep.name!r} finished no trial with a finite "
@@ -694,12 +289,12 @@ def _select_phase(pipeline: Pipeline) -> None:
         asked = min(config.top_k, len(leaders))  # a sweep may have finished fewer trials
         if (plan.top_k, plan.seeds) != (asked, config.seeds):
             need = selection_seconds(asked, config.seeds, config.select_workers, training_s, eval_s)
-            _note(pipeline, f"top {asked} x {config.seeds} seeds need {_clock(need)} at the speed "
-                            f"in {basis}, but {_clock(max(0.0, left))} of the budget are left: "
+            _note(pipeline, f"top {asked} x {config.seeds} seeds need {clock(need)} at the speed "
+                            f"in {basis}, but {clock(max(0.0, left))} of the budget are left: "
                             f"selecting top {plan.top_k} x {plan.seeds} instead")
         if not plan.fits:
-            _note(pipeline, f"even one training ({_clock(plan.seconds)} with its evaluation) does "
-                            f"not fit the {_clock(max(0.0, left))} left; running it anyway, so the "
+            _note(pipeline, f"even one training ({clock(plan.seconds)} with its evaluation) does "
+                            f"not fit the {clock(max(0.0, left))} left; running it anyway, so the "
                             f"pipeline ends up to that much over its budget")
     parent = tracking.sweep_run(uri, sweep.name)
     if parent is not None:
@@ -712,23 +307,23 @@ def _select_phase(pipeline: Pipeline) -> None:
             tags={"tunebert.pipeline.phase": "select",
                   "tunebert.pipeline.notes": "\n".join(state.notes) or "none"})
     say(f"selection: top {state.top_k} x {state.seeds} seed(s), planned "
-        f"{_clock(state.select_planned_s)}, {_clock(max(0.0, left))} of the budget left")
+        f"{clock(state.select_planned_s)}, {clock(max(0.0, left))} of the budget left")
     out = pipeline.output_dir
     _clear_stopped_selection(pipeline)
     ensemble = config.ensemble and state.seeds >= 2
     if config.ensemble and not ensemble:
         _note(pipeline, "no ensemble: it needs at least 2 seeds (an ensemble of one model is "
                         "that model)")
-    with _Session(pipeline, "select"):
+    with Session(pipeline, "select"):
         result = selection.final_selection(
             sweep.name, state.top_k, state.seeds, sweep.metric, sweep.tracking_uri, sweep.storage,
             mode=sweep.mode, epochs=config.select_epochs,
             max_train_examples=config.max_train_examples, output_dir=str(out),
             ensemble=ensemble, workers=config.select_workers)
-    state.result = _result_summary(result, sweep.metric)
+    state.result = result_summary(result, sweep.metric)
     state.phase = "done"
     pipeline.save()
-    _log_summary(pipeline, uri, parent.info.run_id if parent is not None else None)
+    log_summary(pipeline, uri, parent.info.run_id if parent is not None else None)
 
 
 def _clear_stopped_selection(pipeline: Pipeline) -> None:
@@ -745,115 +340,6 @@ def _clear_stopped_selection(pipeline: Pipeline) -> None:
 def _note(pipeline: Pipeline, note: str) -> None:
     pipeline.state.notes.append(note)
     say(f"note: {note}")
-
-
-def _result_summary(result, metric: str) -> dict[str, Any]:
-    """What the pipeline hands over, from a ``selection.SelectionResult``."""
-    kind = result.handed_over
-    val = result.ensemble_val if kind == "ensemble" else result.single_val
-    return {"handed_over": kind, "model_dir": str(result.model_dir), "metric": metric,
-            "val": None if val is None else float(val),
-            "single_val": None if result.single_val is None else float(result.single_val),
-            "ensemble_val": None if result.ensemble_val is None else float(result.ensemble_val),
-            "test_accuracy": float(result.handed_over_test["test_accuracy"]),
-            "test_macro_f1": float(result.handed_over_test["test_macro_f1"]),
-            # the chosen config's seed models one by one (mean ± std): what one training gives
-            "config_test_accuracy_mean": float(result.test_accuracy_mean),
-            "config_test_accuracy_std": float(result.test_accuracy_std),
-            "config": result.chosen.config, "trial_id": result.chosen.trial_id,
-            "rank": result.chosen.rank, "seeds": list(result.chosen.seeds),
-            "selection_run_id": result.run_id}
-
-
-def _log_summary(pipeline: Pipeline, uri: str, parent_run_id: Optional[str]) -> None:
-    """The pipeline's summary on the sweep's parent run: metrics, tags and PIPELINE_FILE."""
-    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
-
-    if parent_run_id is None:
-        return
-    state, result = pipeline.state, pipeline.state.result
-    metric = result["metric"]
-    metrics = {"pipeline.budget_s": pipeline.config.budget_s, "pipeline.plan_s": state.plan_s,
-               "pipeline.sweep_planned_s": state.sweep_planned_s,
-               "pipeline.sweep_actual_s": state.sweep_actual_s,
-               "pipeline.select_reserved_s": state.select_reserved_s,
-               "pipeline.select_planned_s": state.select_planned_s,
-               "pipeline.select_actual_s": state.select_actual_s, "pipeline.total_s": state.total_s,
-               "pipeline.top_k": state.top_k, "pipeline.seeds": state.seeds,
-               "pipeline.test_accuracy": result["test_accuracy"],
-               "pipeline.test_macro_f1": result["test_macro_f1"]}
-    if result["val"] is not None:
-        metrics[f"pipeline.{metric}"] = result["val"]
-    tags = {"tunebert.pipeline.phase": "done", "tunebert.pipeline.handed_over": result["handed_over"],
-            "tunebert.pipeline.model_dir": result["model_dir"],
-            "tunebert.pipeline.best_config": json.dumps(result["config"], sort_keys=True),
-            "tunebert.pipeline.selection_run_id": result["selection_run_id"],
-            "tunebert.pipeline.predict": predict_command(result["model_dir"]),
-            "tunebert.pipeline.notes": "\n".join(state.notes) or "none"}
-    tracking.annotate_run(uri, parent_run_id, metrics=metrics, tags=tags)
-    with tempfile.TemporaryDirectory() as folder:
-        shutil.copy(pipeline.path, Path(folder) / PIPELINE_FILE)
-        (Path(folder) / "pipeline.md").write_text(render_summary(pipeline))
-        tracking.log_artifacts_to(uri, parent_run_id, folder, "pipeline")
-
-
-# --------------------------------------------------------------------------- output
-
-
-def predict_command(model_dir: str) -> str:
-    """How to use the handed-over model (``tuning.serve.predict``)."""
-    import shlex
-
-    return f"tunebert predict {shlex.quote(str(model_dir))} \"text to classify\""
-
-
-def _storage_flag(storage: str) -> str:
-    return "" if storage == DEFAULT_ROOT else f" --storage {storage}"
-
-
-def render_summary(pipeline: Pipeline) -> str:
-    """The finished pipeline as Markdown: phases (planned vs actual), the handed-over model, its
-    scores and config, and how to use it."""
-    import yaml
-
-    state, config, result = pipeline.state, pipeline.config, pipeline.state.result
-    metric = result["metric"]
-    val = "n/a" if result["val"] is None else f"{result['val']:.4f}"
-    lines = [f"# `tunebert tune` {pipeline.sweep.name}", "",
-             f"Budget {_clock(config.budget_s)}, used {_clock(state.total_s)}; split planned "
-             f"from {state.basis}.", "",
-             "| phase | planned | actual |", "|---|---:|---:|",
-             f"| plan (checks, speed) | — | {_clock(state.plan_s)} |",
-             f"| sweep | {_clock(state.sweep_planned_s)} | {_clock(state.sweep_actual_s)} |",
-             f"| selection + test (top {state.top_k} x {state.seeds} seeds) | "
-             f"{_clock(state.select_planned_s)} (reserved before the sweep: "
-             f"{_clock(state.select_reserved_s)}) | {_clock(state.select_actual_s)} |",
-             f"| total | {_clock(config.budget_s)} | {_clock(state.total_s)} |", ""]
-    lines += [f"- note: {note}" for note in state.notes] + ([""] if state.notes else [])
-    scores = [f"{name} {result[key]:.4f}" for name, key in (("best seed model", "single_val"),
-                                                             ("ensemble", "ensemble_val"))
-              if result[key] is not None]
-    lines += [f"Handed over: **{result['handed_over']}** of trial {result['trial_id']} (rank "
-              f"{result['rank']}, seeds {', '.join(map(str, result['seeds']))})", "",
-              f"- model: `{result['model_dir']}`",
-              f"- validation {metric}: **{val}**" + (f" ({'; '.join(scores)})" if scores else ""),
-              f"- test accuracy: **{result['test_accuracy']:.4f}**, test macro-F1 "
-              f"{result['test_macro_f1']:.4f} (read once, after the choice)",
-              *([f"- the chosen config's seed models one by one: test accuracy "
-                 f"{result['config_test_accuracy_mean']:.4f} ± {result['config_test_accuracy_std']:.4f}"]
-                if result.get("config_test_accuracy_mean") is not None else []),
-              f"- use it: `{predict_command(result['model_dir'])}`", "",
-              "Config:", "", "```yaml", yaml.safe_dump(result["config"], sort_keys=True).rstrip(),
-              "```", ""]
-    return "\n".join(lines)
-
-
-def print_summary(pipeline: Pipeline) -> None:
-    print()
-    print(render_summary(pipeline), flush=True)
-    sweep = pipeline.sweep
-    say(f"MLflow: {redact(sweep.resolved_tracking_uri())} (experiment {sweep.name!r}; the sweep's "
-        f"parent run holds the summary under pipeline/)")
 
 
 # --------------------------------------------------------------------------- the CLI subcommand

@@ -45,29 +45,35 @@ model ``single_{metric}`` (and ``ensemble_{metric}``), the tag ``tunebert.handed
 ``handed_over_model`` (``runs:/<selection run id>/handed_over_model``; registered with lineage tags
 when ``register_model`` is given). Each re-training is a ``tunebert.kind=train`` run nested under
 the selection run; only the chosen config's runs get test metrics and an MLflow model ``model``.
+
+This module checks the inputs and opens the run; beside it in ``tuning.results``: ``candidates``
+(the ranking), ``seed_training`` (step 2), ``handover`` (step 4), ``evaluation`` (scoring model
+folders; step 5), ``selection_result`` (the result and its Markdown) and ``selection_run`` (the
+steps in order, loaded only when a selection runs).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import shutil
-import statistics
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional
 
-import trainables.data as trainables_data
-import tuning.results.jobs as training_jobs
 import tuning.results.outputs as outputs
-from trainables import registry
 from trainables.data import DataConfig, data_fingerprint, load_raw_splits
-from trainables.errors import ConfigError, DataError, NonFiniteLossError, UserError
+from trainables.errors import ConfigError
 from tuning.config import DEFAULT_ROOT, check_sweep_name, load_saved_sweep, resolve_tracking_uri
 from tuning.credentials import redact
+# the selection's parts live in their own modules; their names stay importable from here
+from tuning.results.candidates import (FIRST_SEED_OFFSET, Candidate, SelectionError,  # noqa: F401
+                                       best_seed, better, choose, mean_std, seed_offsets,
+                                       selection_seeds)
+from tuning.results.evaluation import evaluate_folders, evaluate_on_test, load_model_folder  # noqa: F401
+from tuning.results.handover import IN_OUTPUT_DIR, ensemble_wins  # noqa: F401
+from tuning.results.selection_result import SelectionResult, render_markdown  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -85,113 +91,8 @@ DESCRIPTION = (
 # compared on
 ENSEMBLE_METRICS = ("val_accuracy", "val_macro_f1", "val_loss")
 
-# how a refusal names a model folder inside --output-dir (``tuning.results.outputs``)
-_IN_OUTPUT_DIR = "in --output-dir, the folder"
-
-# the first seed offset a selection trains: offset 0 would repeat the sweep trial's own run
-FIRST_SEED_OFFSET = 1
-
-
-def selection_seeds(config: dict[str, Any], seeds: int) -> tuple[int, ...]:
-    """The seeds a selection trains ``config`` with: its own seed + 1..``seeds``."""
-    base = int(config.get("seed", 0))
-    return tuple(base + FIRST_SEED_OFFSET + j for j in range(seeds))
-
-
-def _offsets(seeds: int) -> str:
-    return f"{FIRST_SEED_OFFSET}..{FIRST_SEED_OFFSET + seeds - 1}"
-
-
 def _say(message: str) -> None:
     log.info(f"select: {message}")
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One of the sweep's top-k configs and its re-training over seeds."""
-
-    rank: int                 # 1-based rank in the sweep's top-k
-    trial_id: str
-    trial_run_id: str
-    sweep_score: float        # the trial's metric in the sweep
-    config: dict[str, Any]    # the trial's config (each seed run replaces ``seed``)
-    seeds: tuple[int, ...]
-    scores: tuple[float, ...]  # the metric of each seed's run at its last epoch; NaN if diverged
-    run_ids: tuple[str, ...]   # "" for a seed whose run could not be identified
-    mean: float
-    std: float
-    chosen: bool = False
-
-    @property
-    def diverged(self) -> bool:
-        return not all(math.isfinite(s) for s in self.scores)
-
-
-@dataclass(frozen=True)
-class SelectionResult:
-    sweep: str
-    metric: str
-    mode: str
-    run_id: str               # the selection run
-    tracking_uri: str
-    candidates: tuple[Candidate, ...]
-    chosen: Candidate
-    test: tuple[dict[str, Any], ...]  # per chosen seed: seed, run_id, test_loss/accuracy/macro_f1
-    test_accuracy_mean: float
-    test_accuracy_std: float
-    test_macro_f1_mean: float
-    test_macro_f1_std: float
-    output_dir: Optional[str] = None
-    handed_over: str = "single"        # "single" (the best seed model) or "ensemble"
-    single_val: float = math.nan       # the best seed model's validation metric
-    ensemble_val: Optional[float] = None  # the ensemble's, when one was built (ensemble=True)
-    handed_over_test: dict[str, float] = field(default_factory=dict)  # test_accuracy, test_macro_f1
-    model_dir: Optional[str] = None    # the handed-over model's folder, when output_dir was given
-    single_seed: Optional[int] = None  # the seed of the best seed model
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["candidates"] = [asdict(c) for c in self.candidates]
-        d["chosen"] = {"rank": self.chosen.rank, "trial_id": self.chosen.trial_id,
-                       "config": self.chosen.config}
-        return d
-
-    def markdown(self) -> str:
-        return render_markdown(self)
-
-
-def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    """(mean, sample standard deviation); std is 0 for one value, both NaN if any value is."""
-    values = [float(v) for v in values]
-    if not values:
-        raise ValueError("mean_std needs at least one value")
-    if not all(math.isfinite(v) for v in values):
-        return math.nan, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _choice_key(candidate: Candidate, mode: str) -> tuple[float, float, int]:
-    # means of the same numbers in another order can differ in the last bits: compare rounded
-    mean = round(candidate.mean, 12)
-    return (-mean if mode == "max" else mean, round(candidate.std, 12), candidate.rank)
-
-
-def choose(candidates: Sequence[Candidate], mode: str = "max") -> Candidate:
-    """The best mean (highest for ``mode='max'``); ties: lower std, then better rank. Candidates
-    whose mean is not finite (a seed diverged) cannot be chosen."""
-    eligible = [c for c in candidates if math.isfinite(c.mean)]
-    if not eligible:
-        raise SelectionError(
-            f"none of the {len(candidates)} candidate(s) trained to a finite validation score on "
-            f"every seed, so there is nothing to choose; check the configs (their runs ended FAILED)")
-    return min(eligible, key=lambda c: _choice_key(c, mode))
-
-
-class SelectionError(UserError):
-    """Final selection cannot go ahead as asked."""
 
 
 # --------------------------------------------------------------------------- inputs
@@ -233,7 +134,7 @@ def check_output_dir(output_dir: Path, sweep: str, storage: str, seeds: Iterable
                           f"folder for the chosen models")
     outputs.check_owner(output_dir, Path(storage).expanduser().resolve() / "ray" / sweep)
     for name in ["model", *(f"seed-{seed}" for seed in sorted(seeds))]:
-        outputs.check_output_target(output_dir / name, _IN_OUTPUT_DIR)
+        outputs.check_output_target(output_dir / name, IN_OUTPUT_DIR)
 
 
 def resolve_data(sweep: str, storage: str = DEFAULT_ROOT, source: Optional[str] = None,
@@ -257,124 +158,7 @@ def resolve_data(sweep: str, storage: str = DEFAULT_ROOT, source: Optional[str] 
     return replace(base, **changes)
 
 
-# --------------------------------------------------------------------------- reloading a model
-
-
-def load_model_folder(folder: str | Path):
-    """(model on CPU, config, label map) of a model folder (``trainables.export.load_model``): a
-    self-contained model folder, an ensemble folder whose members share the label map and the
-    tokenizer (``model``, ``max_length``; the config returned is then the first member's), or an
-    older checkpoint folder. Raises ``ModelLoadError`` for anything else."""
-    from trainables.export import load_model  # local: keeps torch off --help
-
-    loaded = load_model(folder)
-    return loaded.model, loaded.config, loaded.label_map
-
-
-def evaluate_folders(folders: Sequence[str | Path], data_config: DataConfig, config: dict,
-                     split: str) -> list[dict]:
-    """Metrics (``val_*`` or ``test_*``: loss, accuracy, macro_f1) of each model folder (plain or
-    ensemble) on ``split``. For ``'validation'`` the test split is not even tokenized; ``'test'``
-    is the only place selection reads the test split."""
-    import torch
-
-    # local: keeps torch off --help
-    from trainables.loops import evaluate
-    from trainables.models import load_tokenizer
-
-    if split not in ("validation", "test"):
-        raise ValueError(f"split must be 'validation' or 'test', but got {split!r}")
-    cfg = registry.config_class(config["trainable"]).from_dict(config)
-    data = trainables_data.tokenize_splits(load_raw_splits(data_config), load_tokenizer(cfg.model), model=cfg.model,
-                           max_length=cfg.max_length, include_test=split == "test")
-    label_map = json.loads(json.dumps(data.label_map.to_dict()))
-    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    results = []
-    for directory in folders:
-        model, _, folder_labels = load_model_folder(directory)
-        if folder_labels != label_map:
-            raise DataError(f"the data's label map changed since the model in {directory} was "
-                            f"trained; selection needs the same data for training and testing")
-        result = evaluate(model.to(device), data.splits[split], batch_size=64,
-                          pad_token_id=data.pad_token_id, num_labels=data.num_labels,
-                          device=device, precision=cfg.precision)
-        results.append(result.as_metrics("test" if split == "test" else "val"))
-        del model
-    return results
-
-
-def evaluate_on_test(checkpoints: Sequence[str], data_config: DataConfig, config: dict) -> list[dict]:
-    """Test metrics of each model folder: the only place selection reads the test split."""
-    return evaluate_folders(checkpoints, data_config, config, "test")
-
-
-def better(a: float, b: float, mode: str) -> bool:
-    """``a`` strictly better than ``b`` (higher for ``mode='max'``), ignoring the last bits (as
-    ``choose`` does); a NaN is never better."""
-    if not math.isfinite(a):
-        return False
-    if not math.isfinite(b):
-        return True
-    a, b = round(a, 12), round(b, 12)
-    return a > b if mode == "max" else a < b
-
-
-def ensemble_wins(ensemble_score: float, member_scores: Sequence[float], mode: str) -> bool:
-    """Whether an ensemble is handed over rather than its best member: unless it scores below
-    the members' mean (``mode`` max) or above it (min). A non-finite ensemble score never wins."""
-    if not math.isfinite(ensemble_score):
-        return False
-    finite = [s for s in member_scores if math.isfinite(s)]
-    if not finite:
-        return True
-    return not better(statistics.fmean(finite), ensemble_score, mode)
-
-
-def best_seed(seeds: Sequence[int], scores: Sequence[float], mode: str) -> tuple[int, float]:
-    """(seed, score) of the best score; ties go to the earlier seed."""
-    index = 0
-    for i in range(1, len(scores)):
-        if better(scores[i], scores[index], mode):
-            index = i
-    return seeds[index], scores[index]
-
-
 # --------------------------------------------------------------------------- the selection
-
-
-def _train_seed(config: dict, data: DataConfig, *, uri: str, sweep: str, parent_run_id: str,
-                rank: int, trial_id: str, seed: int, offset: int, checkpoint: Path, metric: str,
-                max_train_examples: Optional[int], announce: str = "") -> tuple[float, str]:
-    """Train one seed of one candidate, validation only; (its metric, its run id). Runs in a
-    worker process when selection trains several at a time (``tuning.results.jobs.run_jobs``)."""
-    from tuning.results.train import train_config  # local: keeps torch, mlflow and ray off --help
-
-    if announce:
-        _say(announce)
-
-    try:
-        outcome = train_config(
-            {**config, "seed": seed}, data, tracking_uri=uri, experiment=sweep,
-            run_name=f"select-rank{rank}-seed{seed}", output_dir=str(checkpoint),
-            tags={"tunebert.sweep": sweep, "tunebert.from_sweep": sweep,
-                  "tunebert.selection.rank": str(rank), "tunebert.selection.trial_id": trial_id,
-                  "tunebert.selection.seed": str(seed), "tunebert.selection.seed_offset": str(offset)},
-            max_train_examples=max_train_examples, evaluate_test=False,
-            parent_run_id=parent_run_id, log_model=False)
-    except NonFiniteLossError as exc:  # its run ended FAILED; the candidate cannot be chosen
-        _say(f"rank {rank} seed {seed} diverged ({exc}); this config cannot be chosen")
-        return math.nan, ""
-    if metric not in outcome.val:
-        raise ConfigError(f"`metric` {metric!r} was not reported when training trial {trial_id}'s "
-                          f"config; validation metrics there: {sorted(outcome.val)}")
-    return float(outcome.val[metric]), outcome.run_id
-
-
-def _candidate_metrics(c: Candidate, metric: str) -> dict[str, float]:
-    out = {f"rank{c.rank}_{metric}_seed{s}": v for s, v in zip(c.seeds, c.scores)}
-    out.update({f"rank{c.rank}_{metric}_mean": c.mean, f"rank{c.rank}_{metric}_std": c.std,
-                f"rank{c.rank}_sweep_{metric}": c.sweep_score})
-    return out
 
 
 def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "val_accuracy",
@@ -395,9 +179,10 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
     ``register_model`` registers the handed-over model under that name in the MLflow Model
     Registry, tagged with its lineage (sweep, trial, selection run, data fingerprint).
     """
-    # local: keeps mlflow and ray off --help
+    # local: keeps torch, mlflow and ray off --help
     import tuning.tracking.best as best
     import tuning.tracking as tracking
+    from tuning.results.selection_run import select
 
     check_arguments(sweep, top_k, seeds, metric, mode, epochs, ensemble=ensemble, workers=workers)
     uri = resolve_tracking_uri(tracking_uri, Path(storage).expanduser().resolve())
@@ -414,7 +199,7 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
         check_output_dir(Path(output_dir), sweep, storage,
                          {s for trial in leaders for s in selection_seeds(trial.config, seeds)})
     parent = tracking.sweep_run(uri, sweep)
-    params = {"sweep": sweep, "top_k": top_k, "seeds": seeds, "seed_offsets": _offsets(seeds),
+    params = {"sweep": sweep, "top_k": top_k, "seeds": seeds, "seed_offsets": seed_offsets(seeds),
               "metric": metric, "mode": mode, "epochs": epochs if epochs else "config's",
               "max_train_examples": max_train_examples or "all", "ensemble": ensemble,
               "workers": workers, **{f"data.{k}": v for k, v in data.to_dict().items()}}
@@ -425,13 +210,13 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
     run = tracking.SelectionRun(uri, sweep, params, run_name=f"select-top{len(leaders)}x{seeds}",
                                 parent_run_id=parent.info.run_id if parent else None)
     _say(f"sweep {sweep!r}: top {len(leaders)} trial(s) by {metric}, {seeds} fresh seed(s) each "
-         f"(the config's seed + {_offsets(seeds)}), validation only; MLflow run {run.run_id}")
+         f"(the config's seed + {seed_offsets(seeds)}), validation only; MLflow run {run.run_id}")
     workdir = Path(tempfile.mkdtemp(prefix="tunebert-select-"))
     try:
-        result = _select(leaders, data, run, uri=uri, sweep=sweep, seeds=seeds, metric=metric,
-                         mode=mode, epochs=epochs, max_train_examples=max_train_examples,
-                         workdir=workdir, output_dir=output_dir, ensemble=ensemble,
-                         workers=workers, register_model=register_model, fingerprint=fingerprint)
+        result = select(leaders, data, run, uri=uri, sweep=sweep, seeds=seeds, metric=metric,
+                        mode=mode, epochs=epochs, max_train_examples=max_train_examples,
+                        workdir=workdir, output_dir=output_dir, ensemble=ensemble,
+                        workers=workers, register_model=register_model, fingerprint=fingerprint)
     except BaseException as exc:
         run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
                 error=f"{type(exc).__name__}: {exc}")
@@ -440,242 +225,6 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
         shutil.rmtree(workdir, ignore_errors=True)
     run.end("FINISHED")
     return result
-
-
-def _select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int, metric: str,
-            mode: str, epochs: Optional[int], max_train_examples: Optional[int], workdir: Path,
-            output_dir: Optional[str], ensemble: bool = False, workers: int = 1,
-            register_model: Optional[str] = None, fingerprint: Optional[str] = None) -> SelectionResult:
-    import yaml
-
-    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
-
-    # an epochs override trains the whole new schedule: the sweep's stop_epoch no longer applies
-    configs = [{**trial.config, **({"epochs": epochs, "stop_epoch": None} if epochs else {})}
-               for trial in leaders]
-    jobs = []  # (candidate, seed) trainings, rank-major
-    for rank, (trial, config) in enumerate(zip(leaders, configs), start=1):
-        for offset, seed in enumerate(selection_seeds(config, seeds), start=FIRST_SEED_OFFSET):
-            jobs.append(dict(
-                config=config, data=data, uri=uri, sweep=sweep, parent_run_id=run.run_id,
-                rank=rank, trial_id=trial.trial_id, seed=seed, offset=offset,
-                checkpoint=workdir / f"rank{rank}" / f"seed-{seed}", metric=metric,
-                max_train_examples=max_train_examples,
-                announce=f"rank {rank}/{len(leaders)} trial {trial.trial_id} (sweep {metric} "
-                         f"{trial.score(metric):.4f}): seed {offset}/{seeds} = {seed}"))
-    # the store and the sweep's experiment exist already (the selection run is in it), so
-    # workers never race to create them
-    if workers > 1:
-        _say(f"training {len(jobs)} models, {workers} at a time")
-    results = training_jobs.run_jobs(_train_seed, jobs, workers)
-    candidates: list[Candidate] = []
-    leader: Optional[Candidate] = None
-    try:
-        for rank, (trial, config) in enumerate(zip(leaders, configs), start=1):
-            scores, run_ids = zip(*(next(results) for _ in range(seeds)))
-            mean, std = mean_std(scores)
-            candidate = Candidate(rank, trial.trial_id, trial.run_id, float(trial.score(metric)),
-                                  config, selection_seeds(config, seeds), tuple(scores),
-                                  tuple(run_ids), mean, std)
-            candidates.append(candidate)
-            run.log_metrics(_candidate_metrics(candidate, metric))
-            _say(f"rank {rank} trial {trial.trial_id}: {metric} "
-                 f"{', '.join(f'{s:.4f}' for s in scores)} -> mean {mean:.4f} ± {std:.4f}")
-            # keep only the checkpoints of the best candidate so far (disk: two candidates at
-            # most, plus those the workers are writing ahead)
-            previous = leader
-            if math.isfinite(candidate.mean):
-                leader = choose([c for c in (leader, candidate) if c is not None], mode)
-            for loser in (previous, candidate):
-                if loser is not None and loser is not leader:
-                    shutil.rmtree(workdir / f"rank{loser.rank}", ignore_errors=True)
-    finally:
-        results.close()  # on an error: cancel the trainings not started yet
-
-    chosen = choose(candidates, mode)
-    if leader is not chosen:  # cannot happen: the running choice uses the same total order
-        raise RuntimeError(f"internal error: kept rank {leader.rank if leader else None}'s models "
-                           f"but chose rank {chosen.rank}")
-    candidates = [replace(c, chosen=c is chosen) for c in candidates]
-    chosen = next(c for c in candidates if c.chosen)
-    for c in candidates:
-        run.log_metrics({f"rank{c.rank}_chosen": float(c.chosen)})
-        for run_id in c.run_ids:
-            if run_id:
-                tracking.annotate_run(uri, run_id,
-                                      tags={"tunebert.selection.chosen": str(c.chosen).lower()})
-    run.set_tags({"tunebert.chosen_rank": chosen.rank, "tunebert.chosen_trial_id": chosen.trial_id,
-                  "tunebert.chosen_trial_run_id": chosen.trial_run_id,
-                  "tunebert.config": json.dumps(chosen.config, sort_keys=True)})
-    _say(f"chosen: rank {chosen.rank} trial {chosen.trial_id}, mean {metric} {chosen.mean:.4f} "
-         f"± {chosen.std:.4f}")
-
-    # ---- the handed-over model, chosen on validation too
-    checkpoints = [str(workdir / f"rank{chosen.rank}" / f"seed-{s}") for s in chosen.seeds]
-    handover = _hand_over(chosen, checkpoints, data, metric=metric, mode=mode, ensemble=ensemble,
-                          ensemble_dir=workdir / "ensemble")
-    run.log_metrics({f"single_{metric}": handover.single_val,
-                     **({f"ensemble_{metric}": handover.ensemble_val}
-                        if handover.ensemble_val is not None else {})})
-    run.set_tags({"tunebert.handed_over": handover.kind,
-                  "tunebert.handed_over_seed": handover.seed if handover.kind == "single" else ""})
-    _say(f"handed over: {handover.describe(metric)}; now, and only for the chosen config, the test "
-         f"split")
-
-    # ---- the test split: the chosen config's seed models, and the handed-over model once
-    per_model = evaluate_on_test(checkpoints + ([handover.folder] if handover.kind == "ensemble"
-                                                else []), data, chosen.config)
-    per_seed = per_model[:len(checkpoints)]
-    test_rows = []
-    chosen_cfg = registry.config_class(chosen.config["trainable"]).from_dict(chosen.config)
-    step = getattr(chosen_cfg, "total_epochs", chosen_cfg.epochs)  # as train_config logs test
-    for seed, run_id, metrics, directory in zip(chosen.seeds, chosen.run_ids, per_seed, checkpoints):
-        tracking.annotate_run(uri, run_id, metrics=metrics, step=step)
-        tracking.log_model(uri, run_id, directory, "model", lineage=tracking.lineage_tags(
-            sweep=sweep, trial_id=chosen.trial_id, run_id=run_id, data_fingerprint=fingerprint,
-            kind="single", data=data.source))
-        test_rows.append({"seed": seed, "run_id": run_id, **metrics})
-        if output_dir:  # swapped in for an earlier selection's model (check_output_dir)
-            with outputs.replacing(Path(output_dir) / f"seed-{seed}", _IN_OUTPUT_DIR) as new:
-                shutil.copytree(directory, new)
-    handed_metrics = per_model[-1] if handover.kind == "ensemble" else \
-        next(r for r in test_rows if r["seed"] == handover.seed)
-    handed_over_test = {k: handed_metrics[k] for k in ("test_accuracy", "test_macro_f1")}
-    model_dir = None
-    if output_dir and ensemble:
-        model_dir = Path(output_dir) / "model"
-        with outputs.replacing(model_dir, _IN_OUTPUT_DIR) as new:
-            shutil.copytree(handover.folder, new)
-    elif output_dir:  # the best seed's folder, kept above, is the handed-over model
-        model_dir = Path(output_dir) / f"seed-{handover.seed}"
-    logged = tracking.log_model(
-        uri, run.run_id, str(handover.folder), "handed_over_model", register_as=register_model,
-        lineage=tracking.lineage_tags(sweep=sweep, trial_id=chosen.trial_id, run_id=run.run_id,
-                                      data_fingerprint=fingerprint, kind=handover.kind,
-                                      data=data.source))
-    _say(f"MLflow model: {logged.uri}"
-         + (f", registered as {logged.registered_uri}" if logged.registered_uri else ""))
-    acc_mean, acc_std = mean_std(r["test_accuracy"] for r in test_rows)
-    f1_mean, f1_std = mean_std(r["test_macro_f1"] for r in test_rows)
-    run.log_metrics({f"chosen_{metric}_mean": chosen.mean, f"chosen_{metric}_std": chosen.std,
-                     "test_accuracy_mean": acc_mean, "test_accuracy_std": acc_std,
-                     "test_macro_f1_mean": f1_mean, "test_macro_f1_std": f1_std,
-                     **{f"test_accuracy_seed{r['seed']}": r["test_accuracy"] for r in test_rows},
-                     **{f"test_macro_f1_seed{r['seed']}": r["test_macro_f1"] for r in test_rows},
-                     **{f"handed_over_{k}": v for k, v in handed_over_test.items()}})
-    result = SelectionResult(sweep, metric, mode, run.run_id, uri, tuple(candidates), chosen,
-                             tuple(test_rows), acc_mean, acc_std, f1_mean, f1_std,
-                             str(Path(output_dir).resolve()) if output_dir else None,
-                             handed_over=handover.kind, single_val=handover.single_val,
-                             ensemble_val=handover.ensemble_val, handed_over_test=handed_over_test,
-                             model_dir=str(model_dir.resolve()) if model_dir else None,
-                             single_seed=handover.seed)
-    reports = workdir / "report"
-    reports.mkdir()
-    (reports / "selection.json").write_text(json.dumps(result.to_dict(), indent=2))
-    (reports / "selection.md").write_text(result.markdown())
-    (reports / "chosen_config.yaml").write_text(yaml.safe_dump(chosen.config, sort_keys=True))
-    for name in ("selection.json", "selection.md", "chosen_config.yaml"):
-        run.log_artifact(str(reports / name))
-    print()
-    print(result.markdown(), flush=True)
-    return result
-
-
-@dataclass(frozen=True)
-class _Handover:
-    kind: str                       # "single" or "ensemble"
-    folder: str                     # the handed-over model's folder (in the work folder)
-    seed: int                       # the best seed model's seed
-    single_val: float
-    ensemble_val: Optional[float]
-    members: int
-
-    def describe(self, metric: str) -> str:
-        single = f"best seed model (seed {self.seed}) {metric} {_fmt(self.single_val)}"
-        if self.ensemble_val is None:
-            return f"the {single}"
-        ensemble = f"ensemble of {self.members} seed models {_fmt(self.ensemble_val)}"
-        return f"the {self.kind} ({single}; {ensemble})"
-
-
-def _hand_over(chosen: Candidate, checkpoints: list[str], data: DataConfig, *, metric: str,
-               mode: str, ensemble: bool, ensemble_dir: Path) -> _Handover:
-    """The model to hand over, chosen on validation only: the best seed model, or the ensemble
-    of all seed models unless it scores below their mean (the best seed's score is the maximum of
-    several noisy draws, so it is no fair bar). Without ``ensemble`` the seed models' scores are
-    those their training runs reported; with it, every seed model and the ensemble are scored
-    again, on the saved models and by the same evaluation, so they compare like for like."""
-    if not ensemble:
-        seed, score = best_seed(chosen.seeds, chosen.scores, mode)
-        return _Handover("single", checkpoints[chosen.seeds.index(seed)], seed, score, None, 1)
-    from trainables.export import save_ensemble_model  # local: keeps torch off --help
-
-    save_ensemble_model(ensemble_dir, checkpoints)
-    scores = [m[metric] for m in evaluate_folders(checkpoints + [str(ensemble_dir)], data,
-                                                  chosen.config, "validation")]
-    seed, single_val = best_seed(chosen.seeds, scores[:-1], mode)
-    wins = ensemble_wins(scores[-1], scores[:-1], mode)
-    folder = str(ensemble_dir) if wins else checkpoints[chosen.seeds.index(seed)]
-    return _Handover("ensemble" if wins else "single", folder, seed, single_val, scores[-1],
-                     len(checkpoints))
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.4f}" if math.isfinite(value) else "nan"
-
-
-def render_markdown(result: SelectionResult) -> str:
-    """The selection table and the chosen config's test result, as Markdown."""
-    m = result.metric
-    n = max(len(c.seeds) for c in result.candidates)
-    head = (["rank", "trial", f"sweep {m}"] + [f"seed+{FIRST_SEED_OFFSET + j}" for j in range(n)]
-            + [f"mean {m}", "std", "chosen"])
-    lines = [f"# Final selection for sweep `{result.sweep}`", "",
-             f"Top {len(result.candidates)} trial(s) by `{m}` ({result.mode}), re-trained with "
-             f"{n} fresh seed(s) each (the config's seed + {_offsets(n)}) on train, scored on validation "
-             f"only. Chosen: best mean; ties go to the lower std (sample, n-1), then the better "
-             f"rank.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for c in result.candidates:
-        cells = ([str(c.rank), c.trial_id, _fmt(c.sweep_score)] + [_fmt(s) for s in c.scores]
-                 + [""] * (n - len(c.scores))
-                 + [_fmt(c.mean), _fmt(c.std), "**yes**" if c.chosen else ""])
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Test split, chosen config (rank {result.chosen.rank}, trial "
-                  f"{result.chosen.trial_id}), {len(result.test)} seed model(s), evaluated once "
-                  f"after the choice:", "",
-              f"- test accuracy: **{_fmt(result.test_accuracy_mean)} ± "
-              f"{_fmt(result.test_accuracy_std)}**",
-              f"- test macro-F1: {_fmt(result.test_macro_f1_mean)} ± "
-              f"{_fmt(result.test_macro_f1_std)}",
-              "", "| seed | test accuracy | test macro-F1 |", "|---|---|---|"]
-    lines += [f"| {r['seed']} | {_fmt(r['test_accuracy'])} | {_fmt(r['test_macro_f1'])} |"
-              for r in result.test]
-    lines += ["", "## Handed-over model", "",
-              f"Chosen on validation, before the test split was read: the best seed model, or the "
-              f"ensemble of the chosen config's {len(result.test)} seed models (mean of their "
-              f"probabilities) unless it scores below the seed models' mean (the best seed's score is the "
-              f"maximum of {len(result.test)} noisy draws, no fair bar).", "",
-              f"| model | {m} | handed over |", "|---|---|---|",
-              f"| best seed model (seed {result.single_seed}) | {_fmt(result.single_val)} | "
-              f"{'**yes**' if result.handed_over == 'single' else ''} |"]
-    if result.ensemble_val is None:
-        lines.append("| ensemble of the seed models | not tried (`--ensemble`) | |")
-    else:
-        lines.append(f"| ensemble of the {len(result.test)} seed models | "
-                     f"{_fmt(result.ensemble_val)} | "
-                     f"{'**yes**' if result.handed_over == 'ensemble' else ''} |")
-    test = result.handed_over_test
-    lines += ["", f"Handed-over model ({result.handed_over}) on test: accuracy "
-                  f"**{_fmt(test.get('test_accuracy', math.nan))}**, macro-F1 "
-                  f"{_fmt(test.get('test_macro_f1', math.nan))}."]
-    if result.model_dir:
-        lines += ["", f"Folder: `{result.model_dir}` (`tunebert predict {result.model_dir} TEXT`)."]
-    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- the CLI subcommand

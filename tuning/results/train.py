@@ -11,6 +11,7 @@ import logging
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -119,17 +120,9 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
     check_output_dir(output_dir)
     resolved = registry.resolve_config(config)
     cfg = registry.config_class(resolved["trainable"]).from_dict(resolved)
-    fit = registry.fit_function(cfg.trainable)
     raw = load_raw_splits(data_config)
     tokenizer = load_tokenizer(cfg.model)
-    data = tokenize_splits(raw, tokenizer, model=cfg.model, max_length=cfg.max_length,
-                           include_test=evaluate_test)
-    if max_train_examples:
-        # a seeded random sample: data files are often sorted by label (MASSIVE is), so the
-        # first rows would all be one class
-        train = data.splits["train"]
-        keep = np.random.default_rng(cfg.seed).permutation(len(train))[:max_train_examples]
-        data.splits["train"] = type(train)([train.input_ids[i] for i in keep], train.labels[keep])
+    data = _training_data(raw, tokenizer, cfg, evaluate_test, max_train_examples)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     folder = JobFolder(job_dir) if job_dir else None
     if folder is not None and not continue_run:
@@ -151,6 +144,58 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
                 " continued" if continue_run else ""))
     if resume and last["epoch"] > run.logged_through:  # stopped between its checkpoint and its log
         run.log_metrics(last, step=int(last["epoch"]))
+    with _ending_on_error(run):
+        model, test_metrics = _fit_and_test(cfg, data, device, run, folder, resume, last,
+                                            evaluate_test)
+    if test_metrics and "test_accuracy" not in run.logged:
+        run.log_metrics(test_metrics, step=getattr(cfg, "total_epochs", cfg.epochs))
+    # the model kept is the best validation epoch's: its scores are the run's validation result
+    val = {k: v for k, v in last.items() if k.startswith("val_")}
+    val.update({k[len("best_"):]: v for k, v in last.items() if k.startswith("best_val_")})
+    with _ending_on_error(run):
+        checkpoint_dir, logged = _save_model(
+            model, resolved, data, tokenizer, {**val, **test_metrics}, run,
+            tracking_uri=tracking_uri, output_dir=output_dir, log_model=log_model,
+            register_model=register_model,
+            lineage=_lineage(tags or {}, run.run_id, data_fingerprint(raw), data_config)
+            if log_model else {})
+    run.end("FINISHED")
+    if folder is not None:
+        folder.remove()
+    _say_result(last, test_metrics)
+    return TrainOutcome(run.run_id, resolved, val, test_metrics, checkpoint_dir,
+                        logged.uri if logged else None,
+                        logged.registered_uri if logged else None)
+
+
+def _training_data(raw, tokenizer, cfg, evaluate_test: bool, max_train_examples: Optional[int]):
+    """The tokenized splits (test only with ``evaluate_test``), train cut to a seeded random
+    sample of ``max_train_examples``: data files are often sorted by label (MASSIVE is), so the
+    first rows would all be one class."""
+    data = tokenize_splits(raw, tokenizer, model=cfg.model, max_length=cfg.max_length,
+                           include_test=evaluate_test)
+    if max_train_examples:
+        train = data.splits["train"]
+        keep = np.random.default_rng(cfg.seed).permutation(len(train))[:max_train_examples]
+        data.splits["train"] = type(train)([train.input_ids[i] for i in keep], train.labels[keep])
+    return data
+
+
+@contextmanager
+def _ending_on_error(run):
+    """End ``run`` as KILLED (Ctrl-C) or FAILED when the block raises, and re-raise."""
+    try:
+        yield
+    except BaseException as exc:
+        run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
+                error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _fit_and_test(cfg, data, device, run, folder: Optional[JobFolder], resume, last: dict,
+                  evaluate_test: bool):
+    """Train (from ``resume``, a checkpoint in ``folder``, if given), logging each epoch not yet
+    logged and keeping its metrics in ``last``; then the test split once. (model, test metrics)."""
     progress = _Progress(getattr(cfg, "total_epochs", cfg.epochs), len(data.splits["train"]))
 
     def report(metrics: dict, write) -> None:
@@ -162,55 +207,44 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
         last.clear()
         last.update(metrics)
 
-    try:
-        model = fit(cfg, data, device=device, report=report, progress=progress.batch,
-                    **({"resume_dir": str(resume)} if resume else {}))
-        test = loops.evaluate(model, data.splits["test"], batch_size=64, pad_token_id=data.pad_token_id,
-                        num_labels=data.num_labels, device=device, precision=cfg.precision) \
-            if evaluate_test else None
-    except BaseException as exc:
-        run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
-                error=f"{type(exc).__name__}: {exc}")
-        raise
-    test_metrics = test.as_metrics("test") if test is not None else {}
-    if test_metrics and "test_accuracy" not in run.logged:
-        run.log_metrics(test_metrics, step=getattr(cfg, "total_epochs", cfg.epochs))
-    # the model kept is the best validation epoch's: its scores are the run's validation result
-    val = {k: v for k, v in last.items() if k.startswith("val_")}
-    val.update({k[len("best_"):]: v for k, v in last.items() if k.startswith("best_val_")})
-    checkpoint_dir = logged = None
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
+    fit = registry.fit_function(cfg.trainable)
+    model = fit(cfg, data, device=device, report=report, progress=progress.batch,
+                **({"resume_dir": str(resume)} if resume else {}))
+    test = loops.evaluate(model, data.splits["test"], batch_size=64, pad_token_id=data.pad_token_id,
+                          num_labels=data.num_labels, device=device, precision=cfg.precision) \
+        if evaluate_test else None
+    return model, (test.as_metrics("test") if test is not None else {})
 
-            def write(folder: Path) -> None:
-                export.save_model(folder, model, config=resolved, label_map=data.label_map.to_dict(),
-                                  tokenizer=tokenizer, metrics={**val, **test_metrics})
 
-            target = Path(output_dir).expanduser() if output_dir else Path(tmp) / "model"
-            if output_dir:  # written beside it, then swapped in for an earlier model there
-                with outputs.replacing(target) as new:
-                    write(new)
-            elif log_model:
-                write(target)
-            if log_model:
-                logged = tracking.log_model(
-                    tracking_uri, run.run_id, str(target), "model", register_as=register_model,
-                    lineage=_lineage(tags or {}, run.run_id, data_fingerprint(raw),
-                                     data_config))
-            checkpoint_dir = str(target) if output_dir else None
-    except BaseException as exc:
-        run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
-                error=f"{type(exc).__name__}: {exc}")
-        raise
-    run.end("FINISHED")
-    if folder is not None:
-        folder.remove()
+def _save_model(model, resolved: dict, data, tokenizer, metrics: dict, run, *, tracking_uri: str,
+                output_dir: Optional[str], log_model: bool, register_model: Optional[str],
+                lineage: dict[str, str]):
+    """Write the model folder (to ``output_dir``, replacing an earlier model there, or to a
+    temporary folder) and log it to ``run``; (its folder in ``output_dir`` or None, the logged
+    model or None)."""
+    logged = None
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def write(folder: Path) -> None:
+            export.save_model(folder, model, config=resolved, label_map=data.label_map.to_dict(),
+                              tokenizer=tokenizer, metrics=metrics)
+
+        target = Path(output_dir).expanduser() if output_dir else Path(tmp) / "model"
+        if output_dir:  # written beside it, then swapped in for an earlier model there
+            with outputs.replacing(target) as new:
+                write(new)
+        elif log_model:
+            write(target)
+        if log_model:
+            logged = tracking.log_model(tracking_uri, run.run_id, str(target), "model",
+                                        register_as=register_model, lineage=lineage)
+        return (str(target) if output_dir else None), logged
+
+
+def _say_result(last: dict, test_metrics: dict) -> None:
     if last.get("best_epoch"):
         log.info(f"kept the model of epoch {int(last['best_epoch'])} (best val_accuracy "
                  f"{last['best_val_accuracy']:.4f})")
     if test_metrics:
         print(f"[tunebert] test_accuracy {test_metrics['test_accuracy']:.4f}  "
               f"test_macro_f1 {test_metrics['test_macro_f1']:.4f}", flush=True)
-    return TrainOutcome(run.run_id, resolved, val, test_metrics, checkpoint_dir,
-                        logged.uri if logged else None,
-                        logged.registered_uri if logged else None)

@@ -390,7 +390,7 @@ def test_selection_hands_over_an_ensemble_folder_and_registers_it(tiny_model_dir
 
     from tuning.tracking import best
 
-    from tuning.results import selection
+    from tuning.results import handover
     from tuning.results.selection import final_selection
 
     config = {"trainable": "finetune", "model": tiny_model_dir, "max_length": 32, "epochs": 1,
@@ -400,7 +400,8 @@ def test_selection_hands_over_an_ensemble_folder_and_registers_it(tiny_model_dir
     trial = best.TrialRun("r0", "trial_0", "finetune", config,
                           {"val_accuracy": 0.5, "val_loss": 1.0}, "", "FINISHED")
     monkeypatch.setattr(best, "top_k", lambda *args, **kwargs: [trial])
-    monkeypatch.setattr(selection, "ensemble_wins", lambda ensemble, members, mode: True)
+    # patched where the hand-over looks it up
+    monkeypatch.setattr(handover, "ensemble_wins", lambda ensemble, members, mode: True)
     out = tmp_path / "selected"
     result = final_selection("fake-sweep", top_k=1, seeds=2, metric="val_loss", mode="max",
                              tracking_uri=mlflow_uri, storage=str(tmp_path),

@@ -291,7 +291,8 @@ def test_select_keeps_the_user_s_files_and_a_failed_hand_over_keeps_the_earlier_
     from tuning.results import selection
 
     _one_trial_selection(monkeypatch, tiny_model_dir, mlflow_uri)
-    monkeypatch.setattr(selection, "ensemble_wins", lambda ensemble, members, mode: True)
+    # patched where the hand-over looks it up
+    monkeypatch.setattr("tuning.results.handover.ensemble_wins", lambda ensemble, members, mode: True)
     out = tmp_path / "chosen"
     _fake_model(out / "model", 0.1)          # an earlier selection's handed-over model
     _fake_model(out / "seed-1", 0.1)         # and one of its seed models

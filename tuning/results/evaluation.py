@@ -1,0 +1,61 @@
+"""Scoring saved model folders (plain or ensemble) on validation or test: the only place the final
+selection reads the test split, and only for the chosen config's models, after the choice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import trainables.data as trainables_data
+from trainables import registry
+from trainables.data import DataConfig, load_raw_splits
+from trainables.errors import DataError
+
+
+def load_model_folder(folder: str | Path):
+    """(model on CPU, config, label map) of a model folder (``trainables.export.load_model``): a
+    self-contained model folder, an ensemble folder whose members share the label map and the
+    tokenizer (``model``, ``max_length``; the config returned is then the first member's), or an
+    older checkpoint folder. Raises ``ModelLoadError`` for anything else."""
+    from trainables.export import load_model  # local: keeps torch off --help
+
+    loaded = load_model(folder)
+    return loaded.model, loaded.config, loaded.label_map
+
+
+def evaluate_folders(folders: Sequence[str | Path], data_config: DataConfig, config: dict,
+                     split: str) -> list[dict]:
+    """Metrics (``val_*`` or ``test_*``: loss, accuracy, macro_f1) of each model folder (plain or
+    ensemble) on ``split``. For ``'validation'`` the test split is not even tokenized; ``'test'``
+    is the only place selection reads the test split."""
+    import torch
+
+    # local: keeps torch off --help
+    from trainables.loops import evaluate
+    from trainables.models import load_tokenizer
+
+    if split not in ("validation", "test"):
+        raise ValueError(f"split must be 'validation' or 'test', but got {split!r}")
+    cfg = registry.config_class(config["trainable"]).from_dict(config)
+    data = trainables_data.tokenize_splits(load_raw_splits(data_config), load_tokenizer(cfg.model), model=cfg.model,
+                           max_length=cfg.max_length, include_test=split == "test")
+    label_map = json.loads(json.dumps(data.label_map.to_dict()))
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    results = []
+    for directory in folders:
+        model, _, folder_labels = load_model_folder(directory)
+        if folder_labels != label_map:
+            raise DataError(f"the data's label map changed since the model in {directory} was "
+                            f"trained; selection needs the same data for training and testing")
+        result = evaluate(model.to(device), data.splits[split], batch_size=64,
+                          pad_token_id=data.pad_token_id, num_labels=data.num_labels,
+                          device=device, precision=cfg.precision)
+        results.append(result.as_metrics("test" if split == "test" else "val"))
+        del model
+    return results
+
+
+def evaluate_on_test(checkpoints: Sequence[str], data_config: DataConfig, config: dict) -> list[dict]:
+    """Test metrics of each model folder: the only place selection reads the test split."""
+    return evaluate_folders(checkpoints, data_config, config, "test")

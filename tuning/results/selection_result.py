@@ -1,0 +1,96 @@
+"""What a final selection returns (``SelectionResult``) and its Markdown report."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from tuning.results.candidates import FIRST_SEED_OFFSET, Candidate, seed_offsets
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    sweep: str
+    metric: str
+    mode: str
+    run_id: str               # the selection run
+    tracking_uri: str
+    candidates: tuple[Candidate, ...]
+    chosen: Candidate
+    test: tuple[dict[str, Any], ...]  # per chosen seed: seed, run_id, test_loss/accuracy/macro_f1
+    test_accuracy_mean: float
+    test_accuracy_std: float
+    test_macro_f1_mean: float
+    test_macro_f1_std: float
+    output_dir: Optional[str] = None
+    handed_over: str = "single"        # "single" (the best seed model) or "ensemble"
+    single_val: float = math.nan       # the best seed model's validation metric
+    ensemble_val: Optional[float] = None  # the ensemble's, when one was built (ensemble=True)
+    handed_over_test: dict[str, float] = field(default_factory=dict)  # test_accuracy, test_macro_f1
+    model_dir: Optional[str] = None    # the handed-over model's folder, when output_dir was given
+    single_seed: Optional[int] = None  # the seed of the best seed model
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["candidates"] = [asdict(c) for c in self.candidates]
+        d["chosen"] = {"rank": self.chosen.rank, "trial_id": self.chosen.trial_id,
+                       "config": self.chosen.config}
+        return d
+
+    def markdown(self) -> str:
+        return render_markdown(self)
+
+
+def fmt(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else "nan"
+
+
+def render_markdown(result: SelectionResult) -> str:
+    """The selection table and the chosen config's test result, as Markdown."""
+    m = result.metric
+    n = max(len(c.seeds) for c in result.candidates)
+    head = (["rank", "trial", f"sweep {m}"] + [f"seed+{FIRST_SEED_OFFSET + j}" for j in range(n)]
+            + [f"mean {m}", "std", "chosen"])
+    lines = [f"# Final selection for sweep `{result.sweep}`", "",
+             f"Top {len(result.candidates)} trial(s) by `{m}` ({result.mode}), re-trained with "
+             f"{n} fresh seed(s) each (the config's seed + {seed_offsets(n)}) on train, scored on validation "
+             f"only. Chosen: best mean; ties go to the lower std (sample, n-1), then the better "
+             f"rank.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in result.candidates:
+        cells = ([str(c.rank), c.trial_id, fmt(c.sweep_score)] + [fmt(s) for s in c.scores]
+                 + [""] * (n - len(c.scores))
+                 + [fmt(c.mean), fmt(c.std), "**yes**" if c.chosen else ""])
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Test split, chosen config (rank {result.chosen.rank}, trial "
+                  f"{result.chosen.trial_id}), {len(result.test)} seed model(s), evaluated once "
+                  f"after the choice:", "",
+              f"- test accuracy: **{fmt(result.test_accuracy_mean)} ± "
+              f"{fmt(result.test_accuracy_std)}**",
+              f"- test macro-F1: {fmt(result.test_macro_f1_mean)} ± "
+              f"{fmt(result.test_macro_f1_std)}",
+              "", "| seed | test accuracy | test macro-F1 |", "|---|---|---|"]
+    lines += [f"| {r['seed']} | {fmt(r['test_accuracy'])} | {fmt(r['test_macro_f1'])} |"
+              for r in result.test]
+    lines += ["", "## Handed-over model", "",
+              f"Chosen on validation, before the test split was read: the best seed model, or the "
+              f"ensemble of the chosen config's {len(result.test)} seed models (mean of their "
+              f"probabilities) unless it scores below the seed models' mean (the best seed's score is the "
+              f"maximum of {len(result.test)} noisy draws, no fair bar).", "",
+              f"| model | {m} | handed over |", "|---|---|---|",
+              f"| best seed model (seed {result.single_seed}) | {fmt(result.single_val)} | "
+              f"{'**yes**' if result.handed_over == 'single' else ''} |"]
+    if result.ensemble_val is None:
+        lines.append("| ensemble of the seed models | not tried (`--ensemble`) | |")
+    else:
+        lines.append(f"| ensemble of the {len(result.test)} seed models | "
+                     f"{fmt(result.ensemble_val)} | "
+                     f"{'**yes**' if result.handed_over == 'ensemble' else ''} |")
+    test = result.handed_over_test
+    lines += ["", f"Handed-over model ({result.handed_over}) on test: accuracy "
+                  f"**{fmt(test.get('test_accuracy', math.nan))}**, macro-F1 "
+                  f"{fmt(test.get('test_macro_f1', math.nan))}."]
+    if result.model_dir:
+        lines += ["", f"Folder: `{result.model_dir}` (`tunebert predict {result.model_dir} TEXT`)."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,170 @@
+"""A final selection once its MLflow run is open: train the candidates, choose one, hand over a
+model, then, and only then, read the test split; log it all and write the report.
+
+Loaded only when a selection runs (``tuning.results.selection.final_selection``): it brings torch
+and MLflow, which ``tunebert --help`` must not load."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+import tuning.results.outputs as outputs
+import tuning.tracking as tracking
+from trainables import registry
+from trainables.data import DataConfig
+from tuning.results.candidates import Candidate, choose, mean_std
+from tuning.results.evaluation import evaluate_on_test
+from tuning.results.handover import IN_OUTPUT_DIR, Handover, hand_over
+from tuning.results.seed_training import train_candidates
+from tuning.results.selection_result import SelectionResult
+
+log = logging.getLogger(__name__)
+
+
+def _say(message: str) -> None:
+    log.info(f"select: {message}")
+
+
+def select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int, metric: str,
+           mode: str, epochs: Optional[int], max_train_examples: Optional[int], workdir: Path,
+           output_dir: Optional[str], ensemble: bool = False, workers: int = 1,
+           register_model: Optional[str] = None, fingerprint: Optional[str] = None) -> SelectionResult:
+    """The selection's steps in order, on ``leaders`` (the sweep's top trials, best first), in the
+    open selection ``run``; the models are trained in ``workdir``."""
+    # an epochs override trains the whole new schedule: the sweep's stop_epoch no longer applies
+    configs = [{**trial.config, **({"epochs": epochs, "stop_epoch": None} if epochs else {})}
+               for trial in leaders]
+    candidates, leader = train_candidates(
+        leaders, configs, data, run, uri=uri, sweep=sweep, seeds=seeds, metric=metric, mode=mode,
+        max_train_examples=max_train_examples, workdir=workdir, workers=workers)
+    candidates, chosen = _mark_chosen(candidates, leader, run, uri=uri, metric=metric, mode=mode)
+
+    # the handed-over model, chosen on validation too
+    checkpoints = [str(workdir / f"rank{chosen.rank}" / f"seed-{s}") for s in chosen.seeds]
+    handover = hand_over(chosen, checkpoints, data, metric=metric, mode=mode, ensemble=ensemble,
+                         ensemble_dir=workdir / "ensemble")
+    _log_handover(run, handover, metric)
+
+    # the test split: the chosen config's seed models, and the handed-over model once
+    lineage = dict(sweep=sweep, trial_id=chosen.trial_id, data_fingerprint=fingerprint,
+                   data=data.source)
+    test_rows, handed_over_test = _test_chosen(chosen, checkpoints, handover, data, uri=uri,
+                                               lineage=lineage, output_dir=output_dir)
+    model_dir = _keep_handed_over(handover, run, uri=uri, output_dir=output_dir, ensemble=ensemble,
+                                  register_model=register_model, lineage=lineage)
+    acc_mean, acc_std = mean_std(r["test_accuracy"] for r in test_rows)
+    f1_mean, f1_std = mean_std(r["test_macro_f1"] for r in test_rows)
+    run.log_metrics({f"chosen_{metric}_mean": chosen.mean, f"chosen_{metric}_std": chosen.std,
+                     "test_accuracy_mean": acc_mean, "test_accuracy_std": acc_std,
+                     "test_macro_f1_mean": f1_mean, "test_macro_f1_std": f1_std,
+                     **{f"test_accuracy_seed{r['seed']}": r["test_accuracy"] for r in test_rows},
+                     **{f"test_macro_f1_seed{r['seed']}": r["test_macro_f1"] for r in test_rows},
+                     **{f"handed_over_{k}": v for k, v in handed_over_test.items()}})
+    result = SelectionResult(sweep, metric, mode, run.run_id, uri, tuple(candidates), chosen,
+                             tuple(test_rows), acc_mean, acc_std, f1_mean, f1_std,
+                             str(Path(output_dir).resolve()) if output_dir else None,
+                             handed_over=handover.kind, single_val=handover.single_val,
+                             ensemble_val=handover.ensemble_val, handed_over_test=handed_over_test,
+                             model_dir=str(model_dir.resolve()) if model_dir else None,
+                             single_seed=handover.seed)
+    _report(result, run, workdir / "report")
+    return result
+
+
+def _mark_chosen(candidates: list[Candidate], leader: Optional[Candidate], run, *, uri: str,
+                 metric: str, mode: str) -> tuple[list[Candidate], Candidate]:
+    """Choose among ``candidates`` and record the choice on the selection run and on every
+    candidate's training runs; (the candidates with ``chosen`` set, the chosen one)."""
+    chosen = choose(candidates, mode)
+    if leader is not chosen:  # cannot happen: the running choice uses the same total order
+        raise RuntimeError(f"internal error: kept rank {leader.rank if leader else None}'s models "
+                           f"but chose rank {chosen.rank}")
+    candidates = [replace(c, chosen=c is chosen) for c in candidates]
+    chosen = next(c for c in candidates if c.chosen)
+    for c in candidates:
+        run.log_metrics({f"rank{c.rank}_chosen": float(c.chosen)})
+        for run_id in c.run_ids:
+            if run_id:
+                tracking.annotate_run(uri, run_id,
+                                      tags={"tunebert.selection.chosen": str(c.chosen).lower()})
+    run.set_tags({"tunebert.chosen_rank": chosen.rank, "tunebert.chosen_trial_id": chosen.trial_id,
+                  "tunebert.chosen_trial_run_id": chosen.trial_run_id,
+                  "tunebert.config": json.dumps(chosen.config, sort_keys=True)})
+    _say(f"chosen: rank {chosen.rank} trial {chosen.trial_id}, mean {metric} {chosen.mean:.4f} "
+         f"± {chosen.std:.4f}")
+    return candidates, chosen
+
+
+def _log_handover(run, handover: Handover, metric: str) -> None:
+    run.log_metrics({f"single_{metric}": handover.single_val,
+                     **({f"ensemble_{metric}": handover.ensemble_val}
+                        if handover.ensemble_val is not None else {})})
+    run.set_tags({"tunebert.handed_over": handover.kind,
+                  "tunebert.handed_over_seed": handover.seed if handover.kind == "single" else ""})
+    _say(f"handed over: {handover.describe(metric)}; now, and only for the chosen config, the test "
+         f"split")
+
+
+def _test_chosen(chosen: Candidate, checkpoints: list[str], handover: Handover, data: DataConfig,
+                 *, uri: str, lineage: dict[str, Any],
+                 output_dir: Optional[str]) -> tuple[list[dict], dict[str, float]]:
+    """Evaluate the chosen config's seed models (and an ensemble handed over) on test, log each
+    seed model with its test metrics to its run and keep it in ``output_dir``; (one row per seed,
+    the handed-over model's test accuracy and macro-F1)."""
+    per_model = evaluate_on_test(checkpoints + ([handover.folder] if handover.kind == "ensemble"
+                                                else []), data, chosen.config)
+    per_seed = per_model[:len(checkpoints)]
+    test_rows = []
+    chosen_cfg = registry.config_class(chosen.config["trainable"]).from_dict(chosen.config)
+    step = getattr(chosen_cfg, "total_epochs", chosen_cfg.epochs)  # as train_config logs test
+    for seed, run_id, metrics, directory in zip(chosen.seeds, chosen.run_ids, per_seed, checkpoints):
+        tracking.annotate_run(uri, run_id, metrics=metrics, step=step)
+        tracking.log_model(uri, run_id, directory, "model", lineage=tracking.lineage_tags(
+            run_id=run_id, kind="single", **lineage))
+        test_rows.append({"seed": seed, "run_id": run_id, **metrics})
+        if output_dir:  # swapped in for an earlier selection's model (check_output_dir)
+            with outputs.replacing(Path(output_dir) / f"seed-{seed}", IN_OUTPUT_DIR) as new:
+                shutil.copytree(directory, new)
+    handed_metrics = per_model[-1] if handover.kind == "ensemble" else \
+        next(r for r in test_rows if r["seed"] == handover.seed)
+    return test_rows, {k: handed_metrics[k] for k in ("test_accuracy", "test_macro_f1")}
+
+
+def _keep_handed_over(handover: Handover, run, *, uri: str, output_dir: Optional[str],
+                      ensemble: bool, register_model: Optional[str],
+                      lineage: dict[str, Any]) -> Optional[Path]:
+    """Put the handed-over model in ``output_dir`` (``model/``; a single model is already there as
+    its ``seed-<seed>/``) and log it to the selection run; its folder there, if any."""
+    model_dir = None
+    if output_dir and ensemble:
+        model_dir = Path(output_dir) / "model"
+        with outputs.replacing(model_dir, IN_OUTPUT_DIR) as new:
+            shutil.copytree(handover.folder, new)
+    elif output_dir:  # the best seed's folder, kept above, is the handed-over model
+        model_dir = Path(output_dir) / f"seed-{handover.seed}"
+    logged = tracking.log_model(
+        uri, run.run_id, str(handover.folder), "handed_over_model", register_as=register_model,
+        lineage=tracking.lineage_tags(run_id=run.run_id, kind=handover.kind, **lineage))
+    _say(f"MLflow model: {logged.uri}"
+         + (f", registered as {logged.registered_uri}" if logged.registered_uri else ""))
+    return model_dir
+
+
+def _report(result: SelectionResult, run, reports: Path) -> None:
+    """selection.json, selection.md and chosen_config.yaml, logged to the selection run; the
+    Markdown is printed too."""
+    reports.mkdir()
+    (reports / "selection.json").write_text(json.dumps(result.to_dict(), indent=2))
+    (reports / "selection.md").write_text(result.markdown())
+    (reports / "chosen_config.yaml").write_text(yaml.safe_dump(result.chosen.config, sort_keys=True))
+    for name in ("selection.json", "selection.md", "chosen_config.yaml"):
+        run.log_artifact(str(reports / name))
+    print()
+    print(result.markdown(), flush=True)
