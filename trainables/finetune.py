@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -272,6 +273,116 @@ def int8_scores(model: TextClassifier, weights: dict, data: TokenizedData, batch
     return scores
 
 
+@dataclass
+class _Trial:
+    """What the steps of one fine-tuning trial share: the model and everything that trains it,
+    and the first epoch left to train (after the one a resumed checkpoint saved)."""
+
+    cfg: FinetuneConfig
+    data: TokenizedData
+    device: torch.device
+    precision: str
+    memory: PeakMemory
+    model: TextClassifier
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Optional[torch.amp.GradScaler]
+    average: Optional[WeightAverage]
+    best: BestEpoch
+    first_epoch: int = 1
+
+
+def _build(cfg: FinetuneConfig, data: TokenizedData, device: torch.device) -> _Trial:
+    """The model, its optimizer and schedule over all ``cfg.epochs``, the fp16 scaler and the
+    weight averaging, seeded."""
+    if not supports_precision(device, cfg.precision):
+        raise ConfigError(f"`precision` {cfg.precision!r} is not supported on {device}; use fp32")
+    seed_everything(cfg.seed)
+    memory = PeakMemory(device)
+    model = build_classifier(cfg, data.num_labels).to(device)
+    total_steps = cfg.epochs * steps_per_epoch(len(data.splits["train"]), cfg.batch_size)
+    optimizer, scheduler = build_optimization(model, cfg, total_steps=total_steps)
+    precision = resolve_precision(device, cfg.precision)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and device.type == "cuda" else None
+    return _Trial(cfg, data, device, precision, memory, model, optimizer, scheduler, scaler,
+                  WeightAverage.for_config(cfg, model), BestEpoch())
+
+
+def _resume(run: _Trial, resume_dir: str) -> None:
+    """Load a checkpoint's model, optimizer, scheduler, scaler, averaging, best-epoch and RNG
+    states; the config's learning rates and weight decay apply from there on."""
+    fresh = [(g["initial_lr"], g["weight_decay"]) for g in run.optimizer.param_groups]
+    state = load_checkpoint(resume_dir)
+    run.model.load_state_dict(state["model"])
+    if state["optimizer"] is not None:  # None after the last epoch: nothing left to train
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        reapply_hyperparameters(run.optimizer, run.scheduler, fresh)
+    if run.scaler is not None and state["scaler"] is not None:
+        run.scaler.load_state_dict(state["scaler"])
+    if run.average is not None:
+        run.average.load_state_dict(state["extra"].get("average"))
+    run.best.restore(state["extra"].get("best"), state.get("best_model") or state["model"])
+    restore_rng_states(state["rng"])
+    run.first_epoch = state["epoch"] + 1
+
+
+def _train_one_epoch(run: _Trial, epoch: int, loss_fn: Callable,
+                     progress: Optional[Callable[[int], None]]):
+    """One epoch of training (the averaging updated after each step and at the end); its stats
+    and the averaged weights to evaluate (None without averaging)."""
+    cfg, average = run.cfg, run.average
+    stats = train_epoch(
+        run.model, run.data.splits["train"], batch_size=cfg.batch_size,
+        rng=np.random.default_rng([cfg.seed, epoch]), pad_token_id=run.data.pad_token_id,
+        optimizer=run.optimizer, scheduler=run.scheduler, loss_fn=loss_fn, device=run.device,
+        precision=run.precision, grad_clip=cfg.grad_clip, scaler=run.scaler, progress=progress,
+        after_step=average.after_step if average is not None else None)
+    if average is not None:
+        average.after_epoch(epoch)
+    return stats, average.weights() if average is not None else None
+
+
+def _score_epoch(run: _Trial, epoch: int, stats, averaged: Optional[dict], costs: dict,
+                 noisy_val: Optional[EncodedSplit], eval_kwargs: dict) -> dict:
+    """The epoch's report: its validation (and perturbed validation) scores, the best epoch so far
+    (updated here), timings, memory, serving costs and, after the last epoch with ``quantize``,
+    the int8 model's scores."""
+    cfg, model, best = run.cfg, run.model, run.best
+    result = _evaluate_weights(model, averaged, run.data.splits["validation"], **eval_kwargs)
+    metrics = {"epoch": epoch, "train_loss": stats.loss, **result.as_metrics("val"),
+               "lr": top_lr(run.optimizer), "samples_per_s": stats.samples_per_s,
+               "epoch_seconds": stats.seconds, "peak_memory_mb": run.memory.mb(), **costs}
+    if noisy_val is not None:
+        metrics["val_accuracy_perturbed"] = _evaluate_weights(model, averaged, noisy_val,
+                                                              **eval_kwargs).accuracy
+    best.update(epoch, metrics, averaged if averaged is not None else model.state_dict())
+    metrics.update(best.as_metrics())
+    if epoch == cfg.last_epoch and cfg.quantize:
+        metrics.update(int8_scores(model, best.weights, run.data, cfg.batch_size, noisy_val))
+    return metrics
+
+
+def _checkpoint_writer(run: _Trial, epoch: int) -> Callable[[str], None]:
+    """Writes ``epoch``'s checkpoint: resumable state before the last epoch, after it the
+    handed-over model alone."""
+    cfg, best, average = run.cfg, run.best, run.average
+
+    def write(directory: str) -> None:
+        extra = {"best": best.state(),
+                 "average": average.state_dict() if average is not None else None}
+        if epoch < cfg.last_epoch:
+            save_checkpoint(directory, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
+                            scaler=run.scaler, epoch=epoch, config=cfg.to_dict(),
+                            label_map=run.data.label_map.to_dict(), extra=extra,
+                            best_model=best.weights)
+        else:  # nothing resumes after the last epoch: the handed-over model alone
+            save_checkpoint(directory, model=best.weights, optimizer=None,
+                            scheduler=None, scaler=None, epoch=epoch, config=cfg.to_dict(),
+                            label_map=run.data.label_map.to_dict(), extra=extra)
+    return write
+
+
 def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, report: Reporter,
         resume_dir: Optional[str] = None,
         progress: Optional[Callable[[int], None]] = None) -> TextClassifier:
@@ -289,78 +400,20 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
     from that checkpoint and training continues with the epoch after the one it saved; the
     config's learning rates and weight decay apply from there on (``reapply_hyperparameters``).
     """
-    if not supports_precision(device, cfg.precision):
-        raise ConfigError(f"`precision` {cfg.precision!r} is not supported on {device}; use fp32")
-    seed_everything(cfg.seed)
-    memory = PeakMemory(device)
-    train, val = data.splits["train"], data.splits["validation"]
-    model = build_classifier(cfg, data.num_labels).to(device)
-    total_steps = cfg.epochs * steps_per_epoch(len(train), cfg.batch_size)
-    optimizer, scheduler = build_optimization(model, cfg, total_steps=total_steps)
-    fresh = [(g["initial_lr"], g["weight_decay"]) for g in optimizer.param_groups]
-    precision = resolve_precision(device, cfg.precision)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and device.type == "cuda" else None
-    average = WeightAverage.for_config(cfg, model)
-    best = BestEpoch()
-    first_epoch = 1
+    run = _build(cfg, data, device)
     if resume_dir is not None:
-        state = load_checkpoint(resume_dir)
-        model.load_state_dict(state["model"])
-        if state["optimizer"] is not None:  # None after the last epoch: nothing left to train
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            reapply_hyperparameters(optimizer, scheduler, fresh)
-        if scaler is not None and state["scaler"] is not None:
-            scaler.load_state_dict(state["scaler"])
-        if average is not None:
-            average.load_state_dict(state["extra"].get("average"))
-        best.restore(state["extra"].get("best"), state.get("best_model") or state["model"])
-        restore_rng_states(state["rng"])
-        first_epoch = state["epoch"] + 1
+        _resume(run, resume_dir)
     loss_fn = finetune_loss(cfg)
-    costs = deployment_costs(cfg, model, data) if first_epoch <= cfg.last_epoch else {}
+    costs = deployment_costs(cfg, run.model, data) if run.first_epoch <= cfg.last_epoch else {}
     noisy_val = perturbed_validation(cfg.perturb_eval, data) if cfg.perturb_eval else None
     eval_kwargs = dict(batch_size=max(64, cfg.batch_size), pad_token_id=data.pad_token_id,
-                       num_labels=data.num_labels, device=device, precision=precision)
-    for epoch in range(first_epoch, cfg.last_epoch + 1):
+                       num_labels=data.num_labels, device=device, precision=run.precision)
+    for epoch in range(run.first_epoch, cfg.last_epoch + 1):
         maybe_inject_failure(epoch)
-        stats = train_epoch(
-            model, train, batch_size=cfg.batch_size, rng=np.random.default_rng([cfg.seed, epoch]),
-            pad_token_id=data.pad_token_id, optimizer=optimizer, scheduler=scheduler,
-            loss_fn=loss_fn, device=device, precision=precision, grad_clip=cfg.grad_clip,
-            scaler=scaler, progress=progress,
-            after_step=average.after_step if average is not None else None)
-        if average is not None:
-            average.after_epoch(epoch)
-        averaged = average.weights() if average is not None else None
-        result = _evaluate_weights(model, averaged, val, **eval_kwargs)
-        metrics = {"epoch": epoch, "train_loss": stats.loss, **result.as_metrics("val"),
-                   "lr": top_lr(optimizer), "samples_per_s": stats.samples_per_s,
-                   "epoch_seconds": stats.seconds, "peak_memory_mb": memory.mb(), **costs}
-        if noisy_val is not None:
-            metrics["val_accuracy_perturbed"] = _evaluate_weights(model, averaged, noisy_val,
-                                                                  **eval_kwargs).accuracy
-        best.update(epoch, metrics, averaged if averaged is not None else model.state_dict())
-        metrics.update(best.as_metrics())
-        if epoch == cfg.last_epoch and cfg.quantize:
-            metrics.update(int8_scores(model, best.weights, data, cfg.batch_size, noisy_val))
-
-        def write(directory: str, _epoch: int = epoch) -> None:
-            extra = {"best": best.state(),
-                     "average": average.state_dict() if average is not None else None}
-            if _epoch < cfg.last_epoch:
-                save_checkpoint(directory, model=model, optimizer=optimizer, scheduler=scheduler,
-                                scaler=scaler, epoch=_epoch, config=cfg.to_dict(),
-                                label_map=data.label_map.to_dict(), extra=extra,
-                                best_model=best.weights)
-            else:  # nothing resumes after the last epoch: the handed-over model alone
-                save_checkpoint(directory, model=best.weights, optimizer=None,
-                                scheduler=None, scaler=None, epoch=_epoch, config=cfg.to_dict(),
-                                label_map=data.label_map.to_dict(), extra=extra)
-
-        report(metrics, write)
+        stats, averaged = _train_one_epoch(run, epoch, loss_fn, progress)
+        metrics = _score_epoch(run, epoch, stats, averaged, costs, noisy_val, eval_kwargs)
+        report(metrics, _checkpoint_writer(run, epoch))
     maybe_inject_failure(cfg.last_epoch + 1)
-    if best.weights is not None:
-        model.load_state_dict(best.weights)
-    return model
-
+    if run.best.weights is not None:
+        run.model.load_state_dict(run.best.weights)
+    return run.model
