@@ -32,6 +32,20 @@ POPULATION_SCHEDULERS = ("pbt", "pb2")  # mutate hyperparameters of running tria
 # whole population has reached an epoch, so a population far beyond what runs at once (the budget's
 # 1,000 queued trials) would never be perturbed; 8 is the size of Ray's own PBT examples
 DEFAULT_POPULATION = 8
+# `tunebert tune`'s warm start for fine-tuning: the careful hand-written preset, so the search starts from it
+DEFAULT_WARM_START = "hand"
+# `tunebert tune`'s whole time budget and its final selection's size (tuning.results PipelineConfig)
+TUNE_BUDGET_S = 2 * 3600.0
+TUNE_TOP_K = 3
+TUNE_SEEDS = 3
+# `tunebert ui`: where the local MLflow server listens (MLflow's own port; taken, a free one unless
+# --port was given) and how long a cold `mlflow server`, which imports a lot, may take to answer
+UI_HOST = "127.0.0.1"
+UI_PORT = 5000
+UI_START_TIMEOUT_S = 180.0
+# `tunebert evaluate`: the splits it scores, and the optional file in a model folder that names its data
+EVALUATE_SPLITS = ("test", "validation")
+MODEL_DATA_FILE = "data.json"
 # what PBT/PB2 mutate unless --mutate says otherwise: settings a trial can change mid-training
 PBT_MUTATIONS = ("lr", "classifier_dropout", "weight_decay", "label_smoothing")
 TRAINABLE_CHOICES = FAMILIES + ("any",)  # any: the family is searched too

@@ -325,7 +325,7 @@ def test_bad_data_settings_are_refused_when_built(kwargs, match):
 
 
 def test_cli_data_options_reach_the_data_config():
-    from tuning.cli import _add_data_args, data_options
+    from tuning.cli.arguments import _add_data_args, data_options
 
     parser = argparse.ArgumentParser()
     _add_data_args(parser)

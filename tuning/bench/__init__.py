@@ -29,6 +29,5 @@ finished, continues the others from their last epoch's checkpoint in their own r
 the progress and the time left after every job, then writes its results from what MLflow holds.
 """
 
-from tuning.bench.command import PARTS, add_arguments, run
-
-__all__ = ["PARTS", "add_arguments", "run"]
+# the parts, in the order they run; `tunebert bench --parts` names them (tuning.cli.commands)
+PARTS = ("throughput", "overhead", "search", "table", "ablation", "compare", "deploy")

@@ -3,7 +3,6 @@ results.json and the PNGs (then logs them to MLflow as a ``tunebert-bench`` run)
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -12,59 +11,23 @@ from pathlib import Path
 import tuning.bench.ablation as ablation
 import tuning.bench.compare as compare
 import tuning.bench.deploy as deploy
+import tuning.tracking as tracking
 from trainables.data import DataConfig
 from trainables.errors import UserError
+from trainables.models import load_encoder, num_encoder_layers
+from tuning.bench import PARTS
 from tuning.bench.common import BenchReport, load_data, say, subset_folder
 from tuning.bench.quality import search, study_table, table_job_names
 from tuning.bench.speed import overhead, throughput
 from tuning.config import resolve_tracking_uri
 from tuning.results.jobs import pick_jobs
 
-PARTS = ("throughput", "overhead", "search", "table", "ablation", "compare", "deploy")
 # the options that count something: each must be at least 1 (None: the option's own default)
 COUNTS = ("batches", "batch_size", "repeats", "overhead_trials", "overhead_subset",
           "search_epochs", "seeds", "table_epochs", "table_workers", "ablation_epochs",
           "ablation_workers")
 # the options that are seconds of search: each must be finite and > 0 (front: >= 0, 0 skips it)
 BUDGETS = ("search_budget", "tune_budget")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--parts", default="throughput,overhead",
-                   help=f"comma-separated parts to run: {', '.join(PARTS)} (default: throughput,overhead)")
-    p.add_argument("--data", default="../shared/data/massive-en")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
-    p.add_argument("--model", default="minilm-l6")
-    p.add_argument("--out", default="bench", help="folder for results.md and the PNGs")
-    p.add_argument("--storage", default="tunebert-runs/bench", help="where the benchmark's sweeps go")
-    p.add_argument("--batches", type=int, default=40, help="throughput: batches per measurement")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3, help="throughput: interleaved rounds")
-    p.add_argument("--overhead-trials", type=int, default=4)
-    p.add_argument("--overhead-subset", type=int, default=1024)
-    p.add_argument("--search-budget", type=float, default=3600.0, help="search: seconds per strategy")
-    p.add_argument("--search-epochs", type=int, default=3)
-    p.add_argument("--seeds", type=int, default=3, help="table: seeds per configuration")
-    p.add_argument("--table-epochs", type=int, default=None, help="table: cap epochs (scaled-down run; --smoke-test: 1 unless given)")
-    p.add_argument("--table-workers", type=int, default=1,
-                   help="table: runs at a time, each on its share of the CPU cores (default 1)")
-    p.add_argument("--presets", default="baseline,llrd,warmup,llrd_warmup,supcon,simclr")
-    p.add_argument("--jobs", default=None, metavar="PATTERN[,PATTERN]",
-                   help="table: train only the jobs whose names match, e.g. 'baseline-seed0', "
-                        "'llrd*', '*-seed1' (glob patterns); jobs finished earlier still count, "
-                        "rows missing jobs are marked (default: all jobs)")
-    p.add_argument("--tune-budget", type=float, default=7200.0,
-                   help="compare: seconds of the `tunebert tune` pipeline (default 7200 = 2h)")
-    p.add_argument("--ablation-epochs", type=int, default=None,
-                   help="ablation: epochs per run (default: the hand config's 4)")
-    p.add_argument("--ablation-workers", type=int, default=1,
-                   help="ablation: runs at a time, each on its share of the CPU cores (default 1)")
-    p.add_argument("--front-budget", type=float, default=1800.0,
-                   help="deploy: seconds of the two-objective sweep (accuracy, latency) whose Pareto "
-                        "front is reported (default 1800; 0 skips it)")
-    p.add_argument("--smoke-test", action="store_true",
-                   help="tiny sizes everywhere (checks the wiring, numbers mean nothing)")
 
 
 def check_sizes(args) -> None:
@@ -177,7 +140,6 @@ def _ablation_part(data_cfg: DataConfig, args, report: BenchReport, storage: Pat
 
 
 def _deploy_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path, out: Path) -> None:
-    from trainables.models import load_encoder, num_encoder_layers  # local: keeps torch off --help
 
     layers = num_encoder_layers(load_encoder(args.model))
     fewer = tuple(k for k in (deploy.LAYERS if not args.smoke_test else (1,)) if k < layers)
@@ -201,7 +163,6 @@ def _deploy_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path,
 
 
 def _log_to_mlflow(storage: Path, out: Path) -> None:
-    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
 
     run = tracking.TrainRun(resolve_tracking_uri(None, storage), "tunebert-bench",
                             {"trainable": "bench"}, f"bench-{time.strftime('%Y%m%d-%H%M%S')}",

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import tuning.results.jobs as training_jobs
 from trainables.data import DataConfig
-from tuning.arguments import EXIT_USER_ERROR
+from tuning.settings import EXIT_USER_ERROR
 from tuning.bench.ablation import HAND_CONFIG
 from tuning.results.jobs import bench_job
 from tuning.results.pipeline import load_pipeline

@@ -1,26 +1,17 @@
-"""The argument groups several commands share (data, store, sweep, objectives) and the settings
-they turn into; ``tuning.cli`` and the commands that define their own parsers (``tune``) build on
-them, so this module imports no command."""
+"""The argument groups several commands share (data, store, sweep, objectives); the settings they
+turn into are ``tuning.settings``'s, which the commands' run functions read."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
-from typing import Any, Optional
+from typing import Optional
 
-from trainables.data import DEFAULT_VAL_FRACTION, DataConfig
-from trainables.errors import ConfigError
+from trainables.data import DEFAULT_VAL_FRACTION
 from trainables.hparams import HPARAMS, choices_of
-from tuning.config import SCHEDULERS, SEARCHERS, TRAINABLE_CHOICES, Constraint, Objective, SweepConfig
-
-EXIT_USER_ERROR = 2
-
-
-def _default(name: str) -> Any:
-    """A sweep setting's default, as ``SweepConfig`` declares it (said once, read here)."""
-    f = next(f for f in dataclasses.fields(SweepConfig) if f.name == name)
-    return f.default
+from tuning.config import SCHEDULERS, SEARCHERS, TRAINABLE_CHOICES
+# the option defaults are SweepConfig's; the other names are re-exported for tests
+from tuning.settings import EXIT_USER_ERROR, _default, data_options  # noqa: F401
 
 
 def _doc(name: str) -> str:
@@ -68,15 +59,6 @@ def _add_data_args(p: argparse.ArgumentParser, *, defaults: bool = True) -> None
     g.add_argument("--skip-bad-rows", action="store_true", default=None,
                    help="drop rows with an empty text or a missing label and list them "
                         "(default: refuse such data, naming the rows)")
-
-
-def data_options(args) -> dict[str, Any]:
-    """``DataConfig`` keyword arguments for the data options besides --data/--text-column/
-    --label-column that were given (``_add_data_args``)."""
-    given = {"val_fraction": args.val_fraction, "split_seed": args.split_seed,
-             "delimiter": args.delimiter, "split_names": args.split_names,
-             "skip_bad_rows": args.skip_bad_rows}
-    return {k: v for k, v in given.items() if v is not None}
 
 
 def _add_store_args(p: argparse.ArgumentParser) -> None:
@@ -168,42 +150,3 @@ def add_objective_arguments(p: argparse.ArgumentParser) -> None:
                    help="repeatable: a trial must meet METRIC<=X or METRIC>=X to be feasible, e.g. "
                         "latency_ms_p50<=5, size_mb<=100, peak_memory_mb<=4000; an infeasible "
                         "trial (or one that never reported METRIC) is never best")
-
-
-def objective_settings(args) -> dict[str, Any]:
-    """``SweepConfig`` keyword arguments from ``add_objective_arguments``' options."""
-    objectives = [Objective.parse(text) for text in args.objective]
-    settings: dict[str, Any] = {"constraints": tuple(str(Constraint.parse(c)) for c in args.constraint)}
-    if objectives:
-        first = objectives[0]
-        if (args.metric or first.metric, args.mode or first.mode) != (first.metric, first.mode):
-            raise ConfigError(f"--metric/--mode ({args.metric}:{args.mode}) disagree with the first "
-                              f"--objective ({first}); give one or the other")
-        settings.update(metric=first.metric, mode=first.mode,
-                        objectives=tuple(str(o) for o in objectives) if len(objectives) > 1 else ())
-    else:
-        settings.update(metric=args.metric or _default("metric"), mode=args.mode or _default("mode"))
-    return settings
-
-
-def sweep_settings(args) -> dict[str, Any]:
-    """``SweepConfig`` keyword arguments from the options ``add_sweep_arguments`` added."""
-    settings: dict[str, Any] = dict(
-        trainable=args.trainable,
-        data=DataConfig(args.data, args.text_column, args.label_column, **data_options(args)),
-        model=args.model,
-        max_length=args.max_length, epochs=args.epochs, num_trials=args.trials,
-        time_budget_s=args.time_budget, max_concurrent=args.max_concurrent,
-        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        storage=args.storage, tracking_uri=args.tracking_uri, address=args.address,
-        max_failures=args.max_failures, keep_checkpoints=args.keep_checkpoints, seed=args.seed,
-        precision=args.precision, space_file=args.space_file,
-        warm_start=tuple(s.strip() for s in args.warm_start.split(",") if s.strip()),
-        searcher=args.searcher, scheduler=args.scheduler, grace_period=args.grace_period,
-        reduction_factor=args.reduction_factor, perturbation_interval=args.perturbation_interval,
-        quantile_fraction=args.quantile_fraction, synchronous=args.synchronous,
-        wait_for_nodes=args.wait_for_nodes,
-        mutate=tuple(s.strip() for s in args.mutate.split(",") if s.strip()))
-    if args.name:
-        settings["name"] = args.name
-    return settings

@@ -6,7 +6,7 @@ a two-objective sweep and the best trial's confusion matrix on the VALIDATION sp
 ever evaluated on the test split here). It is written to a local folder
 (``<storage>/reports/<sweep>/``) and logged to the sweep's parent MLflow run under ``report/``.
 
-This module puts the report together and holds the CLI command; the parts live beside it:
+This module puts the report together and runs the command; the parts live beside it:
 
 - ``tuning.report.data``: the trials and what else the report reads from MLflow
 - ``tuning.report.study``: the trials as an Optuna study, and fANOVA importances
@@ -14,8 +14,8 @@ This module puts the report together and holds the CLI command; the parts live b
 - ``tuning.report.figures``: the figures (Optuna's where it draws them)
 - ``tuning.report.page``: the HTML page
 
-Heavy imports (matplotlib, optuna, torch, mlflow) happen inside the functions that need them, so
-building the CLI parser stays fast.
+The command's arguments are defined in ``tuning.cli.commands``; this module is imported only when
+``tunebert report`` runs (matplotlib and optuna still load inside the functions that draw).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import tuning.tracking as tracking
 from trainables.errors import ConfigError
 from tuning.config import DEFAULT_ROOT, check_sweep_name, resolve_tracking_uri
 from tuning.report.checkpoint import (Confusion, best_trial_confusion, confusion_counts,  # noqa: F401
@@ -39,6 +40,7 @@ from tuning.report.figures import (plot_confusion, plot_history, plot_importance
                                    plot_learning_curves, plot_parallel, plot_pareto)
 from tuning.report.page import render_html
 from tuning.report.study import build_study, param_importances, unassessed_note
+from tuning.tracking.best import front, sweep_goal
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,7 @@ FIGURES = {  # figure key (its PNG's file stem) -> what the figure shows
 
 
 def _tracking():
-    """``tuning.tracking`` (mlflow, Ray) loads on first use, so building the CLI stays fast."""
-    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
-
+    """``tuning.tracking``, through one function the tests can stub."""
     return tracking
 
 
@@ -81,7 +81,6 @@ class Report:
 def _pareto_step(trials: list[TrialRecord], sweep: str, uri: str, storage: str,
                  best: Optional[TrialRecord], out: Path, figures: dict[str, Path]) -> None:
     """The Pareto figure, for a sweep with exactly two objectives."""
-    from tuning.tracking.best import front, sweep_goal  # local: keeps mlflow and ray off --help
 
     goal = sweep_goal(sweep, tracking_uri=uri, storage=storage)
     if len(goal.objectives) == 2:
@@ -200,24 +199,9 @@ def _log_folder(uri: str, run_id: str, html_path: Path, figures: dict[str, Path]
 # --------------------------------------------------------------------------- the CLI command
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``tunebert report``."""
-    parser.add_argument("name", help="the sweep to report on")
-    parser.add_argument("--output", "-o", default=None,
-                        help="folder for report.html and the PNGs (default: <storage>/reports/<name>/)")
-    parser.add_argument("--no-mlflow", action="store_true",
-                        help="only write the local folder; do not log the report to the sweep's "
-                             "parent MLflow run")
-    g = parser.add_argument_group("where results are")
-    g.add_argument("--storage", default=DEFAULT_ROOT,
-                   help="root folder the sweep used: Ray Tune state, checkpoints and the default "
-                        "MLflow store (default: ./tunebert-runs)")
-    g.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                        "sqlite:///<storage>/mlflow.db)")
-
-
 def run(args: argparse.Namespace) -> int:
+    """``tunebert report``."""
+    _tracking().reachable_store(args.tracking_uri, args.storage)
     report = build_report(args.name, storage=args.storage, tracking_uri=args.tracking_uri,
                           output=args.output, log_to_mlflow=not args.no_mlflow)
     for key, note in report.notes.items():

@@ -55,7 +55,6 @@ sessions and their heartbeat) and ``pipeline_summary`` (what is handed over, log
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import re
@@ -67,8 +66,8 @@ import tuning.results.outputs as outputs
 import tuning.results.selection as selection
 from trainables.data import load_raw_splits
 from trainables.errors import ConfigError, UserError
-from tuning.arguments import add_objective_arguments, add_sweep_arguments, objective_settings, sweep_settings
-from tuning.config import DEFAULT_POPULATION, DEFAULT_ROOT, POPULATION_SCHEDULERS, SweepConfig, resume_store
+from tuning.config import (DEFAULT_POPULATION, DEFAULT_ROOT, DEFAULT_WARM_START, POPULATION_SCHEDULERS,
+                           SweepConfig, resume_store)
 # the budget's math, the saved state, the speed and the summary live in their own modules; their
 # names stay importable from here
 from tuning.results.budget import (BudgetSplit, SelectionPlan, clock, fit_selection,  # noqa: F401
@@ -81,6 +80,7 @@ from tuning.results.pipeline_summary import (log_summary, predict_command, print
                                              render_summary, result_summary)
 from tuning.results.speed import (PROBE_TRAIN_EXAMPLES, PROBE_VAL_EXAMPLES,  # noqa: F401
                                   measure_epoch_seconds, trial_epoch_seconds, training_epochs)
+from tuning.settings import objective_settings, sweep_settings
 from tuning.sweep.lock import sweep_lock
 
 log = logging.getLogger(__name__)
@@ -89,13 +89,6 @@ BUDGET_TRIALS = 1000
 # what a selection writes into the output folder (tuning.results.selection)
 _SELECTION_FOLDER = re.compile(r"model|seed-\d+")
 
-HELP = "the whole job in one command: sweep, final selection, one test evaluation, one time budget"
-DESCRIPTION = (
-    "Run a sweep, then re-train its top configs over seeds (and their ensemble), choose on "
-    "validation, evaluate the choice once on test, and hand over one model folder, all within "
-    "--time-budget (default 2h), split between the phases from a measured training speed. "
-    "Everything is logged to the sweep's MLflow experiment; `tunebert resume NAME` continues a "
-    "stopped run.")
 
 
 def say(message: str) -> None:
@@ -346,47 +339,6 @@ def _note(pipeline: Pipeline, note: str) -> None:
 
 
 # what `tunebert tune` tries first unless --warm-start says otherwise (search_spaces.presets)
-DEFAULT_WARM_START = "hand"
-
-
-def _default(name: str) -> Any:
-    return next(f.default for f in dataclasses.fields(PipelineConfig) if f.name == name)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """``tunebert tune``: the sweep's options (``--time-budget`` is the whole job's) and the
-    selection's."""
-    add_sweep_arguments(p, time_budget_default=_default("budget_s"), time_budget_help=(
-        "the whole job's time: sweep, final selection and test (default: 2h); e.g. 45m, 1h30m"))
-    add_objective_arguments(p)
-    p.set_defaults(trials=None, warm_start=None)  # `tune` fills its budget: see BUDGET_TRIALS
-    for action in p._actions:
-        if action.dest == "trials":
-            action.help = ("number of trials (default: as many as the sweep's share of the time "
-                           "budget allows)")
-        if action.dest == "warm_start":
-            action.help = (f"comma-separated presets or config files to try first (default for "
-                           f"fine-tuning: {DEFAULT_WARM_START}, the careful hand-written config, "
-                           f"so the search starts from it; '' for none; see `tunebert presets`)")
-    g = p.add_argument_group("final selection")
-    g.add_argument("--top-k", type=int, default=_default("top_k"),
-                   help="re-train this many of the sweep's best configs (default: %(default)s; "
-                        "fewer if the budget left after the sweep cannot fit them)")
-    g.add_argument("--seeds", type=int, default=_default("seeds"),
-                   help="seeds per config (default: %(default)s; fewer if they do not fit)")
-    g.add_argument("--no-ensemble", dest="ensemble", action="store_false",
-                   help="hand over the best single model; by default the ensemble of the chosen "
-                        "config's seed models is handed over when it scores better on validation")
-    g.add_argument("--select-workers", type=int, default=None,
-                   help="selection trainings at a time (default: as many as the sweep runs trials "
-                        "at once on this machine's CPUs, i.e. cores // --cpus-per-trial; 1 with GPUs)")
-    g.add_argument("--output-dir", default=None,
-                   help="new or empty folder for the handed-over model (default: "
-                        "<storage>/models/<name>)")
-    p.add_argument("--smoke-test", action="store_true",
-                   help="2 trials x 1 epoch, then top 2 x 2 seeds x 1 epoch on 64 examples")
-
-
 def default_select_workers(cpus_per_trial: float, gpus_per_trial: float, cores: Optional[int] = None) -> int:
     """Selection trainings at a time: the sweep's own parallelism on a CPU-only machine (two
     one-thread trainings get through ~1.8x the work of one two-thread training on 2 cores,

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import tuning.results.outputs as outputs
 from trainables.errors import ConfigError
-from tuning.config import DEFAULT_ROOT, SweepConfig, check_sweep_name
+from tuning.config import DEFAULT_ROOT, TUNE_BUDGET_S, TUNE_SEEDS, TUNE_TOP_K, SweepConfig, check_sweep_name
 from tuning.results.budget import clock
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,9 @@ class PipelineConfig:
     ``max_select_share``/``fallback_select_share`` the plan made before the sweep; the rest the
     selection phase."""
 
-    budget_s: float = 2 * 3600.0           # the whole job: plan, sweep, selection, test
-    top_k: int = 3                          # configs the selection re-trains (upper bound)
-    seeds: int = 3                          # seeds per config (upper bound)
+    budget_s: float = TUNE_BUDGET_S         # the whole job: plan, sweep, selection, test
+    top_k: int = TUNE_TOP_K                 # configs the selection re-trains (upper bound)
+    seeds: int = TUNE_SEEDS                 # seeds per config (upper bound)
     ensemble: bool = True                   # also consider the ensemble of the chosen seed models
     select_workers: int = 1                 # selection trainings at a time
     max_select_share: float = 0.5           # before the sweep: selection gets at most this share

@@ -54,7 +54,6 @@ steps in order, loaded only when a selection runs).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import tempfile
@@ -63,6 +62,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import tuning.results.outputs as outputs
+import tuning.tracking as tracking
 from trainables.data import DataConfig, data_fingerprint, load_raw_splits
 from trainables.errors import ConfigError
 from tuning.config import DEFAULT_ROOT, check_sweep_name, load_saved_sweep, resolve_tracking_uri
@@ -77,15 +77,6 @@ from tuning.results.selection_result import SelectionResult, render_markdown  # 
 
 log = logging.getLogger(__name__)
 
-HELP = "re-train a sweep's top configs over seeds, choose by mean validation score, then test"
-DESCRIPTION = (
-    "Final selection: re-train the sweep's top-k configs with several fresh seeds each (the "
-    "config's seed + 1..seeds; the trial's own seed would only repeat the sweep's run), on train, "
-    "measuring validation only; choose the config with the best mean validation score (ties: "
-    "lower std, then sweep rank); only then evaluate the chosen config's models on test "
-    "(mean ± std). The handed-over model is the chosen config's best seed model or, with "
-    "--ensemble, the ensemble of its seed models unless that scores below the seed models' mean "
-    "on validation. Everything is logged to the sweep's MLflow experiment.")
 
 # what ``trainables.loops.evaluate`` measures: the metrics a single model and an ensemble can be
 # compared on
@@ -230,48 +221,9 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
 # --------------------------------------------------------------------------- the CLI subcommand
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="the sweep")
-    p.add_argument("--top-k", type=int, default=3,
-                   help="how many of the sweep's best configs (default: 3)")
-    p.add_argument("--seeds", type=int, default=3,
-                   help="fresh seeds per config: the config's seed + 1..SEEDS (default: 3)")
-    p.add_argument("--metric", default="val_accuracy",
-                   help="validation metric to rank and choose by (default: val_accuracy)")
-    p.add_argument("--mode", choices=["max", "min"], default="max")
-    p.add_argument("--epochs", type=int, default=None, help="override every config's epochs")
-    p.add_argument("--output-dir", help="also keep the chosen config's seed models here "
-                                        "(seed-<seed>/), and with --ensemble the handed-over "
-                                        "model (model/); an earlier tunebert model there is "
-                                        "replaced, nothing else in the folder is touched")
-    p.add_argument("--ensemble", action="store_true",
-                   help="also try the chosen config's seed models as one ensemble (mean of their "
-                        "probabilities); it is handed over unless it scores below the seed "
-                        "models' mean on validation (needs --seeds >= 2)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="trainings at a time, each in its own process on its share of the CPU "
-                        "cores (default: 1)")
-    p.add_argument("--register-model", metavar="NAME", default=None,
-                   help="also register the handed-over model in the MLflow Model Registry as a "
-                        "new version of NAME, tagged with its sweep, trial, run and data "
-                        "fingerprint")
-    g = p.add_argument_group("data (default: the sweep's own)")
-    g.add_argument("--data", default=None, help="'demo', a folder with train/validation/test files, "
-                                                "or hf:<hub dataset id>")
-    g.add_argument("--text-column", default=None, help="column holding the text")
-    g.add_argument("--label-column", default=None, help="column holding the label")
-    g = p.add_argument_group("where results go")
-    g.add_argument("--storage", default=DEFAULT_ROOT,
-                   help="the sweep's storage root (default: ./tunebert-runs)")
-    g.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                        "sqlite:///<storage>/mlflow.db)")
-    p.add_argument("--smoke-test", action="store_true",
-                   help="top 2 x 1 seed (2 with --ensemble), 1 epoch on at most 64 training "
-                        "examples (checks the wiring)")
-
-
 def run(args) -> int:
+    """``tunebert select``."""
+    tracking.reachable_store(args.tracking_uri, args.storage)
     top_k, seeds, epochs, limit = args.top_k, args.seeds, args.epochs, None
     if args.smoke_test:
         top_k, seeds, epochs, limit = min(top_k, 2), 2 if args.ensemble else 1, 1, 64

@@ -22,16 +22,11 @@ from typing import Sequence
 
 from trainables.data import DataConfig, load_raw_splits
 from trainables.errors import DataError, UserError
-from trainables.perturb import KINDS, Perturbation, describe, parse_spec, perturb_texts
+from trainables.perturb import Perturbation, describe, parse_spec, perturb_texts
+from tuning.config import EVALUATE_SPLITS, MODEL_DATA_FILE
 from tuning.serve.predict import load_model
 
-HELP = "accuracy of a model folder on a clean split and on perturbed copies of it"
-DESCRIPTION = ("Evaluate a model folder (`tunebert train/select --output-dir`) on a clean split "
-               "and on the same split with typos, dropped letters, contractions or swapped words "
-               f"(--perturb KIND:RATE,...; kinds: {', '.join(KINDS)}). Prints one row per perturbation and, with --output, "
-               "writes them as JSON.")
-DATA_FILE = "data.json"
-SPLITS = ("test", "validation")
+DATA_FILE, SPLITS = MODEL_DATA_FILE, EVALUATE_SPLITS  # said in tuning.config (the parser reads them)
 
 
 @dataclass(frozen=True)
@@ -107,28 +102,6 @@ def format_table(rows: Sequence[RobustnessRow]) -> str:
 
 
 # --------------------------------------------------------------------------- the CLI subcommand
-
-
-def add_arguments(p) -> None:
-    p.add_argument("model_dir", metavar="MODEL",
-                   help="a model folder (tunebert train --output-dir, or select --output-dir's "
-                        "seed-<seed>/ or model/)")
-    p.add_argument("--perturb", required=True, metavar="KIND:RATE[,KIND:RATE...]",
-                   help="perturbations to measure, each at a rate in (0, 1] (the probability per "
-                        f"letter or word), e.g. typo:0.1,delete:0.05; kinds: {', '.join(KINDS)}")
-    p.add_argument("--data", default=None,
-                   help="'demo', a folder with train/validation/test files, or hf:<id> (default: "
-                        f"the model folder's {DATA_FILE}, if it has one)")
-    p.add_argument("--text-column", default=None, help="column holding the text (default: text)")
-    p.add_argument("--label-column", default=None, help="column holding the label (default: label)")
-    p.add_argument("--split", choices=SPLITS, default="test", help="split to score (default: test)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the perturbations (default: 0)")
-    p.add_argument("--output", "-o",
-                   help="also write the table as JSON to this file (missing folders above it are "
-                        "created; an existing file is replaced)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto (default): the first GPU if there is one, else the CPU")
-    p.add_argument("--batch-size", type=int, default=64)
 
 
 def _data_config(args):

@@ -17,7 +17,6 @@ texts are encoded exactly as training encoded them (``trainables.data.encode_tex
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -32,12 +31,6 @@ from trainables.errors import UserError
 
 MODEL_URI_SCHEMES = ("runs:/", "models:/")
 
-HELP = "predict labels for texts with a trained or handed-over model folder"
-DESCRIPTION = ("Classify texts with a model folder (one written by `tunebert train --output-dir`, "
-               "or the model `tunebert select --output-dir` handed over: a single model or an "
-               "ensemble) or an MLflow model URI (runs:/RUN_ID/model, models:/NAME/VERSION). "
-               "Prints one line per text: the label, a tab, the text; with --proba one JSON object "
-               "per line with every label's probability.")
 
 
 class Predictor:
@@ -134,27 +127,6 @@ def load_model(source: str | Path, *, device=None, batch_size: int = 64,
 
 
 # --------------------------------------------------------------------------- the CLI subcommand
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_dir", metavar="MODEL",
-                   help="a model folder (tunebert train/select --output-dir), or the URI of a "
-                        "model tunebert logged to MLflow: runs:/RUN_ID/model, "
-                        "runs:/RUN_ID/handed_over_model, models:/NAME/VERSION, models:/NAME@ALIAS")
-    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
-    p.add_argument("--file", help="also classify each non-empty line of this file ('-': stdin)")
-    p.add_argument("--proba", action="store_true",
-                   help="print JSON lines with every label's probability")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto (default): the first GPU if there is one, else the CPU")
-    p.add_argument("--batch-size", type=int, default=64,
-                   help="texts per forward pass (default: %(default)s)")
-    g = p.add_argument_group("where runs:/ and models:/ URIs are read")
-    g.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                        "sqlite:///<storage>/mlflow.db)")
-    g.add_argument("--storage", default="tunebert-runs",
-                   help="storage root whose MLflow store to read (default: ./tunebert-runs)")
 
 
 def _utf8(data: bytes, where: str) -> str:

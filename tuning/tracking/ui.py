@@ -31,35 +31,16 @@ from typing import Optional
 from urllib.parse import urlencode
 
 import tuning.credentials as credentials
+import tuning.tracking as tracking
 from trainables.errors import UserError
+from tuning.config import UI_HOST, UI_PORT, UI_START_TIMEOUT_S
 from tuning.interrupt import Interrupted
 from tuning.tracking.names import KIND, RUNS_VIEW_QUERY
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
-DEFAULT_PORT = 5000  # MLflow's own; taken, a free port is used unless --port was given
-START_TIMEOUT_S = 180.0  # a cold `mlflow server` imports a lot; a busy machine is slow
+HOST, DEFAULT_PORT, START_TIMEOUT_S = UI_HOST, UI_PORT, UI_START_TIMEOUT_S  # said in tuning.config
 STOP_TIMEOUT_S = 10.0  # after SIGTERM, before SIGKILL
-
-HELP = "open a sweep in the MLflow UI (starts a local MLflow server until Ctrl-C)"
-DESCRIPTION = (
-    "Start the MLflow UI on 127.0.0.1 on the sweep's MLflow store (the SQLite file under "
-    "--storage, or --tracking-uri / $MLFLOW_TRACKING_URI) and print the link to the sweep's "
-    "runs table; stop it with Ctrl-C. For a tracking server (http://...), only print the link.")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``tunebert ui`` (the store arguments are the CLI's shared ones)."""
-    parser.add_argument("--name", default=None,
-                        help="the sweep to open (default: the list of experiments)")
-    parser.add_argument("--port", type=int, default=None,
-                        help=f"port on {HOST} (default: {DEFAULT_PORT}, or a free one if taken)")
-    parser.add_argument("--start-timeout", type=float, default=START_TIMEOUT_S,
-                        help="seconds to wait for the MLflow server to answer (default: %(default)s)")
-    parser.add_argument("--smoke-test", action="store_true",
-                        help="start the server, check that the sweep's page answers, stop it")
-
 
 # --------------------------------------------------------------------------- links
 
@@ -206,10 +187,9 @@ def _say(message: str) -> None:
     log.info(message)
 
 
-def run(args: argparse.Namespace, uri: str) -> int:
-    """``tunebert ui`` on the store ``uri`` (resolved and checked by the CLI)."""
-    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
-
+def run(args: argparse.Namespace) -> int:
+    """``tunebert ui`` on the store of ``--tracking-uri``/``--storage``."""
+    uri = tracking.reachable_store(args.tracking_uri, args.storage)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).expanduser().is_file():
         raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]}: pass the --storage a sweep "
                         f"used, or --tracking-uri / MLFLOW_TRACKING_URI for another store.")

@@ -1,6 +1,5 @@
 """`tunebert report`: a real tiny sweep (Ray, Optuna, SQLite MLflow), then its HTML + PNG report."""
 
-import argparse
 
 import numpy as np
 import pytest
@@ -9,15 +8,14 @@ from PIL import Image
 
 from trainables.errors import UserError
 from tuning.config import SweepConfig
-from tuning.report import (FIGURES, Confusion, add_arguments, build_report, confusion_counts,
-                           most_confused, run)
+from tuning.cli import build_parser
+from tuning.report import FIGURES, Confusion, build_report, confusion_counts, most_confused, run
 from tuning.sweep.runner import run_sweep
 
 
 def _args(*argv):
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args(list(argv))
+    """``tunebert report ARGV`` as the CLI parses it."""
+    return build_parser().parse_args(["report", *argv])
 
 
 @pytest.mark.slow

@@ -1,7 +1,6 @@
 """Final selection: top-k configs re-trained over seeds, chosen by mean validation score, and only
 then tested. End to end through a real local Ray sweep and a real SQLite MLflow store."""
 
-import argparse
 import json
 import math
 import statistics
@@ -12,7 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from trainables.data import DataConfig
 from trainables.errors import ConfigError, UserError
-from tuning.results.selection import (Candidate, SelectionError, add_arguments, best_seed, better, choose,
+from tuning.cli import build_parser
+from tuning.results.selection import (Candidate, SelectionError, best_seed, better, choose,
                               ensemble_wins, final_selection, mean_std, resolve_data, run,
                               selection_seeds)
 
@@ -112,10 +112,9 @@ def test_unknown_sweep_is_a_clear_user_error(tmp_path):
 
 
 def test_the_cli_subcommand_refuses_bad_counts(tmp_path):
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    parser = build_parser()
     for flag in ("--top-k", "--seeds", "--workers"):
-        args = parser.parse_args(["s", flag, "0", "--storage", str(tmp_path), "--data", "demo"])
+        args = parser.parse_args(["select", "s", flag, "0", "--storage", str(tmp_path), "--data", "demo"])
         with pytest.raises(UserError, match=f"`{flag[2:].replace('-', '_')}` must be an integer >= 1"):
             run(args)
 
@@ -295,9 +294,7 @@ def test_final_selection_end_to_end(ray_local, tiny_model_dir, tmp_path, monkeyp
     assert "| **yes** |" in result.markdown()
 
     # the CLI subcommand in smoke mode: top 2 x 1 seed x 1 epoch, on the sweep's own data
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    assert run(parser.parse_args(["sel", "--storage", str(tmp_path), "--smoke-test"])) == 0
+    assert run(build_parser().parse_args(["select", "sel", "--storage", str(tmp_path), "--smoke-test"])) == 0
     selections = client.search_runs([exp.experiment_id], "tags.`tunebert.kind` = 'selection'")
     (smoke,) = [r for r in selections if r.info.run_id != result.run_id]
     children = client.search_runs([exp.experiment_id],
@@ -436,9 +433,7 @@ def test_the_ensemble_is_chosen_on_validation_and_only_then_tested(small_sweep, 
     assert saved["handed_over"] == "ensemble" and saved["model_dir"] == result.model_dir
 
     # the CLI subcommand in smoke mode with --ensemble: 2 seeds, so there is an ensemble to try
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    assert run(parser.parse_args(["handover", "--storage", storage, "--smoke-test", "--ensemble",
+    assert run(build_parser().parse_args(["select", "handover", "--storage", storage, "--smoke-test", "--ensemble",
                                   "--metric", "val_loss", "--mode", "min"])) == 0
     (smoke,) = [r for r in client.search_runs(
         [selection.info.experiment_id], "tags.`tunebert.kind` = 'selection'")

@@ -119,7 +119,8 @@ def test_settings_round_trip_and_old_sweeps_still_load(tmp_path):
 
 
 def test_cli_reads_objectives_and_refuses_unknown_ones_before_ray(tmp_path, capsys):
-    from tuning.cli import build_parser, main, objective_settings
+    from tuning.cli import build_parser, main
+    from tuning.settings import objective_settings
 
     args = build_parser().parse_args(["sweep", "--objective", "val_accuracy:max", "--objective",
                                       "latency_ms_p50:min", "--constraint", "size_mb <= 100"])
