@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("tuning", "trainables", "search_spaces")
 # package -> the packages it must never import
 FORBIDDEN = {"trainables": ("search_spaces", "tuning"), "search_spaces": ("tuning",)}
-MAX_LOCAL_IMPORTS = 62  # what the tree has now; lower it as light and heavy parts come apart
+MAX_LOCAL_IMPORTS = 20  # what the tree has now (62 before commands were defined in tuning.cli.commands)
 
 
 def _modules() -> dict[str, Path]:

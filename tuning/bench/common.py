@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 
 from trainables.data import DataConfig, TokenizedData, load_raw_splits, tokenize_splits
+from trainables.models import load_tokenizer
 
 log = logging.getLogger("tuning.bench")
 
@@ -54,7 +55,6 @@ def machine() -> str:
 
 
 def load_data(data: DataConfig, model: str, max_length: int, subset: Optional[int]) -> TokenizedData:
-    from trainables.models import load_tokenizer  # local: keeps torch off --help
 
     raw = load_raw_splits(data)
     tokenized = tokenize_splits(raw, load_tokenizer(model), model=model, max_length=max_length)

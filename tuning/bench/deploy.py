@@ -30,8 +30,10 @@ from trainables.data import DataConfig
 from tuning.bench.ablation import HAND_CONFIG
 from tuning.bench.common import pm
 from tuning.config import SweepConfig
-from tuning.results.jobs import bench_job
 from tuning.report import build_report
+from tuning.results.jobs import bench_job
+from tuning.sweep.runner import run_sweep
+from tuning.tracking.best import front, front_rows, sweep_goal
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +165,6 @@ def front_sweep(data: DataConfig, model: str, *, budget_s: float, storage: Path,
     """A two-objective sweep (accuracy up, latency down) for ``budget_s`` seconds over the default
     space plus ``num_layers`` (1..``max_layers``) and ``quantize``; returns its front
     (``tuning.tracking.best.front_rows``) and copies the report's ``pareto.png`` to ``out``."""
-    # local: keeps torch, mlflow and ray off --help
-    from tuning.tracking.best import front, front_rows, sweep_goal
-    from tuning.sweep.runner import run_sweep
 
     name = f"bench-deploy-front-{time.strftime('%Y%m%d-%H%M%S')}"
     space = storage / "deploy-front-space.yaml"

@@ -13,6 +13,7 @@ import numpy as np
 
 import tuning.bench.compare as compare
 import tuning.results.jobs as training_jobs
+import tuning.tracking as tracking
 from search_spaces.presets import STUDY_TEST_ACCURACY, get_preset
 from trainables.data import DataConfig
 from tuning.bench.common import BenchReport, pm, say
@@ -20,15 +21,13 @@ from tuning.config import SweepConfig, resolve_tracking_uri
 from tuning.results.jobs import bench_job, job_key, job_tags, pick_jobs, threads_per_worker
 from tuning.results.pipeline import exists, load_pipeline
 from tuning.results.selection import evaluate_on_test
+from tuning.sweep.runner import run_sweep
+from tuning.tracking.best import best_run
 
 
 def search(data_cfg: DataConfig, model: str, report: BenchReport, *, budget_s: float, epochs: int,
            storage: Path, out: Path) -> dict[str, Any]:
     """ASHA + TPE vs random search (no early stopping), same wall-clock budget each."""
-    # local: keeps torch, mlflow and ray off --help
-    from tuning.tracking.best import best_run
-    from tuning.sweep.runner import run_sweep
-    import tuning.tracking as tracking
 
     curves, chosen = {}, {}
     stamp = int(time.time())
@@ -76,7 +75,6 @@ def _chosen_on_test(cfg, data_cfg: DataConfig, config: dict) -> float:
     """Test accuracy of the sweep's best trial's own model (the checkpoint the sweep logged)."""
     import tempfile
 
-    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
 
     uri = cfg.resolved_tracking_uri()
     parent = tracking.sweep_run(uri, cfg.name)
@@ -173,7 +171,6 @@ def pipeline_job(data_cfg: DataConfig, model: str, *, seed: int, budget_s: float
     --time-budget budget_s --seed seed`` under a name derived from its job key; a pipeline a
     kill interrupted is resumed (``tunebert resume``), a finished one is not run again; the
     outcome is then one FINISHED run in the table's experiment, tagged with the job key."""
-    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
 
     # a smoke run's anchor takes seconds, less than any pipeline can plan with; its 2 trials end
     # the sweep long before this floor does

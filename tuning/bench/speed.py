@@ -5,17 +5,26 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-from trainables.data import DataConfig, TokenizedData, bucketed_batches, collate
+from trainables.data import DataConfig, EncodedSplit, TokenizedData, bucketed_batches, collate
+from trainables.finetune import build_classifier, build_optimization, classification_loss, fit
 from trainables.hparams import FinetuneConfig
+from trainables.loops import train_epoch
+from trainables.runtime import resolve_precision
 from tuning.bench.common import BenchReport, load_data, say, subset_folder
 from tuning.config import SweepConfig
+from tuning.sweep.runner import run_sweep
+from tuning.tracking.best import top_k
 
 WARMUP = 2  # untimed batches before each throughput measurement
 TRAINER_FP32 = "tunebert loop, fp32 (same batches as the reference)"
+TRAINER_DEFAULT = "tunebert loop, default (precision auto = {})"
+FROZEN = "tunebert default + frozen word embeddings"
 REFERENCE = "plain loop, bucketed batches, fused AdamW, fp32 (reference)"
 
 
@@ -52,79 +61,94 @@ def _fixed_padding(split, indices, pad_id, width):
     return ids, mask, labels
 
 
-def throughput(data: TokenizedData, model_name: str, report: BenchReport, *, batches: int,
-               batch_size: int, repeats: int, out: Path) -> None:
-    """Samples/s of each variant on the same number of batches, interleaved over ``repeats``."""
-    import torch
+@dataclass
+class _Setup:
+    """What every throughput variant trains on: the same sampled examples, model and device."""
 
-    # local: keeps torch off --help
-    from trainables.finetune import build_classifier, build_optimization, classification_loss
-    from trainables.loops import train_epoch
+    data: TokenizedData
+    part: EncodedSplit  # the sampled train examples every variant trains on
+    model_name: str
+    device: Any  # torch.device
+    batches: int
+    batch_size: int
 
-    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    train = data.splits["train"]
-    n = batches * batch_size
+
+def _sample(train: EncodedSplit, n: int) -> EncodedSplit:
     # a seeded random sample: data files are often sorted by label, and lengths differ by label
     keep = np.random.default_rng(0).permutation(len(train))[:n]
-    part = type(train)([train.input_ids[i] for i in keep], train.labels[keep])
-    pad = data.pad_token_id
-    from trainables.runtime import resolve_precision  # local: keeps torch off --help
+    return type(train)([train.input_ids[i] for i in keep], train.labels[keep])
 
-    auto = resolve_precision(device, "auto")
 
-    def fresh(**changes):
-        cfg = FinetuneConfig(model=model_name, batch_size=batch_size, **changes)
-        model = build_classifier(cfg, data.num_labels).to(device)
-        optimizer, scheduler = build_optimization(model, cfg, total_steps=10 * batches)
-        return cfg, model, optimizer, scheduler
+def _fresh(setup: _Setup, **changes):
+    """A new model with the trainer's optimizer and schedule: (cfg, model, optimizer, scheduler)."""
+    cfg = FinetuneConfig(model=setup.model_name, batch_size=setup.batch_size, **changes)
+    model = build_classifier(cfg, setup.data.num_labels).to(setup.device)
+    optimizer, scheduler = build_optimization(model, cfg, total_steps=10 * setup.batches)
+    return cfg, model, optimizer, scheduler
 
-    def ours(**changes):
-        cfg, model, optimizer, scheduler = fresh(**{k: v for k, v in changes.items() if k != "compile"})
-        if changes.get("compile"):
-            model = torch.compile(model)
-        common = dict(batch_size=batch_size, pad_token_id=pad, optimizer=optimizer, scheduler=scheduler,
-                      loss_fn=classification_loss(0.0), device=device, precision=cfg.precision,
-                      grad_clip=cfg.grad_clip)
-        warm = type(part)(part.input_ids[:WARMUP * batch_size], part.labels[:WARMUP * batch_size])
-        train_epoch(model, warm, rng=np.random.default_rng(0), **common)  # untimed (compiles, if asked)
-        stats = train_epoch(model, part, batch_size=batch_size, rng=np.random.default_rng(1),
-                            pad_token_id=pad, optimizer=optimizer, scheduler=scheduler,
-                            loss_fn=classification_loss(0.0), device=device, precision=cfg.precision,
-                            grad_clip=cfg.grad_clip)
-        return stats.samples_per_s
 
-    def plain(order: str, fused: bool = True):
-        cfg, model, optimizer, _ = fresh()
-        # fused AdamW, as the trainer uses, so the ratio isolates the loop itself
-        plain_opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=fused)
-        rng = np.random.default_rng(1)
-        if order == "bucketed":
-            idx = bucketed_batches(part.lengths(), batch_size, rng=rng)
-            made = [collate(part, b, pad) for b in idx]
-        elif order == "random":
-            perm = rng.permutation(len(part))
-            made = [collate(part, perm[i:i + batch_size], pad) for i in range(0, len(part), batch_size)]
-        else:  # fixed width 64, as a tokenizer with padding="max_length" would give
-            perm = rng.permutation(len(part))
-            made = [_fixed_padding(part, perm[i:i + batch_size], pad, 64) for i in range(0, len(part), batch_size)]
-        return _plain_loop(model, made, plain_opt, device)
+def _trainer_speed(setup: _Setup, **changes) -> float:
+    """Samples/s of tunebert's own epoch loop (``train_epoch``) with the config ``changes``
+    (``compile=True``: the model through ``torch.compile``), after untimed warm-up batches."""
+    import torch
 
-    variants = {
-        REFERENCE: lambda: plain("bucketed"),
-        "plain loop, same batches, torch's default AdamW (not fused)": lambda: plain("bucketed", fused=False),
-        "plain loop, random batches, dynamic padding": lambda: plain("random"),
-        "plain loop, random batches, padded to 64": lambda: plain("fixed64"),
-        TRAINER_FP32: lambda: ours(precision="fp32"),
-        f"tunebert loop, default (precision auto = {auto})": lambda: ours(),
-        "tunebert default + frozen word embeddings": lambda: ours(freeze_embeddings=True),
-        "tunebert default + torch.compile": lambda: ours(compile=True),
+    cfg, model, optimizer, scheduler = _fresh(setup, **{k: v for k, v in changes.items() if k != "compile"})
+    if changes.get("compile"):
+        model = torch.compile(model)
+    part, batch_size, pad = setup.part, setup.batch_size, setup.data.pad_token_id
+    common = dict(batch_size=batch_size, pad_token_id=pad, optimizer=optimizer, scheduler=scheduler,
+                  loss_fn=classification_loss(0.0), device=setup.device, precision=cfg.precision,
+                  grad_clip=cfg.grad_clip)
+    warm = type(part)(part.input_ids[:WARMUP * batch_size], part.labels[:WARMUP * batch_size])
+    train_epoch(model, warm, rng=np.random.default_rng(0), **common)  # untimed (compiles, if asked)
+    stats = train_epoch(model, part, batch_size=batch_size, rng=np.random.default_rng(1),
+                        pad_token_id=pad, optimizer=optimizer, scheduler=scheduler,
+                        loss_fn=classification_loss(0.0), device=setup.device, precision=cfg.precision,
+                        grad_clip=cfg.grad_clip)
+    return stats.samples_per_s
+
+
+def _plain_batches(part: EncodedSplit, order: str, batch_size: int, pad: int, rng) -> list:
+    """The reference loop's batches: ``bucketed`` (the trainer's batches), ``random`` (dynamic
+    padding) or else fixed width 64, as a tokenizer with padding="max_length" would give."""
+    if order == "bucketed":
+        return [collate(part, b, pad) for b in bucketed_batches(part.lengths(), batch_size, rng=rng)]
+    perm = rng.permutation(len(part))
+    if order == "random":
+        return [collate(part, perm[i:i + batch_size], pad) for i in range(0, len(part), batch_size)]
+    return [_fixed_padding(part, perm[i:i + batch_size], pad, 64) for i in range(0, len(part), batch_size)]
+
+
+def _plain_speed(setup: _Setup, order: str, fused: bool = True) -> float:
+    """Samples/s of the reference loop on batches made as ``order`` says."""
+    import torch
+
+    cfg, model, optimizer, _ = _fresh(setup)
+    # fused AdamW, as the trainer uses, so the ratio isolates the loop itself
+    plain_opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=fused)
+    made = _plain_batches(setup.part, order, setup.batch_size, setup.data.pad_token_id,
+                          np.random.default_rng(1))
+    return _plain_loop(model, made, plain_opt, setup.device)
+
+
+def _variants(setup: _Setup, auto: str) -> dict[str, Callable[[], float]]:
+    """Every variant measured, by its row in the report (``REFERENCE`` first)."""
+    return {
+        REFERENCE: lambda: _plain_speed(setup, "bucketed"),
+        "plain loop, same batches, torch's default AdamW (not fused)": lambda: _plain_speed(setup, "bucketed", fused=False),
+        "plain loop, random batches, dynamic padding": lambda: _plain_speed(setup, "random"),
+        "plain loop, random batches, padded to 64": lambda: _plain_speed(setup, "fixed64"),
+        TRAINER_FP32: lambda: _trainer_speed(setup, precision="fp32"),
+        TRAINER_DEFAULT.format(auto): lambda: _trainer_speed(setup),
+        FROZEN: lambda: _trainer_speed(setup, freeze_embeddings=True),
+        "tunebert default + torch.compile": lambda: _trainer_speed(setup, compile=True),
     }
-    if auto != "fp32":
-        default_name = f"tunebert loop, default (precision auto = {auto})"
-    else:
-        default_name = TRAINER_FP32
+
+
+def _measure(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Each variant's samples/s in every round, the variants interleaved within a round (NaN
+    where a variant fails, e.g. torch.compile without a compiler toolchain)."""
     results: dict[str, list[float]] = {k: [] for k in variants}
-    say(f"throughput: {len(variants)} variants x {repeats} rounds of {batches} batches of {batch_size} on {device}")
     for round_ in range(repeats):
         for name, run in variants.items():
             try:
@@ -133,6 +157,13 @@ def throughput(data: TokenizedData, model_name: str, report: BenchReport, *, bat
                 say(f"  {name}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
                 results[name].append(float("nan"))
             say(f"  round {round_ + 1}: {name}: {results[name][-1]:.1f} samples/s")
+    return results
+
+
+def _report_throughput(report: BenchReport, results: dict[str, list[float]], *, auto: str,
+                       batch_size: int, out: Path) -> None:
+    """Part a. of the report: the table of medians and ratios, the headline numbers, the figure."""
+    default_name = TRAINER_DEFAULT.format(auto) if auto != "fp32" else TRAINER_FP32
     ref = statistics.median(results[REFERENCE])
     report.add("a. Trainer throughput", "| variant | samples/s (median) | ratio to plain loop |")
     report.add("a. Trainer throughput", "|---|---:|---:|")
@@ -141,7 +172,7 @@ def throughput(data: TokenizedData, model_name: str, report: BenchReport, *, bat
         report.add("a. Trainer throughput", f"| {name} | {med:.1f} | {med / ref:.3f} |")
     ours_fp32 = statistics.median(results[TRAINER_FP32])
     ours_default = statistics.median(results[default_name])
-    frozen = statistics.median(results["tunebert default + frozen word embeddings"])
+    frozen = statistics.median(results[FROZEN])
     report.numbers["throughput_ratio"] = ours_fp32 / ref
     report.numbers["epoch_seconds_massive_train"] = 11514 / ours_default
     report.numbers["epoch_seconds_massive_train_frozen_embeddings"] = 11514 / frozen
@@ -154,6 +185,21 @@ def throughput(data: TokenizedData, model_name: str, report: BenchReport, *, bat
     _bar(out / "throughput.png", {k: statistics.median(v) for k, v in results.items()},
          "samples/s (median over rounds)", "Training throughput, same model and device")
     report.figures.append(str(out / "throughput.png"))
+
+
+def throughput(data: TokenizedData, model_name: str, report: BenchReport, *, batches: int,
+               batch_size: int, repeats: int, out: Path) -> None:
+    """Samples/s of each variant on the same number of batches, interleaved over ``repeats``."""
+    import torch
+
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    setup = _Setup(data, _sample(data.splits["train"], batches * batch_size), model_name, device,
+                   batches, batch_size)
+    auto = resolve_precision(device, "auto")
+    variants = _variants(setup, auto)
+    say(f"throughput: {len(variants)} variants x {repeats} rounds of {batches} batches of {batch_size} on {device}")
+    results = _measure(variants, repeats)
+    _report_throughput(report, results, auto=auto, batch_size=batch_size, out=out)
 
 
 def _bar(path: Path, values: dict[str, float], xlabel: str, title: str) -> None:
@@ -180,10 +226,6 @@ def overhead(data_cfg: DataConfig, model: str, report: BenchReport, *, trials: i
     """A sweep of N one-epoch trials (one at a time) against the same configs run directly."""
     import torch
 
-    # local: keeps torch, mlflow and ray off --help
-    from trainables.finetune import fit
-    from tuning.tracking.best import top_k
-    from tuning.sweep.runner import run_sweep
 
     name = f"bench-overhead-{int(time.time())}"
     space = storage / "overhead-space.yaml"

@@ -18,9 +18,15 @@ from typing import Optional
 import numpy as np
 
 import trainables.data as trainables_data
+import tuning.tracking as tracking
 from trainables import registry
+from trainables.checkpointing import load_checkpoint, model_weights
+from trainables.contrastive import ContrastiveModel
 from trainables.data import LabelMap, load_raw_splits
 from trainables.errors import ConfigError, UserError
+from trainables.finetune import build_classifier
+from trainables.loops import evaluate
+from trainables.models import load_tokenizer
 from tuning.config import load_saved_sweep
 from tuning.report.data import TrialRecord
 
@@ -31,9 +37,7 @@ EVAL_BATCH_SIZE = 64
 
 
 def _tracking():
-    """``tuning.tracking`` (mlflow, Ray) loads on first use, so building the CLI stays fast."""
-    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
-
+    """``tuning.tracking``, through one function the tests can stub."""
     return tracking
 
 
@@ -92,16 +96,11 @@ def best_checkpoint(uri: str, parent_run_id: Optional[str], sweep_dir: Path, bes
 
 def rebuild_model(config: dict, state: dict, num_labels: int):
     """The trial's model, as its family builds it, with the checkpoint's weights."""
-    # local: keeps torch off --help
-    from trainables.checkpointing import model_weights
-    from trainables.finetune import build_classifier
 
     trainable = config.get("trainable", "finetune")
     cfg = registry.config_class(trainable).from_dict(config)
     model = build_classifier(cfg, num_labels)
     if trainable == "contrastive":
-        from trainables.contrastive import ContrastiveModel  # local: keeps torch off --help
-
         model = ContrastiveModel(model, cfg.projection_dim)
     model.load_state_dict(model_weights(state))  # the best epoch's (averaged) weights
     return model
@@ -111,10 +110,6 @@ def validation_confusion(checkpoint_dir: Path, data_config, trial_id: str) -> Co
     """Re-tokenize the validation split the way the trial saw it, run the checkpoint over it."""
     import torch
 
-    # local: keeps torch off --help
-    from trainables.checkpointing import load_checkpoint
-    from trainables.loops import evaluate
-    from trainables.models import load_tokenizer
 
     state = load_checkpoint(checkpoint_dir)
     config = state["config"]

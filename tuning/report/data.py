@@ -15,7 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+import tuning.tracking as tracking
 from trainables.hparams import HPARAMS
+from tuning.tracking.best import score_key, top_k
 
 METRIC = "val_accuracy"
 TOP_CURVES = 5
@@ -28,9 +30,7 @@ STOPPED_EARLY = "stopped early"
 
 
 def _tracking():
-    """``tuning.tracking`` (mlflow, Ray) loads on first use, so building the CLI stays fast."""
-    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
-
+    """``tuning.tracking``, through one function the tests can stub."""
     return tracking
 
 
@@ -60,7 +60,6 @@ class TrialRecord:
     @property
     def value(self) -> float:
         """The trial's score: val_accuracy at its best epoch (NaN when it never reported one)."""
-        from tuning.tracking.best import score_key  # local: keeps mlflow and ray off --help
 
         return float(self.metrics.get(score_key(METRIC, self.metrics), math.nan))
 
@@ -97,7 +96,6 @@ def load_trials(uri: str, sweep: str) -> list[TrialRecord]:
 def pick_best(trials: list[TrialRecord], sweep: str, uri: str, storage: str) -> Optional[TrialRecord]:
     """The report's best trial: the one `tunebert best` returns (the one ranking function, so the
     two never disagree: stage-1 contrastive trials excluded, best epoch, same tie-break)."""
-    from tuning.tracking.best import top_k  # local: keeps mlflow and ray off --help
 
     leader = top_k(sweep, 1, tracking_uri=uri, storage=storage)  # the sweep's own objectives
     return next((t for t in trials if leader and t.trial_id == leader[0].trial_id), None)
@@ -231,7 +229,6 @@ def top_curves(uri: str, trials: list[TrialRecord], sweep: str, storage: str,
     `tunebert best --top k` ranks them (``tuning.tracking.best.top_k``, the one ranking function: the
     sweep's own objectives and constraints, no stage-1 contrastive trial):
     ``"<label> (<score>)" -> {metric: [(epoch, value), ...]}``."""
-    from tuning.tracking.best import top_k  # local: keeps mlflow and ray off --help
 
     tracking = _tracking()
     by_id = {t.trial_id: t for t in trials}

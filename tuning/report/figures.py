@@ -22,6 +22,7 @@ from trainables.registry import REPORTED_METRICS, ranked_metric
 from tuning.report.checkpoint import Confusion
 from tuning.report.data import METRIC, TrialRecord
 from tuning.report.study import completed
+from tuning.tracking.best import score_key
 
 DPI = 110
 TARGET_NAME = f"best-epoch {METRIC}"  # what the study's value is, on axes and colour bars
@@ -217,7 +218,6 @@ def plot_pareto(trials: list[TrialRecord], goal, front_ids: list[str], chosen_id
     starred. Drawn here, not with optuna.visualization's plot_pareto_front: the front and the
     chosen point must be exactly `tunebert best --front`'s (constraints, best epochs, trials with
     a missing objective left out), which an Optuna study rebuilt from MLflow would not know."""
-    from tuning.tracking.best import score_key  # local: keeps mlflow and ray off --help
 
     plt = _pyplot()
     y_obj, x_obj = goal.objectives  # the first objective up the y axis

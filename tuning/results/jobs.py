@@ -35,8 +35,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import tuning.console as console
+import tuning.tracking as tracking
 from trainables.errors import UserError
+from trainables.runtime import set_threads
 from tuning.results.job_folder import JobFolder  # noqa: F401  (the benchmark jobs' checkpoints; named here too)
+from tuning.results.train import train_config
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,6 @@ def _pinned(fn: Callable, threads: int, kwargs: dict,
             verbosity: Optional[int] = None) -> tuple[float, Any]:
     """``fn(**kwargs)`` and its wall seconds, in a worker process limited to ``threads``
     intra-op threads, logging as the parent does (``verbosity``: its ``console.configured()``)."""
-    from trainables.runtime import set_threads  # local: keeps torch off --help
 
     if verbosity is not None:
         console.setup(verbosity)
@@ -279,9 +281,6 @@ def train_job(config: dict, data: Any, *, key: str, uri: str, experiment: str, r
     """Train one benchmark job as an MLflow run tagged with its key and the code version
     (``job_tags``). With ``storage``, a checkpoint is kept every epoch in
     ``<storage>/jobs/<key>/`` and an unfinished run of the same job is continued from it."""
-    # local: keeps torch, mlflow and ray off --help
-    import tuning.tracking as tracking
-    from tuning.results.train import train_config
 
     log.info(f"bench job {run_name} ({experiment}, key {key})")
     job_dir = Path(storage) / "jobs" / key if storage else None
@@ -298,7 +297,6 @@ def run_bench_jobs(jobs: Sequence[BenchJob], *, uri: str, experiment: str, worke
     in ``selected`` when given), ``workers`` at a time, saying the progress after each. Returns
     every job's finished run as MLflow holds it (``tracking.finished_job``) by name, or None for
     a job that has none (not selected)."""
-    import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
 
     # create the store and the experiment once, here: workers racing to set up a fresh SQLite
     # store collide in its schema migrations
