@@ -1,4 +1,5 @@
-"""``tunebert``: the command line, every command defined one way (``tuning.cli.commands``).
+"""The ``tunebert`` command line: the parser, built from one ``Command`` record per command
+(``tuning.cli.commands``), the shared argument groups, and the run functions of the small commands.
 
 User mistakes end with one message on stderr and exit status 2, never a traceback.
 """

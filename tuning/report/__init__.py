@@ -1,4 +1,5 @@
-"""``tunebert report``: one HTML page with PNG figures that sums up a sweep, read from MLflow.
+"""The sweep report (``tunebert report``): one HTML page with PNG figures that sums up a sweep,
+read from MLflow and logged back to it.
 
 The page holds a summary table, the optimization history, fANOVA parameter importances, parallel
 coordinates of the varying parameters, the learning curves of the top trials, the Pareto front of
