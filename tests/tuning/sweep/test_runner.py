@@ -30,7 +30,7 @@ def test_sweep_logs_parent_and_children_and_best_config(ray_local, tiny_model_di
     uri = cfg.resolved_tracking_uri()
     client, parents, children = _runs(uri, "e2e")
     assert len(parents) == 1 and len(children) == 3
-    parent = parents[1]
+    parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert len({c.data.tags["tunebert.trial_id"] for c in children}) == 3
     best_acc = {}
@@ -104,7 +104,7 @@ def test_time_budget_stops_the_sweep(ray_local, tiny_model_dir, tmp_path):
     total = sum(outcome.counts.values())
     assert 1 <= total < 500
     _, parents, children = _runs(cfg.resolved_tracking_uri(), "budget")
-    assert parents[1].info.status == "FINISHED"
+    assert parents[0].info.status == "FINISHED"
     assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
 
 

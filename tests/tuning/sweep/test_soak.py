@@ -241,7 +241,7 @@ def check_record(uri: str, sweep_dir: Path, events: list[str], seed: int = SEED)
     experiment = client.get_experiment_by_name("soak")
     runs = client.search_runs([experiment.experiment_id], "tags.`tunebert.kind` = 'trial'", max_results=1000)
     parents = client.search_runs([experiment.experiment_id], "tags.`tunebert.kind` = 'sweep'")
-    assert len(parents) == 1 and parents[1].info.status == "FINISHED", where
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED", where
     assert len(runs) == TRIALS, f"{len(runs)} trial runs for {TRIALS} trials; {where}"
     assert all(r.info.status == "FINISHED" for r in runs), ([r.info.status for r in runs], where)
     trial_ids = {r.data.tags["tunebert.trial_id"] for r in runs}
