@@ -9,7 +9,7 @@ from trainables import registry
 from tuning.config import POPULATION_SCHEDULERS, SweepConfig
 from tuning.credentials import redact
 from tuning.settings import objective_settings, sweep_settings
-from tuning.sweep.runner import resume_sweep, run_sweep
+import tuning.sweep.runner as runner
 
 
 def sweep(args) -> int:
@@ -18,7 +18,7 @@ def sweep(args) -> int:
     if args.smoke_test:  # PBT perturbs after epoch 1: its smoke test trains a second one
         settings.update(num_trials=2, epochs=2 if settings["scheduler"] in POPULATION_SCHEDULERS else 1,
                         grace_period=1, perturbation_interval=1)
-    outcome = run_sweep(SweepConfig(**settings))
+    outcome = runner.run_sweep(SweepConfig(**settings))
     _print_outcome(outcome, args.storage)
     return 0
 
@@ -85,6 +85,6 @@ def resume(args) -> int:
         changes["tracking_uri"] = args.tracking_uri
     if args.address:
         changes["address"] = args.address
-    outcome = resume_sweep(args.name, args.storage, **changes)
+    outcome = runner.resume_sweep(args.name, args.storage, **changes)
     _print_outcome(outcome, args.storage)
     return 0

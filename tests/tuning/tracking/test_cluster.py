@@ -346,7 +346,7 @@ def test_cli_sweep_on_a_two_node_cluster_logs_to_an_mlflow_server(ray_cluster, m
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert sorted(steps) == [1, 2], (key, steps)
 
-    parent = parents[1]
+    parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert parent.info.artifact_uri.startswith("mlflow-artifacts:")  # uploaded to the server
     checkpoint = [a.path for a in client.list_artifacts(parent.info.run_id, "best_checkpoint")]
