@@ -111,11 +111,11 @@ class _ContrastiveRules(_Config):
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(_FinetuneRules):
-    """Everything one fine-tuning trial needs besides the data. Fields, types and defaults are
-    ``HPARAMS``'s (a test holds them equal); the rules are ``_FinetuneRules``'s."""
+class _SharedFields:
+    """The fields both families have, first and in ``HPARAMS``'s order; each family's class
+    repeats ``trainable`` only to give it its own default (a redeclared field keeps its place)."""
 
-    trainable: str = 'finetune'
+    trainable: str = ''  # each family's own default, set below
     model: str = 'minilm-l6'
     max_length: int = 128
     epochs: int = 4
@@ -145,6 +145,14 @@ class FinetuneConfig(_FinetuneRules):
     hidden_dropout: Optional[float] = None
     attention_dropout: Optional[float] = None
     num_layers: int = 0
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(_FinetuneRules, _SharedFields):
+    """Everything one fine-tuning trial needs besides the data. Fields, types and defaults are
+    ``HPARAMS``'s (a test holds them equal); the rules are ``_FinetuneRules``'s."""
+
+    trainable: str = 'finetune'
     quantize: bool = False
     ema_decay: float = 0.0
     swa_epochs: int = 0
@@ -157,40 +165,11 @@ class FinetuneConfig(_FinetuneRules):
 
 
 @dataclass(frozen=True)
-class ContrastiveConfig(_ContrastiveRules):
+class ContrastiveConfig(_ContrastiveRules, _SharedFields):
     """Everything one contrastive trial needs besides the data. Fields, types and defaults are
     ``HPARAMS``'s (a test holds them equal); modes and phases: ``_ContrastiveRules``."""
 
     trainable: str = 'contrastive'
-    model: str = 'minilm-l6'
-    max_length: int = 128
-    epochs: int = 4
-    seed: int = 0
-    precision: str = 'auto'
-    lr: float = 0.0001
-    optimizer: str = 'adamw'
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.01
-    llrd_decay: float = 1.0
-    head_lr_multiplier: float = 1.0
-    scheduler: str = 'linear'
-    warmup_ratio: float = 0.1
-    min_lr: float = 0.0
-    batch_size: int = 32
-    stop_epoch: Optional[int] = None
-    grad_clip: float = 1.0
-    label_smoothing: float = 0.0
-    freeze_embeddings: bool = False
-    freeze_layers: int = 0
-    reinit_layers: int = 0
-    pooling: str = 'mean'
-    head: str = 'linear'
-    head_hidden: int = 256
-    classifier_dropout: float = 0.1
-    hidden_dropout: Optional[float] = None
-    attention_dropout: Optional[float] = None
-    num_layers: int = 0
     mode: str = 'two-stage'
     loss: str = 'supcon'
     temperature: float = 0.1
