@@ -157,7 +157,7 @@ def _spy_on_the_test_split(monkeypatch, choice=False):
 
     events = []
     tokenize, evaluate = trainables.data.tokenize_splits, trainables.loops.evaluate
-    annotate = tuning.tracking.annotate_run
+    annotate, set_tags = tuning.tracking.annotate_run, tuning.tracking.SelectionRun.set_tags
 
     def spy_tokenize(*args, include_test=True, **kwargs):
         data = tokenize(*args, include_test=include_test, **kwargs)
@@ -179,11 +179,17 @@ def _spy_on_the_test_split(monkeypatch, choice=False):
             events.append("handed-over")
         return annotate(uri, run_id, **kwargs)
 
+    def spy_set_tags(run, tags):
+        if "tunebert.handed_over" in tags:
+            events.append("handed-over")
+        return set_tags(run, tags)
+
     monkeypatch.setattr(trainables.data, "tokenize_splits", spy_tokenize)
     monkeypatch.setattr(tuning.results.train, "tokenize_splits", spy_tokenize)
     monkeypatch.setattr(trainables.loops, "evaluate", spy_evaluate)
     if choice:
         monkeypatch.setattr(tuning.tracking, "annotate_run", spy_annotate)
+        monkeypatch.setattr(tuning.tracking.SelectionRun, "set_tags", spy_set_tags)
     return events
 
 
