@@ -1,4 +1,4 @@
-"""The typed config of one trial: ``FinetuneConfig`` and ``ContrastiveConfig``, frozen dataclasses
+"""The typed config of one trial: ``FinetuneConfig``, ``ContrastiveConfig`` and ``MultitaskConfig``, frozen dataclasses
 whose fields, types and defaults are ``HPARAMS``'s (a test holds them equal), validated when built
 by each parameter's rule and the rules between parameters. Read them through ``trainables.hparams``.
 """
@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Optional, Self
 
 from trainables.errors import ConfigError
-from trainables.hparam_table import DEFAULT_PERTURB_EVAL, FAMILIES, HPARAMS
+from trainables.hparam_kinds import ALL_FAMILIES
+from trainables.hparam_table import DEFAULT_PERTURB_EVAL, HPARAMS
 from trainables.perturb import parse_spec
 
 
@@ -45,8 +46,8 @@ class _Config:
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
             other = [k for k in unknown if k in HPARAMS]
-            hint = (f" ({other} apply to {[f for f in FAMILIES if f != cls.TRAINABLE]} trials only)"
-                    if other else "")
+            families = sorted({f for k in other for f in HPARAMS[k].families} & set(ALL_FAMILIES))
+            hint = f" ({other} apply to {families} trials only)" if other else ""
             raise ConfigError(f"unknown {cls.TRAINABLE} parameter(s) {unknown}{hint}; allowed: "
                               f"{sorted(cls.field_names())}")
         return cls(**{k: HPARAMS[k].coerce(v) for k, v in values.items()})
@@ -187,4 +188,45 @@ class ContrastiveConfig(_ContrastiveRules, _SharedFields):
     preset: Optional[str] = None
 
 
-TrialConfig = FinetuneConfig | ContrastiveConfig  # the config of one trial, either family
+class _MultitaskRules(_Config):
+    """One encoder, a sentence head (intents) and a token head (slots), trained on one joint
+    dataset or two datasets at once. The sentence head trains at ``lr * head_lr_multiplier``, the
+    token head at ``lr * slot_lr_multiplier``, the encoder with LLRD; the loss is
+    ``intent_loss_weight * CE(intent) + slot_loss_weight * CE(slots)``. Freezing: ``freeze`` (the
+    encoder or one head, the whole run), ``freeze_layers``/``freeze_embeddings`` (the bottom),
+    ``unfreeze_every`` (gradual top-down unfreezing)."""
+
+    TRAINABLE = "multitask"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.freeze == "backbone" and self.unfreeze_every:
+            raise ConfigError(f"`freeze` 'backbone' keeps the encoder frozen for the whole run, so "
+                              f"`unfreeze_every` ({self.unfreeze_every}) has nothing to unfreeze; "
+                              f"use one of them")
+        if self.intent_loss_weight == 0 and self.slot_loss_weight == 0:
+            raise ConfigError("`intent_loss_weight` and `slot_loss_weight` are both 0: nothing "
+                              "would train; give at least one task a weight > 0")
+
+
+@dataclass(frozen=True)
+class MultitaskConfig(_MultitaskRules, _SharedFields):
+    """Everything one multi-task trial needs besides the data. Fields, types and defaults
+    are ``HPARAMS``'s (a test holds them equal); the rules are ``_MultitaskRules``'s."""
+
+    trainable: str = 'multitask'
+    intent_loss_weight: float = 1.0
+    slot_loss_weight: float = 1.0
+    slot_head: str = 'linear'
+    slot_lr_multiplier: float = 1.0
+    freeze: str = 'none'
+    unfreeze_every: int = 0
+    sentence_norm: str = 'none'
+    task_mixing: str = 'proportional'
+    perturb_eval: Optional[str] = DEFAULT_PERTURB_EVAL
+    deploy_metrics: bool = True
+    preset: Optional[str] = None
+
+
+# the config of one trial, of any family
+TrialConfig = FinetuneConfig | ContrastiveConfig | MultitaskConfig

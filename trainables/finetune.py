@@ -148,21 +148,25 @@ def reapply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, fresh: 
 
 
 class BestEpoch:
-    """The best validation epoch so far (by ``val_accuracy``; a tie keeps the earlier epoch) and a
-    CPU copy of the weights that scored it: the model the run hands over."""
+    """The best validation epoch so far (by ``by``, ``val_accuracy`` unless said otherwise; a tie
+    keeps the earlier epoch) and a CPU copy of the weights that scored it: the model the run hands
+    over. It keeps ``metrics`` (the registry's best-epoch metrics unless said otherwise) and the
+    optional ones the epoch reported."""
 
     METRICS = registry.BEST_EPOCH_METRICS
 
-    def __init__(self):
+    def __init__(self, by: str = "val_accuracy", metrics: Optional[tuple[str, ...]] = None):
+        self.by = by
+        self.kept = self.METRICS if metrics is None else metrics
         self.epoch = 0
         self.metrics: dict[str, float] = {}
         self.weights: Optional[dict] = None
 
     def update(self, epoch: int, metrics: dict, weights: dict) -> bool:
-        if self.epoch and not metrics["val_accuracy"] > self.metrics["val_accuracy"]:
+        if self.epoch and not metrics[self.by] > self.metrics[self.by]:
             return False
         self.epoch = epoch
-        self.metrics = {k: metrics[k] for k in self.METRICS}
+        self.metrics = {k: metrics[k] for k in self.kept if k in metrics}
         self.metrics.update({k: metrics[k] for k in registry.OPTIONAL_BEST_EPOCH_METRICS if k in metrics})
         self.weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
         return True
@@ -220,7 +224,8 @@ def _architecture(cfg, data: TokenizedData) -> tuple:
             data.num_labels, bool(cfg.deploy_metrics), torch.get_num_threads())
 
 
-def deployment_costs(cfg, model: TextClassifier, data: TokenizedData) -> dict[str, float]:
+def deployment_costs(cfg, model: TextClassifier, data: TokenizedData,
+                     architecture: tuple = ()) -> dict[str, float]:
     """What the trial's model costs to serve (``trainables.deploy``), measured on a CPU copy of
     ``model``: ``params_m``, ``size_mb`` and, with ``cfg.deploy_metrics``, CPU latency at batch 1
     and throughput at batch 32 on fixed texts padded to ``max_length``.
@@ -230,8 +235,9 @@ def deployment_costs(cfg, model: TextClassifier, data: TokenizedData) -> dict[st
     architecture in a process, ``_COSTS``) and reported with every epoch: a trial ASHA stops
     early has them as well as one that trains to the end, and a contrastive trial (``model`` its
     classifier) as well as a fine-tuning one. With ``quantize`` (fine-tuning trials) they
-    describe the int8 model the trial hands over (``quantize_int8``)."""
-    key = _architecture(cfg, data)
+    describe the int8 model the trial hands over (``quantize_int8``). ``architecture``: what
+    else the model's costs depend on (a multi-task model's token head)."""
+    key = _architecture(cfg, data) + tuple(architecture)
     if key not in _COSTS:
         _COSTS[key] = _measure_costs(cfg, model, data)
     return dict(_COSTS[key])

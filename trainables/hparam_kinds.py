@@ -10,8 +10,12 @@ from typing import Any, Mapping, Optional
 from trainables.errors import ConfigError
 from trainables.ranges import Distribution
 
+# the text-classification families (``--trainable any`` searches over these)
 FAMILIES = ("finetune", "contrastive")
-BOTH = FAMILIES
+# multi-task trials: one encoder, a sentence head and/or a token-tagging head
+MULTITASK = ("multitask",)
+ALL_FAMILIES = FAMILIES + MULTITASK
+BOTH = ALL_FAMILIES  # the default of ``HParam.families``: every family has the parameter
 CONTRASTIVE = ("contrastive",)
 FINETUNE = ("finetune",)
 
@@ -25,6 +29,8 @@ PHASES = {
     "loop": "the training loop",
     "recipe": "training recipe knobs for compact encoders (fine-tuning trials; 0 = off)",
     "contrastive": "the contrastive stage or loss (contrastive trials)",
+    "multitask": "the tasks of a multi-task trial: loss weights, the token head, freezing, unfreezing, "
+                 "how the batches of two datasets mix",
     "eval": "what a trial measures besides its training; fixed for a sweep in a space file, "
             "not searched",
 }

@@ -6,7 +6,7 @@ and the docs' parameter table rendered from it (``markdown_table``). Read it thr
 
 from typing import Any
 
-from trainables.hparam_kinds import CONTRASTIVE, FAMILIES, FINETUNE, HParam, _num
+from trainables.hparam_kinds import ALL_FAMILIES, CONTRASTIVE, FINETUNE, MULTITASK, HParam, _num
 from trainables.ranges import Categorical, Fixed, FloatRange, IntRange
 
 # every trial's robustness check: keyboard typos in 10 % of the words, 5 % of the letters deleted
@@ -30,8 +30,9 @@ AUGMENTED = {"augmentation": ("word_deletion", "span_cutoff", "shuffle")}
 # 1..5 contrastive epochs, joint lambda log 0.05..1 (Gunel et al. 2021 use 0.1..0.9).
 _DECLARED: tuple[HParam, ...] = (
     # ---- run (sweep-level)
-    _p("trainable", "str", "finetune", "what a trial trains: fine-tuning or contrastive "
-       "pretraining + classifier", "run", choices=FAMILIES),
+    _p("trainable", "str", "finetune", "what a trial trains: fine-tuning, contrastive "
+       "pretraining + classifier, or multitask (one encoder, a sentence head and a token-tagging head)",
+       "run", choices=ALL_FAMILIES),
     _p("model", "str", "minilm-l6", "hub id, local folder or alias (minilm-l6: the packaged "
        "all-MiniLM-L6-v2)", "run"),
     _p("max_length", "int", 128, "texts are truncated to this many tokens", "run", low=8, high=8192),
@@ -80,8 +81,9 @@ _DECLARED: tuple[HParam, ...] = (
     # ---- model
     _p("pooling", "str", "mean", "sentence embedding: [CLS] token, mean or max over tokens",
        "model", choices=("cls", "mean", "max"), search=Categorical(("cls", "mean", "max"))),
-    _p("head", "str", "linear", "classification head: linear, or an MLP with one hidden layer",
-       "model", choices=("linear", "mlp"), search=Categorical(("linear", "mlp"))),
+    _p("head", "str", "linear", "classification head: linear, an MLP with one hidden layer, or "
+       "norm_gelu (dropout, LayerNorm, GELU, projection)", "model",
+       choices=("linear", "mlp", "norm_gelu"), search=Categorical(("linear", "mlp"))),
     _p("head_hidden", "int", 256, "hidden units of the MLP head", "model", low=1, high=1_000_000,
        search=IntRange(16, 512, log=True), when={"head": ("mlp",)}),
     _p("classifier_dropout", "float", 0.1, "dropout in front of the head", "model", low=0.0,
@@ -146,6 +148,32 @@ _DECLARED: tuple[HParam, ...] = (
        when=AUGMENTED),
     _p("knn_k", "int", 10, "neighbours of the k-NN validation signal during the contrastive stage",
        "contrastive", families=CONTRASTIVE, low=1, high=1000),
+    # ---- multi-task trials (joint intent + slot)
+    _p("intent_loss_weight", "float", 1.0, "weight of the sentence (intent) cross-entropy in the "
+       "joint loss", "multitask", families=MULTITASK, low=0.0, high=100.0,
+       search=FloatRange(0.5, 2.0, log=True)),
+    _p("slot_loss_weight", "float", 1.0, "weight of the token (slot) cross-entropy in the joint "
+       "loss", "multitask", families=MULTITASK, low=0.0, high=100.0,
+       search=FloatRange(0.5, 4.0, log=True)),
+    _p("slot_head", "str", "linear", "token head: linear, an MLP with `head_hidden` units, or "
+       "norm_gelu (dropout, LayerNorm, GELU, projection)", "multitask", families=MULTITASK,
+       choices=("linear", "mlp", "norm_gelu"), search=Categorical(("linear", "norm_gelu"))),
+    _p("slot_lr_multiplier", "float", 1.0, "the token head trains at lr * this (the sentence head "
+       "at lr * head_lr_multiplier)", "multitask", families=MULTITASK, low=0.0, high=10_000.0,
+       low_open=True, search=FloatRange(1.0, 100.0, log=True)),
+    _p("freeze", "str", "none", "keep a part frozen for the whole run: none, the whole encoder "
+       "(backbone), or one task head (intent_head, slot_head); bottom layers: freeze_layers",
+       "multitask", families=MULTITASK, choices=("none", "backbone", "intent_head", "slot_head")),
+    _p("unfreeze_every", "int", 0, "gradual top-down unfreezing: the top encoder layer trains "
+       "first and one more layer joins every N epochs, the embeddings last (0 = off)", "multitask",
+       families=MULTITASK, low=0, high=1000),
+    _p("sentence_norm", "str", "none", "normalise the pooled sentence embedding before the "
+       "sentence head: none, l1 or l2", "multitask", families=MULTITASK, choices=("none", "l1", "l2")),
+    _p("task_mixing", "str", "proportional", "two datasets: how their batches mix (each batch "
+       "holds one dataset): proportional (every batch once, in random order), round_robin "
+       "(alternating, the smaller dataset repeating), capped (alternating, as many batches of each "
+       "as the smaller has)", "multitask", families=MULTITASK,
+       choices=("proportional", "round_robin", "capped")),
     # ---- evaluation
     _p("perturb_eval", "optional_str", DEFAULT_PERTURB_EVAL, "also evaluate the validation split "
        "with perturbed texts and report val_accuracy_perturbed every epoch (a contrastive trial: "

@@ -61,8 +61,10 @@ def train_epoch(
     progress: Optional[Callable[[int], None]] = None,
     make_batch: Optional[Callable[[np.ndarray], tuple]] = None,
     after_step: Optional[Callable[[], None]] = None,
+    batches: Optional[list[np.ndarray]] = None,
 ) -> EpochStats:
-    """One pass over ``split`` in length-bucketed random batches.
+    """One pass over ``split`` in length-bucketed random batches (or the given ``batches`` of
+    indices, e.g. a multi-task trial's mixed batches).
 
     ``loss_fn(model, (input_ids, attention_mask, labels))`` returns the scalar loss of a batch.
     Raises ``NonFiniteLossError`` on the first NaN/inf loss: continuing would only spread it.
@@ -75,7 +77,9 @@ def train_epoch(
     model.train()
     total, seen = 0.0, 0
     start = time.perf_counter()
-    for indices in bucketed_batches(split.lengths(), batch_size, rng=rng):
+    if batches is None:
+        batches = bucketed_batches(split.lengths(), batch_size, rng=rng)
+    for indices in batches:
         batch = tuple(t.to(device, non_blocking=True) for t in make_batch(indices))
         with autocast_context(device, precision):
             loss = loss_fn(model, batch)

@@ -125,9 +125,14 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
 
 def build_head(dim: int, num_labels: int, *, kind: str, hidden: int, dropout: float) -> nn.Module:
     """``linear``: dropout → linear. ``mlp``: dropout → dim→hidden → tanh → dropout → hidden→labels
-    (the study's 768 → 10 → 60 bottleneck with hidden=10)."""
+    (the study's 768 → 10 → 60 bottleneck with hidden=10). ``norm_gelu``: dropout → LayerNorm →
+    GELU → linear (the multi-task report's head). Applied to (..., dim), so it serves sentence
+    embeddings and token states alike."""
     if kind == "linear":
         return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_labels))
+    if kind == "norm_gelu":
+        return nn.Sequential(nn.Dropout(dropout), nn.LayerNorm(dim), nn.GELU(),
+                             nn.Linear(dim, num_labels))
     if kind == "mlp":
         return nn.Sequential(
             nn.Dropout(dropout), nn.Linear(dim, hidden), nn.Tanh(),

@@ -7,7 +7,7 @@ exact learning rate of every parameter can be tested without building a model.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 
@@ -47,20 +47,29 @@ def llrd_param_groups(
     llrd_decay: float,
     head_lr_multiplier: float,
     weight_decay: float,
+    other_heads: Optional[dict[str, float]] = None,
+    keep_frozen: bool = False,
 ) -> list[dict]:
     """Param groups for the classifier: one per (depth, decay-or-not), plus the head's.
 
     Learning rate at depth ``d`` (0 = embeddings, ``num_layers`` = top layer):
     ``lr * llrd_decay ** (num_layers - d)``. Head parameters (names starting with ``head.``)
-    get ``lr * head_lr_multiplier``. Frozen parameters (``requires_grad=False``) are left out.
-    Each group carries a ``name`` such as ``layer_5/decay`` for logging and tests.
+    get ``lr * head_lr_multiplier``; ``other_heads`` maps further head prefixes (``slot_head``)
+    to their own multipliers. Frozen parameters (``requires_grad=False``) are left out, unless
+    ``keep_frozen`` (gradual unfreezing turns them on later; the optimizer skips a parameter
+    without a gradient). Each group carries a ``name`` such as ``layer_5/decay`` for logging and
+    tests.
     """
     groups: dict[tuple[str, bool], dict] = {}
+    other_heads = other_heads or {}
     for name, param in named_parameters:
-        if not param.requires_grad:
+        if not param.requires_grad and not keep_frozen:
             continue
+        prefix = name.split(".", 1)[0]
         if name.startswith(HEAD_PREFIX):
             key, group_lr = "head", lr * head_lr_multiplier
+        elif prefix in other_heads:
+            key, group_lr = prefix, lr * other_heads[prefix]
         else:
             depth = parameter_depth(name, num_layers)
             key = "embeddings" if depth == 0 else f"layer_{depth - 1}"

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from trainables.errors import ConfigError
-from trainables.hparams import ContrastiveConfig, FinetuneConfig, TrialConfig
+from trainables.hparams import ContrastiveConfig, FinetuneConfig, MultitaskConfig, TrialConfig
 
 TRAINABLES: dict[str, tuple[type[TrialConfig], str]] = {
     "finetune": (FinetuneConfig, "trainables.finetune:fit"),
     "contrastive": (ContrastiveConfig, "trainables.contrastive:fit"),
+    "multitask": (MultitaskConfig, "trainables.joint:fit"),
 }
 RAY_ENTRY_POINT = "trainables.entry:trainable"
 # Every trainable reports these for its best validation epoch as ``best_<name>`` (and the epoch as

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from trainables.errors import ConfigError
-from trainables.hparams import HPARAMS, ContrastiveConfig, FinetuneConfig, markdown_table, params_of_family
+from trainables.hparams import (HPARAMS, ContrastiveConfig, FinetuneConfig, MultitaskConfig, markdown_table,
+                               params_of_family)
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("tuning", "search_spaces", "trainables")
@@ -39,17 +40,23 @@ def test_bad_values_name_key_value_and_rule(values, match):
 def test_config_fields_are_exactly_the_registry():
     assert set(FinetuneConfig.field_names()) == {n for n, p in HPARAMS.items() if "finetune" in p.families}
     assert set(ContrastiveConfig.field_names()) == {n for n, p in HPARAMS.items() if "contrastive" in p.families}
+    assert set(MultitaskConfig.field_names()) == {n for n, p in HPARAMS.items() if "multitask" in p.families}
     for name, p in HPARAMS.items():
-        cls = FinetuneConfig if "finetune" in p.families else ContrastiveConfig
+        cls = (FinetuneConfig if "finetune" in p.families else
+               ContrastiveConfig if "contrastive" in p.families else MultitaskConfig)
         default = getattr(cls(), name)
         assert default == (cls.TRAINABLE if name == "trainable" else p.default), name
         p.check(p.default) if name != "trainable" else None
     # recipe knobs are fine-tuning only; the contrastive trainable refuses them by name
     with pytest.raises(ConfigError, match="apply to"):
         ContrastiveConfig.from_dict({"rdrop_alpha": 1.0})
+    # and the fine-tuning trainable refuses the joint trials' task knobs by name
+    with pytest.raises(ConfigError, match=r"\['slot_loss_weight'\] apply to \['multitask'\]"):
+        FinetuneConfig.from_dict({"slot_loss_weight": 2.0})
 
 
-@pytest.mark.parametrize("cls, family", [(FinetuneConfig, "finetune"), (ContrastiveConfig, "contrastive")])
+@pytest.mark.parametrize("cls, family", [(FinetuneConfig, "finetune"), (ContrastiveConfig, "contrastive"),
+                                         (MultitaskConfig, "multitask")])
 def test_config_fields_types_and_defaults_in_source_equal_the_registry(cls, family):
     """The classes list their fields in source (editors and mypy see them); the registry stays the
     one declaration: a field, a type, a default or the order drifting from it fails here."""
