@@ -67,7 +67,8 @@ class DataConfig:
     ``delimiter``: of ``.csv``/``.tsv`` files; ``None`` detects it. ``split_names``: (role,
     name) pairs, e.g. ``(("validation", "dev"),)``; roles left out are found by their usual names.
     ``skip_bad_rows``: drop rows with an empty text or a missing label (and say which), instead
-    of refusing the data.
+    of refusing the data. ``tokens_column`` / ``tags_column``: of token-tagging rows (JSON Lines,
+    Parquet; ``trainables.tagging_files``), a list of words and a list of BIO tags per row.
     """
 
     source: str = "demo"
@@ -79,11 +80,13 @@ class DataConfig:
     delimiter: Optional[str] = None
     split_names: tuple[tuple[str, str], ...] = ()
     skip_bad_rows: bool = False
+    tokens_column: str = "tokens"
+    tags_column: str = "tags"
 
     def __post_init__(self) -> None:
         if isinstance(self.source, os.PathLike):
             object.__setattr__(self, "source", str(self.source))
-        for name in ("source", "text_column", "label_column"):
+        for name in ("source", "text_column", "label_column", "tokens_column", "tags_column"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"data `{name}` must be a non-empty string, but got {value!r}")
@@ -92,6 +95,9 @@ class DataConfig:
                 f"--text-column and --label-column are both {self.text_column!r}: the model would "
                 f"be trained to read its own label. Name the column that holds the texts with "
                 f"--text-column and the one that holds the classes with --label-column.")
+        if self.tokens_column == self.tags_column:
+            raise ConfigError(f"`tokens_column` and `tags_column` are both {self.tags_column!r}: "
+                              f"name the column of each row's words and the one of its BIO tags")
         fraction = self.val_fraction
         if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
                                      or not 0 < fraction < 1):
@@ -112,7 +118,8 @@ class DataConfig:
                 "split_seed": self.split_seed,
                 "validation_ids": None if self.validation_ids is None else list(self.validation_ids),
                 "delimiter": self.delimiter, "split_names": dict(self.split_names),
-                "skip_bad_rows": self.skip_bad_rows}
+                "skip_bad_rows": self.skip_bad_rows, "tokens_column": self.tokens_column,
+                "tags_column": self.tags_column}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataConfig":
