@@ -13,11 +13,13 @@ import numpy as np
 import torch
 
 from trainables.encoding import bucketed_batches
+from trainables.hparams import choices_of
 
-MIXINGS = ("proportional", "round_robin", "capped")
-FREEZES = ("none", "backbone", "intent_head", "slot_head")
-HEAD_FREEZES = ("intent_head", "slot_head")
-SENTENCE_NORMS = ("none", "l1", "l2")
+# declared in the registry (trainables/hparam_table.py), read here
+MIXINGS = choices_of("task_mixing")
+FREEZES = choices_of("freeze")
+HEAD_FREEZES = tuple(f for f in FREEZES if f.endswith("_head"))
+SENTENCE_NORMS = choices_of("sentence_norm")
 NORM_EPS = 1e-12  # as torch.nn.functional.normalize
 
 
