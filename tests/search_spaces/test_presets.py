@@ -21,7 +21,7 @@ def test_presets_are_valid_configs_matching_the_study():
     assert warm.scheduler == "linear" and warm.warmup_ratio == 0.2
     both = FinetuneConfig.from_dict(get_preset("llrd_warmup"))
     assert both.llrd_decay == 0.9 and both.warmup_ratio == 0.2
-    assert set(STUDY_TEST_ACCURACY) == set(PRESETS) - {"hand"}
+    assert set(STUDY_TEST_ACCURACY) == set(PRESETS) - {"hand", "joint-hand"}
 
 
 def test_the_hand_preset_is_the_hand_written_config_the_search_is_measured_against():
@@ -29,6 +29,18 @@ def test_the_hand_preset_is_the_hand_written_config_the_search_is_measured_again
     assert (hand.optimizer, hand.lr, hand.batch_size, hand.epochs) == ("adamw", 1e-4, 32, 4)
     assert (hand.pooling, hand.head, hand.scheduler) == ("mean", "linear", "linear")
     assert (hand.warmup_ratio, hand.weight_decay) == (0.1, 0.01)
+
+
+def test_the_joint_hand_preset_is_the_issues_hand_joint_baseline():
+    from trainables.hparams import MultitaskConfig
+
+    hand = MultitaskConfig.from_dict(get_preset("joint-hand"))
+    assert (hand.optimizer, hand.lr, hand.batch_size, hand.epochs, hand.max_length) == \
+        ("adamw", 1e-4, 32, 4, 64)
+    assert hand.lr * hand.head_lr_multiplier == hand.lr * hand.slot_lr_multiplier == pytest.approx(1e-3)
+    assert (hand.pooling, hand.head, hand.slot_head, hand.classifier_dropout) == \
+        ("mean", "linear", "linear", 0.1)
+    assert (hand.warmup_ratio, hand.intent_loss_weight, hand.slot_loss_weight) == (0.1, 1.0, 1.0)
 
 
 def test_unknown_preset_lists_the_known_ones():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from search_spaces.presets import PRESETS, STUDY_TEST_ACCURACY
+from search_spaces.presets import PRESET_NOTES, PRESETS, STUDY_TEST_ACCURACY
 from trainables.hparams import markdown_table
 from tuning.config import SweepConfig
 
@@ -16,8 +16,7 @@ def presets(args) -> int:
             print(f"# {name} (study, bert-base-uncased on MASSIVE: {STUDY_TEST_ACCURACY[name]} % "
                   f"test accuracy)")
         else:
-            print(f"# {name} (a careful hand-written config, not from the study: MiniLM-L6 on "
-                  f"MASSIVE 88.9 % test; `tunebert tune` tries it first)")
+            print(f"# {name} ({PRESET_NOTES[name]})")
         print(yaml.safe_dump({name: values}, sort_keys=False))
     return 0
 
