@@ -24,6 +24,11 @@ encoder and the tokenizer as they are. Weights are safetensors: reading them run
 An ensemble is a folder with ``ensemble.json`` and one member folder per model, each in the format
 above (``trainables.ensemble``), plus its own README.md (``save_ensemble_model``).
 
+A multi-task model (one encoder with an intent head and/or a slot head) is a folder of the same
+shape with ``slot_head.safetensors`` beside ``head.safetensors`` and ``"format":
+"tunebert-multitask"`` (``trainables.joint_export``); ``load_model`` reads it too, as a
+``LoadedModel`` of kind "multitask".
+
 An encoder truncated to its bottom layers (``num_layers``) is saved as such: ``save_pretrained``
 writes the kept layer count into config.json, so it loads truncated; ``tunebert.json`` records
 the count too, and loading checks the two agree. A model trained with ``quantize`` is saved with
@@ -41,9 +46,8 @@ Nothing here imports Ray, MLflow or ``tuning``: ``tuning.serve.predict`` and the
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from torch import nn
 
@@ -53,33 +57,21 @@ from trainables.contrastive import ContrastiveModel
 from trainables.ensemble import ProbabilityEnsemble, is_ensemble_folder, read_ensemble, save_ensemble
 from trainables.errors import ConfigError, ModelLoadError
 from trainables.finetune import build_classifier
+from trainables.joint_export import is_multitask_folder, load_multitask_model
 # the folder's file names live in trainables/model_files.py (a leaf without torch); named here too
 from trainables.model_files import (  # noqa: F401
     CARD_FILE, ENCODER_CONFIG_FILE, ENCODER_WEIGHTS, FORMAT, FORMAT_VERSION, HEAD_FILE, LABEL_MAP_FILE,
-    MODEL_FILE, WEIGHT_SHARD, WRITTEN_FILES, written_by_save_model)
+    MODEL_FILE, MULTITASK_KIND, WEIGHT_SHARD, WRITTEN_FILES, written_by_save_model)
+# shared with the multi-task format (trainables.joint_export); LoadedModel is importable from here
+from trainables.model_folder import LoadedModel
+from trainables.model_folder import check_empty as _check_empty
+from trainables.model_folder import damaged as _damaged
+from trainables.model_folder import from_folder as _from_folder
+from trainables.model_folder import read_json as _read_json
 from trainables.models import TextClassifier, load_encoder, load_tokenizer, num_encoder_layers, quantize_int8
 
 
-@dataclass
-class LoadedModel:
-    """A model folder read back, on the CPU, in eval mode."""
-
-    model: nn.Module      # (batch, seq) ids and mask -> (batch, labels) logits; an ensemble's are
-    #                       the log of its mean probabilities (``trainables.ensemble``)
-    config: dict          # the training config (an ensemble's: its first member's)
-    label_map: dict       # {"names": [...]}
-    tokenizer: Any        # the folder's own (an older checkpoint folder: its base encoder's)
-    kind: str             # "single" or "ensemble"
-    folder: Path
-
-
 # --------------------------------------------------------------------------- writing
-
-
-def _check_empty(folder: Path) -> None:
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise FileExistsError(f"cannot write a model into {folder}: it exists and is not an empty "
-                              f"folder")
 
 
 def _classifier_of(model: nn.Module):
@@ -200,14 +192,6 @@ def is_model_folder(folder: str | Path) -> bool:
     return (Path(folder) / MODEL_FILE).is_file()
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot read {path} ({exc}); the model folder is damaged or was not "
-                             f"fully copied: copy it again, or re-train the model") from None
-
-
 def _label_map(path: Path, num_labels: Optional[int] = None) -> dict:
     """The label map in ``path`` (``{"names": [...], ...}``, as ``LabelMap.to_dict`` wrote it)."""
     label_map = _read_json(path)
@@ -221,11 +205,6 @@ def _label_map(path: Path, num_labels: Optional[int] = None) -> dict:
 
 # what ``_load_single`` reads from tunebert.json besides the format: absent in a damaged folder
 DESCRIPTION_KEYS = ("pooling", "head", "head_hidden", "classifier_dropout", "config")
-
-
-def _damaged(where: str | Path, what: str) -> ModelLoadError:
-    return ModelLoadError(f"{where} {what}; the model folder is damaged or was not fully copied: "
-                          f"copy it again, or re-train the model")
 
 
 def _model_description(folder: Path) -> dict:
@@ -253,21 +232,6 @@ def _model_description(folder: Path) -> dict:
         raise _damaged(path, f"holds a \"config\" or head settings that no training config "
                              f"allows ({shown})") from None
     return meta
-
-
-def _from_folder(folder: Path, what: str, load):
-    """``load()`` of the folder's encoder or tokenizer, a damaged file said as such: a torn
-    safetensors file raises ``SafetensorError``, a torn JSON file a ``ValueError``, and
-    ``trainables.models`` words its failures for a hub id, not for a model folder."""
-    from safetensors import SafetensorError
-
-    try:
-        return load()
-    except (ModelLoadError, SafetensorError, OSError, ValueError) as exc:
-        cause = exc.__cause__ or exc
-        reason = str(cause).splitlines()[0][:300] if str(cause) else ""
-        raise _damaged(f"model folder {folder}", f"holds {what} that cannot be read "
-                                                 f"({type(cause).__name__}: {reason})") from None
 
 
 def _load_single(folder: Path) -> LoadedModel:
@@ -330,6 +294,8 @@ def _load_checkpoint(folder: Path) -> LoadedModel:
 
 
 def _load_member(folder: Path) -> LoadedModel:
+    if is_multitask_folder(folder):  # one encoder with an intent and/or a slot head
+        return load_multitask_model(folder)
     if is_model_folder(folder):
         return _load_single(folder)
     if (folder / STATE_FILE).is_file():
@@ -353,6 +319,10 @@ def load_model(folder: str | Path) -> LoadedModel:
     member_dirs, weights = read_ensemble(folder)
     members = [_load_member(m) for m in member_dirs]
     first = members[0]
+    if any(m.kind == MULTITASK_KIND for m in members):
+        raise ModelLoadError(f"ensemble {folder} holds multi-task models; this tunebert loads "
+                             f"multi-task models one at a time: pass one member folder "
+                             f"({member_dirs[0]})")
     for directory, other in zip(member_dirs[1:], members[1:]):
         if other.label_map != first.label_map:
             raise ModelLoadError(f"ensemble {folder}: member {directory.name} has another label map "

@@ -224,7 +224,9 @@ def _predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
     p.add_argument("--file", help="also classify each non-empty line of this file ('-': stdin)")
     p.add_argument("--proba", action="store_true",
-                   help="print JSON lines with every label's probability")
+                   help="print JSON lines with every label's probability (a multi-task model "
+                        "always prints JSON lines: intent, probability, slots with character "
+                        "offsets; --proba adds every intent's probability)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto (default): the first GPU if there is one, else the CPU")
     p.add_argument("--batch-size", type=int, default=64,
@@ -326,7 +328,9 @@ COMMANDS = (
             "the model `tunebert select --output-dir` handed over: a single model or an ensemble) "
             "or an MLflow model URI (runs:/RUN_ID/model, models:/NAME/VERSION). Prints one line per "
             "text: the label, a tab, the text; with --proba one JSON object per line with every "
-            "label's probability."),
+            "label's probability. A multi-task (intent + slot) model prints one JSON object per "
+            "line: text, intent, probability, and slots as {slot, value, start, end} with "
+            "character offsets in the text (end exclusive)."),
     Command("evaluate", "accuracy of a model folder on a clean split and on perturbed copies of it",
             _evaluate, "tuning.serve.evaluate:run",
             "Evaluate a model folder (`tunebert train/select --output-dir`) on a clean split and "

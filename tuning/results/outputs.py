@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from trainables.errors import ConfigError
-from trainables.model_files import (CARD_FILE, ENSEMBLE_FILE, ENSEMBLE_KIND, FORMAT, MODEL_FILE,
-                                    written_by_save_model)
+from trainables.model_files import (CARD_FILE, ENSEMBLE_FILE, ENSEMBLE_KIND, MODEL_FILE,
+                                    MODEL_FORMATS, written_by_save_model)
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,11 @@ def _foreign_in_ensemble(folder: Path) -> list[str]:
 
 def model_kind(folder: Path) -> Optional[str]:
     """"single" or "ensemble" when ``folder`` holds tunebert's manifest of that kind (valid JSON
-    of tunebert's format), else None."""
+    of tunebert's format), else None. "single" is one model folder: a text classifier's or a
+    multi-task model's (``MODEL_FORMATS``)."""
     if (folder / MODEL_FILE).is_file():
         meta = _json(folder / MODEL_FILE)
-        return "single" if meta is not None and meta.get("format") == FORMAT else None
+        return "single" if meta is not None and meta.get("format") in MODEL_FORMATS else None
     if (folder / ENSEMBLE_FILE).is_file():
         meta = _json(folder / ENSEMBLE_FILE)
         return "ensemble" if meta is not None and meta.get("kind") == ENSEMBLE_KIND else None

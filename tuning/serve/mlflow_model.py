@@ -25,15 +25,20 @@ predict``. Serve it from the environment tunebert is installed in:
 
 Input: a list of strings, or a DataFrame whose first (or ``text``) column holds the texts.
 Output: one label per text; with params ``{"proba": True}`` a DataFrame of probabilities, one
-column per label. Param ``batch_size`` sets the texts per forward pass.
+column per label. Param ``batch_size`` sets the texts per forward pass. A multi-task model folder
+(``trainables.joint_export``) answers what ``tunebert predict`` prints for it: a list of records,
+one per text, ``{"text", "intent", "probability", "slots": [{"slot", "value", "start", "end"}]}``
+(with ``{"proba": True}`` also ``"probabilities"``, one per intent); MLflow's REST server sends
+the list as JSON as it is (``{"predictions": [...]}``).
 """
 
 from __future__ import annotations
 
 import mlflow.pyfunc
 
+from trainables.model_files import MULTITASK_KIND
 from tuning.tracking.names import ARTIFACT, TEXT_COLUMN
-from tuning.serve.predict import load_model
+from tuning.serve.predict import checked_texts, load_model
 
 
 def texts_of(model_input) -> list[str]:
@@ -71,6 +76,8 @@ class TunebertClassifier(mlflow.pyfunc.PythonModel):
         if params.get("batch_size"):
             predictor.batch_size = max(1, int(params["batch_size"]))
         texts = texts_of(model_input)
+        if predictor.kind == MULTITASK_KIND:  # records: intent, probability, slot spans
+            return predictor.predict(checked_texts(texts), probabilities=bool(params.get("proba")))
         if params.get("proba"):
             return pd.DataFrame(predictor.predict_proba(texts), columns=predictor.labels)
         return predictor.predict(texts)

@@ -28,6 +28,7 @@ import numpy as np
 from trainables import registry
 from trainables.data import EncodedSplit, bucketed_batches, collate, encode_texts
 from trainables.errors import UserError
+from trainables.model_files import MULTITASK_KIND
 
 MODEL_URI_SCHEMES = ("runs:/", "models:/")
 
@@ -60,14 +61,7 @@ class Predictor:
 
         from trainables.loops import autocast_context  # local: keeps torch off --help
 
-        texts = list(texts)
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-        if bad:
-            raise UserError(f"texts must be strings, but text {bad[0]} is {texts[bad[0]]!r}")
-        bad = [i for i, t in enumerate(texts) if not _is_unicode(t)]
-        if bad:  # bytes that were not UTF-8, kept as surrogates (a shell's argv, sys.stdin)
-            raise UserError(f"text {bad[0]} ({texts[bad[0]]!r}) holds bytes that are not UTF-8 "
-                            f"text; pass it as UTF-8 (set the terminal or file to UTF-8)")
+        texts = checked_texts(texts)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
             return out
@@ -89,6 +83,19 @@ class Predictor:
         return [self.labels[i] for i in self.predict_proba(texts).argmax(axis=1)]
 
 
+def checked_texts(texts: Iterable[str]) -> list[str]:
+    """``texts`` as a list, refused (``UserError``) unless each is a string of UTF-8 text."""
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise UserError(f"texts must be strings, but text {bad[0]} is {texts[bad[0]]!r}")
+    bad = [i for i, t in enumerate(texts) if not _is_unicode(t)]
+    if bad:  # bytes that were not UTF-8, kept as surrogates (a shell's argv, sys.stdin)
+        raise UserError(f"text {bad[0]} ({texts[bad[0]]!r}) holds bytes that are not UTF-8 "
+                        f"text; pass it as UTF-8 (set the terminal or file to UTF-8)")
+    return texts
+
+
 def _is_unicode(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -102,23 +109,27 @@ def is_model_uri(source: str | Path) -> bool:
 
 
 def load_model(source: str | Path, *, device=None, batch_size: int = 64,
-               tracking_uri: Optional[str] = None) -> Predictor:
+               tracking_uri: Optional[str] = None):
     """The model in ``source`` (a model folder, an ensemble folder, an older checkpoint folder, or
     a ``runs:/`` or ``models:/`` URI of a model tunebert logged to MLflow, read from
     ``tracking_uri``: default ``$MLFLOW_TRACKING_URI``), ready to predict on ``device`` (default:
-    the first GPU if there is one, else the CPU) in batches of ``batch_size`` texts."""
-    from trainables.export import load_model as load_folder  # local: keeps torch off --help
+    the first GPU if there is one, else the CPU) in batches of ``batch_size`` texts: a
+    ``Predictor``, or for a multi-task model folder a ``trainables.joint_predict.MultitaskPredictor``
+    (``predict(texts)``: intent, probability and slot spans per text)."""
+    from trainables import export, joint_predict  # local: keeps torch off --help
+
+    def ready(loaded):
+        kind = joint_predict.MultitaskPredictor if loaded.kind == MULTITASK_KIND else Predictor
+        return kind(loaded, device=device, batch_size=batch_size, source=str(source))
 
     if not is_model_uri(source):
-        return Predictor(load_folder(source), device=device, batch_size=batch_size,
-                         source=str(source))
+        return ready(export.load_model(source))
     import tuning.tracking as tracking  # local: keeps mlflow and ray off --help
 
     download = tempfile.TemporaryDirectory(prefix="tunebert-model-")
     try:
         folder = tracking.download_model(str(source), tracking_uri, download.name)
-        predictor = Predictor(load_folder(folder), device=device, batch_size=batch_size,
-                              source=str(source))
+        predictor = ready(export.load_model(folder))
     except BaseException:
         download.cleanup()
         raise
@@ -179,6 +190,11 @@ def run(args) -> int:
     predictor = load_model(args.model_dir, device=None if args.device == "auto" else args.device,
                            batch_size=args.batch_size, tracking_uri=tracking_uri)
     texts = _read_texts(args)
+    if predictor.kind == MULTITASK_KIND:  # one JSON object a line: intent and slot spans
+        for answer in predictor.predict(checked_texts(texts), probabilities=args.proba):
+            print(json.dumps(answer, ensure_ascii=False))
+        sys.stdout.flush()
+        return 0
     proba = predictor.predict_proba(texts)
     for text, row in zip(texts, proba):
         label = predictor.labels[int(row.argmax())]
