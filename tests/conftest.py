@@ -244,3 +244,44 @@ def secret_leaks():
                 if p.is_file() and any(e in p.read_bytes() for e in encodings)]
 
     return find
+
+
+SNIPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "snips"
+
+
+def _slice_of_snips(folder: Path, counts: dict[str, int]) -> Path:
+    """The first rows of each SNIPS split, in the same layout (SNIPS train is grouped by intent,
+    so rows are taken with a stride to keep every intent)."""
+    for split, n in counts.items():
+        (folder / split).mkdir(parents=True)
+        lines = {name: (SNIPS / split / name).read_text().splitlines()
+                 for name in ("seq.in", "seq.out", "label")}
+        stride = max(1, len(lines["label"]) // n)
+        kept = {name: rows[::stride][:n] for name, rows in lines.items()}
+        if split != "train":  # only slot types the train slice has: unseen ones are refused
+            known = set((folder / "train" / "seq.out").read_text().split())
+            keep = [i for i, tags in enumerate(kept["seq.out"]) if set(tags.split()) <= known]
+            kept = {name: [rows[i] for i in keep] for name, rows in kept.items()}
+        for name, rows in kept.items():
+            (folder / split / name).write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def snips_slice(tmp_path_factory) -> Path:
+    """A small SNIPS in its own layout: 160 train, about 60 dev and 60 test utterances."""
+    return _slice_of_snips(tmp_path_factory.mktemp("snips"), {"train": 160, "dev": 60, "test": 60})
+
+
+@pytest.fixture(scope="session")
+def conll_slice(snips_slice, tmp_path_factory) -> Path:
+    """The SNIPS slice's words and tags as CoNLL files (train/dev/test.conll): tags only."""
+    folder = tmp_path_factory.mktemp("conll")
+    for split in ("train", "dev", "test"):
+        words = (snips_slice / split / "seq.in").read_text().splitlines()
+        tags = (snips_slice / split / "seq.out").read_text().splitlines()
+        lines = ["-DOCSTART- -X- O", ""]
+        for w, t in zip(words, tags):
+            lines += [f"{word} X {tag}" for word, tag in zip(w.split(), t.split())] + [""]
+        (folder / f"{split}.conll").write_text("\n".join(lines))
+    return folder

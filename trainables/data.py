@@ -69,6 +69,8 @@ class DataConfig:
     ``skip_bad_rows``: drop rows with an empty text or a missing label (and say which), instead
     of refusing the data. ``tokens_column`` / ``tags_column``: of token-tagging rows (JSON Lines,
     Parquet; ``trainables.tagging_files``), a list of words and a list of BIO tags per row.
+    ``second_source``: a second dataset trained beside ``source`` by a multitask trial, one task
+    each (``trainables.task_data``); it is read with the same settings.
     """
 
     source: str = "demo"
@@ -82,6 +84,7 @@ class DataConfig:
     skip_bad_rows: bool = False
     tokens_column: str = "tokens"
     tags_column: str = "tags"
+    second_source: Optional[str] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.source, os.PathLike):
@@ -95,6 +98,13 @@ class DataConfig:
                 f"--text-column and --label-column are both {self.text_column!r}: the model would "
                 f"be trained to read its own label. Name the column that holds the texts with "
                 f"--text-column and the one that holds the classes with --label-column.")
+        if isinstance(self.second_source, os.PathLike):
+            object.__setattr__(self, "second_source", str(self.second_source))
+        if self.second_source is not None and (not isinstance(self.second_source, str)
+                                               or not self.second_source.strip()
+                                               or self.second_source == self.source):
+            raise ConfigError(f"the second dataset (--second-data) must be another dataset than "
+                              f"--data {self.source!r}, but got {self.second_source!r}")
         if self.tokens_column == self.tags_column:
             raise ConfigError(f"`tokens_column` and `tags_column` are both {self.tags_column!r}: "
                               f"name the column of each row's words and the one of its BIO tags")
@@ -119,7 +129,7 @@ class DataConfig:
                 "validation_ids": None if self.validation_ids is None else list(self.validation_ids),
                 "delimiter": self.delimiter, "split_names": dict(self.split_names),
                 "skip_bad_rows": self.skip_bad_rows, "tokens_column": self.tokens_column,
-                "tags_column": self.tags_column}
+                "tags_column": self.tags_column, "second_source": self.second_source}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataConfig":
@@ -132,13 +142,18 @@ class DataConfig:
 
     def anchored(self) -> "DataConfig":
         """The same data with a local folder given as an absolute path, so that a saved sweep
-        finds it again from any working directory ('demo' and hub ids stay as they are)."""
-        if self.source == "demo" or self.source.startswith("hf:"):
-            return self
-        path = Path(self.source).expanduser()
-        if not path.exists():
-            return self
-        return dataclasses.replace(self, source=str(path.resolve()))
+        finds it again from any working directory ('demo' and hub ids stay as they are); the
+        second dataset's folder too."""
+        second = _anchored_source(self.second_source) if self.second_source else None
+        return dataclasses.replace(self, source=_anchored_source(self.source), second_source=second)
+
+    def second(self) -> Optional["DataConfig"]:
+        """The second dataset (``second_source``) as a data config of its own, read with the same
+        columns, seed and row rules; ``None`` without one."""
+        if self.second_source is None:
+            return None
+        return dataclasses.replace(self, source=self.second_source, second_source=None,
+                                   validation_ids=None)
 
     def pinned(self) -> "DataConfig":
         """This config with the train rows its validation split is carved from recorded
@@ -153,6 +168,14 @@ class DataConfig:
         except DataError:
             return self
         return self if carved is None else dataclasses.replace(self, validation_ids=tuple(carved))
+
+
+def _anchored_source(source: str) -> str:
+    """A local folder or file as an absolute path; 'demo', hub ids and missing paths unchanged."""
+    if source == "demo" or source.startswith("hf:"):
+        return source
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
 
 
 def _normal_delimiter(value: Optional[str]) -> Optional[str]:

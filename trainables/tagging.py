@@ -241,8 +241,10 @@ def load_joint_splits(config: DataConfig, second: Optional[DataConfig] = None
     """The train/validation/test splits of one dataset (a seq.in/seq.out folder, token rows or
     CoNLL files; text/label files give labels only), or of two datasets trained together, one
     with labels only and one with tags only: each split is the first dataset's examples (source
-    0) followed by the second's (source 1). Raises DataError/ConfigError before anything starts."""
+    0) followed by the second's (source 1). ``second`` defaults to ``config.second()`` (its
+    ``second_source``). Raises DataError/ConfigError before anything starts."""
     first = _read_dataset(config)
+    second = second if second is not None else config.second()
     if second is None:
         return first
     other = _read_dataset(second)

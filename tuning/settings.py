@@ -27,7 +27,8 @@ def data_options(args) -> dict[str, Any]:
     --label-column that were given (``_add_data_args``)."""
     given = {"val_fraction": args.val_fraction, "split_seed": args.split_seed,
              "delimiter": args.delimiter, "split_names": args.split_names,
-             "skip_bad_rows": args.skip_bad_rows}
+             "skip_bad_rows": args.skip_bad_rows, "second_source": args.second_data,
+             "tokens_column": args.tokens_column, "tags_column": args.tags_column}
     return {k: v for k, v in given.items() if v is not None}
 
 

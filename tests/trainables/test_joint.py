@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,32 +21,6 @@ from trainables.models import load_tokenizer
 from trainables.optim import parameter_depth
 from trainables.runtime import seed_everything
 from trainables.tagging import TAG_IGNORE, collate_joint, encode_joint_splits, load_joint_splits
-
-SNIPS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "snips"
-
-
-def _slice_of_snips(folder: Path, counts: dict[str, int]) -> Path:
-    """The first rows of each SNIPS split, in the same layout (SNIPS train is grouped by intent,
-    so rows are taken with a stride to keep every intent)."""
-    for split, n in counts.items():
-        (folder / split).mkdir(parents=True)
-        lines = {name: (SNIPS / split / name).read_text().splitlines()
-                 for name in ("seq.in", "seq.out", "label")}
-        stride = max(1, len(lines["label"]) // n)
-        kept = {name: rows[::stride][:n] for name, rows in lines.items()}
-        if split != "train":  # only slot types the train slice has: unseen ones are refused
-            known = set((folder / "train" / "seq.out").read_text().split())
-            keep = [i for i, tags in enumerate(kept["seq.out"]) if set(tags.split()) <= known]
-            kept = {name: [rows[i] for i in keep] for name, rows in kept.items()}
-        for name, rows in kept.items():
-            (folder / split / name).write_text("\n".join(rows) + "\n")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def snips_slice(tmp_path_factory) -> Path:
-    return _slice_of_snips(tmp_path_factory.mktemp("snips"), {"train": 160, "dev": 60, "test": 60})
-
 
 @pytest.fixture(scope="module")
 def _joint_data(snips_slice, tiny_model_dir):
@@ -200,3 +173,19 @@ def test_a_resumed_joint_trial_continues_where_it_stopped(tiny_model_dir, joint_
 def test_plain_classification_data_is_refused_with_a_clear_message(tiny_model_dir, demo_data):
     with pytest.raises(Exception, match="needs joint data"):
         fit(_cfg(tiny_model_dir), demo_data, device=torch.device("cpu"), report=lambda m, w: None)
+
+
+def test_two_datasets_train_together_and_report_the_task_mean(tiny_model_dir, conll_slice):
+    """Intents from the demo texts, slots from CoNLL files: one encoder, each batch one dataset."""
+    raw = load_joint_splits(DataConfig("demo", second_source=str(conll_slice)))
+    data = encode_joint_splits(raw, load_tokenizer(tiny_model_dir), model=tiny_model_dir,
+                               max_length=48)
+    assert set(np.unique(data.splits["train"].sources)) == {0, 1}
+    assert selection_metric(data) == "val_task_mean"
+    reports = []
+    fit(_cfg(tiny_model_dir, epochs=2, task_mixing="round_robin"), data,
+        device=torch.device("cpu"), report=lambda metrics, write: reports.append(metrics))
+    for r in reports:
+        assert r["val_task_mean"] == pytest.approx((r["val_intent_accuracy"] + r["val_slot_f1"]) / 2)
+        assert "val_sentence_accuracy" not in r  # no example has both a label and tags
+    assert reports[-1]["best_val_task_mean"] == max(r["val_task_mean"] for r in reports)

@@ -36,7 +36,9 @@ def _add_data_args(p: argparse.ArgumentParser, *, defaults: bool = True) -> None
     where = "" if defaults else "the sweep's own with --from-sweep, else "
     g.add_argument("--data", default=default[0],
                    help="'demo' (built-in), a folder with train/validation/test files (.jsonl, "
-                        ".json, .csv, .tsv, .parquet), or hf:<hub dataset id> "
+                        ".json, .csv, .tsv, .parquet), or hf:<hub dataset id>; joint intent + slot "
+                        "data: seq.in/seq.out(/label) split folders, token rows (tokens + tags "
+                        "columns) or CoNLL files, trained by multitask configs "
                         f"(default: {where}demo)")
     g.add_argument("--text-column", default=default[1],
                    help=f"column holding the text (default: {where}text)")
@@ -56,6 +58,14 @@ def _add_data_args(p: argparse.ArgumentParser, *, defaults: bool = True) -> None
                    help="the dataset's own split (or file) names, e.g. "
                         "train=train,validation=dev,test=eval; validation=none carves validation "
                         "from train (default: train; validation, val, dev or valid; test)")
+    g.add_argument("--second-data", default=None, metavar="SOURCE",
+                   help="a second dataset trained beside --data by a multitask config, one task "
+                        "each: e.g. --data intents/ (texts + labels) --second-data ner/ (CoNLL "
+                        "files); read with the same column and split options")
+    g.add_argument("--tokens-column", default=None,
+                   help="token rows: the column holding each row's words (default: tokens)")
+    g.add_argument("--tags-column", default=None,
+                   help="token rows: the column holding each row's BIO tags (default: tags)")
     g.add_argument("--skip-bad-rows", action="store_true", default=None,
                    help="drop rows with an empty text or a missing label and list them "
                         "(default: refuse such data, naming the rows)")

@@ -19,9 +19,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from trainables import export, loops, registry
-from trainables.data import DataConfig, data_fingerprint, load_raw_splits, tokenize_splits
+from trainables import export, loops, registry, task_data
+from trainables.data import DataConfig
+from trainables.joint import evaluate_multitask, label_maps
+from trainables.joint_export import save_multitask_model
 from trainables.models import load_tokenizer
+from trainables.tagging import JointData
 import tuning.console as console
 import tuning.results.outputs as outputs
 import tuning.tracking as tracking
@@ -42,7 +45,7 @@ class TrainOutcome:
 
 
 EPOCH_KEYS = ("contrastive_loss", "train_loss", "val_loss", "val_knn_accuracy", "val_accuracy",
-              "val_macro_f1")
+              "val_macro_f1", "val_slot_f1", "val_sentence_accuracy")
 
 
 class _Progress:
@@ -120,7 +123,7 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
     check_output_dir(output_dir)
     resolved = registry.resolve_config(config)
     cfg = registry.config_class(resolved["trainable"]).from_dict(resolved)
-    raw = load_raw_splits(data_config)
+    raw = task_data.load_raw(data_config, cfg.trainable)
     tokenizer = load_tokenizer(cfg.model)
     data = _training_data(raw, tokenizer, cfg, evaluate_test, max_train_examples)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
@@ -157,7 +160,7 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
             model, resolved, data, tokenizer, {**val, **test_metrics}, run,
             tracking_uri=tracking_uri, output_dir=output_dir, log_model=log_model,
             register_model=register_model,
-            lineage=_lineage(tags or {}, run.run_id, data_fingerprint(raw), data_config)
+            lineage=_lineage(tags or {}, run.run_id, task_data.fingerprint(raw), data_config)
             if log_model else {})
     run.end("FINISHED")
     if folder is not None:
@@ -172,12 +175,12 @@ def _training_data(raw, tokenizer, cfg, evaluate_test: bool, max_train_examples:
     """The tokenized splits (test only with ``evaluate_test``), train cut to a seeded random
     sample of ``max_train_examples``: data files are often sorted by label (MASSIVE is), so the
     first rows would all be one class."""
-    data = tokenize_splits(raw, tokenizer, model=cfg.model, max_length=cfg.max_length,
-                           include_test=evaluate_test)
+    data = task_data.encode(raw, tokenizer, trainable=cfg.trainable, model=cfg.model,
+                            max_length=cfg.max_length, include_test=evaluate_test)
     if max_train_examples:
         train = data.splits["train"]
         keep = np.random.default_rng(cfg.seed).permutation(len(train))[:max_train_examples]
-        data.splits["train"] = type(train)([train.input_ids[i] for i in keep], train.labels[keep])
+        data.splits["train"] = task_data.take(train, keep)
     return data
 
 
@@ -210,10 +213,23 @@ def _fit_and_test(cfg, data, device, run, folder: Optional[JobFolder], resume, l
     fit = registry.fit_function(cfg.trainable)
     model = fit(cfg, data, device=device, report=report, progress=progress.batch,
                 **({"resume_dir": str(resume)} if resume else {}))
+    if not evaluate_test:
+        return model, {}
+    return model, test_metrics(model, data, cfg, device)
+
+
+def test_metrics(model, data, cfg, device) -> dict[str, float]:
+    """The final evaluation on the test split: loss, accuracy and macro-F1; a multitask model's
+    intent, slot (micro and per slot type, ``test_slot_f1_<type>``) and sentence scores."""
+    if isinstance(data, JointData):
+        result = evaluate_multitask(model, data.splits["test"], data, batch_size=64, device=device,
+                                    precision=cfg.precision, prefix="test",
+                                    weights=(cfg.intent_loss_weight, cfg.slot_loss_weight))
+        per_type = {f"test_slot_f1_{kind}": scores.f1 for kind, scores in result.per_type.items()}
+        return {**result.metrics, **per_type}
     test = loops.evaluate(model, data.splits["test"], batch_size=64, pad_token_id=data.pad_token_id,
-                          num_labels=data.num_labels, device=device, precision=cfg.precision) \
-        if evaluate_test else None
-    return model, (test.as_metrics("test") if test is not None else {})
+                          num_labels=data.num_labels, device=device, precision=cfg.precision)
+    return test.as_metrics("test")
 
 
 def _save_model(model, resolved: dict, data, tokenizer, metrics: dict, run, *, tracking_uri: str,
@@ -226,6 +242,10 @@ def _save_model(model, resolved: dict, data, tokenizer, metrics: dict, run, *, t
     with tempfile.TemporaryDirectory() as tmp:
 
         def write(folder: Path) -> None:
+            if isinstance(data, JointData):
+                save_multitask_model(folder, model, config=resolved, label_map=label_maps(data),
+                                     tokenizer=tokenizer, metrics=metrics)
+                return
             export.save_model(folder, model, config=resolved, label_map=data.label_map.to_dict(),
                               tokenizer=tokenizer, metrics=metrics)
 
@@ -241,10 +261,23 @@ def _save_model(model, resolved: dict, data, tokenizer, metrics: dict, run, *, t
         return (str(target) if output_dir else None), logged
 
 
+# what the closing lines show, in this order, where a run has them
+RESULT_KEYS = ("accuracy", "macro_f1", "intent_accuracy", "slot_f1", "sentence_accuracy")
+
+
+def _result_keys(metrics: dict, prefix: str) -> list[str]:
+    """RESULT_KEYS that ``metrics`` has under ``prefix`` (a multitask run's accuracy is its intent
+    accuracy, shown once)."""
+    keys = [k for k in RESULT_KEYS if f"{prefix}{k}" in metrics]
+    return [k for k in keys if not (k == "accuracy" and "intent_accuracy" in keys)]
+
+
 def _say_result(last: dict, test_metrics: dict) -> None:
     if last.get("best_epoch"):
-        log.info(f"kept the model of epoch {int(last['best_epoch'])} (best val_accuracy "
-                 f"{last['best_val_accuracy']:.4f})")
+        shown = ", ".join(f"val_{k} {last[f'best_val_{k}']:.4f}"
+                          for k in _result_keys(last, "best_val_") if k != "macro_f1")
+        log.info(f"kept the model of epoch {int(last['best_epoch'])} (best {shown})")
     if test_metrics:
-        print(f"[tunebert] test_accuracy {test_metrics['test_accuracy']:.4f}  "
-              f"test_macro_f1 {test_metrics['test_macro_f1']:.4f}", flush=True)
+        shown = "  ".join(f"test_{k} {test_metrics[f'test_{k}']:.4f}"
+                          for k in _result_keys(test_metrics, "test_"))
+        print(f"[tunebert] {shown}", flush=True)

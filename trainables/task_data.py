@@ -1,0 +1,111 @@
+"""One way in to a trial's data, whatever the task: text classification (``TokenizedData``, read by
+``trainables.data``) or multi-task intent + slot data (``JointData``, read by
+``trainables.tagging``). Training, sweeps, selection and evaluation call these, never the two
+readers directly, so a family always gets the data it trains on.
+
+Which kind a dataset is follows from its layout (``trainables.tagging_files.detect_layout``): a
+folder with word tags (``seq.in``/``seq.out`` split folders, token rows, CoNLL files) or a second
+dataset (``DataConfig.second_source``) is multi-task data; anything else is text classification.
+A family that does not fit the data is refused before anything loads, with the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from trainables.data import (DataConfig, EncodedSplit, TokenizedData, data_fingerprint, load_raw_splits,
+                            tokenize_splits)
+from trainables.errors import ConfigError
+from trainables.tagging import EncodedJointSplit, JointData, encode_joint_splits, load_joint_splits
+from trainables.tagging_files import detect_layout
+
+MULTITASK = "multitask"
+TaskData = Union[TokenizedData, JointData]
+
+
+def is_multitask_data(config: DataConfig) -> bool:
+    """Whether ``config`` names multi-task data: word tags in its layout, or a second dataset."""
+    if config.second_source is not None:
+        return True
+    if config.source == "demo" or config.source.startswith("hf:"):
+        return False
+    folder = Path(config.source).expanduser()
+    if not folder.is_dir():
+        return False  # a hub id, or a missing folder: the reader says what is wrong
+    return detect_layout(folder, config) != "text"
+
+
+def check_family_fits(trainable: str, config: DataConfig) -> None:
+    """Refuse a trial family that cannot train on ``config``'s data, saying which one can."""
+    multitask = is_multitask_data(config)
+    if trainable == MULTITASK and not multitask:
+        raise ConfigError(
+            f"the config trains a multitask model, but --data {config.source!r} holds texts with "
+            f"labels only (no word tags, no --second-data): train it with a finetune or "
+            f"contrastive config, or point --data at joint data (seq.in/seq.out split folders, "
+            f"token rows with {config.tokens_column!r}/{config.tags_column!r}, or CoNLL files)")
+    if multitask and trainable != MULTITASK:
+        what = ("two datasets (--data and --second-data)" if config.second_source else
+                f"word tags ({detect_layout(Path(config.source).expanduser(), config)} layout)")
+        raise ConfigError(
+            f"--data {config.source!r} holds {what}, which only multitask trials train on, but the "
+            f"config is a {trainable} one: use --preset joint-hand, a config with `trainable: "
+            f"multitask`, or --set trainable=multitask. Contrastive pretraining is not available "
+            f"for joint data yet.")
+
+
+def load_raw(config: DataConfig, trainable: str) -> dict:
+    """The raw splits the family trains on (``RawSplit`` or ``JointRawSplit`` per split)."""
+    check_family_fits(trainable, config)
+    if trainable == MULTITASK:
+        return load_joint_splits(config)
+    return load_raw_splits(config)
+
+
+def fingerprint(raw: dict) -> str:
+    """A digest of the raw splits: ``trainables.data.data_fingerprint`` for texts; for joint data
+    the words, tags, labels and sources of every example, split by split."""
+    first = next(iter(raw.values()))
+    if not hasattr(first, "words"):
+        return data_fingerprint(raw)
+    digest = hashlib.sha256()
+    for split in sorted(raw):
+        part = raw[split]
+        digest.update(split.encode())
+        for row in zip(part.words, part.tags, part.labels, part.sources):
+            digest.update(json.dumps(row, default=str, ensure_ascii=False).encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def encode(raw: dict, tokenizer, *, trainable: str, model: str, max_length: int,
+           include_test: bool = True) -> TaskData:
+    """Tokenize the splits once for ``trainable``'s trials (the test split only when asked)."""
+    if trainable == MULTITASK:
+        kept = raw if include_test else {k: v for k, v in raw.items() if k != "test"}
+        return encode_joint_splits(kept, tokenizer, model=model, max_length=max_length)
+    return tokenize_splits(raw, tokenizer, model=model, max_length=max_length,
+                           include_test=include_test)
+
+
+def take(split, keep: np.ndarray):
+    """The examples ``keep`` (indices) of an encoded split, of either kind, in that order."""
+    if isinstance(split, EncodedJointSplit):
+        return EncodedJointSplit(
+            [split.input_ids[i] for i in keep], split.labels[keep], [split.tag_ids[i] for i in keep],
+            [split.word_starts[i] for i in keep], [split.words[i] for i in keep],
+            [split.gold_tags[i] for i in keep], split.sources[keep])
+    return EncodedSplit([split.input_ids[i] for i in keep], split.labels[keep])
+
+
+def describe(data: TaskData) -> str:
+    """Sizes and classes for a log line."""
+    sizes = {k: len(v) for k, v in data.splits.items()}
+    if isinstance(data, JointData):
+        return (f"{sizes} examples, {data.num_labels} intents, {data.num_tags} tags"
+                + (f", datasets {list(data.source_names)}" if len(data.source_names) > 1 else ""))
+    return f"{sizes} examples, {data.num_labels} labels"
