@@ -9,7 +9,8 @@ write)`` after every epoch, the best epoch's model handed back. Each epoch:
 - the validation metrics (``evaluate_multitask``): ``val_loss`` (the weighted joint loss),
   ``val_intent_accuracy`` (= ``val_accuracy``) and ``val_macro_f1`` of the sentence head,
   ``val_slot_f1`` / ``_precision`` / ``_recall`` over exact spans (conlleval), and
-  ``val_sentence_accuracy`` (label and every tag right) for examples that have both.
+  ``val_sentence_accuracy`` (label and every tag right) for examples that have both; with
+  ``perturb_eval``, ``val_accuracy_perturbed`` (intent accuracy on perturbed texts).
 
 The epoch handed over is the best by ``selection_metric(data)``: sentence accuracy for joint data,
 the mean of intent accuracy and slot F1 (``val_task_mean``) for two datasets, slot F1 for
@@ -29,12 +30,15 @@ from trainables.checkpointing import load_checkpoint, restore_rng_states, save_c
 from trainables.deploy import PeakMemory
 from trainables.encoding import bucketed_batches
 from trainables.errors import ConfigError
-from trainables.finetune import (BestEpoch, Reporter, deployment_costs, maybe_inject_failure,
-                                 reapply_hyperparameters, top_lr)
+from trainables.encoding import EncodedSplit, encode_texts
+from trainables.finetune import (PERTURB_EVAL_SEED, BestEpoch, Reporter, deployment_costs,
+                                 maybe_inject_failure, reapply_hyperparameters, top_lr)
 from trainables.hparams import MultitaskConfig
 from trainables.joint_model import (MultitaskModel, apply_freezing, build_multitask_model,
                                     build_multitask_optimization, multitask_loss, task_losses)
-from trainables.loops import autocast_context, macro_f1, train_epoch
+from trainables.loops import autocast_context, evaluate, macro_f1, train_epoch
+from trainables.models import load_tokenizer
+from trainables.perturb import parse_spec, perturb_texts
 from trainables.multitask import mixed_batches, mixed_steps_per_epoch
 from trainables.runtime import resolve_precision, seed_everything, supports_precision
 from trainables.spans import sentence_accuracy, span_scores
@@ -149,6 +153,32 @@ def evaluate_multitask(model: MultitaskModel, split: EncodedJointSplit, data: Jo
     return result
 
 
+class SentenceHeadOnly(torch.nn.Module):
+    """A multi-task model's sentence logits alone, for the single-task evaluation loop."""
+
+    def __init__(self, model: MultitaskModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, attention_mask)[0]
+
+
+def perturbed_intents(spec: str, data: JointData) -> Optional[EncodedSplit]:
+    """The labelled validation utterances with their texts perturbed as ``spec`` says
+    (``trainables.perturb``, the seed fine-tuning uses), tokenized as plain texts: what
+    ``val_accuracy_perturbed`` (the intent accuracy on them) is measured on. ``None`` without a
+    sentence task. Word tags are not scored under perturbation: deleting words moves them."""
+    val = data.splits["validation"]
+    labelled = np.flatnonzero(val.labels != TAG_IGNORE)
+    if not data.has_intent or not len(labelled):
+        return None
+    texts = [" ".join(val.words[i]) for i in labelled]
+    noisy = perturb_texts(texts, parse_spec(spec, what="`perturb_eval`"), seed=PERTURB_EVAL_SEED)
+    ids, _ = encode_texts(load_tokenizer(data.model), noisy, data.max_length)
+    return EncodedSplit(ids, val.labels[labelled])
+
+
 @dataclass
 class _Trial:
     """What the steps of one multi-task trial share."""
@@ -252,6 +282,7 @@ def fit(cfg: MultitaskConfig, data: JointData, *, device: torch.device, report: 
              if run.first_epoch <= cfg.last_epoch else {})
     eval_kwargs = dict(batch_size=max(64, cfg.batch_size), device=device, precision=run.precision,
                        weights=(cfg.intent_loss_weight, cfg.slot_loss_weight))
+    noisy = perturbed_intents(cfg.perturb_eval, data) if cfg.perturb_eval else None
     for epoch in range(run.first_epoch, cfg.last_epoch + 1):
         maybe_inject_failure(epoch)
         stats = _train_one_epoch(run, epoch, progress)
@@ -259,6 +290,11 @@ def fit(cfg: MultitaskConfig, data: JointData, *, device: torch.device, report: 
         metrics = {"epoch": epoch, "train_loss": stats.loss, **result.metrics,
                    "lr": top_lr(run.optimizer), "samples_per_s": stats.samples_per_s,
                    "epoch_seconds": stats.seconds, "peak_memory_mb": run.memory.mb(), **costs}
+        if noisy is not None:
+            metrics["val_accuracy_perturbed"] = evaluate(
+                SentenceHeadOnly(run.model), noisy, batch_size=eval_kwargs["batch_size"],
+                pad_token_id=data.pad_token_id, num_labels=data.num_labels, device=device,
+                precision=run.precision).accuracy
         run.best.update(epoch, metrics, run.model.state_dict())
         metrics.update(run.best.as_metrics())
         report(metrics, _checkpoint_writer(run, epoch))

@@ -189,3 +189,17 @@ def test_two_datasets_train_together_and_report_the_task_mean(tiny_model_dir, co
         assert r["val_task_mean"] == pytest.approx((r["val_intent_accuracy"] + r["val_slot_f1"]) / 2)
         assert "val_sentence_accuracy" not in r  # no example has both a label and tags
     assert reports[-1]["best_val_task_mean"] == max(r["val_task_mean"] for r in reports)
+
+
+def test_perturbed_validation_scores_the_intents_of_perturbed_texts(tiny_model_dir, joint_data):
+    from trainables.joint import perturbed_intents
+
+    noisy = perturbed_intents("typo:0.5", joint_data)
+    val = joint_data.splits["validation"]
+    assert len(noisy) == len(val) and (noisy.labels == val.labels).all()
+    assert sum(not np.array_equal(a, b) for a, b in zip(noisy.input_ids, val.input_ids)) > len(val) / 2
+    reports = []
+    fit(_cfg(tiny_model_dir, epochs=1, perturb_eval="typo:0.5"), joint_data,
+        device=torch.device("cpu"), report=lambda metrics, write: reports.append(metrics))
+    assert 0 <= reports[0]["val_accuracy_perturbed"] <= 1
+    assert reports[0]["best_val_accuracy_perturbed"] == reports[0]["val_accuracy_perturbed"]
