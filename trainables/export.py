@@ -27,7 +27,9 @@ above (``trainables.ensemble``), plus its own README.md (``save_ensemble_model``
 A multi-task model (one encoder with an intent head and/or a slot head) is a folder of the same
 shape with ``slot_head.safetensors`` beside ``head.safetensors`` and ``"format":
 "tunebert-multitask"`` (``trainables.joint_export``); ``load_model`` reads it too, as a
-``LoadedModel`` of kind "multitask".
+``LoadedModel`` of kind "multitask". An ensemble folder of such folders loads as one too: kind
+"multitask", its model a ``trainables.joint_ensemble.MultitaskEnsemble`` (each head's mean
+probabilities), so whatever answers a multi-task model answers it.
 
 An encoder truncated to its bottom layers (``num_layers``) is saved as such: ``save_pretrained``
 writes the kept layer count into config.json, so it loads truncated; ``tunebert.json`` records
@@ -57,6 +59,7 @@ from trainables.contrastive import ContrastiveModel
 from trainables.ensemble import ProbabilityEnsemble, is_ensemble_folder, read_ensemble, save_ensemble
 from trainables.errors import ConfigError, ModelLoadError
 from trainables.finetune import build_classifier
+from trainables.joint_ensemble import multitask_ensemble, save_multitask_ensemble
 from trainables.joint_export import is_multitask_folder, load_multitask_model
 # the folder's file names live in trainables/model_files.py (a leaf without torch); named here too
 from trainables.model_files import (  # noqa: F401
@@ -122,7 +125,10 @@ def save_model(folder: str | Path, model: nn.Module, *, config: dict, label_map:
 def save_ensemble_model(folder: str | Path, member_dirs: Sequence[str | Path],
                         weights: Optional[Sequence[float]] = None) -> Path:
     """An ensemble folder (``trainables.ensemble.save_ensemble``) of model folders written by
-    ``save_model``, with its model card."""
+    ``save_model``, with its model card; of multi-task model folders, a multi-task ensemble
+    (``trainables.joint_ensemble.save_multitask_ensemble``)."""
+    if member_dirs and all(is_multitask_folder(m) for m in member_dirs):
+        return save_multitask_ensemble(folder, member_dirs, weights)
     not_models = [str(m) for m in member_dirs if not is_model_folder(m)]
     if not_models:
         raise ModelLoadError(f"ensemble members must be model folders written by save_model "
@@ -319,10 +325,8 @@ def load_model(folder: str | Path) -> LoadedModel:
     member_dirs, weights = read_ensemble(folder)
     members = [_load_member(m) for m in member_dirs]
     first = members[0]
-    if any(m.kind == MULTITASK_KIND for m in members):
-        raise ModelLoadError(f"ensemble {folder} holds multi-task models; this tunebert loads "
-                             f"multi-task models one at a time: pass one member folder "
-                             f"({member_dirs[0]})")
+    if any(m.kind == MULTITASK_KIND for m in members):  # each head averaged, kind "multitask"
+        return multitask_ensemble(folder, member_dirs, members, weights)
     for directory, other in zip(member_dirs[1:], members[1:]):
         if other.label_map != first.label_map:
             raise ModelLoadError(f"ensemble {folder}: member {directory.name} has another label map "

@@ -190,11 +190,13 @@ def test_saving_refuses_a_label_map_that_does_not_fit_the_heads(base, tmp_path):
                              tokenizer=None)
 
 
-def test_an_ensemble_of_multitask_models_is_refused_with_what_to_do(base, tmp_path):
+def test_an_ensemble_of_multitask_models_loads_as_one_but_not_with_other_intents(base, tmp_path):
+    # the ensemble's math and predictions: tests/trainables/test_joint_ensemble.py
     members = [_saved(base, tmp_path / f"m{seed}", seed=seed) for seed in (1, 2)]
-    ensemble = save_ensemble_model(tmp_path / "ensemble", members)
-    with pytest.raises(ModelLoadError, match="holds multi-task models; .* pass one member folder"):
-        load_model(ensemble)
+    assert load_model(save_ensemble_model(tmp_path / "ensemble", members)).kind == "multitask"
+    other = _saved(base, tmp_path / "m3", seed=3, intents=False)
+    with pytest.raises(ModelLoadError, match="member member-1 predicts other intents than member-0"):
+        load_model(save_ensemble_model(tmp_path / "mixed", [members[0], other]))
 
 
 def test_the_output_folder_rule_replaces_a_multitask_folder_but_nothing_foreign(base, tmp_path):
