@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from trainables import registry
 from trainables.checkpointing import load_checkpoint, restore_rng_states, save_checkpoint
 from trainables.deploy import PeakMemory
 from trainables.encoding import bucketed_batches
@@ -46,10 +47,8 @@ from trainables.tagging import (TAG_IGNORE, EncodedJointSplit, JointData, collat
                                 predicted_word_tags)
 
 BATCH_KEYS = ("input_ids", "attention_mask", "labels", "tag_ids")
-# every metric a multi-task trial reports for its best epoch as best_<name>
-MULTITASK_BEST_METRICS = ("val_loss", "val_accuracy", "val_macro_f1", "val_intent_accuracy",
-                          "val_slot_f1", "val_slot_precision", "val_slot_recall",
-                          "val_sentence_accuracy", "val_task_mean")
+# every metric a multi-task trial reports for its best epoch as best_<name> (those its data has)
+MULTITASK_BEST_METRICS = registry.BEST_EPOCH_METRICS + registry.MULTITASK_BEST_EPOCH_METRICS
 
 
 def selection_metric(data: JointData) -> str:

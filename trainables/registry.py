@@ -27,11 +27,17 @@ BEST_EPOCH_METRICS = ("val_accuracy", "val_loss", "val_macro_f1")
 # validation texts), then kept for the best epoch (chosen by ``val_accuracy``) like the above:
 # ranking by ``best_val_accuracy_perturbed`` ranks the models the trials hand over.
 OPTIONAL_BEST_EPOCH_METRICS = ("val_accuracy_perturbed",)
+# A multitask trial reports these too (those its data has: ``val_sentence_accuracy`` needs
+# examples with a label and tags, ``val_task_mean`` two datasets), for its best epoch as well.
+MULTITASK_BEST_EPOCH_METRICS = ("val_intent_accuracy", "val_slot_f1", "val_slot_precision",
+                                "val_slot_recall", "val_sentence_accuracy", "val_task_mean")
+CLASSIFIERS = ("finetune", "contrastive")  # the families `--trainable any` searches over
 
 
 def ranked_metric(metric: str) -> str:
     """The result key a sweep optimises for ``metric``: its best epoch's value when reported."""
-    return f"best_{metric}" if metric in BEST_EPOCH_METRICS + OPTIONAL_BEST_EPOCH_METRICS else metric
+    best = BEST_EPOCH_METRICS + OPTIONAL_BEST_EPOCH_METRICS + MULTITASK_BEST_EPOCH_METRICS
+    return f"best_{metric}" if metric in best else metric
 
 
 @dataclass(frozen=True)
@@ -39,14 +45,15 @@ class ReportedMetric:
     """A metric a trial reports, as far as a sweep may rank, search or constrain on it.
 
     ``every_epoch``: in every report (else only in the report of the trial's last epoch, so a trial
-    ASHA stops early never has it); ``finetune_only``: a contrastive trial does not report it in every epoch (never, or not
-    in its contrastive stage), so contrastive sweeps cannot rank on it;
+    ASHA stops early never has it); ``families``: the trial families that report it for a whole
+    trial (a contrastive trial has no classifier metric in its contrastive stage, only multitask
+    trials score slots), so only their sweeps can rank on it;
     ``needs``: the trial config flag that must be on for it to be reported; ``unit``: for axis
     labels ("" for a score in [0, 1] or a loss)."""
 
     name: str
     every_epoch: bool = True
-    finetune_only: bool = False
+    families: tuple[str, ...] = ("finetune", "contrastive", "multitask")
     needs: Optional[str] = None
     unit: str = ""
 
@@ -55,7 +62,8 @@ class ReportedMetric:
 # trainables/contrastive.py report them; trainables/deploy.py measures the deployment ones).
 REPORTED_METRICS: dict[str, ReportedMetric] = {m.name: m for m in (
     ReportedMetric("val_accuracy"), ReportedMetric("val_loss"), ReportedMetric("val_macro_f1"),
-    ReportedMetric("val_accuracy_perturbed", finetune_only=True, needs="perturb_eval"),
+    ReportedMetric("val_accuracy_perturbed", families=("finetune", "multitask"), needs="perturb_eval"),
+    *(ReportedMetric(name, families=("multitask",)) for name in MULTITASK_BEST_EPOCH_METRICS),
     ReportedMetric("train_loss"),
     ReportedMetric("samples_per_s", unit="texts/s"),
     ReportedMetric("epoch_seconds", unit="s"),
@@ -65,13 +73,14 @@ REPORTED_METRICS: dict[str, ReportedMetric] = {m.name: m for m in (
     ReportedMetric("latency_ms_p50", needs="deploy_metrics", unit="ms"),
     ReportedMetric("latency_ms_p95", needs="deploy_metrics", unit="ms"),
     ReportedMetric("throughput_b32", needs="deploy_metrics", unit="texts/s"),
-    ReportedMetric("val_accuracy_int8", every_epoch=False, finetune_only=True, needs="quantize"),
+    ReportedMetric("val_accuracy_int8", every_epoch=False, families=("finetune",), needs="quantize"),
 )}
 
 
 def reported_metric(name: str, what: str, trainable: str = "finetune") -> ReportedMetric:
     """``name``'s entry in ``REPORTED_METRICS``; ``what`` names the setting (for the error), and
-    ``trainable`` the sweep's family (``any``: both), whose trials must all be able to report it."""
+    ``trainable`` the sweep's family (``any``: finetune and contrastive), whose trials must all be
+    able to report it."""
     if name not in REPORTED_METRICS:
         raise ConfigError(
             f"{what} names metric {name!r}, which trials do not report; known metrics: "
@@ -79,11 +88,14 @@ def reported_metric(name: str, what: str, trainable: str = "finetune") -> Report
             f"default; val_accuracy_int8 needs `quantize` on and is reported at a trial's last "
             f"epoch only)")
     metric = REPORTED_METRICS[name]
-    if metric.finetune_only and trainable != "finetune":
-        raise ConfigError(f"{what} names {name!r}, which only fine-tuning trials report for a "
-                          f"whole trial (a contrastive trial has none in its contrastive stage, or "
-                          f"none at all), but the sweep's trainable is {trainable!r}: use "
-                          f"--trainable finetune")
+    families = CLASSIFIERS if trainable == "any" else (trainable,)
+    if not set(families) <= set(metric.families):
+        which = " or ".join(metric.families)
+        raise ConfigError(f"{what} names {name!r}, which only {which} trials report for a whole "
+                          f"trial (a contrastive trial has no classifier score in its contrastive "
+                          f"stage; only multitask trials score slots and sentences), but the "
+                          f"sweep's trainable is {trainable!r}: use --trainable "
+                          f"{metric.families[0]}")
     return metric
 
 

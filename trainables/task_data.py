@@ -54,9 +54,9 @@ def check_family_fits(trainable: str, config: DataConfig) -> None:
                 f"word tags ({detect_layout(Path(config.source).expanduser(), config)} layout)")
         raise ConfigError(
             f"--data {config.source!r} holds {what}, which only multitask trials train on, but the "
-            f"config is a {trainable} one: use --preset joint-hand, a config with `trainable: "
-            f"multitask`, or --set trainable=multitask. Contrastive pretraining is not available "
-            f"for joint data yet.")
+            f"config is a {trainable} one: sweep it with --trainable multitask, or train it with "
+            f"--preset joint-hand (or a config with `trainable: multitask`). Contrastive "
+            f"pretraining is not available for joint data.")
 
 
 def load_raw(config: DataConfig, trainable: str) -> dict:

@@ -16,7 +16,7 @@ from search_spaces.presets import PRESETS, get_preset
 from trainables.aliases import MODEL_ALIASES
 from trainables.data import DataConfig
 from trainables.errors import ConfigError, UserError
-from trainables.hparams import FAMILIES, default_of
+from trainables.hparams import ALL_FAMILIES, default_of
 from trainables.registry import reported_metric
 from tuning.credentials import MASK, has_password, redact, reveal
 
@@ -48,7 +48,7 @@ EVALUATE_SPLITS = ("test", "validation")
 MODEL_DATA_FILE = "data.json"
 # what PBT/PB2 mutate unless --mutate says otherwise: settings a trial can change mid-training
 PBT_MUTATIONS = ("lr", "classifier_dropout", "weight_decay", "label_smoothing")
-TRAINABLE_CHOICES = FAMILIES + ("any",)  # any: the family is searched too
+TRAINABLE_CHOICES = ALL_FAMILIES + ("any",)  # any: finetune or contrastive, the family searched too
 
 
 CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*(\S+)\s*$")

@@ -5,6 +5,7 @@ tokenized once. Everything a user can get wrong is refused here, with nothing st
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -12,11 +13,12 @@ from typing import Optional
 
 from search_spaces.contrastive import contrastive_space, mixed_space
 from search_spaces.finetune import SWEEP_LEVEL, finetune_space
+from search_spaces.multitask import multitask_space
 from search_spaces.overrides import load_space
 from search_spaces.space import SearchSpace
-from trainables import registry
-from trainables.data import TokenizedData, data_fingerprint, load_raw_splits, tokenize_splits
+from trainables import registry, task_data
 from trainables.errors import ConfigError
+from trainables.joint import selection_metric
 from trainables.models import load_tokenizer
 import tuning.sweep.pbt as pbt
 import tuning.tracking as tracking
@@ -37,13 +39,14 @@ class Prepared:
     config: SweepConfig
     space: SearchSpace
     presets: list[tuple[dict, dict]]
-    data: TokenizedData  # without the test split: trials never see it
+    data: task_data.TaskData  # without the test split: trials never see it
     tracking_uri: str
     population: Optional[list[dict]] = None  # PBT/PB2: the trials' initial configs, resolved
     data_fingerprint: Optional[str] = None  # trainables.data.data_fingerprint of the three splits
 
 
-SPACES = {"finetune": finetune_space, "contrastive": contrastive_space, "any": mixed_space}
+SPACES = {"finetune": finetune_space, "contrastive": contrastive_space, "any": mixed_space,
+          "multitask": multitask_space}
 
 
 def build_space(cfg: SweepConfig) -> SearchSpace:
@@ -52,14 +55,14 @@ def build_space(cfg: SweepConfig) -> SearchSpace:
     space = SPACES[cfg.trainable](model=cfg.model, max_length=cfg.max_length, epochs=cfg.epochs,
                                   seed=cfg.seed, precision=cfg.precision)
     if cfg.space_file:
-        config_cls = registry.config_class("finetune" if cfg.trainable == "finetune" else "contrastive")
+        config_cls = registry.config_class("contrastive" if cfg.trainable == "any" else cfg.trainable)
         space = load_space(cfg.space_file, space, config_cls=config_cls, fixed_by_sweep=SWEEP_LEVEL)
     return space
 
 
 def max_epochs(space: SearchSpace, epochs: int) -> int:
     """The longest trial in reported epochs (ASHA's max_t): contrastive trials add their first stage."""
-    if space.constants.get("trainable") == "finetune":
+    if space.constants.get("trainable") in ("finetune", "multitask"):
         return epochs
     param = space.get("contrastive_epochs")
     if param is None:
@@ -109,6 +112,18 @@ def check_local_resources(cfg: SweepConfig) -> None:
 
 
 
+def _multitask_ranking(cfg: SweepConfig, data) -> SweepConfig:
+    """A multitask sweep left at the default ranking (val_accuracy, which is intent accuracy
+    there) ranks by its data's own metric instead: sentence accuracy for joint data, the task mean
+    for two datasets (``trainables.joint.selection_metric``)."""
+    if cfg.trainable != "multitask" or cfg.metric != "val_accuracy" or cfg.objectives:
+        return cfg
+    metric = selection_metric(data)
+    say(f"ranking trials by {metric}, the default for this data (--metric val_intent_accuracy "
+        f"ranks by intent accuracy)")
+    return dataclasses.replace(cfg, metric=metric, mode="max")
+
+
 def prepare(cfg: SweepConfig) -> Prepared:
     """Validate the space, presets, model, resources, MLflow store and data; tokenize once. No
     Ray yet. ``cfg.data_fingerprint`` (a resumed sweep's) must match the data found now."""
@@ -147,10 +162,10 @@ def prepare(cfg: SweepConfig) -> Prepared:
     tracking.bound_http_waits()
     tracking.check_store(uri)
     log.debug(f"loading data from {cfg.data.source!r} and tokenizer of {cfg.model!r}")
-    raw = load_raw_splits(cfg.data)
-    fingerprint = data_fingerprint(raw)
+    raw = task_data.load_raw(cfg.data, "contrastive" if cfg.trainable == "any" else cfg.trainable)
+    fingerprint = task_data.fingerprint(raw)
     if cfg.data_fingerprint and fingerprint != cfg.data_fingerprint:
-        sizes = {split: len(part.texts) for split, part in raw.items()}
+        sizes = {split: len(part) for split, part in raw.items()}
         raise ConfigError(
             f"the data of sweep {cfg.name!r} changed since it started: {cfg.data.source!r} "
             f"(columns {cfg.data.text_column!r}/{cfg.data.label_column!r}, now {sizes} examples) "
@@ -158,11 +173,12 @@ def prepare(cfg: SweepConfig) -> Prepared:
             f"Resuming would rank trials trained on different data together. Put the original "
             f"files back to resume, or start a new sweep (another --name) on the new data.")
     tokenizer = load_tokenizer(cfg.model)  # also proves the model id or folder exists
-    data = tokenize_splits(raw, tokenizer, model=cfg.model, max_length=cfg.max_length)
-    sizes = {k: len(v) for k, v in data.splits.items()}
-    say(f"data: {sizes} examples, {data.num_labels} labels; tokenized once for all trials")
+    data = task_data.encode(raw, tokenizer, trainable=cfg.trainable, model=cfg.model,
+                            max_length=cfg.max_length)
+    say(f"data: {task_data.describe(data)}; tokenized once for all trials")
     if any(data.truncated.values()):
         say(f"note: texts longer than max_length={cfg.max_length} tokens were truncated: {data.truncated}")
+    cfg = _multitask_ranking(cfg, data)
     return Prepared(cfg, space, presets, data.without_test(), uri,
                     population=[registry.resolve_config(c) for c in sampled_configs[:cfg.num_trials]]
                     if population_based else None, data_fingerprint=fingerprint)

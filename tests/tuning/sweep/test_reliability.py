@@ -484,6 +484,25 @@ def test_resume_reconciles_mlflow_with_rays_lagging_state(tiny_model_dir, tmp_pa
         json.loads(r.data.tags["tunebert.config"])["lr"] for r in runs)
 
 
+def test_a_killed_joint_sweep_resumes_to_the_end(tiny_model_dir, snips_slice, tmp_path):
+    """A multitask sweep on joint data, its driver SIGKILLed after a trial finished, resumes and
+    ends with every trial FINISHED, each with its intent, slot and sentence scores per epoch once."""
+    db = tmp_path / "mlflow.db"
+    args = ["sweep", "--name", "jointkill", "--trainable", "multitask", "--data", str(snips_slice),
+            "--model", tiny_model_dir, "--max-length", "48", "--storage", str(tmp_path),
+            "--trials", "3", "--epochs", "2", "--scheduler", "none", "--max-concurrent", "1",
+            "--seed", "0"]
+    _run_cli_until(args, {}, db, lambda rows: any(r[1] == "FINISHED" for r in rows.values()))
+    resumed = subprocess.run([sys.executable, "-m", "tuning.cli", "resume", "jointkill", "--storage",
+                              str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client, runs = _children(f"sqlite:///{db}", "jointkill")
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        for key in ("val_intent_accuracy", "val_slot_f1", "val_sentence_accuracy"):
+            assert _steps(client, run.info.run_id, key) == [1, 2], (run.info.run_id, key)
+
+
 def test_resume_of_a_sweep_stopped_before_rays_first_save_orphans_its_earlier_runs(
         ray_local, tiny_model_dir, tmp_path):
     """A driver killed between writing tuner.pkl and Ray's first snapshot leaves MLflow runs of

@@ -1,0 +1,51 @@
+"""A multitask (joint intent + slot) sweep through a real local Ray, Optuna and SQLite MLflow store:
+it ranks by sentence accuracy unless told otherwise, every trial logs intent, slot and sentence
+scores per epoch, the best config is a multitask one, and a family that does not fit the data is
+refused before Ray starts."""
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from trainables.data import DataConfig
+from trainables.errors import ConfigError
+from tuning.config import SweepConfig
+from tuning.sweep.runner import run_sweep
+from tuning.tracking.best import best_config, best_run
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_joint_sweep_ranks_by_sentence_accuracy_and_logs_every_task(ray_local, tiny_model_dir,
+                                                                        snips_slice, tmp_path):
+    cfg = SweepConfig(name="joint", trainable="multitask", data=DataConfig(str(snips_slice)),
+                      model=tiny_model_dir, max_length=48, epochs=2, num_trials=3,
+                      storage=str(tmp_path), scheduler="asha", warm_start=("joint-hand",),
+                      max_concurrent=2, seed=0)
+    outcome = run_sweep(cfg)
+    client = MlflowClient(cfg.resolved_tracking_uri())
+    experiment = client.get_experiment_by_name("joint")
+    runs = client.search_runs([experiment.experiment_id], "tags.`tunebert.kind` = 'trial'")
+    assert len(runs) == 3
+    for run in runs:
+        config = json.loads(run.data.tags["tunebert.config"])
+        assert config["trainable"] == "multitask"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_slot_f1")]
+        assert steps and steps == sorted(steps) and steps[0] == 1
+        assert "best_val_sentence_accuracy" in run.data.metrics
+    [hand] = [r for r in runs if r.data.tags.get("tunebert.preset") == "joint-hand"]
+    assert json.loads(hand.data.tags["tunebert.config"])["slot_lr_multiplier"] == 10.0
+    best = best_run("joint", storage=str(tmp_path))
+    expected = max(runs, key=lambda r: r.data.metrics["best_val_sentence_accuracy"])
+    assert best.run_id == expected.info.run_id == outcome.best.run_id
+    assert best_config("joint", storage=str(tmp_path))["trainable"] == "multitask"
+    saved = json.loads((tmp_path / "ray" / "joint" / "tunebert_sweep.json").read_text())
+    assert saved["metric"] == "val_sentence_accuracy"
+
+
+def test_a_classification_sweep_on_joint_data_is_refused_before_ray(snips_slice, tmp_path):
+    cfg = SweepConfig(name="wrong", data=DataConfig(str(snips_slice)), storage=str(tmp_path))
+    with pytest.raises(ConfigError, match="only multitask trials train on"):
+        run_sweep(cfg)
+    assert not (tmp_path / "ray" / "wrong").exists()
