@@ -34,6 +34,8 @@ POPULATION_SCHEDULERS = ("pbt", "pb2")  # mutate hyperparameters of running tria
 DEFAULT_POPULATION = 8
 # `tunebert tune`'s warm start for fine-tuning: the careful hand-written preset, so the search starts from it
 DEFAULT_WARM_START = "hand"
+# ... and for a multitask sweep (joint intent + slot data): the hand joint baseline
+MULTITASK_WARM_START = "joint-hand"
 # `tunebert tune`'s whole time budget and its final selection's size (tuning.results PipelineConfig)
 TUNE_BUDGET_S = 2 * 3600.0
 TUNE_TOP_K = 3
@@ -289,7 +291,8 @@ class SweepConfig:
                 f"{flag} works with --trainable finetune only, but got {self.trainable!r}: "
                 f"contrastive trials report a k-NN proxy during their first stage and have "
                 f"stage-specific learning rates, so they cannot be ranked against and cloned into "
-                f"each other mid-training. Use --scheduler asha for contrastive sweeps.")
+                f"each other mid-training; population-based training of multitask trials is not "
+                f"built yet. Use --scheduler asha for {self.trainable} sweeps.")
         if self.max_concurrent is not None:
             raise ConfigError(
                 f"{flag} cannot take --max-concurrent ({self.max_concurrent}): every member of "

@@ -17,6 +17,7 @@ from tuning.bench import PARTS
 from tuning.cli.arguments import (_add_data_args, _add_store_args, _default, add_objective_arguments,
                                   add_sweep_arguments)
 from tuning.config import (DEFAULT_ROOT, DEFAULT_WARM_START, EVALUATE_SPLITS, MODEL_DATA_FILE,
+                           MULTITASK_WARM_START,
                            TRAINABLE_CHOICES, TUNE_BUDGET_S, TUNE_SEEDS, TUNE_TOP_K, UI_HOST, UI_PORT,
                            UI_START_TIMEOUT_S)
 
@@ -130,8 +131,9 @@ def _select(p: argparse.ArgumentParser) -> None:
                    help="how many of the sweep's best configs (default: 3)")
     p.add_argument("--seeds", type=int, default=3,
                    help="fresh seeds per config: the config's seed + 1..SEEDS (default: 3)")
-    p.add_argument("--metric", default="val_accuracy",
-                   help="validation metric to rank and choose by (default: val_accuracy)")
+    p.add_argument("--metric", default=None,
+                   help="validation metric to rank and choose by (default: val_accuracy; for a "
+                        "multitask sweep its own ranking metric, e.g. val_sentence_accuracy)")
     p.add_argument("--mode", choices=["max", "min"], default="max")
     p.add_argument("--epochs", type=int, default=None, help="override every config's epochs")
     p.add_argument("--output-dir", help="also keep the chosen config's seed models here "
@@ -179,7 +181,8 @@ def _tune(p: argparse.ArgumentParser) -> None:
         if action.dest == "warm_start":
             action.help = (f"comma-separated presets or config files to try first (default for "
                            f"fine-tuning: {DEFAULT_WARM_START}, the careful hand-written config, "
-                           f"so the search starts from it; '' for none; see `tunebert presets`)")
+                           f"so the search starts from it; for multitask: {MULTITASK_WARM_START}; "
+                           f"'' for none; see `tunebert presets`)")
     g = p.add_argument_group("final selection")
     g.add_argument("--top-k", type=int, default=TUNE_TOP_K,
                    help="re-train this many of the sweep's best configs (default: %(default)s; "

@@ -30,6 +30,12 @@ def changed_from_defaults(config: dict[str, Any]) -> dict[str, Any]:
             if k not in ("model", "max_length", "seed") and defaults.get(k, object()) != v}
 
 
+# the best trial's scores the summary shows, those it has (a multitask trial's val_accuracy is its
+# intent accuracy, shown once)
+SUMMARY_METRICS = ("val_sentence_accuracy", "val_task_mean", "val_accuracy", "val_intent_accuracy",
+                   "val_slot_f1", "val_macro_f1")
+
+
 def _wrapped(pairs: list[str], width: int = 96, indent: str = "  ") -> list[str]:
     lines, line = [], ""
     for pair in pairs:
@@ -54,9 +60,9 @@ def _print_outcome(outcome, storage: str) -> None:
         print("[tunebert] no trial finished with a finite metric; nothing to recommend")
         return
     best = outcome.best
-    f1 = best.score('val_macro_f1') if 'val_macro_f1' in best.metrics else float('nan')
-    print(f"[tunebert] best trial {best.trial_id}: val_accuracy {best.score('val_accuracy'):.4f}, "
-          f"val_macro_f1 {f1:.4f}")
+    print(f"[tunebert] best trial {best.trial_id}: " + ", ".join(
+        f"{key} {best.score(key):.4f}" for key in SUMMARY_METRICS if f"best_{key}" in best.metrics
+        and not (key == "val_accuracy" and "best_val_intent_accuracy" in best.metrics)))
     print(f"[tunebert] results:   {outcome.sweep_dir} (Ray Tune state, checkpoints, best_config.yaml)")
     print(f"[tunebert] MLflow:    {redact(uri)} (experiment {outcome.name!r})")
     print(f"[tunebert] next:      tunebert train --from-sweep {outcome.name}{where}"

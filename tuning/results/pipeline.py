@@ -66,7 +66,8 @@ import tuning.results.outputs as outputs
 import tuning.results.selection as selection
 from trainables.data import load_raw_splits
 from trainables.errors import ConfigError, UserError
-from tuning.config import (DEFAULT_POPULATION, DEFAULT_ROOT, DEFAULT_WARM_START, POPULATION_SCHEDULERS,
+from tuning.config import (DEFAULT_POPULATION, DEFAULT_ROOT, DEFAULT_WARM_START, MULTITASK_WARM_START,
+                           POPULATION_SCHEDULERS,
                            SweepConfig, resume_store)
 # the budget's math, the saved state, the speed and the summary live in their own modules; their
 # names stay importable from here
@@ -358,7 +359,8 @@ def run(args) -> int:
     if args.trials is None:  # the budget decides how many trials the sweep gets
         args.trials = BUDGET_TRIALS
     if args.warm_start is None:  # the hand config first, so the search starts from it
-        args.warm_start = DEFAULT_WARM_START if args.trainable in ("finetune", "any") else ""
+        args.warm_start = (DEFAULT_WARM_START if args.trainable in ("finetune", "any") else
+                           MULTITASK_WARM_START if args.trainable == "multitask" else "")
     if args.select_workers is None:
         args.select_workers = default_select_workers(args.cpus_per_trial, args.gpus_per_trial)
     settings = {**sweep_settings(args), **objective_settings(args)}

@@ -174,7 +174,7 @@ class MlflowTrialLogger(OrderedWriter, RestoreReconciler, Callback):
         if "epoch" not in last:  # stopped (time budget, interruption) before its first report
             return "KILLED", "stopped before it reported an epoch"
         config = self.resolve_config(trial.config)
-        total = config.get("epochs") if config.get("trainable") == "finetune" else \
+        total = config.get("epochs") if config.get("trainable") in ("finetune", "multitask") else \
             (config["epochs"] + (0 if config.get("mode") == "joint" else config.get("contrastive_epochs", 0)))
         return "FINISHED", ("completed" if last.get("epoch") == total
                             else "stopped early (scheduler or time budget)")
