@@ -115,6 +115,16 @@ class MultitaskPredictor:
                              probabilities)
                 for i, (text, spans) in enumerate(zip(texts, offsets))]
 
+    def predict_words(self, words: list[list[str]]) -> tuple[Optional[np.ndarray], list[list[str]]]:
+        """For texts already split into words (as data files hold them): the (texts, intents)
+        probabilities (None without an intent head) and each text's predicted word tags (all "O"
+        without a slot head), encoded as training encodes them. What ``tunebert evaluate``
+        scores."""
+        words = [list(w) for w in words]
+        if not words:
+            return (np.zeros((0, len(self.labels)), dtype=np.float32) if self.labels else None), []
+        return self._run(_encoded(self.tokenizer, words, self.config.max_length))
+
     @torch.no_grad()
     def _run(self, split: EncodedJointSplit) -> tuple[Optional[np.ndarray], list[list[str]]]:
         """(texts, intents) probabilities (None without an intent head) and each text's word

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 import trainables.data as trainables_data
-from trainables import registry
+from trainables import registry, task_data
 from trainables.data import DataConfig, load_raw_splits
 from trainables.errors import DataError
 
@@ -27,19 +27,21 @@ def load_model_folder(folder: str | Path):
 def evaluate_folders(folders: Sequence[str | Path], data_config: DataConfig, config: dict,
                      split: str) -> list[dict]:
     """Metrics (``val_*`` or ``test_*``: loss, accuracy, macro_f1) of each model folder (plain or
-    ensemble) on ``split``. For ``'validation'`` the test split is not even tokenized; ``'test'``
-    is the only place selection reads the test split."""
+    ensemble) on ``split``; for a multitask ``config`` those of ``evaluate_multitask`` (intent,
+    slot and sentence scores, and on test the F1 per slot type). For ``'validation'`` the test
+    split is not even tokenized; ``'test'`` is the only place selection reads the test split."""
     import torch
 
-    # local: keeps torch off --help
-    from trainables.loops import evaluate
-    from trainables.models import load_tokenizer
+    from trainables import loops, models  # local: keeps torch off --help
 
     if split not in ("validation", "test"):
         raise ValueError(f"split must be 'validation' or 'test', but got {split!r}")
+    if config["trainable"] == task_data.MULTITASK:
+        return _evaluate_multitask_folders(folders, data_config, config, split)
     cfg = registry.config_class(config["trainable"]).from_dict(config)
-    data = trainables_data.tokenize_splits(load_raw_splits(data_config), load_tokenizer(cfg.model), model=cfg.model,
-                           max_length=cfg.max_length, include_test=split == "test")
+    data = trainables_data.tokenize_splits(load_raw_splits(data_config),
+                                           models.load_tokenizer(cfg.model), model=cfg.model,
+                                           max_length=cfg.max_length, include_test=split == "test")
     label_map = json.loads(json.dumps(data.label_map.to_dict()))
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     results = []
@@ -48,10 +50,44 @@ def evaluate_folders(folders: Sequence[str | Path], data_config: DataConfig, con
         if folder_labels != label_map:
             raise DataError(f"the data's label map changed since the model in {directory} was "
                             f"trained; selection needs the same data for training and testing")
-        result = evaluate(model.to(device), data.splits[split], batch_size=64,
-                          pad_token_id=data.pad_token_id, num_labels=data.num_labels,
-                          device=device, precision=cfg.precision)
+        result = loops.evaluate(model.to(device), data.splits[split], batch_size=64,
+                                pad_token_id=data.pad_token_id, num_labels=data.num_labels,
+                                device=device, precision=cfg.precision)
         results.append(result.as_metrics("test" if split == "test" else "val"))
+        del model
+    return results
+
+
+def _evaluate_multitask_folders(folders: Sequence[str | Path], data_config: DataConfig,
+                                config: dict, split: str) -> list[dict]:
+    """``evaluate_folders`` for multi-task models (plain or ensemble): the joint data encoded as
+    the multitask trials encode it, each folder scored by ``trainables.joint.evaluate_multitask``
+    (the loss weighted as in training, so ``val_loss`` is the trials' own)."""
+    import torch
+
+    from trainables import joint, models  # local: keeps torch off --help
+
+    cfg = registry.config_class(config["trainable"]).from_dict(config)
+    raw = task_data.load_raw(data_config, cfg.trainable)
+    data = task_data.encode(raw, models.load_tokenizer(cfg.model), trainable=cfg.trainable,
+                            model=cfg.model, max_length=cfg.max_length,
+                            include_test=split == "test")
+    expected = json.loads(json.dumps(joint.label_maps(data)))
+    prefix = "test" if split == "test" else "val"
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    results = []
+    for directory in folders:
+        model, _, folder_labels = load_model_folder(directory)
+        if folder_labels != expected:
+            raise DataError(f"the data's intents or tags changed since the model in {directory} "
+                            f"was trained; selection needs the same data for training and testing")
+        result = joint.evaluate_multitask(
+            model.to(device), data.splits[split], data, batch_size=64, device=device,
+            precision=cfg.precision, prefix=prefix,
+            weights=(cfg.intent_loss_weight, cfg.slot_loss_weight))
+        per_type = ({f"test_slot_f1_{kind}": s.f1 for kind, s in result.per_type.items()}
+                    if split == "test" else {})  # as `tunebert train` logs test
+        results.append({**result.metrics, **per_type})
         del model
     return results
 

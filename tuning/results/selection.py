@@ -63,7 +63,8 @@ from typing import Any, Iterable, Optional
 
 import tuning.results.outputs as outputs
 import tuning.tracking as tracking
-from trainables.data import DataConfig, data_fingerprint, load_raw_splits
+from trainables import task_data
+from trainables.data import DataConfig
 from trainables.errors import ConfigError
 from tuning.config import DEFAULT_ROOT, check_sweep_name, load_saved_sweep, resolve_tracking_uri
 from tuning.credentials import redact
@@ -78,9 +79,15 @@ from tuning.results.selection_result import SelectionResult, render_markdown  # 
 log = logging.getLogger(__name__)
 
 
-# what ``trainables.loops.evaluate`` measures: the metrics a single model and an ensemble can be
+# what ``trainables.loops.evaluate`` measures, and for multitask models
+# ``trainables.joint.evaluate_multitask``: the metrics a single model and an ensemble can be
 # compared on
-ENSEMBLE_METRICS = ("val_accuracy", "val_macro_f1", "val_loss")
+ENSEMBLE_METRICS = ("val_accuracy", "val_macro_f1", "val_loss", "val_intent_accuracy",
+                    "val_slot_f1", "val_slot_precision", "val_slot_recall",
+                    "val_sentence_accuracy", "val_task_mean")
+# the metric selection ranks by unless told: a multitask sweep's own (sentence accuracy on joint
+# data, ``trainables.joint.selection_metric``), else this
+DEFAULT_METRIC = "val_accuracy"
 
 def _say(message: str) -> None:
     log.info(f"select: {message}")
@@ -152,7 +159,17 @@ def resolve_data(sweep: str, storage: str = DEFAULT_ROOT, source: Optional[str] 
 # --------------------------------------------------------------------------- the selection
 
 
-def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "val_accuracy",
+def default_metric(sweep: str, storage: str = DEFAULT_ROOT) -> str:
+    """What selection ranks by when no metric is given: a multitask sweep's own ranking metric
+    (saved with the sweep), else ``DEFAULT_METRIC``."""
+    try:
+        saved = load_saved_sweep(sweep, storage)
+    except ConfigError:  # no saved settings (or a bad name): the checks that follow say so
+        return DEFAULT_METRIC
+    return saved.metric if saved.trainable == task_data.MULTITASK else DEFAULT_METRIC
+
+
+def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: Optional[str] = None,
                     tracking_uri: Optional[str] = None, storage: str = DEFAULT_ROOT,
                     data: Optional[DataConfig] = None, *, mode: str = "max",
                     epochs: Optional[int] = None, max_train_examples: Optional[int] = None,
@@ -160,6 +177,10 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
                     workers: int = 1, register_model: Optional[str] = None) -> SelectionResult:
     """Re-train the sweep's ``top_k`` configs with ``seeds`` fresh seeds each (config seed + 1..seeds),
     choose by mean validation ``metric``, hand over one model chosen on validation, then test.
+
+    ``metric`` defaults to ``default_metric(sweep)``: ``val_accuracy``, or a multitask sweep's own
+    (e.g. ``val_sentence_accuracy``); multitask models are scored with their intent, slot and
+    sentence metrics throughout (``tuning.results.evaluation``).
 
     ``data`` defaults to the sweep's own data settings; ``epochs`` overrides every config's epochs;
     ``output_dir`` keeps the chosen models there (``seed-<seed>/`` each) and, with ``ensemble``,
@@ -175,6 +196,7 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
     import tuning.tracking as tracking
     from tuning.results.selection_run import select
 
+    metric = metric or default_metric(sweep, storage)
     check_arguments(sweep, top_k, seeds, metric, mode, epochs, ensemble=ensemble, workers=workers)
     uri = resolve_tracking_uri(tracking_uri, Path(storage).expanduser().resolve())
     leaders = best.top_k(sweep, top_k, metric, mode, tracking_uri=tracking_uri, storage=storage)
@@ -185,7 +207,8 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: str = "v
         _say(f"sweep {sweep!r} has only {len(leaders)} finished trial(s) with a finite {metric!r}; "
              f"selecting among those")
     data = data if data is not None else resolve_data(sweep, storage)
-    fingerprint = data_fingerprint(load_raw_splits(data))  # bad data fails before anything runs
+    # bad data, or data the sweep's family cannot train on, fails before anything runs
+    fingerprint = task_data.fingerprint(task_data.load_raw(data, leaders[0].config["trainable"]))
     if output_dir:  # before anything trains
         check_output_dir(Path(output_dir), sweep, storage,
                          {s for trial in leaders for s in selection_seeds(trial.config, seeds)})
@@ -227,10 +250,11 @@ def run(args) -> int:
     top_k, seeds, epochs, limit = args.top_k, args.seeds, args.epochs, None
     if args.smoke_test:
         top_k, seeds, epochs, limit = min(top_k, 2), 2 if args.ensemble else 1, 1, 64
-    check_arguments(args.name, top_k, seeds, args.metric, args.mode, epochs,
+    metric = args.metric or default_metric(args.name, args.storage)
+    check_arguments(args.name, top_k, seeds, metric, args.mode, epochs,
                     ensemble=args.ensemble, workers=args.workers)
     data = resolve_data(args.name, args.storage, args.data, args.text_column, args.label_column)
-    result = final_selection(args.name, top_k, seeds, args.metric, args.tracking_uri, args.storage,
+    result = final_selection(args.name, top_k, seeds, metric, args.tracking_uri, args.storage,
                              data, mode=args.mode, epochs=epochs, max_train_examples=limit,
                              output_dir=args.output_dir, ensemble=args.ensemble,
                              workers=args.workers,

@@ -30,6 +30,9 @@ class SelectionResult:
     handed_over_test: dict[str, float] = field(default_factory=dict)  # test_accuracy, test_macro_f1
     model_dir: Optional[str] = None    # the handed-over model's folder, when output_dir was given
     single_seed: Optional[int] = None  # the seed of the best seed model
+    # [mean, std] on test over the chosen seed models of each score they all have
+    # (``selection_run.TEST_SUMMARY_KEYS``): a multitask model's intent, slot and sentence scores
+    test_summary: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -44,6 +47,19 @@ class SelectionResult:
 
 def fmt(value: float) -> str:
     return f"{value:.4f}" if math.isfinite(value) else "nan"
+
+
+# a multitask model's test scores, as the report names them
+MULTITASK_TEST_NAMES = {"test_intent_accuracy": "test intent accuracy",
+                        "test_slot_f1": "test slot F1 (exact spans)",
+                        "test_sentence_accuracy": "test sentence accuracy (intent and every tag)"}
+
+
+def _multitask_lines(result: SelectionResult) -> list[str]:
+    """The chosen multitask config's intent, slot and sentence scores on test (mean ± std), for
+    each one its seed models have; none for text classifiers."""
+    return [f"- {name}: {fmt(result.test_summary[key][0])} ± {fmt(result.test_summary[key][1])}"
+            for key, name in MULTITASK_TEST_NAMES.items() if key in result.test_summary]
 
 
 def render_markdown(result: SelectionResult) -> str:
@@ -70,6 +86,7 @@ def render_markdown(result: SelectionResult) -> str:
               f"{fmt(result.test_accuracy_std)}**",
               f"- test macro-F1: {fmt(result.test_macro_f1_mean)} ± "
               f"{fmt(result.test_macro_f1_std)}",
+              *_multitask_lines(result),
               "", "| seed | test accuracy | test macro-F1 |", "|---|---|---|"]
     lines += [f"| {r['seed']} | {fmt(r['test_accuracy'])} | {fmt(r['test_macro_f1'])} |"
               for r in result.test]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +27,12 @@ from tuning.results.seed_training import train_candidates
 from tuning.results.selection_result import SelectionResult
 
 log = logging.getLogger(__name__)
+
+# the test scores summarised over the chosen config's seed models (mean, std, each seed's) and
+# kept for the handed-over model, where the models have them: a text classifier's accuracy and
+# macro-F1; a multitask model's also its intent accuracy, slot F1 and sentence accuracy
+TEST_SUMMARY_KEYS = ("test_accuracy", "test_macro_f1", "test_intent_accuracy", "test_slot_f1",
+                     "test_sentence_accuracy")
 
 
 def _say(message: str) -> None:
@@ -59,13 +66,13 @@ def select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int, 
                                                lineage=lineage, output_dir=output_dir)
     model_dir = _keep_handed_over(handover, run, uri=uri, output_dir=output_dir, ensemble=ensemble,
                                   register_model=register_model, lineage=lineage)
-    acc_mean, acc_std = mean_std(r["test_accuracy"] for r in test_rows)
-    f1_mean, f1_std = mean_std(r["test_macro_f1"] for r in test_rows)
+    summary = test_summary(test_rows)
+    acc_mean, acc_std = summary.get("test_accuracy", (math.nan, math.nan))
+    f1_mean, f1_std = summary.get("test_macro_f1", (math.nan, math.nan))
     run.log_metrics({f"chosen_{metric}_mean": chosen.mean, f"chosen_{metric}_std": chosen.std,
-                     "test_accuracy_mean": acc_mean, "test_accuracy_std": acc_std,
-                     "test_macro_f1_mean": f1_mean, "test_macro_f1_std": f1_std,
-                     **{f"test_accuracy_seed{r['seed']}": r["test_accuracy"] for r in test_rows},
-                     **{f"test_macro_f1_seed{r['seed']}": r["test_macro_f1"] for r in test_rows},
+                     **{f"{k}_mean": mean for k, (mean, _) in summary.items()},
+                     **{f"{k}_std": std for k, (_, std) in summary.items()},
+                     **{f"{k}_seed{r['seed']}": r[k] for k in summary for r in test_rows},
                      **{f"handed_over_{k}": v for k, v in handed_over_test.items()}})
     result = SelectionResult(sweep, metric, mode, run.run_id, uri, tuple(candidates), chosen,
                              tuple(test_rows), acc_mean, acc_std, f1_mean, f1_std,
@@ -73,9 +80,17 @@ def select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int, 
                              handed_over=handover.kind, single_val=handover.single_val,
                              ensemble_val=handover.ensemble_val, handed_over_test=handed_over_test,
                              model_dir=str(model_dir.resolve()) if model_dir else None,
-                             single_seed=handover.seed)
+                             single_seed=handover.seed,
+                             test_summary={k: list(v) for k, v in summary.items()})
     _report(result, run, workdir / "report")
     return result
+
+
+def test_summary(rows: list[dict]) -> dict[str, tuple[float, float]]:
+    """(mean, std) over ``rows`` (one per seed model) of each ``TEST_SUMMARY_KEYS`` score that
+    every row has."""
+    keys = [k for k in TEST_SUMMARY_KEYS if rows and all(k in r for r in rows)]
+    return {k: mean_std(r[k] for r in rows) for k in keys}
 
 
 def _mark_chosen(candidates: list[Candidate], leader: Optional[Candidate], run, *, uri: str,
@@ -117,7 +132,8 @@ def _test_chosen(chosen: Candidate, checkpoints: list[str], handover: Handover, 
                  output_dir: Optional[str]) -> tuple[list[dict], dict[str, float]]:
     """Evaluate the chosen config's seed models (and an ensemble handed over) on test, log each
     seed model with its test metrics to its run and keep it in ``output_dir``; (one row per seed,
-    the handed-over model's test accuracy and macro-F1)."""
+    the handed-over model's ``TEST_SUMMARY_KEYS`` scores: test accuracy and macro-F1, and a
+    multitask model's intent, slot and sentence scores)."""
     per_model = evaluate_on_test(checkpoints + ([handover.folder] if handover.kind == "ensemble"
                                                 else []), data, chosen.config)
     per_seed = per_model[:len(checkpoints)]
@@ -134,7 +150,7 @@ def _test_chosen(chosen: Candidate, checkpoints: list[str], handover: Handover, 
                 shutil.copytree(directory, new)
     handed_metrics = per_model[-1] if handover.kind == "ensemble" else \
         next(r for r in test_rows if r["seed"] == handover.seed)
-    return test_rows, {k: handed_metrics[k] for k in ("test_accuracy", "test_macro_f1")}
+    return test_rows, {k: handed_metrics[k] for k in TEST_SUMMARY_KEYS if k in handed_metrics}
 
 
 def _keep_handed_over(handover: Handover, run, *, uri: str, output_dir: Optional[str],

@@ -10,6 +10,13 @@ The data: ``--data`` (with ``--text-column``/``--label-column``), else the folde
 ``data.json`` (a ``trainables.data.DataConfig`` dict) when it has one. ``tunebert train`` and
 ``select`` do not write that file (the folder holds the config and the label map only), so for
 their folders ``--data`` is needed.
+
+A multi-task model (``trainables.joint_export``, or an ensemble of them) is scored on joint data
+(``--data`` with word tags: ``seq.in``/``seq.out`` folders, token rows, CoNLL files): intent
+accuracy, slot F1 over exact spans (micro, and per slot type), sentence accuracy (intent and every
+tag right), each where the split has what it needs; the perturbation table then gives the intent
+accuracy on the perturbed texts (word tags are not scored under perturbation: deleting words moves
+them). Words are encoded as training encodes them (``MultitaskPredictor.predict_words``).
 """
 
 from __future__ import annotations
@@ -20,9 +27,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from trainables import task_data
 from trainables.data import DataConfig, load_raw_splits
 from trainables.errors import DataError, UserError
+from trainables.model_files import MULTITASK_KIND
 from trainables.perturb import Perturbation, describe, parse_spec, perturb_texts
+from trainables.spans import sentence_accuracy, span_scores
 from tuning.config import EVALUATE_SPLITS, MODEL_DATA_FILE
 from tuning.serve.predict import load_model
 
@@ -138,6 +148,127 @@ def write_output(path: Path, out: dict) -> None:
                         f"above is the result: pass another --output to keep it as JSON") from None
 
 
+def _predictor(args, folder: Path):
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no GPU is visible here; use --device cpu or auto")
+    return load_model(folder, device=None if args.device == "auto" else args.device,
+                      batch_size=args.batch_size)
+
+
+# --------------------------------------------------------------------------- multi-task models
+
+
+def load_joint_split(data_config, split: str):
+    """``split`` of joint data (a ``JointRawSplit``: words, tags, labels), or a ``UserError``
+    that says what is missing."""
+    try:
+        splits = task_data.load_raw(data_config, task_data.MULTITASK)
+    except DataError as exc:
+        raise DataError(f"cannot read --data {data_config.source!r}: {exc}") from None
+    if split not in splits:
+        raise DataError(f"--data {data_config.source!r} has no {split} split (it has "
+                        f"{sorted(splits)}); choose one with --split")
+    if not len(splits[split]):
+        raise DataError(f"the {split} split of --data {data_config.source!r} has no examples, so "
+                        f"there is nothing to score; choose another split with --split")
+    return splits[split]
+
+
+def _check_known(part, predictor, split: str) -> None:
+    """Refuse gold intents or tags the model never learned (the wrong data, or columns)."""
+    intents = {str(label) for label in part.labels if label is not None}
+    tags = {tag for row in part.tags if row is not None for tag in row}
+    known_tags = set(predictor.tag_map.names) if predictor.tag_map is not None else {"O"}
+    for what, unknown in (("intent(s)", sorted(intents - set(predictor.labels))),
+                          ("tag(s)", sorted(tags - known_tags))):
+        if unknown:
+            shown = unknown[:20] + (["..."] if len(unknown) > 20 else [])
+            raise DataError(f"the {split} split ({part.origin}) has {len(unknown)} {what} the "
+                            f"model never learned: {shown}. Is this the data it was trained on?")
+
+
+def joint_scores(predictor, part) -> tuple[dict[str, float], dict[str, dict]]:
+    """(scores, per slot type) of a multi-task ``predictor`` on a joint split: intent accuracy
+    over the examples with a label, slot precision/recall/F1 over exact spans of those with tags,
+    sentence accuracy over those with both; per type: precision, recall, f1, support."""
+    proba, predicted_tags = predictor.predict_words(part.words)
+    labelled = [i for i, label in enumerate(part.labels) if label is not None]
+    tagged = [i for i, tags in enumerate(part.tags) if tags is not None]
+    intents = ([predictor.labels[int(row.argmax())] for row in proba]
+               if proba is not None else None)
+    scores, per_type = {}, {}
+    if intents is not None and labelled:
+        scores["intent_accuracy"] = sum(intents[i] == str(part.labels[i])
+                                        for i in labelled) / len(labelled)
+    if predictor.tag_map is not None and tagged:
+        spans = span_scores([part.tags[i] for i in tagged], [predicted_tags[i] for i in tagged])
+        scores.update(slot_f1=spans.f1, slot_precision=spans.precision, slot_recall=spans.recall)
+        per_type = {kind: asdict(s) for kind, s in spans.per_type.items()}
+    both = sorted(set(labelled) & set(tagged))
+    if intents is not None and predictor.tag_map is not None and both:
+        scores["sentence_accuracy"] = sentence_accuracy(
+            [str(part.labels[i]) for i in both], [intents[i] for i in both],
+            [part.tags[i] for i in both], [predicted_tags[i] for i in both])
+    return scores, per_type
+
+
+SCORE_NAMES = {"intent_accuracy": "intent accuracy", "slot_f1": "slot F1 (micro, exact spans)",
+               "slot_precision": "slot precision", "slot_recall": "slot recall",
+               "sentence_accuracy": "sentence accuracy"}
+
+
+def format_scores(scores: dict[str, float], per_type: dict[str, dict]) -> str:
+    width = max(len(name) for name in SCORE_NAMES.values())
+    lines = [f"{SCORE_NAMES[k]:<{width}}  {scores[k]:.4f}" for k in SCORE_NAMES if k in scores]
+    if per_type:
+        kind_width = max(len("slot type"), *(len(k) for k in per_type))
+        lines += ["", f"{'slot type':<{kind_width}}      f1  precision  recall  support"]
+        lines += [f"{k:<{kind_width}}  {s['f1']:6.4f}     {s['precision']:6.4f}  "
+                  f"{s['recall']:6.4f}  {s['support']:7d}" for k, s in sorted(per_type.items())]
+    return "\n".join(lines)
+
+
+def _intent_rows(predictor, part, perturbations, seed: int) -> list[RobustnessRow]:
+    """The robustness table of the intent head on the labelled examples' texts (words joined
+    by spaces); [] without an intent head or labels."""
+    labelled = [i for i, label in enumerate(part.labels) if label is not None]
+    if not predictor.labels or not labelled:
+        return []
+    texts = [" ".join(part.words[i]) for i in labelled]
+    return robustness_rows(lambda batch: [a["intent"] for a in predictor.predict(batch)], texts,
+                           [part.labels[i] for i in labelled], perturbations, seed=seed)
+
+
+def run_multitask(args, folder: Path, data_config, perturbations, output) -> int:
+    """``tunebert evaluate`` of a multi-task model on joint data (see the module docstring)."""
+    part = load_joint_split(data_config, args.split)
+    predictor = _predictor(args, folder)
+    if predictor.kind != MULTITASK_KIND:
+        raise UserError(f"--data {data_config.source!r} holds word tags, but {str(folder)!r} holds "
+                        f"a text classifier ({predictor.kind}); pass the data it was trained on, "
+                        f"or a multi-task model folder")
+    _check_known(part, predictor, args.split)
+    scores, per_type = joint_scores(predictor, part)
+    rows = _intent_rows(predictor, part, perturbations, args.seed)
+    print(f"[tunebert] multitask model {str(folder)!r} on the {args.split} split of "
+          f"{data_config.source!r} ({len(part)} examples), perturbation seed {args.seed}")
+    print(format_scores(scores, per_type))
+    if rows:
+        print("\nintent accuracy under perturbation:")
+        print(format_table(rows))
+    if output is not None:
+        write_output(output, {"model_dir": str(folder.resolve()), "kind": predictor.kind,
+                              "data": data_config.to_dict(), "split": args.split,
+                              "examples": len(part), "seed": args.seed,
+                              "perturb": describe(perturbations), "scores": scores,
+                              "per_type": per_type, "rows": [asdict(r) for r in rows]})
+        print(f"[tunebert] wrote {args.output}", file=sys.stderr)
+    sys.stdout.flush()
+    return 0
+
+
 def run(args) -> int:
     perturbations = parse_spec(args.perturb, what="--perturb")
     if args.batch_size < 1:
@@ -150,14 +281,15 @@ def run(args) -> int:
         raise UserError(f"model folder {args.model_dir!r} does not exist; pass the folder "
                         f"`tunebert train --output-dir` or `tunebert select --output-dir DIR` wrote")
     data_config = _data_config(args)
+    if task_data.is_multitask_data(data_config):
+        return run_multitask(args, folder, data_config, perturbations, output)
     texts, labels = load_split(data_config, args.split)
-
-    import torch
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no GPU is visible here; use --device cpu or auto")
-    predictor = load_model(folder, device=None if args.device == "auto" else args.device,
-                           batch_size=args.batch_size)
+    predictor = _predictor(args, folder)
+    if predictor.kind == MULTITASK_KIND:
+        raise UserError(f"{str(folder)!r} holds a multi-task model, but --data "
+                        f"{data_config.source!r} holds texts with labels only; pass the joint "
+                        f"data it was trained on (seq.in/seq.out folders, token rows or CoNLL "
+                        f"files)")
     unknown = sorted({str(label) for label in labels} - set(predictor.labels))
     if unknown:
         shown = unknown[:20] + (["..."] if len(unknown) > 20 else [])
