@@ -29,6 +29,9 @@ class RawSplit:
     origin: str  # file or dataset the split came from, for error messages
     rows: list[int] = field(default_factory=list)  # each example's 1-based row in its origin
 
+    def __len__(self) -> int:
+        return len(self.texts)
+
 
 @dataclass
 class LabelMap:

@@ -2,7 +2,7 @@
 
 A tool for developers and evaluators: nothing a sweep or a trial runs imports it. Modules:
 ``command`` (options, the run, results.md), ``common`` (report, data), ``speed`` (parts a, b),
-``quality`` (parts c, d), ``ablation`` (e), ``compare`` (f), ``deploy`` (g). Committed outputs, with the exact
+``quality`` (parts c, d), ``ablation`` (e), ``compare`` (f), ``deploy`` (g), ``joint`` (h). Committed outputs, with the exact
 commands that made them, live in ``tuning/bench/results/`` (not installed with the package).
 
 Parts (each writes rows of the markdown table and a PNG):
@@ -17,7 +17,10 @@ Parts (each writes rows of the markdown table and a PNG):
   config, validation only, over seeds;
 - ``compare``: the hand config over seeds against ``tunebert tune`` under one time budget;
 - ``deploy``: fewer encoder layers and int8 against the full model (accuracy, perturbed accuracy,
-  size, CPU latency), and the Pareto front of an accuracy/latency sweep.
+  size, CPU latency), and the Pareto front of an accuracy/latency sweep;
+- ``joint-hand``, ``joint-knobs``, ``joint-tune`` (``joint``): on joint intent + slot data (SNIPS),
+  the hand joint baseline over seeds, each multi-task knob alone on it (validation), and
+  ``tunebert tune --trainable multitask`` against the issue's targets.
 
 Everything is measured as ratios within one run; absolute numbers depend on the machine and are
 reported for context only. ``--overhead-subset``, ``--table-epochs`` and ``--smoke-test`` scale
@@ -30,4 +33,5 @@ the progress and the time left after every job, then writes its results from wha
 """
 
 # the parts, in the order they run; `tunebert bench --parts` names them (tuning.cli.commands)
-PARTS = ("throughput", "overhead", "search", "table", "ablation", "compare", "deploy")
+PARTS = ("throughput", "overhead", "search", "table", "ablation", "compare", "deploy", "joint-hand",
+         "joint-knobs", "joint-tune")

@@ -11,10 +11,12 @@ from pathlib import Path
 import tuning.bench.ablation as ablation
 import tuning.bench.compare as compare
 import tuning.bench.deploy as deploy
+import tuning.bench.joint as joint
 import tuning.tracking as tracking
 from trainables.data import DataConfig
 from trainables.errors import UserError
 from trainables.models import load_encoder, num_encoder_layers
+from trainables.task_data import is_multitask_data
 from tuning.bench import PARTS
 from tuning.bench.common import BenchReport, load_data, say, subset_folder
 from tuning.bench.quality import search, study_table, table_job_names
@@ -25,7 +27,7 @@ from tuning.results.jobs import pick_jobs
 # the options that count something: each must be at least 1 (None: the option's own default)
 COUNTS = ("batches", "batch_size", "repeats", "overhead_trials", "overhead_subset",
           "search_epochs", "seeds", "table_epochs", "table_workers", "ablation_epochs",
-          "ablation_workers")
+          "ablation_workers", "joint_subset")
 # the options that are seconds of search: each must be finite and > 0 (front: >= 0, 0 skips it)
 BUDGETS = ("search_budget", "tune_budget")
 
@@ -76,7 +78,7 @@ def run(args) -> int:
                             f"table; add it, or leave --jobs out")
 
         pick_jobs(table_job_names(presets, args.seeds, tuned="search" in parts), args.jobs)
-    if args.smoke_test:
+    if args.smoke_test and not is_multitask_data(data_cfg):  # joint jobs cut train themselves
         data_cfg = DataConfig(str(subset_folder(data_cfg, 128, storage / "smoke-data")))
     report = BenchReport()
     command = "tunebert " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
@@ -102,6 +104,8 @@ def run(args) -> int:
         _compare_part(data_cfg, args, report, storage, out)
     if "deploy" in parts:
         _deploy_part(data_cfg, args, report, storage, out)
+    if {"joint-hand", "joint-knobs", "joint-tune"} & set(parts):
+        _joint_parts(data_cfg, args, parts, report, storage, out)
     text = report.markdown(command)
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps(report.numbers, indent=2))
@@ -160,6 +164,37 @@ def _deploy_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path,
     report.figures.append(str(deploy.plot(rows, out / "deploy.png")))
     if (out / "pareto.png").is_file():
         report.figures.append(str(out / "pareto.png"))
+
+
+def _joint_parts(data_cfg: DataConfig, args, parts: list[str], report: BenchReport, storage: Path,
+                 out: Path) -> None:
+    """h. Joint intent + slot: the hand baseline (also for joint-tune's margin), the knobs, tune."""
+    uri, smoke = resolve_tracking_uri(None, storage), args.smoke_test
+    hand = joint.hand_baseline(data_cfg, args.model, seeds=args.seeds, uri=uri,
+                               epochs=1 if smoke else None, storage=storage)
+    report.add("h. Joint intent + slot: the hand baseline", joint.hand_markdown(hand))
+    numbers = {f"joint_hand_test_{k}_mean": statistics.mean(r[f"test_{k}"] for r in hand)
+               for k in joint.SCORES}
+    if "joint-knobs" in parts:
+        epochs = args.ablation_epochs or (1 if smoke else joint.HAND_CONFIG["epochs"])
+        subset = 64 if smoke else args.joint_subset
+        rows = joint.knob_effects(data_cfg, args.model, seeds=args.seeds, uri=uri, epochs=epochs,
+                                  workers=args.ablation_workers, max_train_examples=subset,
+                                  storage=storage)
+        report.add("h. Joint intent + slot: each knob alone",
+                   joint.knobs_markdown(rows, seeds=args.seeds, epochs=epochs, subset=subset))
+        (out / "joint-knobs.json").write_text(json.dumps(rows, indent=2))
+        report.figures.append(str(joint.plot_knobs(rows, out / "joint-knobs.png")))
+    tuned = None
+    if "joint-tune" in parts:
+        tuned = compare.tune_pipeline(data_cfg, args.model, budget_s=args.tune_budget, storage=storage,
+                                      name=f"bench-joint-tune-{time.strftime('%Y%m%d-%H%M%S')}",
+                                      smoke=smoke, extra=["--trainable", "multitask"])
+        report.add("h. Joint intent + slot: tunebert tune against the targets",
+                   joint.tune_markdown(hand, tuned, args.tune_budget))
+        numbers.update({f"joint_tuned_test_{k}": tuned.get(f"test_{k}") for k in joint.SCORES})
+    report.numbers.update(numbers)
+    (out / "joint.json").write_text(json.dumps({"hand": hand, "tuned": tuned}, indent=2, default=str))
 
 
 def _log_to_mlflow(storage: Path, out: Path) -> None:

@@ -113,11 +113,16 @@ def _bench(p: argparse.ArgumentParser) -> None:
                         "'llrd*', '*-seed1' (glob patterns); jobs finished earlier still count, "
                         "rows missing jobs are marked (default: all jobs)")
     p.add_argument("--tune-budget", type=float, default=7200.0,
-                   help="compare: seconds of the `tunebert tune` pipeline (default 7200 = 2h)")
+                   help="compare, joint-tune: seconds of the `tunebert tune` pipeline (default 7200 "
+                        "= 2h)")
     p.add_argument("--ablation-epochs", type=int, default=None,
-                   help="ablation: epochs per run (default: the hand config's 4)")
+                   help="ablation, joint-knobs: epochs per run (default: the hand config's 4)")
     p.add_argument("--ablation-workers", type=int, default=1,
-                   help="ablation: runs at a time, each on its share of the CPU cores (default 1)")
+                   help="ablation, joint-knobs: runs at a time, each on its share of the CPU cores "
+                        "(default 1)")
+    p.add_argument("--joint-subset", type=int, default=None, metavar="N",
+                   help="joint-knobs: train each knob run on a seeded N-utterance subset of train "
+                        "(default: all of train)")
     p.add_argument("--front-budget", type=float, default=1800.0,
                    help="deploy: seconds of the two-objective sweep (accuracy, latency) whose Pareto "
                         "front is reported (default 1800; 0 skips it)")

@@ -8,7 +8,8 @@ from typing import Any
 import yaml
 
 from search_spaces.presets import get_preset
-from trainables.data import DataConfig, data_fingerprint, load_raw_splits
+from trainables import task_data
+from trainables.data import DataConfig
 from trainables.errors import ConfigError, UserError
 from tuning.config import load_config_file, load_saved_sweep
 from tuning.results.selection import resolve_data
@@ -92,8 +93,10 @@ def _train_data(args):
             f"sweep's experiment. Leave out --data/--text-column/--label-column (and the other "
             f"data options) to train on the "
             f"sweep's data, or add --other-data to train on other data on purpose.")
-    fingerprint = load_saved_sweep(args.from_sweep, args.storage).data_fingerprint
-    if fingerprint and data_fingerprint(load_raw_splits(asked)) != fingerprint:
+    saved = load_saved_sweep(args.from_sweep, args.storage)
+    family = "contrastive" if saved.trainable == "any" else saved.trainable
+    if saved.data_fingerprint and task_data.fingerprint(task_data.load_raw(asked, family)) != \
+            saved.data_fingerprint:
         raise ConfigError(
             f"the data of sweep {args.from_sweep!r} ({swept.source!r}) changed since the sweep ran "
             f"(its fingerprint differs): the test score would not be the tuned config's on the data "

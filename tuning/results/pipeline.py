@@ -64,11 +64,10 @@ from typing import Any, Optional
 
 import tuning.results.outputs as outputs
 import tuning.results.selection as selection
-from trainables.data import load_raw_splits
+from trainables import task_data
 from trainables.errors import ConfigError, UserError
 from tuning.config import (DEFAULT_POPULATION, DEFAULT_ROOT, DEFAULT_WARM_START, MULTITASK_WARM_START,
-                           POPULATION_SCHEDULERS,
-                           SweepConfig, resume_store)
+                           POPULATION_SCHEDULERS, SweepConfig, load_saved_sweep, resume_store)
 # the budget's math, the saved state, the speed and the summary live in their own modules; their
 # names stay importable from here
 from tuning.results.budget import (BudgetSplit, SelectionPlan, clock, fit_selection,  # noqa: F401
@@ -260,7 +259,22 @@ def _measured_training_s(pipeline: Pipeline, leaders) -> tuple[list[float], floa
 
 
 def _train_size(pipeline: Pipeline) -> int:
-    return len(load_raw_splits(pipeline.sweep.data)["train"].texts)
+    sweep = pipeline.sweep
+    family = "contrastive" if sweep.trainable == "any" else sweep.trainable
+    return len(task_data.load_raw(sweep.data, family)["train"])
+
+
+def _ranked_as_swept(sweep: SweepConfig) -> SweepConfig:
+    """``sweep`` ranking by the metric its saved state says: a multitask sweep ranks by its
+    data's own metric (sentence accuracy on joint data), chosen once the data was read, and
+    selection chooses by the same one."""
+    try:
+        saved = load_saved_sweep(sweep.name, sweep.storage)
+    except ConfigError:
+        return sweep  # no saved state to read: the top-k lookup says what is missing
+    if (saved.metric, saved.mode) == (sweep.metric, sweep.mode):
+        return sweep
+    return dataclasses.replace(sweep, metric=saved.metric, mode=saved.mode)
 
 
 def _select_phase(pipeline: Pipeline) -> None:
@@ -272,6 +286,7 @@ def _select_phase(pipeline: Pipeline) -> None:
     # refuses a folder another pipeline claimed meanwhile (one started before claims existed, or
     # whose claim was removed) before anything runs; claims it again if it was removed
     outputs.claim(pipeline.output_dir, pipeline.owner)
+    pipeline.sweep = sweep = _ranked_as_swept(sweep)
     uri = sweep.resolved_tracking_uri()
     leaders = best.top_k(sweep.name, config.top_k, sweep.metric, sweep.mode,
                          tracking_uri=sweep.tracking_uri, storage=sweep.storage)

@@ -17,6 +17,9 @@ from tuning.results.pipeline_state import PIPELINE_FILE, Pipeline
 log = logging.getLogger(__name__)
 
 
+MULTITASK_TEST_KEYS = ("test_intent_accuracy", "test_slot_f1", "test_sentence_accuracy")
+
+
 def result_summary(result, metric: str) -> dict[str, Any]:
     """What the pipeline hands over, from a ``selection.SelectionResult``."""
     kind = result.handed_over
@@ -32,7 +35,13 @@ def result_summary(result, metric: str) -> dict[str, Any]:
             "config_test_accuracy_std": float(result.test_accuracy_std),
             "config": result.chosen.config, "trial_id": result.chosen.trial_id,
             "rank": result.chosen.rank, "seeds": list(result.chosen.seeds),
-            "selection_run_id": result.run_id}
+            "selection_run_id": result.run_id,
+            # a multitask model's intent, slot and sentence scores: the handed-over model's, and
+            # the chosen config's seed models' mean ± std
+            **{key: float(value) for key, value in result.handed_over_test.items()
+               if key in MULTITASK_TEST_KEYS},
+            **{f"config_{key}_{stat}": float(value) for key, pair in result.test_summary.items()
+               if key in MULTITASK_TEST_KEYS for stat, value in zip(("mean", "std"), pair)}}
 
 
 def log_summary(pipeline: Pipeline, uri: str, parent_run_id: Optional[str]) -> None:

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from trainables import registry
+from trainables import registry, task_data
 
 PROBE_TRAIN_EXAMPLES = 96                   # three batches of 32: enough for a steady rate
 PROBE_VAL_EXAMPLES = 32
@@ -34,15 +34,17 @@ def measure_epoch_seconds(prep) -> Optional[float]:
     if remote or (cfg.gpus_per_trial > 0 and not torch.cuda.is_available()):
         return None
     device = torch.device("cuda", 0) if cfg.gpus_per_trial > 0 else torch.device("cpu")
-    config = registry.config_class("finetune").from_dict(registry.resolve_config(
-        {"trainable": "finetune", "model": cfg.model, "max_length": cfg.max_length, "epochs": 1,
-         "seed": cfg.seed, "precision": cfg.precision}))
+    # a multitask sweep's epochs are a multitask trial's (two heads); every other family's, a
+    # fine-tuning epoch's
+    family = "multitask" if cfg.trainable == "multitask" else "finetune"
+    config = registry.config_class(family).from_dict(registry.resolve_config(
+        {"trainable": family, "model": cfg.model, "max_length": cfg.max_length, "epochs": 1,
+         "seed": cfg.seed, "precision": cfg.precision, "perturb_eval": None}))
     train, val = prep.data.splits["train"], prep.data.splits["validation"]
     rng = np.random.default_rng(cfg.seed)
 
     def sample(split, n):
-        keep = rng.permutation(len(split))[:n]
-        return type(split)([split.input_ids[i] for i in keep], split.labels[keep])
+        return task_data.take(split, rng.permutation(len(split))[:n])
 
     data = dataclasses.replace(prep.data, splits={"train": sample(train, PROBE_TRAIN_EXAMPLES),
                                                   "validation": sample(val, PROBE_VAL_EXAMPLES)})
@@ -54,7 +56,7 @@ def measure_epoch_seconds(prep) -> Optional[float]:
         rates.append(metrics["samples_per_s"])
 
     try:
-        registry.fit_function("finetune")(config, data, device=device, report=report)
+        registry.fit_function(family)(config, data, device=device, report=report)
     finally:
         torch.set_num_threads(threads)
     rate = rates[-1] if rates and math.isfinite(rates[-1]) and rates[-1] > 0 else None
