@@ -49,3 +49,24 @@ def test_a_classification_sweep_on_joint_data_is_refused_before_ray(snips_slice,
     with pytest.raises(ConfigError, match="only multitask trials train on"):
         run_sweep(cfg)
     assert not (tmp_path / "ray" / "wrong").exists()
+
+
+def test_intent_accuracy_and_slot_f1_as_a_pareto_front(ray_local, tiny_model_dir, snips_slice,
+                                                       tmp_path):
+    """Two objectives across the tasks: every trial is scored on both, and the front holds exactly
+    the trials no other trial beats on both."""
+    from tuning.tracking.best import front, pareto_front
+
+    cfg = SweepConfig(name="pareto", trainable="multitask", data=DataConfig(str(snips_slice)),
+                      model=tiny_model_dir, max_length=48, epochs=2, num_trials=4,
+                      storage=str(tmp_path), scheduler="none", max_concurrent=2, seed=3,
+                      metric="val_intent_accuracy", mode="max",
+                      objectives=("val_intent_accuracy:max", "val_slot_f1:max"))
+    run_sweep(cfg)
+    client = MlflowClient(cfg.resolved_tracking_uri())
+    experiment = client.get_experiment_by_name("pareto")
+    runs = client.search_runs([experiment.experiment_id], "tags.`tunebert.kind` = 'trial'")
+    points = [(r.data.metrics["best_val_intent_accuracy"], r.data.metrics["best_val_slot_f1"])
+              for r in runs]
+    expected = {runs[i].info.run_id for i in pareto_front(points, ("max", "max"))}
+    assert {row.run_id for row in front("pareto", storage=str(tmp_path))} == expected
