@@ -13,7 +13,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import numpy as np
 
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 CONFUSED_PAIRS = 10
 EVAL_BATCH_SIZE = 64
+Evaluation = TypeVar("Evaluation")
 
 
 def _tracking():
@@ -134,6 +135,15 @@ def validation_confusion(checkpoint_dir: Path, data_config, trial_id: str) -> Co
 def best_trial_confusion(uri: str, parent_run_id: Optional[str], sweep: str, storage: str,
                          best: Optional[TrialRecord]) -> tuple[Optional[Confusion], Optional[str]]:
     """The best trial's validation confusion matrix, or (None, why it was skipped)."""
+    return best_trial_evaluation(uri, parent_run_id, sweep, storage, best, validation_confusion)
+
+
+def best_trial_evaluation(uri: str, parent_run_id: Optional[str], sweep: str, storage: str,
+                          best: Optional[TrialRecord],
+                          evaluate_checkpoint: Callable[[Path, object, str], Evaluation]
+                          ) -> tuple[Optional[Evaluation], Optional[str]]:
+    """``evaluate_checkpoint(checkpoint folder, the sweep's DataConfig, trial id)`` of the best
+    trial's checkpoint, or (None, why it was skipped)."""
     if best is None:
         return None, "No finished trial, so no checkpoint to evaluate."
     try:
@@ -148,6 +158,6 @@ def best_trial_confusion(uri: str, parent_run_id: Optional[str], sweep: str, sto
             return None, (f"Skipped: no checkpoint of trial {best.trial_id} in the parent run's "
                           f"best_checkpoint/ artifact or in {settings.sweep_dir}.")
         try:
-            return validation_confusion(checkpoint, settings.data, best.trial_id), None
+            return evaluate_checkpoint(checkpoint, settings.data, best.trial_id), None
         except UserError as exc:
             return None, f"Skipped: {exc}"

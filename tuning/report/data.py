@@ -19,8 +19,14 @@ import tuning.tracking as tracking
 from trainables.hparams import HPARAMS
 from tuning.tracking.best import score_key, top_k
 
-METRIC = "val_accuracy"
+METRIC = "val_accuracy"  # what a trial is scored by when the sweep names nothing else
 TOP_CURVES = 5
+# The per-epoch metrics of a multitask trial, one curve panel each (those its data reports):
+# intent accuracy, slot F1, then sentence accuracy (joint data) or, only where there is none
+# (two datasets), the task mean.
+TASK_CURVES = ("val_intent_accuracy", "val_slot_f1", "val_sentence_accuracy")
+TWO_DATASET_CURVE = "val_task_mean"
+MULTITASK = "multitask"
 # Parameters searched on a log scale in the default spaces (a sweep's search_space.yaml may add more).
 LOG_PARAMS = frozenset({"lr", "contrastive_lr", "temperature", "head_lr_multiplier", "joint_lambda"})
 # Config keys that are provenance, not hyperparameters.
@@ -50,6 +56,7 @@ class TrialRecord:
     error: Optional[str] = None
     # the sweep's sampling conditions (``search_conditions`` of its saved search space)
     search_when: Mapping[str, Mapping[str, tuple]] = field(default_factory=dict)
+    metric: str = METRIC  # the sweep's (first) objective, which ``value`` reads
 
     @functools.cached_property  # read once per parameter when the report builds its study
     def inactive(self) -> dict[str, str]:
@@ -59,9 +66,9 @@ class TrialRecord:
 
     @property
     def value(self) -> float:
-        """The trial's score: val_accuracy at its best epoch (NaN when it never reported one)."""
-
-        return float(self.metrics.get(score_key(METRIC, self.metrics), math.nan))
+        """The trial's score: the sweep's metric at its best epoch where the trial reported that
+        (else its last value; NaN when it never reported one)."""
+        return float(self.metrics.get(score_key(self.metric, self.metrics), math.nan))
 
     @property
     def scored(self) -> bool:
@@ -78,8 +85,9 @@ class TrialRecord:
         return f"{self.trial_id} ({self.preset})" if self.preset else self.trial_id
 
 
-def load_trials(uri: str, sweep: str) -> list[TrialRecord]:
-    """Every trial run of ``sweep``, in start order. Raises TrackingError for an unknown sweep."""
+def load_trials(uri: str, sweep: str, metric: str = METRIC) -> list[TrialRecord]:
+    """Every trial run of ``sweep``, in start order, scored by ``metric`` (the sweep's first
+    objective). Raises TrackingError for an unknown sweep."""
     tracking = _tracking()
     records = []
     for run in tracking.trial_runs(uri, sweep):
@@ -89,7 +97,7 @@ def load_trials(uri: str, sweep: str) -> list[TrialRecord]:
             status=run.info.status, end_reason=tags.get(tracking.END_REASON, ""),
             config=json.loads(tags.get(tracking.CONFIG, "{}")), metrics=dict(run.data.metrics),
             start_ms=int(run.info.start_time or 0), end_ms=run.info.end_time,
-            preset=tags.get("tunebert.preset"), error=tags.get(tracking.ERROR)))
+            preset=tags.get("tunebert.preset"), error=tags.get(tracking.ERROR), metric=metric))
     return sorted(records, key=lambda r: (r.start_ms, r.trial_id))
 
 
@@ -223,17 +231,40 @@ def wall_time(parent, trials: list[TrialRecord]) -> Optional[float]:
     return (max(ends) - min(t.start_ms for t in trials)) / 1000 if ends else None
 
 
+def is_multitask(trials: list[TrialRecord]) -> bool:
+    """Whether the sweep trains multitask models (a sweep on joint data trains nothing else)."""
+    return any(t.config.get("trainable") == MULTITASK for t in trials)
+
+
+def curve_metrics(trials: list[TrialRecord]) -> tuple[str, ...]:
+    """The per-epoch metrics the learning curves show, one panel each: the sweep's metric and
+    val_loss (val_accuracy beside a sweep ranked by val_loss); for a multitask sweep, each
+    task's score that its trials report (after the sweep's metric when that is none of them),
+    then val_loss."""
+    metric = trials[0].metric if trials else METRIC
+    if is_multitask(trials):
+        reported = {key for t in trials for key in t.metrics}
+        tasks = [key for key in TASK_CURVES if key in reported]
+        if "val_sentence_accuracy" not in reported and TWO_DATASET_CURVE in reported:
+            tasks.append(TWO_DATASET_CURVE)
+        ranked = [] if metric in tasks or metric == "val_loss" else [metric]  # e.g. --metric val_macro_f1
+        return (*ranked, *tasks, "val_loss")
+    return (metric, "val_loss") if metric != "val_loss" else ("val_loss", "val_accuracy")
+
+
 def top_curves(uri: str, trials: list[TrialRecord], sweep: str, storage: str,
-               k: int = TOP_CURVES) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """Per-epoch val_accuracy and val_loss of the sweep's ``k`` best trials, best first, as
-    `tunebert best --top k` ranks them (``tuning.tracking.best.top_k``, the one ranking function: the
-    sweep's own objectives and constraints, no stage-1 contrastive trial):
+               k: int = TOP_CURVES, keys: Optional[tuple[str, ...]] = None
+               ) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Per-epoch ``keys`` (default: ``curve_metrics(trials)``) of the sweep's ``k`` best trials,
+    best first, as `tunebert best --top k` ranks them (``tuning.tracking.best.top_k``, the one
+    ranking function: the sweep's own objectives and constraints, no stage-1 contrastive trial):
     ``"<label> (<score>)" -> {metric: [(epoch, value), ...]}``."""
 
     tracking = _tracking()
     by_id = {t.trial_id: t for t in trials}
     top = [by_id[r.trial_id] for r in top_k(sweep, k, tracking_uri=uri, storage=storage)
            if r.trial_id in by_id]
+    keys = keys or curve_metrics(trials)
     return {f"{t.label} ({t.value:.3f})": {key: tracking.metric_history(uri, t.run_id, key)
-                                           for key in ("val_accuracy", "val_loss")}
+                                           for key in keys}
             for t in top}

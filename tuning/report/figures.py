@@ -22,10 +22,19 @@ from trainables.registry import REPORTED_METRICS, ranked_metric
 from tuning.report.checkpoint import Confusion
 from tuning.report.data import METRIC, TrialRecord
 from tuning.report.study import completed
+from tuning.report.tagging import OTHER_TYPES, SlotConfusion
 from tuning.tracking.best import score_key
 
 DPI = 110
-TARGET_NAME = f"best-epoch {METRIC}"  # what the study's value is, on axes and colour bars
+
+
+def target_name(metric: str) -> str:
+    """What the study's value is, on axes and colour bars."""
+    return f"best-epoch {metric}"
+
+
+def _metric_of(trials: list[TrialRecord]) -> str:
+    return trials[0].metric if trials else METRIC
 LEGEND_OUTSIDE = dict(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
 
@@ -80,10 +89,11 @@ def plot_history(study, trials: list[TrialRecord], best: Optional[TrialRecord], 
     from optuna.visualization.matplotlib import plot_optimization_history
 
     numbered = list(enumerate(trials))  # (optuna trial number, trial)
+    target = target_name(_metric_of(trials))
     with _optuna_drawing((9.0, 4.5)):
-        ax = plot_optimization_history(study, target_name=TARGET_NAME)
+        ax = plot_optimization_history(study, target_name=target)
         for artist in [*ax.collections, *ax.lines]:  # name optuna's two series as this report does
-            artist.set_label({TARGET_NAME: "finished", "Best Value": "best so far"}
+            artist.set_label({target: "finished", "Best Value": "best so far"}
                              .get(artist.get_label(), artist.get_label()))
         stopped = [(i, t.value) for i, t in numbered if t.scored and t.stopped_early]
         if stopped:  # white over optuna's dot: the hollow marker of a trial that stopped early
@@ -121,27 +131,28 @@ def _known_importances(importances: dict[str, float]):
     return KnownImportances()
 
 
-def plot_importances(study, importances: dict[str, float], path: Path) -> Path:
+def plot_importances(study, importances: dict[str, float], path: Path, metric: str = METRIC) -> Path:
     """Optuna's parameter-importance bars (most important on top) of ``importances``
-    (``report_study.param_importances`` of ``study``)."""
+    (``report_study.param_importances`` of ``study``, whose values are ``metric``)."""
     from optuna.visualization.matplotlib import plot_param_importances
 
     with _optuna_drawing((8.0, max(3.0, 1.2 + 0.38 * len(importances)))):
         ax = plot_param_importances(study, evaluator=_known_importances(importances),
-                                    target_name=METRIC)
+                                    target_name=metric)
         ax.get_legend().remove()  # its one entry could sit on a bar; the axis label says it
-        ax.set_xlabel(f"importance for {METRIC} (fANOVA, sums to 1)")
+        ax.set_xlabel(f"importance for {metric} (fANOVA, sums to 1)")
         return _save(ax.figure, path)
 
 
-def plot_parallel(study, kinds: dict[str, str], path: Path) -> Path:
+def plot_parallel(study, kinds: dict[str, str], path: Path, metric: str = METRIC) -> Path:
     """Optuna's parallel coordinates of ``study``'s finished trials over the parameters in
-    ``kinds`` (log axes where the study's distribution is logarithmic), coloured by the metric."""
+    ``kinds`` (log axes where the study's distribution is logarithmic), coloured by ``metric``
+    (what the study's values are)."""
     from optuna.visualization.matplotlib import plot_parallel_coordinate
 
     axes = len(kinds) + 1  # the metric's axis comes first
     with _optuna_drawing((max(8.0, 1.25 * axes + 1.5), 6.0)):
-        ax = plot_parallel_coordinate(study, params=list(kinds), target_name=TARGET_NAME)
+        ax = plot_parallel_coordinate(study, params=list(kinds), target_name=target_name(metric))
         # optuna colours by "Blues", which draws the worst trials near white on white; the colour
         # bar follows the lines' colour map
         for lines in ax.collections:
@@ -160,32 +171,49 @@ def plot_parallel(study, kinds: dict[str, str], path: Path) -> Path:
 # --------------------------------------------------------------------------- drawn here
 
 
-def plot_learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> Path:
-    """val_accuracy and val_loss per epoch of the top trials, one colour per trial.
+def _curve_keys(curves: dict[str, dict[str, list[tuple[int, float]]]]) -> list[str]:
+    """The metrics of the curves, in the order the first trial's history lists them."""
+    return list(dict.fromkeys(key for history in curves.values() for key in history))
+
+
+def plot_learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path,
+                         metric: str = METRIC) -> Path:
+    """Each metric of ``curves`` (``tuning.report.data.top_curves``: the sweep's metric and
+    val_loss, or one per task of a multitask sweep) per epoch of the top trials, one panel per
+    metric (two per row), one colour per trial; ``metric`` is the one the trials are ranked by.
 
     Drawn here, not with optuna's plot_intermediate_values: that draws one value per step (the
-    objective) for every trial, none named, while this shows val_loss beside val_accuracy for
-    the top trials only, each named in the legend."""
+    objective) for every trial, none named, while this shows val_loss (and each task's score)
+    beside the objective for the top trials only, each named in the legend."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    keys = _curve_keys(curves) or [metric, "val_loss"]
+    rows = math.ceil(len(keys) / 2)
+    fig, grid = plt.subplots(rows, 2, figsize=(13, 4.5 if rows == 1 else 3.8 * rows), squeeze=False)
+    panels = list(zip(grid.flat, keys))
+    for ax in list(grid.flat)[len(keys):]:  # an odd number of metrics leaves one cell empty
+        ax.set_visible(False)
     for (label, history), color in zip(curves.items(), plt.get_cmap("tab10").colors):
-        for ax, key in ((left, "val_accuracy"), (right, "val_loss")):
+        for ax, key in panels:
             points = sorted(history.get(key, []))
             if points:
                 ax.plot(*zip(*points), marker="o", ms=4, color=color, label=label)
-    for ax, key in ((left, "val_accuracy"), (right, "val_loss")):
+    for ax, key in panels:
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    left.set_title(f"Top {len(curves)} trials: {METRIC}")
-    right.set_title(f"Top {len(curves)} trials: val_loss")
-    handles, labels = left.get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0.1, 1, 1))  # the legend goes in the strip left below the axes
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8,
-               title=f"trial (best-epoch {METRIC})", title_fontsize=8, frameon=False)
+        ax.set_title(f"Top {len(curves)} trials: {key}")
+    named = {}  # one legend entry per trial, from whichever panel drew it
+    for ax, _ in panels:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            named.setdefault(label, handle)
+    labels = [label for label in curves if label in named]
+    fig.tight_layout(rect=(0, 0.1 / rows, 1, 1))  # the legend goes in the strip left below the axes
+    fig.legend([named[label] for label in labels], labels, loc="lower center",
+               ncol=max(1, min(len(labels), 3)), fontsize=8, title=f"trial (best-epoch {metric})",
+               title_fontsize=8, frameon=False)
     return _save(fig, path)
 
 
@@ -282,28 +310,27 @@ def plot_pareto(trials: list[TrialRecord], goal, front_ids: list[str], chosen_id
     return _save(fig, path)
 
 
-def plot_confusion(confusion: Confusion, path: Path) -> Path:
-    """Row-normalised confusion matrix; sized so that 60 class names stay legible.
-
-    Drawn here: Optuna draws studies, and a confusion matrix is not one."""
+def _draw_confusion(counts: np.ndarray, names: list[str], *, title: str, rows: str, columns: str,
+                    path: Path) -> Path:
+    """Row-normalised ``counts`` (rows ``rows``, columns ``columns``); sized so that 60 names stay
+    legible; each cell's share printed where there is room."""
     plt = _pyplot()
     from mpl_toolkits.axes_grid1 import make_axes_locatable
 
-    n = len(confusion.names)
-    rows = confusion.counts.sum(axis=1, keepdims=True)
-    share = confusion.counts / np.maximum(rows, 1)
+    n = len(names)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     side = min(max(6.0, 0.3 * n + 3.0), 32.0)
     tick_size = 9 if n <= 20 else 7 if n <= 70 else 5
-    names = [name if len(name) <= 28 else name[:27] + "…" for name in confusion.names]
+    shown = [name if len(name) <= 28 else name[:27] + "…" for name in names]
     fig, ax = plt.subplots(figsize=(side + 1.0, side))
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_xticks(range(n), names, rotation=90, fontsize=tick_size)
-    ax.set_yticks(range(n), names, fontsize=tick_size)
-    ax.set_xlabel("predicted class", fontsize=10 if n <= 20 else 13)
-    ax.set_ylabel("true class", fontsize=10 if n <= 20 else 13)
+    ax.set_xticks(range(n), shown, rotation=90, fontsize=tick_size)
+    ax.set_yticks(range(n), shown, fontsize=tick_size)
+    ax.set_xlabel(columns, fontsize=10 if n <= 20 else 13)
+    ax.set_ylabel(rows, fontsize=10 if n <= 20 else 13)
     if n <= 20:  # room to print each cell's share
         for (i, j), value in np.ndenumerate(share):
-            if confusion.counts[i, j]:
+            if counts[i, j]:
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if value > 0.6 else "black")
     ax.set_xticks(np.arange(n + 1) - 0.5, minor=True)
@@ -311,8 +338,27 @@ def plot_confusion(confusion: Confusion, path: Path) -> Path:
     ax.grid(which="minor", color="0.9", lw=0.4)
     ax.tick_params(which="minor", length=0)
     colorbar_axes = make_axes_locatable(ax).append_axes("right", size=0.25, pad=0.15)
-    fig.colorbar(image, cax=colorbar_axes, label="share of the true class")
-    ax.set_title(f"Confusion matrix of trial {confusion.trial_id}, validation split\n"
-                 f"{confusion.total} examples, accuracy {confusion.accuracy:.3f}; rows sum to 1",
-                 fontsize=12 if n <= 20 else 15)
+    fig.colorbar(image, cax=colorbar_axes, label=f"share of the {rows}")
+    ax.set_title(title, fontsize=12 if n <= 20 else 15)
     return _save(fig, path)
+
+
+def plot_confusion(confusion: Confusion, path: Path) -> Path:
+    """Row-normalised confusion matrix; sized so that 60 class names stay legible.
+
+    Drawn here: Optuna draws studies, and a confusion matrix is not one."""
+    return _draw_confusion(
+        confusion.counts, confusion.names, rows="true class", columns="predicted class", path=path,
+        title=(f"Confusion matrix of trial {confusion.trial_id}, validation split\n"
+               f"{confusion.total} examples, accuracy {confusion.accuracy:.3f}; rows sum to 1"))
+
+
+def plot_slot_confusion(slots: SlotConfusion, path: Path) -> Path:
+    """The word-level slot confusion (``tuning.report.tagging``): the most frequent slot types,
+    "O" and the other types pooled, rows normalised by the words of each gold type."""
+    pooled = f", the rest as {OTHER_TYPES!r}" if OTHER_TYPES in slots.names else ""
+    return _draw_confusion(
+        slots.counts, slots.names, rows="gold slot type", columns="predicted slot type", path=path,
+        title=(f"Slot confusion of trial {slots.trial_id}, validation split\n"
+               f"{slots.total} tagged words; the {slots.types_shown} most frequent slot types"
+               f"{pooled}; B-/I- merged; rows sum to 1"))

@@ -14,21 +14,25 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tuning.report.checkpoint import Confusion, most_confused
-from tuning.report.data import METRIC, TOP_CURVES, TrialRecord
+from tuning.report.data import METRIC, TOP_CURVES, TrialRecord, curve_metrics, is_multitask
+from tuning.report.tagging import SlotConfusion
+from tuning.tracking.best import score_key
 
-# (figure key, section title, caption), in page order
+# (figure key, section title, caption), in page order; a caption's {metric} is the metric the
+# sweep ranks by, {curves} the metrics of the learning curves
 SECTIONS = [
     ("history", "Optimization history",
-     f"Best-epoch {METRIC} of every finished and failed trial, numbered in the order they started; "
-     f"the line is the best finished trial so far."),
+     "Best-epoch {metric} of every finished and failed trial, numbered in the order they started; "
+     "the line is the best finished trial so far."),
     ("importance", "Parameter importances",
-     f"fANOVA importances for {METRIC} of the varying parameters every finished trial used, "
-     f"from the finished trials."),
+     "fANOVA importances for {metric} of the varying parameters every finished trial used, "
+     "from the finished trials."),
     ("parallel", "Parallel coordinates",
-     f"Each line is a finished trial; colour (and the first axis) is its best-epoch {METRIC}; "
-     f"a trial that did not use a parameter sits at 'None' on its axis."),
+     "Each line is a finished trial; colour (and the first axis) is its best-epoch {metric}; "
+     "a trial that did not use a parameter sits at 'None' on its axis."),
     ("curves", "Learning curves",
-     f"{METRIC} and val_loss per epoch of the top {TOP_CURVES} finished trials."),
+     "{curves} per epoch of the top " + str(TOP_CURVES) + " finished trials (ranked by best-epoch "
+     "{metric})."),
     ("pareto", "Pareto front",
      "Each point is a finished trial that reported both objectives; the joined blue points are "
      "the feasible trials no other trial beats on both (tunebert best --front), the star the one "
@@ -36,7 +40,12 @@ SECTIONS = [
     ("confusion", "Confusion matrix (validation split)",
      "The best trial's checkpoint re-evaluated on the validation split; each row is normalised by "
      "the number of examples of its true class."),
+    ("slot_confusion", "Slot confusion matrix (validation split)",
+     "The best trial's slot tags on the validation split, one count per word that carries a gold "
+     "tag: rows the gold slot type, columns the type predicted at the word's first piece (B- and "
+     "I- merged, so a boundary error stays on the diagonal); each row is normalised by its words."),
 ]
+MULTITASK_CURVES_LEAD = "One panel per task: "
 
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
          "color:#222}table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;"
@@ -87,7 +96,7 @@ def summary_rows(trials: list[TrialRecord], best: Optional[TrialRecord],
     if wall_s is not None:
         rows.append(["wall time", _duration(wall_s)])
     if best is not None:
-        rows += [[f"best {METRIC}", f"{best.value:.4f}"], ["best trial", best.label]]
+        rows += [[f"best {best.metric}", f"{best.value:.4f}"], ["best trial", best.label]]
     return rows
 
 
@@ -116,8 +125,14 @@ def _best_trial(sweep: str, best: TrialRecord, kinds: dict[str, str]) -> list[st
             + "".join(config_rows(best, kinds)) + "</tbody></table>"]
 
 
+def _logged(best: Optional[TrialRecord], metric: str) -> str:
+    """"; the trial logged 0.9123" (``metric`` at its best epoch), or "" when it has none."""
+    value = best.metrics.get(score_key(metric, best.metrics)) if best is not None else None
+    return f"; the trial logged {value:.4f}" if value is not None else ""
+
+
 def _confusion_details(confusion: Confusion, best: Optional[TrialRecord]) -> list[str]:
-    logged = f"; the trial logged {best.value:.4f}" if best is not None else ""
+    logged = _logged(best, "val_accuracy")
     pairs = most_confused(confusion)
     return [f"<p>Re-evaluated accuracy on {confusion.total} validation examples: "
             f"{confusion.accuracy:.4f}{logged}.</p>",
@@ -127,11 +142,36 @@ def _confusion_details(confusion: Confusion, best: Optional[TrialRecord]) -> lis
             if pairs else "<p>No validation example was misclassified.</p>"]
 
 
+def _slot_details(slots: SlotConfusion, best: Optional[TrialRecord]) -> list[str]:
+    """The re-evaluated slot F1 and the exact-span scores of every slot type, most spans first."""
+    kinds = sorted(slots.per_type, key=lambda kind: (-slots.per_type[kind].support, kind))
+    rows = [[kind, s.support, f"{s.precision:.3f}", f"{s.recall:.3f}", f"{s.f1:.3f}"]
+            for kind in kinds for s in [slots.per_type[kind]]]
+    return [f"<p>Re-evaluated slot F1 (exact spans, as conlleval counts them) on {slots.examples} "
+            f"tagged validation examples ({slots.total} words): {slots.f1:.4f}"
+            f"{_logged(best, 'val_slot_f1')}.</p>",
+            f"<h3>F1 per slot type ({len(rows)} types, validation split)</h3>",
+            _table(["slot type", "gold spans", "precision", "recall", "F1"], rows)
+            if rows else "<p>No slot span in the validation split or its predictions.</p>"]
+
+
+def _caption(caption: str, trials: list[TrialRecord], metric: str) -> str:
+    keys = curve_metrics(trials)
+    curves = ", ".join(keys[:-1]) + " and " + keys[-1] if len(keys) > 1 else "".join(keys)
+    lead = MULTITASK_CURVES_LEAD if is_multitask(trials) and "{curves}" in caption else ""
+    return lead + caption.format(metric=metric, curves=curves)
+
+
 def render_html(sweep: str, *, store: str, parent_run_id: Optional[str], trials: list[TrialRecord],
                 best: Optional[TrialRecord], kinds: dict[str, str], wall_s: Optional[float],
-                figures: dict[str, Path], notes: dict[str, str], confusion: Optional[Confusion]) -> str:
+                figures: dict[str, Path], notes: dict[str, str], confusion: Optional[Confusion],
+                slots: Optional[SlotConfusion] = None) -> str:
     """The whole page. ``store`` is the MLflow tracking URI as it may be shown (credentials
-    redacted); ``figures`` and ``notes`` are keyed like ``SECTIONS``."""
+    redacted); ``figures`` and ``notes`` are keyed like ``SECTIONS``; ``slots`` is a multitask
+    sweep's slot confusion."""
+    metric = trials[0].metric if trials else METRIC
+    details = {"confusion": _confusion_details(confusion, best) if confusion is not None else [],
+               "slot_confusion": _slot_details(slots, best) if slots is not None else []}
     parts = [f"<h1>Sweep report: {html.escape(sweep)}</h1>",
              f"<p class=meta>Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from MLflow "
              f"{html.escape(store)}, experiment {html.escape(sweep)}"
@@ -140,7 +180,7 @@ def render_html(sweep: str, *, store: str, parent_run_id: Optional[str], trials:
     if best is not None:
         parts += _best_trial(sweep, best, kinds)
     else:
-        parts.append(f"<p class=note>No trial finished with a finite {METRIC}; there is no best trial.</p>")
+        parts.append(f"<p class=note>No trial finished with a finite {metric}; there is no best trial.</p>")
     failed = [t for t in trials if t.status == "FAILED"]
     if failed:
         parts += ["<h2>Failed trials</h2>",
@@ -152,9 +192,8 @@ def render_html(sweep: str, *, store: str, parent_run_id: Optional[str], trials:
         if key in notes:
             parts.append(f"<p class=note>{html.escape(notes[key])}</p>")
         if key in figures:
-            parts.append(_figure_html(figures[key], caption))
-    if confusion is not None:
-        parts += _confusion_details(confusion, best)
+            parts.append(_figure_html(figures[key], _caption(caption, trials, metric)))
+        parts += details.get(key, [])
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
             f"<title>tunebert report: {html.escape(sweep)}</title><style>{STYLE}</style></head>"
             "<body>\n" + "\n".join(parts) + "\n</body></html>\n")

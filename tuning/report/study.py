@@ -42,7 +42,8 @@ def build_study(trials: list[TrialRecord], kinds: dict[str, str], log_names: set
     A trial has only the parameters it used (``TrialRecord.inactive``), as in the searcher's own
     define-by-run study.
 
-    Scored trials are COMPLETE with their best-epoch val_accuracy; every other trial is kept
+    Scored trials are COMPLETE with their score (``TrialRecord.value``: the sweep's metric at
+    the best epoch; ``mode`` says which way is better); every other trial is kept
     (FAIL, or RUNNING) so that trial numbers stay the trials' start order.
     """
     import optuna
@@ -75,19 +76,21 @@ def completed(study) -> list:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
-def param_importances(study, seed: int = 0) -> tuple[Optional[dict[str, float]], Optional[str]]:
+def param_importances(study, seed: int = 0, metric: str = METRIC
+                      ) -> tuple[Optional[dict[str, float]], Optional[str]]:
     """fANOVA importances (normalised to sum 1, most important first) of the parameters every
-    finished trial has, or (None, why not). Empty when no varying parameter was used by every
-    finished trial (``unassessed_note`` says which were not)."""
+    finished trial has, or (None, why not, naming ``metric``: what the study's values are).
+    Empty when no varying parameter was used by every finished trial (``unassessed_note`` says
+    which were not)."""
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
     done = completed(study)
     finished = len(done)
     if finished < MIN_IMPORTANCE_TRIALS:
         return None, (f"Parameter importances need ≥ {MIN_IMPORTANCE_TRIALS} finished trials with a "
-                      f"finite {METRIC}; this sweep has {finished}.")
+                      f"finite {metric}; this sweep has {finished}.")
     if len({t.value for t in done}) < 2:
-        return None, (f"All {finished} finished trials reached the same {METRIC}, so there is "
+        return None, (f"All {finished} finished trials reached the same {metric}, so there is "
                       f"no variation for fANOVA to attribute to parameters.")
     try:
         importances = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed))
