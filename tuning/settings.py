@@ -11,6 +11,7 @@ from typing import Any
 
 from trainables.data import DataConfig
 from trainables.errors import ConfigError
+from trainables.task_data import MULTITASK, is_multitask_data
 from tuning.config import Constraint, Objective, SweepConfig
 
 EXIT_USER_ERROR = 2  # a user mistake: one `tunebert <cmd>: error: ...` line, no traceback
@@ -48,10 +49,19 @@ def objective_settings(args) -> dict[str, Any]:
     return settings
 
 
+def chosen_trainable(args) -> str:
+    """--trainable as given; left out, ``multitask`` for joint intent + slot data (its layout has
+    word tags, or --second-data is given), else the default family."""
+    if args.trainable is not None:
+        return args.trainable
+    data = DataConfig(args.data, args.text_column, args.label_column, **data_options(args))
+    return MULTITASK if is_multitask_data(data) else _default("trainable")
+
+
 def sweep_settings(args) -> dict[str, Any]:
     """``SweepConfig`` keyword arguments from the options ``add_sweep_arguments`` added."""
     settings: dict[str, Any] = dict(
-        trainable=args.trainable,
+        trainable=chosen_trainable(args),
         data=DataConfig(args.data, args.text_column, args.label_column, **data_options(args)),
         model=args.model,
         max_length=args.max_length, epochs=args.epochs, num_trials=args.trials,

@@ -86,10 +86,11 @@ def add_sweep_arguments(p: argparse.ArgumentParser, *, time_budget_default: Opti
                                                 "(e.g. 2h, 45m)") -> None:
     """The options that define a sweep (read back by ``sweep_settings``); `sweep` and `tune` use them."""
     p.add_argument("--name", help="sweep name (default: sweep-<date>-<time>); resume uses it")
-    p.add_argument("--trainable", choices=TRAINABLE_CHOICES, default=_default("trainable"),
+    p.add_argument("--trainable", choices=TRAINABLE_CHOICES, default=None,
                    help="what each trial trains: fine-tuning, contrastive pretraining + classifier "
                         "(SupCon/SimCLR), any (either, the family is searched too), or multitask "
-                        "(joint intent + slot data: one encoder, a sentence and a token head)")
+                        "(joint intent + slot data: one encoder, a sentence and a token head) "
+                        f"(default: multitask for joint data, else {_default('trainable')})")
     p.add_argument("--model", default=_default("model"), help=_doc("model"))
     p.add_argument("--max-length", type=int, default=_default("max_length"), help=_doc("max_length"))
     p.add_argument("--trials", type=int, default=_default("num_trials"),

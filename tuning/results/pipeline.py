@@ -80,7 +80,7 @@ from tuning.results.pipeline_summary import (log_summary, predict_command, print
                                              render_summary, result_summary)
 from tuning.results.speed import (PROBE_TRAIN_EXAMPLES, PROBE_VAL_EXAMPLES,  # noqa: F401
                                   measure_epoch_seconds, trial_epoch_seconds, training_epochs)
-from tuning.settings import objective_settings, sweep_settings
+from tuning.settings import chosen_trainable, objective_settings, sweep_settings
 from tuning.sweep.lock import sweep_lock
 
 log = logging.getLogger(__name__)
@@ -373,6 +373,7 @@ def run(args) -> int:
             f"(the budget decides how far they train; pass --trials N for another size)")
     if args.trials is None:  # the budget decides how many trials the sweep gets
         args.trials = BUDGET_TRIALS
+    args.trainable = chosen_trainable(args)  # multitask for joint data unless said otherwise
     if args.warm_start is None:  # the hand config first, so the search starts from it
         args.warm_start = (DEFAULT_WARM_START if args.trainable in ("finetune", "any") else
                            MULTITASK_WARM_START if args.trainable == "multitask" else "")

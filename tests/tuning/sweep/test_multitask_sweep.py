@@ -70,3 +70,17 @@ def test_intent_accuracy_and_slot_f1_as_a_pareto_front(ray_local, tiny_model_dir
               for r in runs]
     expected = {runs[i].info.run_id for i in pareto_front(points, ("max", "max"))}
     assert {row.run_id for row in front("pareto", storage=str(tmp_path))} == expected
+
+
+def test_the_family_follows_the_data_unless_given(snips_slice, conll_slice):
+    """--trainable left out: multitask for a joint folder or two datasets, finetune for texts."""
+    from tuning.cli import build_parser
+    from tuning.settings import chosen_trainable
+
+    parser = build_parser()
+    assert chosen_trainable(parser.parse_args(["sweep", "--data", str(snips_slice)])) == "multitask"
+    assert chosen_trainable(parser.parse_args(
+        ["sweep", "--data", "demo", "--second-data", str(conll_slice)])) == "multitask"
+    assert chosen_trainable(parser.parse_args(["sweep", "--data", "demo"])) == "finetune"
+    assert chosen_trainable(parser.parse_args(
+        ["sweep", "--data", str(snips_slice), "--trainable", "finetune"])) == "finetune"
