@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from trainables.errors import ConfigError
-from trainables.hparams import ContrastiveConfig, FinetuneConfig, MultitaskConfig, TrialConfig
+from trainables.hparams import (ALL_FAMILIES, FAMILIES, ContrastiveConfig, FinetuneConfig, MultitaskConfig,
+                               TrialConfig)
 
 TRAINABLES: dict[str, tuple[type[TrialConfig], str]] = {
     "finetune": (FinetuneConfig, "trainables.finetune:fit"),
@@ -31,7 +32,9 @@ OPTIONAL_BEST_EPOCH_METRICS = ("val_accuracy_perturbed",)
 # examples with a label and tags, ``val_task_mean`` two datasets), for its best epoch as well.
 MULTITASK_BEST_EPOCH_METRICS = ("val_intent_accuracy", "val_slot_f1", "val_slot_precision",
                                 "val_slot_recall", "val_sentence_accuracy", "val_task_mean")
-CLASSIFIERS = ("finetune", "contrastive")  # the families `--trainable any` searches over
+CLASSIFIERS = FAMILIES  # the families `--trainable any` searches over
+# the families whose trials train in one stage: epochs are the reported epochs
+ONE_STAGE = tuple(f for f in ALL_FAMILIES if f != "contrastive")
 
 
 def ranked_metric(metric: str) -> str:
@@ -53,7 +56,7 @@ class ReportedMetric:
 
     name: str
     every_epoch: bool = True
-    families: tuple[str, ...] = ("finetune", "contrastive", "multitask")
+    families: tuple[str, ...] = ALL_FAMILIES
     needs: Optional[str] = None
     unit: str = ""
 
@@ -62,7 +65,7 @@ class ReportedMetric:
 # trainables/contrastive.py report them; trainables/deploy.py measures the deployment ones).
 REPORTED_METRICS: dict[str, ReportedMetric] = {m.name: m for m in (
     ReportedMetric("val_accuracy"), ReportedMetric("val_loss"), ReportedMetric("val_macro_f1"),
-    ReportedMetric("val_accuracy_perturbed", families=("finetune", "multitask"), needs="perturb_eval"),
+    ReportedMetric("val_accuracy_perturbed", families=ONE_STAGE, needs="perturb_eval"),
     *(ReportedMetric(name, families=("multitask",)) for name in MULTITASK_BEST_EPOCH_METRICS),
     ReportedMetric("train_loss"),
     ReportedMetric("samples_per_s", unit="texts/s"),

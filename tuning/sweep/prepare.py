@@ -62,7 +62,7 @@ def build_space(cfg: SweepConfig) -> SearchSpace:
 
 def max_epochs(space: SearchSpace, epochs: int) -> int:
     """The longest trial in reported epochs (ASHA's max_t): contrastive trials add their first stage."""
-    if space.constants.get("trainable") in ("finetune", "multitask"):
+    if space.constants.get("trainable") in registry.ONE_STAGE:
         return epochs
     param = space.get("contrastive_epochs")
     if param is None:

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
+from trainables.registry import ONE_STAGE
 
 import tuning.credentials as credentials
 from tuning.tracking.names import (CONFIG, END_REASON, ERROR, KIND, LINEAGE_FILE, MAX_TAG, PARENT,
@@ -174,7 +175,7 @@ class MlflowTrialLogger(OrderedWriter, RestoreReconciler, Callback):
         if "epoch" not in last:  # stopped (time budget, interruption) before its first report
             return "KILLED", "stopped before it reported an epoch"
         config = self.resolve_config(trial.config)
-        total = config.get("epochs") if config.get("trainable") in ("finetune", "multitask") else \
+        total = config.get("epochs") if config.get("trainable") in ONE_STAGE else \
             (config["epochs"] + (0 if config.get("mode") == "joint" else config.get("contrastive_epochs", 0)))
         return "FINISHED", ("completed" if last.get("epoch") == total
                             else "stopped early (scheduler or time budget)")

@@ -213,7 +213,8 @@ def _spy_on_the_test_split(monkeypatch):
     test split that selection and training do in this process."""
     import trainables.data
     import trainables.loops
-    import tuning.results.train
+    import trainables.task_data
+    import tuning.results.train  # noqa: F401
 
     events = []
     tokenize, evaluate = trainables.data.tokenize_splits, trainables.loops.evaluate
@@ -231,7 +232,7 @@ def _spy_on_the_test_split(monkeypatch):
         return evaluate(model, split, **kwargs)
 
     monkeypatch.setattr(trainables.data, "tokenize_splits", spy_tokenize)
-    monkeypatch.setattr(tuning.results.train, "tokenize_splits", spy_tokenize)
+    monkeypatch.setattr(trainables.task_data, "tokenize_splits", spy_tokenize)
     monkeypatch.setattr(trainables.loops, "evaluate", spy_evaluate)
     return events
 

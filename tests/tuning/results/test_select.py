@@ -153,7 +153,8 @@ def _spy_on_the_test_split(monkeypatch, choice=False):
     import trainables.finetune  # noqa: F401
     import trainables.loops
     import tuning.tracking
-    import tuning.results.train
+    import trainables.task_data
+    import tuning.results.train  # noqa: F401
 
     events = []
     tokenize, evaluate = trainables.data.tokenize_splits, trainables.loops.evaluate
@@ -185,7 +186,7 @@ def _spy_on_the_test_split(monkeypatch, choice=False):
         return set_tags(run, tags)
 
     monkeypatch.setattr(trainables.data, "tokenize_splits", spy_tokenize)
-    monkeypatch.setattr(tuning.results.train, "tokenize_splits", spy_tokenize)
+    monkeypatch.setattr(trainables.task_data, "tokenize_splits", spy_tokenize)
     monkeypatch.setattr(trainables.loops, "evaluate", spy_evaluate)
     if choice:
         monkeypatch.setattr(tuning.tracking, "annotate_run", spy_annotate)
