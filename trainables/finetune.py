@@ -41,9 +41,9 @@ FAIL_MARKER_ENV = "TUNEBERT_FAIL_MARKER"
 PERTURB_EVAL_SEED = 0
 
 
-def build_classifier(cfg, num_labels: int) -> TextClassifier:
-    """Encoder (its bottom ``num_layers`` layers, or all) + head as the config says, with freezing
-    and top-layer re-initialisation applied."""
+def configured_encoder(cfg):
+    """The config's encoder (its bottom ``num_layers`` layers, or all) with its dropout
+    overrides; ``freeze_layers`` and ``reinit_layers`` checked against its layer count."""
     encoder = load_encoder(cfg.model, hidden_dropout=cfg.hidden_dropout,
                            attention_dropout=cfg.attention_dropout, num_layers=cfg.num_layers)
     layers = num_encoder_layers(encoder)
@@ -51,6 +51,13 @@ def build_classifier(cfg, num_labels: int) -> TextClassifier:
         if getattr(cfg, name) > layers:
             raise ConfigError(f"`{name}` is {getattr(cfg, name)} but model {cfg.model!r} has only "
                               f"{layers} layers")
+    return encoder
+
+
+def build_classifier(cfg, num_labels: int) -> TextClassifier:
+    """Encoder (its bottom ``num_layers`` layers, or all) + head as the config says, with freezing
+    and top-layer re-initialisation applied."""
+    encoder = configured_encoder(cfg)
     model = TextClassifier(encoder, num_labels, pooling=cfg.pooling, head=cfg.head,
                            head_hidden=cfg.head_hidden, dropout=cfg.classifier_dropout)
     reinit_top(model, cfg.reinit_layers, seed=cfg.seed)

@@ -21,7 +21,8 @@ from torch import nn
 
 from trainables.errors import ConfigError
 from trainables.hparams import MultitaskConfig
-from trainables.models import build_head, load_encoder, num_encoder_layers, pool, reinit_top
+from trainables.finetune import configured_encoder
+from trainables.models import build_head, num_encoder_layers, pool, reinit_top
 from trainables.multitask import frozen_depths, frozen_heads, joint_loss, normalise_embedding
 from trainables.optim import build_optimizer, llrd_param_groups, parameter_depth
 from trainables.schedules import make_schedule
@@ -71,13 +72,7 @@ class MultitaskModel(nn.Module):
 def build_multitask_model(cfg: MultitaskConfig, *, num_labels: int, num_tags: int) -> MultitaskModel:
     """The encoder (its bottom ``num_layers`` layers, or all) and the heads the data needs, with
     top-layer re-initialisation applied; the layer counts the freezing knobs name checked."""
-    encoder = load_encoder(cfg.model, hidden_dropout=cfg.hidden_dropout,
-                           attention_dropout=cfg.attention_dropout, num_layers=cfg.num_layers)
-    layers = num_encoder_layers(encoder)
-    for name in ("freeze_layers", "reinit_layers"):
-        if getattr(cfg, name) > layers:
-            raise ConfigError(f"`{name}` is {getattr(cfg, name)} but model {cfg.model!r} has only "
-                              f"{layers} layers")
+    encoder = configured_encoder(cfg)
     if cfg.freeze == "intent_head" and not num_labels or cfg.freeze == "slot_head" and not num_tags:
         raise ConfigError(f"`freeze` is {cfg.freeze!r}, but the data has no "
                           f"{'sentence labels' if cfg.freeze == 'intent_head' else 'token tags'}, "
