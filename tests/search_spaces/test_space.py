@@ -55,3 +55,33 @@ def test_describe_round_trips_through_overrides():
     space = finetune_space()
     again = apply_overrides(SearchSpace((), space.constants), space.describe(), config_cls=FinetuneConfig)
     assert again.params == space.params
+
+
+def test_joint_space_takes_the_measured_ranges_inside_the_registry_bounds():
+    from search_spaces.multitask import JOINT_RANGES, multitask_space
+    from search_spaces.presets import PRESETS
+    from trainables.hparams import HPARAMS
+
+    space = multitask_space()
+    assert space.get("lr").dist == FloatRange(5e-5, 5e-4, log=True)
+    assert space.get("llrd_decay").dist.low == 0.9
+    assert space.get("slot_head").dist == Fixed("linear")
+    assert "freeze" not in space.names() and "unfreeze_every" not in space.names()
+    # fine-tuning keeps its own ranges
+    assert finetune_space().get("lr").dist == FloatRange(1e-5, 3e-4, log=True)
+    for name, dist in JOINT_RANGES.items():
+        spec = HPARAMS[name]
+        values = [dist.value] if isinstance(dist, Fixed) else [dist.low, dist.high]
+        for value in values:
+            spec.check(value)  # raises ConfigError outside the registry's bounds
+    # the hand joint baseline, which `tune` tries first, is a point of the space
+    hand = PRESETS["joint-hand"]
+    for name in ("lr", "llrd_decay", "head_lr_multiplier", "slot_lr_multiplier", "slot_loss_weight"):
+        dist = space.get(name).dist
+        assert dist.low <= hand.get(name, HPARAMS[name].default) <= dist.high, name
+    # sampling gives values inside the measured ranges
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        values = sample(study.ask(), space)
+        assert 5e-5 <= values["lr"] <= 5e-4 and 3.0 <= values["slot_lr_multiplier"] <= 100.0
+        assert values["slot_head"] == "linear" and values["intent_loss_weight"] == 1.0
