@@ -1,7 +1,7 @@
 """`tunebert bench`: speed and search quality measured side by side in one run, on one machine.
 
 A tool for developers and evaluators: nothing a sweep or a trial runs imports it. Modules:
-``command`` (options, the run, results.md), ``common`` (report, data), ``speed`` (parts a, b),
+``entry`` (``gpu`` or the rest), ``command`` (options, the run, results.md), ``common`` (report, data), ``speed`` (parts a, b),
 ``quality`` (parts c, d), ``ablation`` (e), ``compare`` (f), ``deploy`` (g), ``joint`` (h). Committed outputs, with the exact
 commands that made them, live in ``tuning/bench/results/`` (not installed with the package).
 
@@ -20,7 +20,10 @@ Parts (each writes rows of the markdown table and a PNG):
   size, CPU latency), and the Pareto front of an accuracy/latency sweep;
 - ``joint-hand``, ``joint-knobs``, ``joint-tune`` (``joint``): on joint intent + slot data (SNIPS),
   the hand joint baseline over seeds, each multi-task knob alone on it (validation), and
-  ``tunebert tune --trainable multitask`` against the issue's targets.
+  ``tunebert tune --trainable multitask`` against the issue's targets;
+- ``gpu`` (``gpu``, alone, entered through ``entry``): the check to run first on a GPU machine
+  (CUDA tests, precisions, Hugging Face's Trainer, packing two trials on one GPU, a 4-minute
+  ``tune``); without CUDA it says so in one line and exits 0.
 
 Everything is measured as ratios within one run; absolute numbers depend on the machine and are
 reported for context only. ``--overhead-subset``, ``--table-epochs`` and ``--smoke-test`` scale
@@ -34,4 +37,4 @@ the progress and the time left after every job, then writes its results from wha
 
 # the parts, in the order they run; `tunebert bench --parts` names them (tuning.cli.commands)
 PARTS = ("throughput", "overhead", "search", "table", "ablation", "compare", "deploy", "joint-hand",
-         "joint-knobs", "joint-tune")
+         "joint-knobs", "joint-tune", "gpu")

@@ -19,6 +19,7 @@ from trainables.models import load_encoder, num_encoder_layers
 from trainables.task_data import is_multitask_data
 from tuning.bench import PARTS
 from tuning.bench.common import BenchReport, load_data, say, subset_folder
+from tuning.bench.entry import parts_of
 from tuning.bench.quality import search, study_table, table_job_names
 from tuning.bench.speed import overhead, throughput
 from tuning.config import resolve_tracking_uri
@@ -57,7 +58,7 @@ def run(args) -> int:
     import shlex
     import sys
 
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    parts = parts_of(args.parts)
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise UserError(f"--parts: unknown part(s) {unknown}; choose from {list(PARTS)}")

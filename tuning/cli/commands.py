@@ -308,7 +308,7 @@ COMMANDS = (
             "Train one config (a YAML/JSON file, a preset, or a sweep's best) and report "
             "validation and test metrics to MLflow."),
     Command("bench", "measure throughput, sweep overhead, search efficiency and the study's table "
-                     "(markdown + PNGs)", _bench, "tuning.bench.command:run"),
+                     "(markdown + PNGs); --parts gpu: the check for a GPU machine", _bench, "tuning.bench.entry:run"),
     Command("select", "re-train a sweep's top configs over seeds, choose by mean validation score, "
                       "then test", _select, "tuning.results.selection:run",
             "Final selection: re-train the sweep's top-k configs with several fresh seeds each (the "
