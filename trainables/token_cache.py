@@ -176,11 +176,12 @@ class SplitView:
 
 
 def carve_key(seed: int, text: str) -> int:
-    """The carve's per-example key: the first 8 bytes of ``trainables.data``'s sha256(seed, text),
-    so a cached split carves as the in-memory path carves the same rows."""
+    """The carve's per-example key: the first 63 bits of ``trainables.data``'s sha256(seed, text)
+    (an int64 column), so a cached split carves as the in-memory path carves the same rows (but
+    for a tie in 63 bits, which position then breaks)."""
     from trainables.data import _carve_key
 
-    return int.from_bytes(_carve_key(seed, text)[:8], "big")
+    return int.from_bytes(_carve_key(seed, text)[:8], "big") >> 1
 
 
 def carve_positions(labels: np.ndarray, keys: np.ndarray, fraction: float
@@ -316,7 +317,7 @@ def _build(files: list[str], building: Path, *, text_column: str, label_column: 
     columns = {"input_ids": datasets.Sequence(datasets.Value("int32")),
                "label": datasets.Value("int32"), "length": datasets.Value("int32")}
     if carve_seed is not None:
-        columns["carve_key"] = datasets.Value("uint64")
+        columns["carve_key"] = datasets.Value("int64")
     features = datasets.Features(columns)
     encoded = raw.map(encode, batched=True, batch_size=1000, num_proc=procs,
                       remove_columns=raw.column_names, features=features,
