@@ -56,8 +56,9 @@ def _data(model: str, n: int = 64):
 def _config(model: str, **changes):
     from trainables.hparams import FinetuneConfig
 
-    return FinetuneConfig(model=model, epochs=6, lr=3e-3, batch_size=16, max_length=64, warmup_ratio=0.0,
-                          perturb_eval=None, **changes)
+    settings = dict(model=model, epochs=6, lr=3e-3, batch_size=16, max_length=64, warmup_ratio=0.0,
+                    perturb_eval=None)
+    return FinetuneConfig(**{**settings, **changes})
 
 
 def test_auto_precision_is_the_fastest_safe_one(device):
@@ -158,5 +159,5 @@ def test_joint_model_trains_on_the_gpu(tiny_bert, device):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]

@@ -363,16 +363,30 @@ def trainer_speed(config, examples: list[list[int]], *, device, precision: str, 
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
             output_dir=tmp, per_device_train_batch_size=batch_size, max_steps=WARMUP + batches,
-            learning_rate=1e-4, warmup_ratio=0.1, lr_scheduler_type="linear", max_grad_norm=1.0,
+            learning_rate=1e-4, warmup_steps=(WARMUP + batches) // 10, lr_scheduler_type="linear",
+            max_grad_norm=1.0,
             weight_decay=0.01, bf16=precision == "bf16", fp16=precision == "fp16",
             optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
-            group_by_length=True, save_strategy="no", logging_strategy="no", report_to=[],
-            disable_tqdm=True, dataloader_num_workers=0, seed=0, use_cpu=device.type == "cpu")
+            save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
+            dataloader_num_workers=0, seed=0, use_cpu=device.type == "cpu", **_length_grouping())
         trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate,
                           callbacks=[Clock()])
         trainer.train()
     seconds = clock["end"] - clock["start"]
     return {"samples_per_s": batches * batch_size / seconds, "batches": batches}
+
+
+def _length_grouping() -> dict:
+    """Length-grouped batches, as tunebert's loop buckets them: ``train_sampling_strategy`` in
+    newer transformers, ``group_by_length`` before it."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    if "train_sampling_strategy" in names:
+        return {"train_sampling_strategy": "group_by_length"}
+    return {"group_by_length": True}
 
 
 def _side_by_side_worker(job: dict, barrier, results) -> None:
