@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from pathlib import Path
 from dataclasses import dataclass
@@ -16,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables import registry
+from trainables import data_parallel, registry
 from trainables.averaging import WeightAverage
 from trainables.checkpointing import load_checkpoint, restore_rng_states, save_checkpoint
-from trainables.data import EncodedSplit, TokenizedData, encode_texts, steps_per_epoch
+from trainables.data import EncodedSplit, TokenizedData, bucketed_batches, encode_texts, steps_per_epoch
 from trainables.deploy import PeakMemory, deployment_metrics, parameter_count, probe_batch
 from trainables.errors import ConfigError
 from trainables.hparams import FinetuneConfig
@@ -303,6 +304,7 @@ class _Trial:
     average: Optional[WeightAverage]
     best: BestEpoch
     first_epoch: int = 1
+    train_model: Any = None  # what trains: the model, or it in DistributedDataParallel
 
 
 def _build(cfg: FinetuneConfig, data: TokenizedData, device: torch.device) -> _Trial:
@@ -317,8 +319,14 @@ def _build(cfg: FinetuneConfig, data: TokenizedData, device: torch.device) -> _T
     optimizer, scheduler = build_optimization(model, cfg, total_steps=total_steps)
     precision = resolve_precision(device, cfg.precision)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and device.type == "cuda" else None
+    if data_parallel.world()[1] > 1 and (cfg.rdrop_alpha or cfg.supcon_lambda):
+        raise ConfigError(f"`rdrop_alpha` ({cfg.rdrop_alpha}) and `supcon_lambda` ({cfg.supcon_lambda}) "
+                          f"are not available to a trial spread over several workers yet (R-Drop's "
+                          f"two passes and SupCon's in-batch pairs need the whole batch on one "
+                          f"worker); set them to 0 or train the trial on one worker")
     return _Trial(cfg, data, device, precision, memory, model, optimizer, scheduler, scaler,
-                  WeightAverage.for_config(cfg, model), BestEpoch())
+                  WeightAverage.for_config(cfg, model), BestEpoch(),
+                  train_model=data_parallel.wrap(model, device))
 
 
 def _resume(run: _Trial, resume_dir: str) -> None:
@@ -345,12 +353,20 @@ def _train_one_epoch(run: _Trial, epoch: int, loss_fn: Callable,
     """One epoch of training (the averaging updated after each step and at the end); its stats
     and the averaged weights to evaluate (None without averaging)."""
     cfg, average = run.cfg, run.average
+    rng, train = np.random.default_rng([cfg.seed, epoch]), run.data.splits["train"]
+    batches = weights = None
+    if data_parallel.world()[1] > 1:  # the same global batches on every worker, each its part
+        batches, weights = data_parallel.split_for_worker(
+            bucketed_batches(train.lengths(), cfg.batch_size, rng=rng))
     stats = train_epoch(
-        run.model, run.data.splits["train"], batch_size=cfg.batch_size,
-        rng=np.random.default_rng([cfg.seed, epoch]), pad_token_id=run.data.pad_token_id,
-        optimizer=run.optimizer, scheduler=run.scheduler, loss_fn=loss_fn, device=run.device,
-        precision=run.precision, grad_clip=cfg.grad_clip, scaler=run.scaler, progress=progress,
-        after_step=average.after_step if average is not None else None)
+        run.train_model, train, batch_size=cfg.batch_size, rng=rng,
+        pad_token_id=run.data.pad_token_id, optimizer=run.optimizer, scheduler=run.scheduler,
+        loss_fn=loss_fn, device=run.device, precision=run.precision, grad_clip=cfg.grad_clip,
+        scaler=run.scaler, progress=progress,
+        after_step=average.after_step if average is not None else None,
+        batches=batches, loss_weights=weights)
+    if batches is not None:
+        stats = dataclasses.replace(stats, loss=data_parallel.global_mean(stats.loss, stats.samples, run.device))
     if average is not None:
         average.after_epoch(epoch)
     return stats, average.weights() if average is not None else None

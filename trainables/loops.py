@@ -62,6 +62,7 @@ def train_epoch(
     make_batch: Optional[Callable[[np.ndarray], tuple]] = None,
     after_step: Optional[Callable[[], None]] = None,
     batches: Optional[list[np.ndarray]] = None,
+    loss_weights: Optional[list[float]] = None,
 ) -> EpochStats:
     """One pass over ``split`` in length-bucketed random batches (or the given ``batches`` of
     indices, e.g. a multi-task trial's mixed batches).
@@ -71,6 +72,8 @@ def train_epoch(
     ``progress(n)`` is called after each batch with the number of samples it held.
     ``make_batch(indices)`` builds a batch's tensors (default: padded ids, mask and labels).
     ``after_step()`` runs after every optimizer step (weight averaging).
+    ``loss_weights[k]`` scales batch k's loss before the backward pass (a data-parallel worker's
+    share, ``trainables.data_parallel``); the loss reported stays the unscaled mean.
     """
     if make_batch is None:
         make_batch = functools.partial(collate, split, pad_token_id=pad_token_id)
@@ -79,11 +82,13 @@ def train_epoch(
     start = time.perf_counter()
     if batches is None:
         batches = bucketed_batches(split.lengths(), batch_size, rng=rng)
-    for indices in batches:
+    for step, indices in enumerate(batches):
         batch = tuple(t.to(device, non_blocking=True) for t in make_batch(indices))
         with autocast_context(device, precision):
             loss = loss_fn(model, batch)
         value = float(loss.detach())
+        if loss_weights is not None:
+            loss = loss * loss_weights[step]
         if not math.isfinite(value):
             raise NonFiniteLossError(
                 f"non-finite training loss ({value}) after {seen} samples; lower the learning "
