@@ -42,10 +42,12 @@ from typing import Any, Optional
 
 import numpy as np
 
+from trainables.hparams import HPARAMS
 from tuning.bench.common import machine, say
 
 STEPS = ("environment", "cuda-tests", "precision", "trainer", "packing", "tune")
-PRECISIONS = ("fp32", "bf16", "fp16")
+# the registry's precisions but auto, in its order (fp32 first: the others are measured against it)
+PRECISIONS = tuple(p for p in HPARAMS["precision"].choices if p != "auto")
 # a BERT-base encoder (what GPU users tune) beside the model's own shape
 BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
              "intermediate_size": 3072}
