@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from trainables.data import _carve_key
 from trainables.errors import UserError
 from trainables.labels import LabelMap
 
@@ -179,8 +180,6 @@ def carve_key(seed: int, text: str) -> int:
     """The carve's per-example key: the first 63 bits of ``trainables.data``'s sha256(seed, text)
     (an int64 column), so a cached split carves as the in-memory path carves the same rows (but
     for a tie in 63 bits, which position then breaks)."""
-    from trainables.data import _carve_key
-
     return int.from_bytes(_carve_key(seed, text)[:8], "big") >> 1
 
 

@@ -36,5 +36,10 @@ the progress and the time left after every job, then writes its results from wha
 """
 
 # the parts, in the order they run; `tunebert bench --parts` names them (tuning.cli.commands)
+def parts_of(text: str) -> list[str]:
+    """``--parts``' comma-separated names, blanks dropped."""
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
 PARTS = ("throughput", "overhead", "search", "table", "ablation", "compare", "deploy", "joint-hand",
          "joint-knobs", "joint-tune", "gpu")

@@ -17,9 +17,8 @@ from trainables.data import DataConfig
 from trainables.errors import UserError
 from trainables.models import load_encoder, num_encoder_layers
 from trainables.task_data import is_multitask_data
-from tuning.bench import PARTS
+from tuning.bench import PARTS, parts_of
 from tuning.bench.common import BenchReport, load_data, say, subset_folder
-from tuning.bench.entry import parts_of
 from tuning.bench.quality import search, study_table, table_job_names
 from tuning.bench.speed import overhead, throughput
 from tuning.config import resolve_tracking_uri

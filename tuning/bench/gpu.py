@@ -42,7 +42,14 @@ from typing import Any, Optional
 
 import numpy as np
 
-from trainables.hparams import HPARAMS
+from trainables.aliases import resolve_model
+from trainables.data import DataConfig, load_raw_splits
+from trainables.encoding import EncodedSplit, encode_texts
+from trainables.finetune import build_optimization, classification_loss
+from trainables.hparams import HPARAMS, FinetuneConfig
+from trainables.loops import train_epoch
+from trainables.models import TextClassifier, load_encoder, load_tokenizer
+from trainables.runtime import resolve_precision, set_threads, supports_precision
 from tuning.bench.common import machine, say
 
 STEPS = ("environment", "cuda-tests", "precision", "trainer", "packing", "tune")
@@ -113,7 +120,6 @@ class GpuCheck:
     def _environment(self, step: Step) -> None:
         import torch
 
-        from trainables.runtime import resolve_precision, supports_precision
 
         info: dict[str, Any] = {"torch": torch.__version__, "cuda_build": torch.version.cuda,
                                 "device": str(self.device), "machine": machine()}
@@ -180,7 +186,6 @@ class GpuCheck:
                 step.numbers[f"trainer_{shape}_{precision}_samples_per_s"] = row["samples_per_s"]
 
     def _packing(self, step: Step) -> None:
-        from trainables.runtime import resolve_precision
 
         examples = self._examples()
         precision = resolve_precision(self.device, "auto")
@@ -200,20 +205,26 @@ class GpuCheck:
         missing = [name for name in ("ray", "optuna", "mlflow") if importlib.util.find_spec(name) is None]
         if missing:
             raise Skip(f"`tunebert tune` needs {', '.join(missing)}, not installed here")
-        from trainables.models import load_encoder
-
         try:
             load_encoder(self.model)
         except Exception as exc:
             raise Skip(f"`tunebert tune` needs the model's weights, which do not load here: {exc}") from exc
-        import tuning.bench.compare as compare
-        from trainables.data import DataConfig
-
         gpus = "1" if self.device.type == "cuda" else "0"
-        result = compare.tune_pipeline(DataConfig(self.data), self.model, budget_s=self.tune_budget_s,
-                                       storage=self.out / "tune-store",
-                                       name=f"gpu-check-{time.strftime('%Y%m%d-%H%M%S')}",
-                                       smoke=self.smoke, extra=("--gpus-per-trial", gpus))
+        name, storage = f"gpu-check-{time.strftime('%Y%m%d-%H%M%S')}", self.out / "tune-store"
+        argv = ["tune", "--name", name, "--data", self.data, "--model", self.model, "--time-budget",
+                f"{self.tune_budget_s:.0f}", "--storage", str(storage), "--gpus-per-trial", gpus]
+        say("gpu: tunebert " + " ".join(argv + ["--smoke-test"] * self.smoke))
+        start = time.time()
+        # the command a user runs, in its own process: its Ray and MLflow stay out of this one
+        done = subprocess.run([sys.executable, "-m", "tuning.cli", *argv, *["--smoke-test"] * self.smoke],
+                              check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"tunebert tune exited with {done.returncode}")
+        # its record on disk (tuning.results.pipeline_state.PIPELINE_FILE): the handed-over model
+        saved = json.loads((storage / "ray" / name / "tunebert_pipeline.json").read_text())["state"]
+        result = {**(saved.get("result") or {}), "wall_s": time.time() - start,
+                  "sweep_s": saved.get("sweep_actual_s"), "select_s": saved.get("select_actual_s"),
+                  "select_top_k": saved.get("top_k"), "select_seeds": saved.get("seeds")}
         keep = ("handed_over", "val", "test_accuracy", "wall_s", "sweep_s", "select_s",
                 "select_top_k", "select_seeds")
         step.numbers.update({k: result.get(k) for k in keep})
@@ -247,7 +258,6 @@ def speed_config(model: str, shape: Optional[dict] = None):
     loaded, speed does not depend on them."""
     from transformers import AutoConfig, BertConfig
 
-    from trainables.aliases import resolve_model
 
     config = AutoConfig.from_pretrained(resolve_model(model))
     if shape is not None:
@@ -256,9 +266,6 @@ def speed_config(model: str, shape: Optional[dict] = None):
 
 
 def sample_examples(data: str, model: str, *, n: int) -> list[list[int]]:
-    from trainables.data import DataConfig, load_raw_splits
-    from trainables.encoding import encode_texts
-    from trainables.models import load_tokenizer
 
     texts = load_raw_splits(DataConfig(data))["train"].texts
     order = np.random.default_rng(0).permutation(len(texts))
@@ -268,7 +275,6 @@ def sample_examples(data: str, model: str, *, n: int) -> list[list[int]]:
 
 
 def _split(examples: list[list[int]], num_labels: int):
-    from trainables.encoding import EncodedSplit
 
     labels = np.arange(len(examples)) % num_labels
     return EncodedSplit([np.asarray(x, dtype=np.int32) for x in examples], labels)
@@ -288,10 +294,6 @@ def loop_speed(config, examples: list[list[int]], *, device, precision: str, bat
     import torch
     from transformers import AutoModel
 
-    from trainables.finetune import build_optimization, classification_loss
-    from trainables.hparams import FinetuneConfig
-    from trainables.loops import train_epoch
-    from trainables.models import TextClassifier
 
     torch.manual_seed(0)
     encoder = _encoder_from_config(AutoModel, config)
@@ -394,7 +396,6 @@ def _length_grouping() -> dict:
 def _side_by_side_worker(job: dict, barrier, results) -> None:
     import torch
 
-    from trainables.runtime import set_threads
 
     if job["device"] == "cpu":
         set_threads(1)
