@@ -28,9 +28,11 @@ device, so the CPU tests run every step's wiring on tiny sizes.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import multiprocessing
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import torch
 
 from trainables.aliases import resolve_model
 from trainables.data import DataConfig, load_raw_splits
@@ -95,6 +98,7 @@ class GpuCheck:
     smoke: bool = False
     command: str = ""
     steps: list[Step] = field(default_factory=list)
+    _examples_cache: Optional[list] = field(default=None, repr=False)
 
     def run(self, only: Optional[tuple[str, ...]] = None) -> list[Step]:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -118,9 +122,6 @@ class GpuCheck:
     # ------------------------------------------------------------------ the steps
 
     def _environment(self, step: Step) -> None:
-        import torch
-
-
         info: dict[str, Any] = {"torch": torch.__version__, "cuda_build": torch.version.cuda,
                                 "device": str(self.device), "machine": machine()}
         if self.device.type == "cuda":
@@ -162,7 +163,7 @@ class GpuCheck:
                 row = {"shape": shape, "precision": precision,
                        **loop_speed(self._config(shape), examples, device=self.device,
                                     precision=precision, batch_size=self.batch_size,
-                                    batches=self._batches())}
+                                    batches=self.batches)}
                 base = base or row["samples_per_s"]
                 row["vs_fp32"] = row["samples_per_s"] / base
                 step.rows.append(row)
@@ -179,7 +180,7 @@ class GpuCheck:
                 row = {"shape": shape, "precision": precision,
                        **trainer_speed(self._config(shape), examples, device=self.device,
                                        precision=precision, batch_size=self.batch_size,
-                                       batches=self._batches())}
+                                       batches=self.batches)}
                 if (shape, precision) in ours:
                     row["tunebert_vs_trainer"] = ours[(shape, precision)] / row["samples_per_s"]
                 step.rows.append(row)
@@ -190,7 +191,7 @@ class GpuCheck:
         examples = self._examples()
         precision = resolve_precision(self.device, "auto")
         job = dict(model=self.model, examples=examples, device=str(self.device),
-                   precision=precision, batch_size=self.batch_size, batches=self._batches())
+                   precision=precision, batch_size=self.batch_size, batches=self.batches)
         alone = run_side_by_side([job])
         together = run_side_by_side([job, job])
         ratio = together["samples_per_s"] / alone["samples_per_s"]
@@ -232,17 +233,15 @@ class GpuCheck:
 
     # ------------------------------------------------------------------ what the steps share
 
-    def _batches(self) -> int:
-        return self.batches
-
     def _config(self, shape: str):
         return speed_config(self.model, None if shape == "model" else BERT_BASE)
 
     def _examples(self) -> list[list[int]]:
         """A seeded sample of the data's train split, tokenized (batches × batch size texts)."""
-        if not hasattr(self, "_cached_examples"):
-            self._cached_examples = sample_examples(self.data, self.model, n=(self._batches() + WARMUP) * self.batch_size)
-        return self._cached_examples
+        if self._examples_cache is None:
+            self._examples_cache = sample_examples(self.data, self.model,
+                                                   n=(self.batches + WARMUP) * self.batch_size)
+        return self._examples_cache
 
     def write(self) -> None:
         data = {"command": self.command, "machine": machine(), "steps": [asdict(s) for s in self.steps]}
@@ -281,7 +280,6 @@ def _split(examples: list[list[int]], num_labels: int):
 
 
 def _sync(device) -> None:
-    import torch
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -291,7 +289,6 @@ def loop_speed(config, examples: list[list[int]], *, device, precision: str, bat
                batches: int, num_labels: int = 60) -> dict:
     """Samples/s and peak GPU memory of tunebert's training loop: ``train_epoch`` with the
     trainable's LLRD groups, fused AdamW, schedule and (fp16 on CUDA) loss scaling."""
-    import torch
     from transformers import AutoModel
 
 
@@ -333,7 +330,6 @@ def trainer_speed(config, examples: list[list[int]], *, device, precision: str, 
                   batches: int, num_labels: int = 60) -> dict:
     """Samples/s of Hugging Face's ``Trainer`` on the same shape, examples, batch size and
     precision: length-grouped batches, fused AdamW on CUDA, linear warm-up schedule, clipping 1."""
-    import torch
     from transformers import (AutoModelForSequenceClassification, Trainer, TrainerCallback,
                               TrainingArguments)
 
@@ -383,8 +379,6 @@ def trainer_speed(config, examples: list[list[int]], *, device, precision: str, 
 def _length_grouping() -> dict:
     """Length-grouped batches, as tunebert's loop buckets them: ``train_sampling_strategy`` in
     newer transformers, ``group_by_length`` before it."""
-    import dataclasses
-
     from transformers import TrainingArguments
 
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -394,9 +388,6 @@ def _length_grouping() -> dict:
 
 
 def _side_by_side_worker(job: dict, barrier, results) -> None:
-    import torch
-
-
     if job["device"] == "cpu":
         set_threads(1)
     device = torch.device(job["device"])
@@ -456,10 +447,6 @@ def markdown(steps: list[Step], command: str) -> str:
 
 def run(args) -> int:
     """The ``--parts gpu`` command: one line and exit 0 without CUDA, else every step."""
-    import shlex
-
-    import torch
-
     if not torch.cuda.is_available():
         say(f"gpu: no CUDA device here (torch {torch.__version__}, CUDA build "
             f"{torch.version.cuda or 'none'}): nothing to check; run this on a GPU machine")
