@@ -16,6 +16,7 @@ job (``tuning.results.jobs.run_bench_jobs``): the same command run again continu
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 from pathlib import Path
@@ -139,7 +140,8 @@ def knobs_markdown(rows: list[dict], *, seeds: int, epochs: int, subset: Optiona
 
 
 def tune_markdown(hand: list[dict], tuned: dict, budget_s: float) -> str:
-    """The handed-over model of ``tunebert tune`` against the targets and the hand baseline."""
+    """The handed-over model of ``tunebert tune`` against the targets and the hand baseline, the
+    chosen config's seed models one by one, the phases' times and the chosen config."""
     hand_mean = statistics.mean(r["test_sentence_accuracy"] for r in hand)
     got = {k: tuned.get(f"test_{k}", float("nan")) for k in SCORES}
     margin = got["sentence_accuracy"] - hand_mean
@@ -153,6 +155,23 @@ def tune_markdown(hand: list[dict], tuned: dict, budget_s: float) -> str:
     lines.append(f"| sentence acc ≥ hand mean + {100 * TARGETS['margin_over_hand']:.1f} points | "
                  f"{100 * margin:+.2f} points | {100 * (margin - TARGETS['margin_over_hand']):+.2f} | "
                  f"{'yes' if margin >= TARGETS['margin_over_hand'] else 'no'} |")
+    lines += ["", "| test | intent acc % | slot F1 | sentence acc % |", "|---|---:|---:|---:|",
+              f"| hand joint baseline, {len(hand)} seeds | "
+              + " | ".join(_pm([r[f"test_{k}"] for r in hand]) for k in SCORES) + " |",
+              "| handed-over model | " + " | ".join(f"{100 * got[k]:.2f}" for k in SCORES) + " |"]
+    if all(f"config_test_{k}_mean" in tuned for k in SCORES):
+        lines.append(f"| the chosen config's {len(tuned.get('seeds') or [])} seed models one by one | "
+                     + " | ".join(f"{100 * tuned[f'config_test_{k}_mean']:.2f} ± "
+                                  f"{100 * tuned[f'config_test_{k}_std']:.2f}" for k in SCORES) + " |")
+    if tuned.get("wall_s") is not None:
+        lines += ["", f"Validation ({tuned.get('metric', 'val_sentence_accuracy')}) of the handed-over "
+                  f"model: {100 * (tuned.get('val') or float('nan')):.2f} %. Sweep "
+                  f"{(tuned.get('sweep_s') or 0) / 60:.0f} min, selection + test "
+                  f"{(tuned.get('select_s') or 0) / 60:.0f} min (top {tuned.get('select_top_k')} x "
+                  f"{tuned.get('select_seeds')} seeds), {tuned['wall_s'] / 60:.0f} min in all."]
+    if tuned.get("config"):
+        lines += ["", "Chosen config:", "", "```json", json.dumps(tuned["config"], indent=1, sort_keys=True),
+                  "```"]
     return "\n".join(lines)
 
 
