@@ -1,6 +1,7 @@
-"""Contrastive losses as pure tensor functions: embeddings (and labels) in, a scalar loss out.
+"""Losses as pure tensor functions: contrastive (embeddings and labels in), R-Drop, and
+knowledge distillation (``distillation_loss``: student logits, teacher probabilities, labels).
 
-Both losses take the embeddings of every view of every text, shaped ``(batch, views, dim)``, and
+The two contrastive losses take the embeddings of every view of every text, shaped ``(batch, views, dim)``, and
 L2-normalise them inside, so the logits are cosine similarities divided by the temperature.
 
 Notation shared by the docstrings: the ``batch * views`` embeddings are flattened into one set
@@ -197,3 +198,39 @@ def two_view_classification_loss(logits: torch.Tensor, pooled: torch.Tensor, lab
         views = torch.stack([pooled[:half], pooled[half:]], dim=1)  # (B, 2, hidden)
         loss = loss + supcon_lambda * supcon_loss(views, labels, supcon_temperature)
     return loss
+
+
+def soften(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """A teacher's probabilities at ``temperature``: ``softmax(log p / T)``, i.e. ``p^(1/T)``
+    renormalised (what ``softmax(z / T)`` gives for logits z whose softmax is p). An ensemble's
+    teacher is the mean of its members' probabilities, so probabilities, not logits, are what the
+    cache holds. A zero probability stays zero (its log is clamped, never ``-inf``)."""
+    t = _check_temperature(temperature)
+    logp = torch.log(probs.float().clamp_min(torch.finfo(torch.float32).tiny))
+    return F.softmax(logp / t, dim=-1)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor,
+                      *, temperature: float = 2.0, alpha: float = 0.5,
+                      label_smoothing: float = 0.0) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al. 2015, section 2)::
+
+        alpha * T^2 * KL(soften(teacher, T) || softmax(student / T))  +  (1 - alpha) * CE(student, labels)
+
+    averaged over the batch. The ``T^2`` keeps the soft term's gradients on the scale of the hard
+    term's as T changes (their eq. 2 and the remark after it); ``alpha = 0`` is plain
+    cross-entropy, ``alpha = 1`` the teacher alone. ``student_logits``: (batch, classes);
+    ``teacher_probs``: (batch, classes), rows summing to 1; ``labels``: (batch,). Float32 throughout.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"`alpha` (the distillation weight) must lie in [0, 1], but got {alpha}")
+    if student_logits.shape != teacher_probs.shape:
+        raise ValueError(f"distillation_loss needs student logits and teacher probabilities of one "
+                         f"shape, got {tuple(student_logits.shape)} and {tuple(teacher_probs.shape)}")
+    t = _check_temperature(temperature)
+    logits = student_logits.float()
+    target = soften(teacher_probs, t)
+    log_student = F.log_softmax(logits / t, dim=-1)
+    kl = (target * (torch.log(target.clamp_min(torch.finfo(torch.float32).tiny)) - log_student)).sum(-1).mean()
+    hard = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    return alpha * t * t * kl + (1.0 - alpha) * hard

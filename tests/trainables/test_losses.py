@@ -2,9 +2,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from trainables.errors import ConfigError
-from trainables.losses import ntxent_loss, supcon_loss
+from trainables.losses import distillation_loss, ntxent_loss, soften, supcon_loss
 
 TAU = 0.5
 
@@ -214,3 +215,41 @@ def test_two_view_loss_is_ce_plus_weighted_terms():
     assert both.item() == pytest.approx(expected.item(), rel=1e-6)
     with pytest.raises(ValueError, match="2B rows"):
         two_view_classification_loss(logits[:5], pooled[:5], labels)
+
+
+def test_distillation_loss_matches_hand_computation():
+    """Two classes, one example: student logits (1, 0), teacher probabilities (0.8, 0.2), label 1,
+    T = 2, alpha = 0.25, computed by hand."""
+    t, alpha = 2.0, 0.25
+    # the teacher at T: p^(1/2) renormalised
+    a, b = math.sqrt(0.8), math.sqrt(0.2)
+    q = (a / (a + b), b / (a + b))
+    assert soften(torch.tensor([[0.8, 0.2]]), t)[0].tolist() == pytest.approx(q, rel=1e-6)
+    # the student at T: softmax(0.5, 0)
+    s1 = math.exp(0.5) / (math.exp(0.5) + 1.0)
+    s = (s1, 1.0 - s1)
+    kl = q[0] * math.log(q[0] / s[0]) + q[1] * math.log(q[1] / s[1])
+    ce = -math.log(1.0 / (math.e + 1.0))  # softmax(1, 0) at the label 1
+    expected = alpha * t * t * kl + (1 - alpha) * ce
+    got = distillation_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.8, 0.2]]), torch.tensor([1]),
+                            temperature=t, alpha=alpha)
+    assert float(got) == pytest.approx(expected, rel=1e-6)
+
+
+def test_distillation_loss_ends():
+    """alpha 0 is plain cross-entropy; alpha 1 with the student equal to the teacher is zero; a
+    zero teacher probability gives no NaN; a bad alpha or temperature is refused."""
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 0.3, -0.2]])
+    labels = torch.tensor([0, 2])
+    plain = F.cross_entropy(logits, labels)
+    assert float(distillation_loss(logits, F.softmax(logits, -1), labels, alpha=0.0)) == pytest.approx(float(plain))
+    assert float(distillation_loss(logits, F.softmax(logits, -1), labels, alpha=1.0, temperature=1.0)) \
+        == pytest.approx(0.0, abs=1e-6)
+    hard_teacher = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    value = distillation_loss(logits.requires_grad_(), hard_teacher, labels, alpha=0.7, temperature=3.0)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(logits.grad).all()
+    with pytest.raises(ConfigError, match="must lie in"):
+        distillation_loss(logits, hard_teacher, labels, alpha=1.5)
+    with pytest.raises(ConfigError, match="temperature"):
+        distillation_loss(logits, hard_teacher, labels, temperature=0.0)
