@@ -10,8 +10,9 @@ worker's loss is weighted by its part's share of the global batch times the numb
 batch's mean loss even when the batch does not divide evenly: the same update, and so the same
 loss curve, as one worker on the same global batch, up to float rounding. The reported train loss
 is the global batch's (``global_mean``); evaluation and scoring run on every worker (validation is
-small beside train) so that every worker reports the same metrics, and only the first worker
-writes checkpoints.
+small beside train) so that every worker reports the same metrics. Every worker's ``report`` is
+handed a checkpoint writer; which of them writes is the caller's choice (the Ray Train wrapper,
+not built yet, is to let only the first).
 """
 
 from __future__ import annotations
@@ -64,10 +65,6 @@ def global_mean(value: float, count: int, device) -> float:
     return float(both[0] / both[1]) if both[1] > 0 else float("nan")
 
 
-def is_first() -> bool:
-    return world()[0] == 0
-
-
 def split_for_worker(batches: list[np.ndarray]) -> tuple[list[np.ndarray], Optional[list[float]]]:
     """This worker's parts of ``batches`` and their loss weights (None: one worker, no change).
     A global batch smaller than the number of workers (at most the last one) is left out: a
@@ -76,4 +73,5 @@ def split_for_worker(batches: list[np.ndarray]) -> tuple[list[np.ndarray], Optio
     if size == 1:
         return batches, None
     batches = [b for b in batches if len(b) >= size]
-    return shard_batches(batches, rank, size), part_weights(batches, rank, size)
+    parts = shard_batches(batches, rank, size)
+    return parts, [size * len(part) / len(batch) for part, batch in zip(parts, batches)]
