@@ -156,6 +156,18 @@ def bucketed_batches(lengths: np.ndarray, batch_size: int, *, rng: np.random.Gen
     return batches
 
 
+def epoch_batches(split, batch_size: int, *, rng: np.random.Generator, shuffle: bool = True) -> list[np.ndarray]:
+    """One epoch's index batches of ``split``: ``bucketed_batches`` over its lengths for a split
+    held in memory; a split that batches itself (a memory-mapped ``CachedSplit``, whose lengths
+    are not held whole) draws them block by block (its own ``epoch_batches``). Either way
+    ``len(result) == steps_per_epoch(len(split), batch_size)`` and the same generator state gives
+    the same batches."""
+    own = getattr(split, "epoch_batches", None)
+    if own is not None:
+        return own(batch_size, rng=rng, shuffle=shuffle)
+    return bucketed_batches(split.lengths(), batch_size, rng=rng, shuffle=shuffle)
+
+
 def collate(split: EncodedSplit, indices: np.ndarray, pad_token_id: int):
     """Pad one batch to its own longest text. Returns (input_ids, attention_mask, labels) tensors."""
     import torch

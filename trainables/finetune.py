@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from trainables import data_parallel, registry
 from trainables.averaging import WeightAverage
 from trainables.checkpointing import load_checkpoint, restore_rng_states, save_checkpoint
-from trainables.data import EncodedSplit, TokenizedData, bucketed_batches, encode_texts, steps_per_epoch
+from trainables.data import EncodedSplit, TokenizedData, encode_texts, steps_per_epoch
+from trainables.encoding import epoch_batches
 from trainables.deploy import PeakMemory, deployment_metrics, parameter_count, probe_batch
 from trainables.errors import ConfigError
 from trainables.hparams import FinetuneConfig
@@ -357,7 +358,7 @@ def _train_one_epoch(run: _Trial, epoch: int, loss_fn: Callable,
     batches = weights = None
     if data_parallel.world()[1] > 1:  # the same global batches on every worker, each its part
         batches, weights = data_parallel.split_for_worker(
-            bucketed_batches(train.lengths(), cfg.batch_size, rng=rng))
+            epoch_batches(train, cfg.batch_size, rng=rng))
     stats = train_epoch(
         run.train_model, train, batch_size=cfg.batch_size, rng=rng,
         pad_token_id=run.data.pad_token_id, optimizer=run.optimizer, scheduler=run.scheduler,

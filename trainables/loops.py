@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables.data import EncodedSplit, bucketed_batches, collate
+from trainables.data import EncodedSplit, collate
+from trainables.encoding import epoch_batches
 from trainables.errors import NonFiniteLossError
 from trainables.runtime import resolve_precision
 
@@ -81,7 +82,7 @@ def train_epoch(
     total, seen = 0.0, 0
     start = time.perf_counter()
     if batches is None:
-        batches = bucketed_batches(split.lengths(), batch_size, rng=rng)
+        batches = epoch_batches(split, batch_size, rng=rng)
     for step, indices in enumerate(batches):
         batch = tuple(t.to(device, non_blocking=True) for t in make_batch(indices))
         with autocast_context(device, precision):
@@ -148,8 +149,7 @@ def evaluate(model: torch.nn.Module, split: EncodedSplit, *, batch_size: int, pa
              num_labels: int, device: torch.device, precision: str = "fp32") -> EvalResult:
     """Cross-entropy, accuracy and macro-F1 of ``model`` on ``split`` (dropout off)."""
     model.eval()
-    batches = bucketed_batches(split.lengths(), batch_size, rng=np.random.default_rng(0),
-                               shuffle=False)
+    batches = epoch_batches(split, batch_size, rng=np.random.default_rng(0), shuffle=False)
     total, order, preds = 0.0, [], []
     for indices in batches:
         ids, mask, labels = (t.to(device) for t in collate(split, indices, pad_token_id))
