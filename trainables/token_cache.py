@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from trainables.data import _carve_key
+from trainables.encoding import bucketed_batches
 from trainables.errors import UserError
 from trainables.labels import LabelMap
 
@@ -112,32 +113,98 @@ class _RaggedView:
         i = int(i)
         if not 0 <= i < len(self):
             raise IndexError(i)
-        chunk = int(np.searchsorted(self._starts, i, side="right")) - 1
+        chunk = 0 if len(self._values) == 1 else int(np.searchsorted(self._starts, i, side="right")) - 1
         row, offsets = i - self._starts[chunk], self._offsets[chunk]
         return self._values[chunk][offsets[row]:offsets[row + 1]]
 
 
+class _ChunkedColumn:
+    """A fixed-width column over the map's record batches, without copying it whole: indexing
+    with an int, a slice or an index array gathers from the chunks (``np.asarray`` of it makes
+    one array, for the rare caller that needs the whole column)."""
+
+    def __init__(self, column) -> None:  # a pyarrow ChunkedArray of a fixed-width type
+        self._chunks = [c.to_numpy(zero_copy_only=True) for c in column.chunks]
+        self._starts = np.cumsum([0] + [len(c) for c in self._chunks])
+        self.dtype = self._chunks[0].dtype if self._chunks else np.dtype(np.int32)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __array__(self, dtype=None, copy=None):
+        whole = np.concatenate(self._chunks) if self._chunks else np.zeros(0, self.dtype)
+        return whole if dtype is None else whole.astype(dtype)
+
+    def tolist(self) -> list:
+        return np.asarray(self).tolist()
+
+    def __getitem__(self, index):
+        if len(self._chunks) == 1:
+            return self._chunks[0][index]
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return np.asarray(self)[index]
+            first = int(np.searchsorted(self._starts, start, side="right")) - 1
+            last = int(np.searchsorted(self._starts, max(stop - 1, start), side="right")) - 1
+            pieces = [self._chunks[c][max(start - self._starts[c], 0):stop - self._starts[c]]
+                      for c in range(max(first, 0), min(last, len(self._chunks) - 1) + 1)]
+            return np.concatenate(pieces) if pieces else np.zeros(0, self.dtype)
+        if np.ndim(index) == 0:
+            i = int(index)
+            c = int(np.searchsorted(self._starts, i, side="right")) - 1
+            return self._chunks[c][i - self._starts[c]]
+        index = np.asarray(index, dtype=np.int64)
+        chunk = np.searchsorted(self._starts, index, side="right") - 1
+        out = np.empty(len(index), dtype=self.dtype)
+        for c in np.unique(chunk):
+            where = chunk == c
+            out[where] = self._chunks[c][index[where] - self._starts[c]]
+        return out
+
+
+def _read_table(path: Path):
+    """The cache folder's Arrow files (IPC stream format, as ``datasets`` and the Ray Data
+    build write them), memory-mapped and concatenated in name order without copying."""
+    import pyarrow as pa
+
+    files = sorted(path.glob("*.arrow"))
+    tables = [pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files]
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
 class CachedSplit:
-    """One tokenized split, memory-mapped from its cache folder (``EncodedSplit``'s interface)."""
+    """One tokenized split, memory-mapped from its cache folder (``EncodedSplit``'s interface).
+
+    ``input_ids``, ``labels`` and ``lengths()`` are views of the mapped files: what a trial holds
+    in its own memory is what its batches touch, not O(examples) arrays. ``epoch_batches`` draws
+    an epoch's batches block by block (``trainables.encoding.epoch_batches`` calls it)."""
 
     def __init__(self, path: str | Path) -> None:
-        import datasets
-
         self.path = Path(path)
         meta = read_meta(self.path)
         if meta is None:
             raise UserError(f"{self.path} is no complete tunebert token cache (no {CACHE_FILE}); "
                             f"delete it, and the next run tokenizes again")
         self.meta = meta
-        table = datasets.load_from_disk(str(self.path)).data.table
+        table = _read_table(self.path)
         self.input_ids = _RaggedView(table.column("input_ids"))
-        self.labels = table.column("label").to_numpy()
-        self._lengths = table.column("length").to_numpy()
-        self.carve_keys = (table.column("carve_key").to_numpy()
-                           if "carve_key" in table.column_names else None)
+        self.labels = _ChunkedColumn(table.column("label"))
+        self._lengths = _ChunkedColumn(table.column("length"))
+        self.has_carve_keys = "carve_key" in table.column_names
 
     def lengths(self) -> np.ndarray:
-        return self._lengths.astype(np.int64, copy=False)
+        """All lengths as one array (O(examples)): for a caller that needs them whole; batching
+        reads them block by block instead."""
+        return np.asarray(self._lengths, dtype=np.int64)
+
+    @property
+    def truncated(self) -> int:
+        """How many texts were cut to ``max_length`` when the cache was built."""
+        return int(self.meta.get("truncated", 0))
+
+    def epoch_batches(self, batch_size: int, *, rng: np.random.Generator, shuffle: bool = True):
+        return BlockBatches(self._lengths, batch_size, seed=int(rng.integers(2**63)) if shuffle else None)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -146,75 +213,146 @@ class CachedSplit:
         return (CachedSplit, (str(self.path),))
 
 
-class _IndexedIds:
-    def __init__(self, ids, indices: np.ndarray) -> None:
-        self._ids, self._indices = ids, indices
+# --------------------------------------------------------------------------- batches, block by block
+
+# an epoch is drawn in windows of this many examples (rounded up to whole batches): shuffled
+# and length-bucketed inside a window, the windows' blocks in random order; a split no larger
+# than one window is shuffled whole, as ``bucketed_batches`` does for an in-memory split
+WINDOW_ROWS = 1 << 18
+WINDOW_BLOCKS = 4
+
+
+class BlockBatches:
+    """One epoch's index batches over a memory-mapped lengths column, O(window) memory.
+
+    The split is cut into blocks of whole batches (``WINDOW_ROWS / WINDOW_BLOCKS`` examples,
+    rounded up to a multiple of ``batch_size``); the epoch visits them in a random order,
+    ``WINDOW_BLOCKS`` at a time, shuffling the union of a window's examples and batching it with
+    ``bucketed_batches`` (similar lengths together, batches shuffled). Only the last block can be
+    short, so there are ``ceil(n / batch_size)`` batches, as for an in-memory split. Without a
+    ``seed`` (evaluation) blocks go in order, each sorted by length. Iterating twice gives the
+    same batches; ``len`` is known without drawing them."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, *, seed: Optional[int]) -> None:
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        per_block = max(1, WINDOW_ROWS // WINDOW_BLOCKS)
+        self.block = batch_size * math.ceil(per_block / batch_size)
 
     def __len__(self) -> int:
-        return len(self._indices)
+        return math.ceil(len(self.lengths) / self.batch_size)
 
-    def __getitem__(self, i) -> np.ndarray:
-        return self._ids[self._indices[int(i)]]
+    def __iter__(self):
+        n, block = len(self.lengths), self.block
+        starts = np.arange(0, n, block)
+        if self.seed is None:
+            for start in starts:
+                stop = min(start + block, n)
+                for batch in bucketed_batches(self.lengths[start:stop], self.batch_size,
+                                              rng=np.random.default_rng(0), shuffle=False):
+                    yield batch + start
+            return
+        rng = np.random.default_rng(self.seed)
+        order = rng.permutation(len(starts))
+        for w in range(0, len(order), WINDOW_BLOCKS):
+            part = np.concatenate([np.arange(starts[b], min(starts[b] + block, n))
+                                   for b in order[w:w + WINDOW_BLOCKS]])
+            lengths = np.concatenate([self.lengths[starts[b]:min(starts[b] + block, n)]
+                                      for b in order[w:w + WINDOW_BLOCKS]])
+            for batch in bucketed_batches(lengths, self.batch_size, rng=rng):
+                yield part[batch]
 
 
-class SplitView:
-    """Some examples of a ``CachedSplit`` (``EncodedSplit``'s interface): the two parts of a carve.
-    Pickles as what made it (the cache's path, fraction, part), recomputed where it lands."""
-
-    def __init__(self, base: CachedSplit, indices: np.ndarray, made_by: tuple) -> None:
-        self.base, self.indices, self._made_by = base, indices, made_by
-        self.input_ids = _IndexedIds(base.input_ids, indices)
-        self.labels = base.labels[indices]
-
-    def lengths(self) -> np.ndarray:
-        return self.base.lengths()[self.indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __reduce__(self):
-        return (_carved_part, self._made_by)
+# --------------------------------------------------------------------------- the validation split, carved on disk
 
 
 def carve_key(seed: int, text: str) -> int:
-    """The carve's per-example key: the first 63 bits of ``trainables.data``'s sha256(seed, text)
-    (an int64 column), so a cached split carves as the in-memory path carves the same rows (but
-    for a tie in 63 bits, which position then breaks)."""
+    """The carve's per-example key: the first 63 bits of sha256(seed, text) (``trainables.data``'s
+    key), an int64 column built with the cache."""
     return int.from_bytes(_carve_key(seed, text)[:8], "big") >> 1
 
 
-def carve_positions(labels: np.ndarray, keys: np.ndarray, fraction: float
-                    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """``trainables.data.carve_validation``'s rule on columns: a label with n >= 2 examples gives
-    max(1, floor(n * fraction + 0.5)) of them, but keeps at least one, those with the smallest
-    key, ties by position. Returns (kept positions, held-out positions, label indices with no
-    validation example); O(examples) integers, whatever the texts weigh."""
-    n = len(labels)
-    order = np.lexsort((np.arange(n), keys, labels))  # by label, then key, then position
-    ordered = labels[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if n else np.array([], dtype=np.int64)
-    counts = np.diff(np.r_[starts, n])
-    takes = np.array([0 if c < 2 else min(c - 1, max(1, math.floor(c * fraction + 0.5))) for c in counts],
-                     dtype=np.int64)
-    rank = np.arange(n) - np.repeat(starts, counts)
-    held = rank < np.repeat(takes, counts)
-    unvalidated = [int(ordered[s]) for s, c in zip(starts, counts) if c < 2]
-    return np.sort(order[~held]), np.sort(order[held]), unvalidated
+def carve_mask(labels: np.ndarray, keys: np.ndarray, fraction: float, stats: dict) -> np.ndarray:
+    """Which of these examples go to validation: those whose key, read as a number in [0, 1),
+    lies below ``fraction``, so each label gives about ``fraction`` of its examples, whatever
+    the order or the number of shards; but a label with n >= 2 examples gives at least one (its
+    smallest key) and keeps at least one in train (its largest key), and a label with one
+    example keeps it. ``stats`` (``carve_stats``) holds per label: count, how many fall below,
+    smallest and largest key. Pure, O(len(labels))."""
+    held = keys < np.int64(fraction * 2.0**63)
+    count, below, low, high = (stats[k][labels] for k in ("count", "below", "low", "high"))
+    held |= (below == 0) & (count >= 2) & (keys == low)
+    held &= ~((below == count) & (keys == high))
+    return held & (count >= 2)
 
 
-def carve(split: CachedSplit, fraction: float) -> tuple[SplitView, SplitView, list[int]]:
-    """(train, validation, labels left without validation) from a split cached with a carve seed:
-    the same parts on every call, in every process (a resumed sweep gets the same split)."""
-    if split.carve_keys is None:
+def carve_stats(chunks, num_labels: int, fraction: float) -> dict:
+    """``carve_mask``'s per-label figures from (labels, keys) chunks, one pass, O(labels)."""
+    count = np.zeros(num_labels, dtype=np.int64)
+    below = np.zeros(num_labels, dtype=np.int64)
+    low = np.full(num_labels, np.iinfo(np.int64).max, dtype=np.int64)
+    high = np.full(num_labels, -1, dtype=np.int64)
+    threshold = np.int64(fraction * 2.0**63)
+    for labels, keys in chunks:
+        np.add.at(count, labels, 1)
+        np.add.at(below, labels[keys < threshold], 1)
+        np.minimum.at(low, labels, keys)
+        np.maximum.at(high, labels, keys)
+    return {"count": count, "below": below, "low": low, "high": high}
+
+
+def carve(split: CachedSplit, fraction: float, *, say: Callable[[str], None] = lambda m: None
+          ) -> tuple[CachedSplit, CachedSplit, list[int]]:
+    """(train, validation, label indices left without validation) of a split cached with carve
+    keys: two caches of their own inside ``split``'s folder, written once (two streaming passes
+    over the mapped columns, O(labels) memory beyond one record batch), atomically, and reused by
+    every later call: a resumed sweep gets the same split."""
+    import pyarrow as pa
+
+    if not split.has_carve_keys:
         raise ValueError(f"{split.path} was cached without carve keys; build it with carve_seed")
-    kept, held, unvalidated = carve_positions(split.labels, split.carve_keys, fraction)
-    return (SplitView(split, kept, (str(split.path), fraction, "train")),
-            SplitView(split, held, (str(split.path), fraction, "validation")), unvalidated)
-
-
-def _carved_part(path: str, fraction: float, part: str) -> SplitView:
-    train, validation, _ = carve(CachedSplit(path), fraction)
-    return train if part == "train" else validation
+    folder = split.path / f"carved-{fraction!r}"
+    parts = {name: folder / name for name in ("train", "validation")}
+    if read_meta(folder) is None:
+        num_labels = len(split.meta["label_map"]["names"])
+        table = _read_table(split.path)
+        batches = table.to_batches(max_chunksize=1 << 16)
+        stats = carve_stats(((b.column("label").to_numpy(), b.column("carve_key").to_numpy()) for b in batches),
+                            num_labels, fraction)
+        building = split.path / f"{BUILDING}carve-{os.getpid()}"
+        shutil.rmtree(building, ignore_errors=True)
+        try:
+            counts = {}
+            for name in parts:
+                (building / name).mkdir(parents=True)
+            with pa.OSFile(str(building / "train" / "data.arrow"), "wb") as kept_file, \
+                    pa.OSFile(str(building / "validation" / "data.arrow"), "wb") as held_file:
+                with pa.ipc.new_stream(kept_file, table.schema) as kept, \
+                        pa.ipc.new_stream(held_file, table.schema) as held:
+                    counts = {"train": 0, "validation": 0}
+                    for b in batches:
+                        mask = carve_mask(b.column("label").to_numpy(), b.column("carve_key").to_numpy(),
+                                          fraction, stats)
+                        kept.write_batch(b.filter(pa.array(~mask)))
+                        held.write_batch(b.filter(pa.array(mask)))
+                        counts["validation"] += int(mask.sum())
+                        counts["train"] += len(mask) - int(mask.sum())
+            for name, count in counts.items():
+                (building / name / CACHE_FILE).write_text(json.dumps({**split.meta, "rows": count, "part": name,
+                                                                      "fraction": fraction, "truncated": 0}))
+            unvalidated = [int(i) for i in np.flatnonzero(stats["count"] == 1)]
+            (building / CACHE_FILE).write_text(json.dumps({**split.meta, "fraction": fraction,
+                                                          "unvalidated": unvalidated, **{f"{k}_rows": v for k, v in counts.items()}}))
+            try:
+                os.replace(building, folder)
+            except OSError:
+                if read_meta(folder) is None:
+                    raise
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+        say(f"token cache: carved {counts['validation']:,} validation examples ({fraction:g} of each "
+            f"label) from {len(split):,} train examples into {folder}")
+    meta = read_meta(folder)
+    return CachedSplit(parts["train"]), CachedSplit(parts["validation"]), list(meta["unvalidated"])
 
 
 def read_meta(path: Path) -> Optional[dict]:
@@ -302,9 +440,10 @@ def _build(files: list[str], building: Path, *, text_column: str, label_column: 
 
     def encode(batch: dict) -> dict:
         ids = tokenizer(list(batch[text_column]), add_special_tokens=True, truncation=False)["input_ids"]
-        ids = [seq if len(seq) <= max_length else seq[: max_length - 1] + seq[-1:] for seq in ids]
+        cut = [len(seq) > max_length for seq in ids]
+        ids = [seq[: max_length - 1] + seq[-1:] if long else seq for seq, long in zip(ids, cut)]
         out = {"input_ids": ids, "label": [index[v] for v in batch[label_column]],
-               "length": [len(seq) for seq in ids]}
+               "length": [len(seq) for seq in ids], "cut": cut}
         if carve_seed is not None:
             out["carve_key"] = [carve_key(carve_seed, text) for text in batch[text_column]]
         return out
@@ -314,17 +453,25 @@ def _build(files: list[str], building: Path, *, text_column: str, label_column: 
     say(f"token cache: tokenizing {len(raw):,} examples from {len(files)} file(s)"
         + (f" in {procs} processes" if procs and procs > 1 else ""))
     columns = {"input_ids": datasets.Sequence(datasets.Value("int32")),
-               "label": datasets.Value("int32"), "length": datasets.Value("int32")}
+               "label": datasets.Value("int32"), "length": datasets.Value("int32"),
+               "cut": datasets.Value("bool")}
     if carve_seed is not None:
         columns["carve_key"] = datasets.Value("int64")
-    features = datasets.Features(columns)
     encoded = raw.map(encode, batched=True, batch_size=1000, num_proc=procs,
-                      remove_columns=raw.column_names, features=features,
-                      cache_file_name=str(work / "encoded.arrow"), desc="tokenizing")
-    encoded.save_to_disk(str(folder))
+                      remove_columns=raw.column_names, features=datasets.Features(columns),
+                      writer_batch_size=1 << 16, cache_file_name=str(work / "encoded.arrow"),
+                      desc="tokenizing")
+    import pyarrow.compute as pc
+
+    rows = len(encoded)
+    truncated = int(pc.sum(encoded.data.table.column("cut").cast("int8")).as_py() or 0)
+    # map's output files are Arrow IPC streams already: moved, not copied, into the cache
+    folder.mkdir(parents=True)
+    for number, cache_file in enumerate(encoded.cache_files):
+        os.replace(cache_file["filename"], folder / f"data-{number:05d}.arrow")
     del raw, encoded
     shutil.rmtree(work, ignore_errors=True)
-    meta = {"format": CACHE_FORMAT, "rows": int(len(datasets.load_from_disk(str(folder)))),
+    meta = {"format": CACHE_FORMAT, "rows": int(rows), "truncated": truncated,
             "files": files, "text_column": text_column, "label_column": label_column,
             "max_length": max_length, "carve_seed": carve_seed,
             "label_map": {"names": label_map.names, "raw_values": label_map.raw_values}}

@@ -62,7 +62,7 @@ def test_sharded_compressed_input_gives_the_in_memory_ids(shards, tmp_path, tiny
     assert split.labels.tolist() == [["alarm", "music", "news"].index(r["label"]) for r in ROWS]
     assert any("wrote" in s and "60 examples" in s for s in said)
     # the training loop's batches read it like an in-memory split
-    in_memory = EncodedSplit(expected, split.labels.copy())
+    in_memory = EncodedSplit(expected, np.asarray(split.labels))
     batch = bucketed_batches(split.lengths(), 8, rng=np.random.default_rng(0))[0]
     for a, b in zip(collate(split, batch, 0), collate(in_memory, batch, 0)):
         assert (a == b).all()
@@ -145,25 +145,84 @@ def test_a_killed_build_never_loads_and_is_cleaned_up(shards, tmp_path, tiny_mod
     assert [p for p in root.iterdir() if p.name.startswith(BUILDING)] == []  # the dead build is gone
 
 
-def test_the_carve_on_the_cache_is_the_in_memory_carve(tmp_path, tiny_model_dir):
-    from trainables.data import carve_validation
-    from trainables.labels import RawSplit
+def test_the_carve_writes_two_caches_stratified_seeded_and_reused(tmp_path, tiny_model_dir):
     from trainables.token_cache import carve
 
     rows = ROWS + [{"text": "the lonely one", "label": "weather"}]
     path = _write(tmp_path / "t", rows, "train")
     split, labels, _ = _build(str(path), tmp_path, tiny_model_dir, carve_seed=7)
-    train, validation, unvalidated = carve(split, 0.2)
-    raw = RawSplit([r["text"] for r in rows], [r["label"] for r in rows], "train")
-    kept, held, held_rows, raw_unvalidated = carve_validation(raw, 0.2, 7)
-    assert len(validation) == len(held.texts) == 12 and len(train) == len(kept.texts) == 49
-    assert [r - 1 for r in held_rows] == validation.indices.tolist()
-    assert [labels.raw_values[i] for i in unvalidated] == raw_unvalidated == ["weather"]
-    assert validation.input_ids[0].tolist() == split.input_ids[int(validation.indices[0])].tolist()
-    assert validation.lengths().tolist() == [len(validation.input_ids[i]) for i in range(len(validation))]
-    # the same parts in another process, rebuilt from a few pickled bytes
-    again = pickle.loads(pickle.dumps(validation))
-    assert again.indices.tolist() == validation.indices.tolist() and len(pickle.dumps(validation)) < 500
+    said = []
+    train, validation, unvalidated = carve(split, 0.2, say=said.append)
+    assert len(train) + len(validation) == 61 and any("carved" in s for s in said)
+    # every label with 2+ examples gives validation at least one and keeps one; the lonely one stays
+    for label in range(3):
+        assert 1 <= (validation.labels.tolist()).count(label) < 20
+    assert [labels.raw_values[i] for i in unvalidated] == ["weather"]
+    assert labels.raw_values.index("weather") not in validation.labels.tolist()
+    # the parts hold the rows' own token ids: together, exactly the split's examples
+    def rows_of(part):
+        return sorted((tuple(part.input_ids[i].tolist()), int(part.labels[i])) for i in range(len(part)))
+    assert sorted(rows_of(train) + rows_of(validation)) == rows_of(split)
+    # the same parts again (a resumed sweep), read from disk, and in another process from a path
+    again_train, again_validation, _ = carve(CachedSplit(split.path), 0.2, say=said.append)
+    assert rows_of(again_validation) == rows_of(validation) and sum("carved" in s for s in said) == 1
+    assert len(pickle.dumps(validation)) < 500
     # another seed is another cache and another carve
     other, _, _ = _build(str(path), tmp_path, tiny_model_dir, carve_seed=8)
-    assert carve(other, 0.2)[1].indices.tolist() != validation.indices.tolist()
+    assert rows_of(carve(other, 0.2)[1]) != rows_of(validation)
+
+
+def test_the_carve_rule_is_a_key_threshold_with_one_each_way_per_label():
+    from trainables.token_cache import carve_mask, carve_stats
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), [10_000, 3, 2, 1])
+    keys = rng.integers(0, 2**63 - 1, size=len(labels), dtype=np.int64)
+    keys[10_000:10_003] = [2**62 * 3 // 2 + d for d in (5, 1, 9)]  # label 1: all above a 0.5 cut
+    keys[10_003:10_005] = [1, 2]  # label 2: both below any cut
+    # statistics gathered over chunks equal those over the whole column
+    whole = carve_stats([(labels, keys)], 4, 0.5)
+    chunked = carve_stats([(labels[:4000], keys[:4000]), (labels[4000:], keys[4000:])], 4, 0.5)
+    assert all((whole[k] == chunked[k]).all() for k in whole)
+    held = carve_mask(labels, keys, 0.5, whole)
+    assert abs(held[:10_000].mean() - 0.5) < 0.02  # about the fraction, stratified
+    assert held[10_000:10_003].tolist() == [False, True, False]  # none fell below: its smallest key goes
+    assert held[10_003:10_005].tolist() == [True, False]  # all fell below: the largest stays
+    assert not held[-1]  # a single example stays in train
+    # a key below the cut is held whatever else is in the data (adding rows moves nothing else)
+    more = carve_stats([(labels, keys), (np.zeros(5, int), np.full(5, 7, np.int64))], 4, 0.5)
+    assert (carve_mask(labels[:10_000], keys[:10_000], 0.5, more) == held[:10_000]).all()
+
+
+def test_block_batches_cover_every_example_once_in_whole_batches(monkeypatch):
+    from trainables import token_cache
+    from trainables.encoding import steps_per_epoch
+
+    monkeypatch.setattr(token_cache, "WINDOW_ROWS", 64)  # windows of 4 blocks of 16 (two batches of 8)
+    lengths = np.random.default_rng(1).integers(3, 40, size=203).astype(np.int32)
+    batches = token_cache.BlockBatches(lengths, 8, seed=5)
+    drawn = list(batches)
+    assert len(drawn) == len(batches) == steps_per_epoch(203, 8)
+    assert sorted(np.concatenate(drawn).tolist()) == list(range(203))
+    assert sum(len(b) != 8 for b in drawn) == 1  # only the last block's tail is a short batch
+    assert [b.tolist() for b in token_cache.BlockBatches(lengths, 8, seed=5)] == [b.tolist() for b in drawn]
+    assert [b.tolist() for b in token_cache.BlockBatches(lengths, 8, seed=6)] != [b.tolist() for b in drawn]
+    # a batch holds similar lengths (bucketed inside its window)
+    spread = np.mean([np.ptp(lengths[b]) for b in drawn if len(b) == 8])
+    assert spread < np.ptp(lengths) / 2
+    # evaluation: in order of blocks, each sorted by length
+    ordered = list(token_cache.BlockBatches(lengths, 8, seed=None))
+    assert sorted(np.concatenate(ordered).tolist()) == list(range(203))
+    assert all(np.all(np.diff(lengths[b]) >= 0) for b in ordered)
+
+
+def test_a_cached_split_trains_and_evaluates_like_an_in_memory_one(shards, tmp_path, tiny_model_dir):
+    from trainables.encoding import epoch_batches
+
+    split, _, _ = _build(str(shards), tmp_path, tiny_model_dir)
+    drawn = list(epoch_batches(split, 8, rng=np.random.default_rng(0)))
+    assert len(drawn) == 8 and sorted(np.concatenate(drawn).tolist()) == list(range(60))
+    for a, b in zip(collate(split, drawn[0], 0),
+                    collate(EncodedSplit([split.input_ids[i] for i in range(60)], np.asarray(split.labels)),
+                            drawn[0], 0)):
+        assert (a == b).all()
