@@ -11,6 +11,7 @@ from trainables.errors import ConfigError
 from trainables.hparam_kinds import ALL_FAMILIES
 from trainables.hparam_table import DEFAULT_PERTURB_EVAL, HPARAMS
 from trainables.perturb import parse_spec
+from trainables.rounds import canonical_eval_every, parse_eval_every
 
 
 class _Config:
@@ -31,7 +32,9 @@ class _Config:
                 f"(optimizer={self.optimizer!r}, momentum={self.momentum})")
         if self.min_lr > self.lr:
             raise ConfigError(f"`min_lr` must lie in [0.0, lr={self.lr}], but got {self.min_lr!r}")
-        if self.stop_epoch is not None and self.stop_epoch > self.epochs:
+        # in round mode `stop_epoch` counts rounds, whose number depends on the data: `fit` checks it
+        rounds = parse_eval_every(self.eval_every) is not None
+        if self.stop_epoch is not None and self.stop_epoch > self.epochs and not rounds:
             raise ConfigError(f"`stop_epoch` ({self.stop_epoch}) cannot exceed `epochs` ({self.epochs})")
         if getattr(self, "perturb_eval", None) is not None:
             parse_spec(self.perturb_eval, what="`perturb_eval`")
@@ -50,6 +53,9 @@ class _Config:
             hint = f" ({other} apply to {families} trials only)" if other else ""
             raise ConfigError(f"unknown {cls.TRAINABLE} parameter(s) {unknown}{hint}; allowed: "
                               f"{sorted(cls.field_names())}")
+        values = dict(values)
+        if "eval_every" in values:  # `--set eval_every=500` and YAML give an int: kept as text
+            values["eval_every"] = canonical_eval_every(values["eval_every"])
         return cls(**{k: HPARAMS[k].coerce(v) for k, v in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,8 +66,17 @@ class _Config:
 
     @property
     def last_epoch(self) -> int:
-        """The classification-stage epoch training stops after (``stop_epoch`` or ``epochs``)."""
+        """The classification-stage epoch training stops after (``stop_epoch`` or ``epochs``).
+        With ``eval_every`` the run counts rounds, not epochs, and how many depends on the data:
+        ``trainables.finetune`` works them out (``trainables.rounds``) and reports ``rounds``."""
         return self.stop_epoch or self.epochs
+
+    def _refuse_rounds(self) -> None:
+        """For the families whose loops count epochs only."""
+        if parse_eval_every(self.eval_every) is not None:
+            raise ConfigError(f"`eval_every` ({self.eval_every!r}) is available to fine-tuning trials "
+                              f"only, not to {self.TRAINABLE} trials (their loops evaluate per epoch); "
+                              f"leave it unset (null) or use trainable 'finetune'")
 
 
 class _FinetuneRules(_Config):
@@ -76,6 +91,11 @@ class _FinetuneRules(_Config):
         if self.swa_epochs > self.last_epoch:
             raise ConfigError(f"`swa_epochs` ({self.swa_epochs}) cannot exceed the epochs trained "
                               f"({self.last_epoch})")
+        if self.swa_epochs and parse_eval_every(self.eval_every) is not None:
+            raise ConfigError(f"`swa_epochs` ({self.swa_epochs}) averages the weights at the end of "
+                              f"each of the last epochs, which `eval_every` ({self.eval_every!r}) "
+                              f"replaces by rounds; use `ema_decay` (updated every step) or leave "
+                              f"`eval_every` unset")
         if self.ema_decay and self.swa_epochs:
             raise ConfigError("`ema_decay` and `swa_epochs` both average the weights; use one of "
                               f"them, but got (ema_decay={self.ema_decay}, swa_epochs={self.swa_epochs})")
@@ -98,6 +118,7 @@ class _ContrastiveRules(_Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._refuse_rounds()
         if self.mode != "joint" and self.contrastive_epochs < 1:
             raise ConfigError(f"`contrastive_epochs` must lie in [1, 10000] in mode {self.mode!r}, "
                               f"but got {self.contrastive_epochs}")
@@ -120,6 +141,7 @@ class _SharedFields:
     model: str = 'minilm-l6'
     max_length: int = 128
     epochs: int = 4
+    eval_every: Optional[str] = None
     seed: int = 0
     precision: str = 'auto'
     lr: float = 0.0001
@@ -200,6 +222,7 @@ class _MultitaskRules(_Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._refuse_rounds()
         if self.freeze == "backbone" and self.unfreeze_every:
             raise ConfigError(f"`freeze` 'backbone' keeps the encoder frozen for the whole run, so "
                               f"`unfreeze_every` ({self.unfreeze_every}) has nothing to unfreeze; "

@@ -31,10 +31,12 @@ from trainables.models import (TextClassifier, freeze_bottom, load_encoder, load
                                num_encoder_layers, quantize_int8, reinit_top)
 from trainables.optim import build_optimizer, llrd_param_groups
 from trainables.perturb import parse_spec, perturb_texts
+from trainables.rounds import parse_eval_every, position, round_count
 from trainables.runtime import resolve_precision, seed_everything, supports_precision
 from trainables.schedules import make_schedule
 
-# Called once per epoch with the metrics and a function that writes a checkpoint into a folder.
+# Called once per epoch (per round with ``eval_every``) with the metrics and a function that
+# writes a checkpoint into a folder.
 Reporter = Callable[[dict, Callable[[str], None]], None]
 
 FAIL_MARKER_ENV = "TUNEBERT_FAIL_MARKER"
@@ -289,9 +291,53 @@ def int8_scores(model: TextClassifier, weights: dict, data: TokenizedData, batch
 
 
 @dataclass
+class _Rounds:
+    """Round mode (``eval_every``, ``trainables.rounds``): a reporting round is ``steps_per_round``
+    optimizer steps, crossing epoch boundaries; ``last_round`` is the round training stops after
+    (``stop_epoch``, which counts rounds here, or the last of the schedule, which may be shorter).
+    ``order`` caches the batch order of the epoch being trained: (epoch, batches). It is never
+    saved; it is drawn again from ``np.random.default_rng([seed, epoch])`` as in epoch mode."""
+
+    steps_per_epoch: int
+    steps_per_round: int
+    total_steps: int  # every batch of the `epochs` epochs of the schedule
+    last_round: int
+    order: tuple[int, list] = (0, [])
+
+    def span(self, round_number: int) -> tuple[int, int]:
+        """The global steps [start, end) that round ``round_number`` (1-based) trains."""
+        start = (round_number - 1) * self.steps_per_round
+        return start, min(start + self.steps_per_round, self.total_steps)
+
+    def where(self, step: int) -> dict[str, int]:
+        """Where global step ``step`` lies: its epoch and the batches of that epoch's order before it."""
+        epoch, done = position(step, self.steps_per_epoch)
+        return {"step": step, "epoch": epoch, "batches_done": done,
+                "steps_per_epoch": self.steps_per_epoch, "steps_per_round": self.steps_per_round}
+
+
+def plan_rounds(cfg, train_size: int) -> Optional[_Rounds]:
+    """The rounds of a trial with ``eval_every`` on ``train_size`` examples (None: per epoch).
+    ``stop_epoch`` counts rounds then; more than the schedule has is refused."""
+    spec = parse_eval_every(getattr(cfg, "eval_every", None))
+    if spec is None:
+        return None
+    per_epoch = steps_per_epoch(train_size, cfg.batch_size)
+    per_round = spec.steps(cfg.batch_size)
+    rounds = round_count(cfg.epochs, per_epoch, per_round)
+    if cfg.stop_epoch is not None and cfg.stop_epoch > rounds:
+        raise ConfigError(
+            f"`stop_epoch` ({cfg.stop_epoch}) counts rounds with `eval_every` ({cfg.eval_every!r}), "
+            f"and this run has {rounds} (ceil({cfg.epochs} epochs * {per_epoch} steps / {per_round} "
+            f"steps per round)); set stop_epoch to at most {rounds}, or leave it unset")
+    return _Rounds(per_epoch, per_round, cfg.epochs * per_epoch, cfg.stop_epoch or rounds)
+
+
+@dataclass
 class _Trial:
     """What the steps of one fine-tuning trial share: the model and everything that trains it,
-    and the first epoch left to train (after the one a resumed checkpoint saved)."""
+    and the first epoch (round, with ``eval_every``) left to train (after the one a resumed
+    checkpoint saved)."""
 
     cfg: FinetuneConfig
     data: TokenizedData
@@ -306,6 +352,12 @@ class _Trial:
     best: BestEpoch
     first_epoch: int = 1
     train_model: Any = None  # what trains: the model, or it in DistributedDataParallel
+    rounds: Optional[_Rounds] = None  # round mode (``eval_every``); None: per epoch
+
+    @property
+    def last(self) -> int:
+        """The epoch (round) training stops after."""
+        return self.rounds.last_round if self.rounds is not None else self.cfg.last_epoch
 
 
 def _build(cfg: FinetuneConfig, data: TokenizedData, device: torch.device) -> _Trial:
@@ -327,7 +379,8 @@ def _build(cfg: FinetuneConfig, data: TokenizedData, device: torch.device) -> _T
                           f"worker); set them to 0 or train the trial on one worker")
     return _Trial(cfg, data, device, precision, memory, model, optimizer, scheduler, scaler,
                   WeightAverage.for_config(cfg, model), BestEpoch(),
-                  train_model=data_parallel.wrap(model, device))
+                  train_model=data_parallel.wrap(model, device),
+                  rounds=plan_rounds(cfg, len(data.splits["train"])))
 
 
 def _resume(run: _Trial, resume_dir: str) -> None:
@@ -347,6 +400,26 @@ def _resume(run: _Trial, resume_dir: str) -> None:
     run.best.restore(state["extra"].get("best"), state.get("best_model") or state["model"])
     restore_rng_states(state["rng"])
     run.first_epoch = state["epoch"] + 1
+    _check_resumed_position(run, state["extra"].get("position"), resume_dir)
+
+
+def _check_resumed_position(run: _Trial, saved: Optional[dict], resume_dir: str) -> None:
+    """A round-mode checkpoint resumes in round mode at the same place in the same batches: its
+    round's end must be where the trial's own rounds put it (same batch size and ``eval_every``)."""
+    rounds = run.rounds
+    if rounds is None and saved is None:
+        return
+    if rounds is None or saved is None:
+        raise ConfigError(
+            f"checkpoint {resume_dir} was written {'with' if saved else 'without'} `eval_every`, but "
+            f"this trial's `eval_every` is {run.cfg.eval_every!r}: a run counts either epochs or "
+            f"rounds throughout; resume it with the `eval_every` it started with")
+    expected = rounds.where(rounds.span(run.first_epoch - 1)[1])
+    if saved != expected:
+        raise ConfigError(
+            f"checkpoint {resume_dir} stopped at {saved}, but round {run.first_epoch - 1} of this "
+            f"trial ends at {expected}: `batch_size` or `eval_every` changed since it was written; "
+            f"resume it with the settings it started with")
 
 
 def _train_one_epoch(run: _Trial, epoch: int, loss_fn: Callable,
@@ -373,6 +446,52 @@ def _train_one_epoch(run: _Trial, epoch: int, loss_fn: Callable,
     return stats, average.weights() if average is not None else None
 
 
+def _epoch_order(run: _Trial, epoch: int) -> list[np.ndarray]:
+    """Epoch ``epoch``'s batches in the order epoch mode trains them (cached for the next round)."""
+    rounds = run.rounds
+    if rounds.order[0] != epoch:
+        rng = np.random.default_rng([run.cfg.seed, epoch])
+        rounds.order = (epoch, epoch_batches(run.data.splits["train"], run.cfg.batch_size, rng=rng))
+    return rounds.order[1]
+
+
+def _train_one_round(run: _Trial, round_number: int, loss_fn: Callable,
+                     progress: Optional[Callable[[int], None]]):
+    """Round ``round_number``'s optimizer steps: the batches at its global steps, taken from each
+    epoch's order in turn (a resumed round starts inside an epoch, past its trained batches); its
+    stats, the averaged weights to evaluate (None without averaging) and where it ended
+    (``step``, ``epoch_progress``: epochs done, fractional, and ``examples_seen``)."""
+    cfg, rounds, average = run.cfg, run.rounds, run.average
+    start, end = rounds.span(round_number)
+    batches: list[np.ndarray] = []
+    step = start
+    while step < end:
+        epoch, done = position(step, rounds.steps_per_epoch)
+        taken = _epoch_order(run, epoch)[done:done + end - step]
+        batches.extend(taken)
+        step += len(taken)
+    weights = None
+    if data_parallel.world()[1] > 1:  # each worker its part of the round's global batches
+        batches, weights = data_parallel.split_for_worker(batches)
+    stats = train_epoch(
+        run.train_model, run.data.splits["train"], batch_size=cfg.batch_size,
+        rng=np.random.default_rng([cfg.seed, round_number]),  # unused: the batches are given
+        pad_token_id=run.data.pad_token_id, optimizer=run.optimizer, scheduler=run.scheduler,
+        loss_fn=loss_fn, device=run.device, precision=run.precision, grad_clip=cfg.grad_clip,
+        scaler=run.scaler, progress=progress,
+        after_step=average.after_step if average is not None else None,
+        batches=batches, loss_weights=weights)
+    if weights is not None:
+        stats = dataclasses.replace(stats, loss=data_parallel.global_mean(stats.loss, stats.samples, run.device))
+    epoch, done = position(end, rounds.steps_per_epoch)
+    seen = (epoch - 1) * len(run.data.splits["train"])
+    if done:
+        seen += sum(len(b) for b in _epoch_order(run, epoch)[:done])
+    where = {"step": end, "epoch_progress": end / rounds.steps_per_epoch, "examples_seen": seen,
+             "rounds": rounds.last_round}
+    return stats, average.weights() if average is not None else None, where
+
+
 def _score_epoch(run: _Trial, epoch: int, stats, averaged: Optional[dict], costs: dict,
                  noisy_val: Optional[EncodedSplit], eval_kwargs: dict) -> dict:
     """The epoch's report: its validation (and perturbed validation) scores, the best epoch so far
@@ -388,20 +507,23 @@ def _score_epoch(run: _Trial, epoch: int, stats, averaged: Optional[dict], costs
                                                               **eval_kwargs).accuracy
     best.update(epoch, metrics, averaged if averaged is not None else model.state_dict())
     metrics.update(best.as_metrics())
-    if epoch == cfg.last_epoch and cfg.quantize:
+    if epoch == run.last and cfg.quantize:
         metrics.update(int8_scores(model, best.weights, run.data, cfg.batch_size, noisy_val))
     return metrics
 
 
 def _checkpoint_writer(run: _Trial, epoch: int) -> Callable[[str], None]:
     """Writes ``epoch``'s checkpoint: resumable state before the last epoch, after it the
-    handed-over model alone."""
+    handed-over model alone. In round mode ``epoch`` is the round, and ``extra["position"]``
+    says where it ended (``_Rounds.where``: global step, epoch, batches of that epoch trained)."""
     cfg, best, average = run.cfg, run.best, run.average
 
     def write(directory: str) -> None:
         extra = {"best": best.state(),
                  "average": average.state_dict() if average is not None else None}
-        if epoch < cfg.last_epoch:
+        if run.rounds is not None:
+            extra["position"] = run.rounds.where(run.rounds.span(epoch)[1])
+        if epoch < run.last:
             save_checkpoint(directory, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
                             scaler=run.scaler, epoch=epoch, config=cfg.to_dict(),
                             label_map=run.data.label_map.to_dict(), extra=extra,
@@ -429,21 +551,31 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
     With ``resume_dir`` the model, optimizer, scheduler, averaging, best-epoch and RNG states come
     from that checkpoint and training continues with the epoch after the one it saved; the
     config's learning rates and weight decay apply from there on (``reapply_hyperparameters``).
+
+    With ``cfg.eval_every`` (round mode, ``trainables.rounds``) every "epoch" above is a round of
+    that many optimizer steps: ``epoch`` in the reports, ``best_epoch``, the checkpoints and
+    ``stop_epoch`` count rounds, and each report adds ``step``, ``epoch_progress``,
+    ``examples_seen`` and ``rounds`` (the round the run stops after). A resumed round goes on at
+    the batch where its checkpoint stopped, inside an epoch if that is where it was.
     """
     run = _build(cfg, data, device)
     if resume_dir is not None:
         _resume(run, resume_dir)
     loss_fn = finetune_loss(cfg)
-    costs = deployment_costs(cfg, run.model, data) if run.first_epoch <= cfg.last_epoch else {}
+    costs = deployment_costs(cfg, run.model, data) if run.first_epoch <= run.last else {}
     noisy_val = perturbed_validation(cfg.perturb_eval, data) if cfg.perturb_eval else None
     eval_kwargs = dict(batch_size=max(64, cfg.batch_size), pad_token_id=data.pad_token_id,
                        num_labels=data.num_labels, device=device, precision=run.precision)
-    for epoch in range(run.first_epoch, cfg.last_epoch + 1):
+    for epoch in range(run.first_epoch, run.last + 1):
         maybe_inject_failure(epoch)
-        stats, averaged = _train_one_epoch(run, epoch, loss_fn, progress)
+        where = {}
+        if run.rounds is not None:
+            stats, averaged, where = _train_one_round(run, epoch, loss_fn, progress)
+        else:
+            stats, averaged = _train_one_epoch(run, epoch, loss_fn, progress)
         metrics = _score_epoch(run, epoch, stats, averaged, costs, noisy_val, eval_kwargs)
-        report(metrics, _checkpoint_writer(run, epoch))
-    maybe_inject_failure(cfg.last_epoch + 1)
+        report({**metrics, **where}, _checkpoint_writer(run, epoch))
+    maybe_inject_failure(run.last + 1)
     if run.best.weights is not None:
         run.model.load_state_dict(run.best.weights)
     return run.model

@@ -38,6 +38,11 @@ _DECLARED: tuple[HParam, ...] = (
     _p("max_length", "int", 128, "texts are truncated to this many tokens", "run", low=8, high=8192),
     _p("epochs", "int", 4, "epochs of the classification stage (ASHA's max_t for fine-tuning; "
        "contrastive trials add their contrastive epochs)", "run", low=1, high=10_000),
+    _p("eval_every", "optional_str", None, "evaluate, report and checkpoint every N optimizer "
+       "steps (N or 'N steps') or N examples ('Nex' or 'N examples', steps = ceil(N / batch_size)) "
+       "instead of every epoch; rounds cross epoch boundaries and `epoch`, `stop_epoch`, "
+       "`best_epoch` and ASHA's rungs count rounds (null or 0: per epoch; fine-tuning trials "
+       "only; docs/tune.md#budgets-in-steps)", "run"),
     _p("seed", "int", 0, "seed of the model's initialisation, data order and dropout", "run",
        low=0, high=2**32 - 1),
     _p("precision", "str", "auto", "auto: bf16 autocast on Ampere+ GPUs and CPUs with "
