@@ -94,3 +94,32 @@ def test_a_ray_address_password_is_used_but_never_saved_or_logged(tmp_path):
     # read back in this process, the masked address gets its password again
     assert SweepConfig.from_dict(cfg.to_dict()).address == "ray://user:s3cret@head:10001"
     assert SweepConfig(name="s", address="auto").to_dict()["address"] == "auto"
+
+
+def test_eval_every_is_a_checked_sweep_setting_that_reaches_sweep_and_tune(tmp_path):
+    """Budgets in steps (issue 24): --eval-every N (steps) or Nex (examples), kept in one written
+    form, saved with the sweep, refused with a message where it cannot work."""
+    from tuning.cli import build_parser
+    from tuning.settings import sweep_settings
+
+    assert SweepConfig(name="s").eval_every is None  # per epoch, the default
+    assert SweepConfig(name="s", eval_every="20_000 examples").eval_every == "20000ex"
+    assert SweepConfig(name="s", eval_every=0).eval_every is None
+    cfg = SweepConfig(name="s", storage=str(tmp_path), eval_every="500", epochs=1, grace_period=3)
+    cfg.save()
+    assert load_saved_sweep("s", str(tmp_path)).eval_every == "500"  # grace_period counts rounds
+    with pytest.raises(ConfigError, match=r"`eval_every` \(--eval-every\) must be N or 'N steps'.*'soon'"):
+        SweepConfig(name="s", eval_every="soon")
+    with pytest.raises(ConfigError, match="--eval-every 100.*finetune only, but got 'contrastive'"):
+        SweepConfig(name="s", eval_every="100", trainable="contrastive")
+    with pytest.raises(ConfigError, match="cannot mutate `batch_size` with --eval-every"):
+        SweepConfig(name="s", eval_every="100", scheduler="pbt", num_trials=4,
+                    mutate=("lr", "batch_size"))
+    # PBT's interval counts rounds too: not bounded by epochs
+    assert SweepConfig(name="s", eval_every="100", scheduler="pbt", num_trials=4, epochs=1,
+                       perturbation_interval=2).perturbation_interval == 2
+    args = build_parser().parse_args(["sweep", "--eval-every", "2000ex"])
+    assert SweepConfig(name="s", **sweep_settings(args)).eval_every == "2000ex"
+    for command in ("sweep", "tune"):  # tune builds its sweep with sweep_settings too
+        assert build_parser().parse_args([command, "--eval-every", "500"]).eval_every == "500"
+        assert build_parser().parse_args([command]).eval_every is None

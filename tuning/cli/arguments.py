@@ -97,6 +97,12 @@ def add_sweep_arguments(p: argparse.ArgumentParser, *, time_budget_default: Opti
                    help="number of trials (default: %(default)s)")
     p.add_argument("--time-budget", type=_duration, default=time_budget_default, help=time_budget_help)
     p.add_argument("--epochs", type=int, default=_default("epochs"), help=_doc("epochs"))
+    p.add_argument("--eval-every", default=None, metavar="N|Nex",
+                   help="evaluate, report and checkpoint every N optimizer steps (500, '500 steps') "
+                        "or N examples (20000ex, '20000 examples') instead of every epoch, for "
+                        "corpora where an epoch takes hours: ASHA's rungs, --grace-period and "
+                        "--perturbation-interval count these rounds (fine-tuning only; "
+                        "docs/tune.md#budgets-in-steps) (default: per epoch)")
     p.add_argument("--space", dest="space_file", help="YAML file that narrows/widens/fixes/drops "
                                                       "parameters (see `tunebert space`)")
     p.add_argument("--warm-start", default="",

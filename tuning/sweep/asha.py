@@ -1,4 +1,5 @@
-"""ASHA whose rungs survive a driver restart.
+"""ASHA whose rungs survive a driver restart, and its ``max_t`` in rounds (``max_rounds``) when
+trials report every ``eval_every`` steps instead of every epoch.
 
 Ray Tune saves the trials and the searcher with the experiment, but not the scheduler: a restored
 ``Tuner`` brings back the ASHA it was built with, rungs empty (Ray 2.60: ``TuneController
@@ -25,11 +26,39 @@ from typing import Optional
 
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
+from search_spaces.space import Categorical, Fixed, IntRange, SearchSpace
+from trainables.hparams import default_of
+from trainables.rounds import most_rounds
 from tuning.sweep import ray_internals as internals
 
 log = logging.getLogger(__name__)
 
 RUNGS_FILE = "asha_rungs.jsonl"
+
+
+def batch_sizes(space: SearchSpace, presets: list[tuple[dict, dict]] = ()) -> set[int]:
+    """Every batch size a trial of ``space`` or of a warm-start preset ((enqueued, overrides)
+    pairs) can train with."""
+    param = space.get("batch_size")
+    dist = param.dist if param is not None else Fixed(space.constants.get("batch_size", default_of("batch_size")))
+    if isinstance(dist, Categorical):
+        sizes = set(dist.choices)
+    elif isinstance(dist, IntRange):
+        sizes = set(range(dist.low, dist.high + 1, dist.step or 1))
+    else:
+        sizes = {dist.value}
+    return {int(s) for s in sizes} | {int(p["batch_size"]) for p in
+                                      ({**overrides, **enqueued} for enqueued, overrides in presets)
+                                      if p.get("batch_size")}
+
+
+def max_rounds(space: SearchSpace, presets: list[tuple[dict, dict]], *, epochs: int, eval_every: str,
+               train_size: int) -> int:
+    """ASHA's ``max_t`` in round mode (``eval_every``): the most rounds any trial can report,
+    ``ceil(epochs * steps_per_epoch / steps_per_round)`` at the batch size that gives the most
+    (in steps, the smallest), over the space's batch sizes and the presets'."""
+    return most_rounds(eval_every, epochs=epochs, train_size=train_size,
+                       batch_sizes=batch_sizes(space, presets))
 
 
 class ResumableASHA(AsyncHyperBandScheduler):

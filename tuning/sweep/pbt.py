@@ -14,6 +14,10 @@ What this module adds to Ray's schedulers, and why:
   became. ``tuning.tracking`` records it on the clone's MLflow run.
 - No perturbation at a trial's last epoch: that checkpoint holds no optimizer state (nothing
   resumes from it), and a clone restored from it would have nothing left to train.
+- With ``eval_every`` (budgets in steps) every "epoch" here is a reporting round: trials report
+  the round number as ``epoch`` (Ray's ``training_iteration`` counts the same), so
+  ``--perturbation-interval`` counts rounds, and a clone resumes its donor's checkpoint at the
+  batch, mid-epoch included, where the donor's round ended.
 """
 
 from __future__ import annotations
@@ -133,8 +137,10 @@ class _RecordsLineage(PBTHooks):
         self._last_operations: dict = {}
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        last_epoch = registry.config_class(trial.config.get("trainable", "finetune")).from_dict(
-            trial.config).last_epoch  # `epochs`, or `stop_epoch` when a config sets one
+        # `epochs`, or `stop_epoch` when a config sets one; with `eval_every` the trial counts
+        # rounds, and reports the round it stops after (`rounds`, which depends on the data)
+        last_epoch = result.get("rounds") or registry.config_class(
+            trial.config.get("trainable", "finetune")).from_dict(trial.config).last_epoch
         if result.get("epoch", 0) >= last_epoch:
             return TrialScheduler.CONTINUE  # nothing left to perturb
         return super().on_trial_result(tune_controller, trial, result)

@@ -52,8 +52,9 @@ SPACES = {"finetune": finetune_space, "contrastive": contrastive_space, "any": m
 def build_space(cfg: SweepConfig) -> SearchSpace:
     """The default space for the sweep's trainable family (or both: ``any``), the user's YAML
     applied, sweep-level constants bound."""
+    rounds = {"eval_every": cfg.eval_every} if cfg.eval_every else {}  # per epoch: as before it existed
     space = SPACES[cfg.trainable](model=cfg.model, max_length=cfg.max_length, epochs=cfg.epochs,
-                                  seed=cfg.seed, precision=cfg.precision)
+                                  seed=cfg.seed, precision=cfg.precision, **rounds)
     if cfg.space_file:
         config_cls = registry.config_class("contrastive" if cfg.trainable == "any" else cfg.trainable)
         space = load_space(cfg.space_file, space, config_cls=config_cls, fixed_by_sweep=SWEEP_LEVEL)

@@ -18,7 +18,7 @@ import tuning.console as console
 import tuning.sweep.pbt as pbt
 import tuning.tracking as tracking
 from tuning.config import POPULATION_SCHEDULERS
-from tuning.sweep.asha import RUNGS_FILE, ResumableASHA
+from tuning.sweep.asha import RUNGS_FILE, ResumableASHA, max_rounds
 from tuning.sweep.prepare import Prepared, max_epochs, say
 from tuning.sweep.progress import SweepProgress
 from tuning.sweep.pruning import CheckpointPruner
@@ -90,9 +90,11 @@ def _tuner(prep: Prepared, callback, *, restore: bool, stop=None):
         keep = pbt.checkpoints_to_keep(cfg)
     else:
         if cfg.scheduler == "asha":
-            longest = max([max_epochs(prep.space, cfg.epochs)] + [
-                cfg.epochs + int({**overrides, **enqueued}.get("contrastive_epochs", 0))
-                for enqueued, overrides in prep.presets])
+            longest = max_rounds(prep.space, prep.presets, epochs=cfg.epochs, eval_every=cfg.eval_every,
+                                 train_size=len(prep.data.splits["train"])) if cfg.eval_every else \
+                max([max_epochs(prep.space, cfg.epochs)] + [
+                    cfg.epochs + int({**overrides, **enqueued}.get("contrastive_epochs", 0))
+                    for enqueued, overrides in prep.presets])
             scheduler = ResumableASHA(cfg.sweep_dir / RUNGS_FILE, time_attr="training_iteration",
                                       max_t=longest, grace_period=cfg.grace_period,
                                       reduction_factor=cfg.reduction_factor)

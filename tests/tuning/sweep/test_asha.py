@@ -80,3 +80,24 @@ def test_a_torn_last_line_is_skipped(tmp_path):
     again.on_trial_add(None, _trial("a", last_iteration=4))
     assert dict(again._brackets[0]._rungs)[1] == {"a": 0.8}
     assert dict(restored._brackets[0]._rungs)[1] == {"a": 0.8, "b": 0.85}
+
+
+def test_max_t_counts_rounds_with_eval_every():
+    """Budgets in steps: ASHA's time axis is the reporting round, and max_t the most rounds a
+    trial of the space (or a warm-start preset) runs: ceil(epochs * steps_per_epoch / eval_every)
+    at the batch size that gives the most."""
+    from search_spaces.finetune import finetune_space
+    from search_spaces.space import Categorical, Fixed, Param, SearchSpace
+    from tuning.sweep.asha import batch_sizes, max_rounds
+
+    space = SearchSpace((Param("batch_size", Categorical((32, 64))),), {"trainable": "finetune"})
+    # 1000 examples, 2 epochs, batch 32: 32 steps/epoch, 64 steps, 10 per round -> 7 rounds
+    assert max_rounds(space, [], epochs=2, eval_every="10", train_size=1000) == 7
+    # a warm-start preset with batch 16: 63 steps/epoch, 126 steps -> 13 rounds
+    assert max_rounds(space, [({"batch_size": 16}, {})], epochs=2, eval_every="10", train_size=1000) == 13
+    # in examples, about the same count whatever the batch: ceil(2 * 32 / ceil(250 / 32)) = 8
+    assert max_rounds(space, [], epochs=2, eval_every="250ex", train_size=1000) == 8
+    fixed = SearchSpace((Param("batch_size", Fixed(100)),), {})
+    assert max_rounds(fixed, [], epochs=3, eval_every="4", train_size=1000) == 8  # ceil(30 / 4)
+    assert batch_sizes(finetune_space()) == {16, 32, 64, 128}
+    assert batch_sizes(SearchSpace((), {})) == {32}  # not in the space: the registry default

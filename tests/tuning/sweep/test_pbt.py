@@ -68,6 +68,21 @@ def test_perturbed_values_stay_inside_the_space_range():
     assert "* 1.2 then clipped to the space's [1e-05, 0.0003]" in seen and "* 0.8" in seen
 
 
+def test_no_perturbation_after_the_last_round_with_eval_every(monkeypatch):
+    """Budgets in steps: a trial counts rounds (``epoch`` = the round, ``rounds`` = its last), so
+    the last epoch PBT skips is the last round, not `epochs`."""
+    from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+    monkeypatch.setattr(PopulationBasedTraining, "on_trial_result", lambda *a: "ranked")
+    params = pbt.mutable_params(SPACE, ("lr",), "pbt")
+    scheduler = pbt.LineagePBT(params=params, on_clone=None, hyperparam_mutations=pbt.ray_mutations(params, "pbt"))
+    trial = SimpleNamespace(config={"trainable": "finetune", "epochs": 2, "eval_every": "10"})
+    assert scheduler.on_trial_result(None, trial, {"epoch": 2, "rounds": 5}) == "ranked"  # round 2 of 5
+    assert scheduler.on_trial_result(None, trial, {"epoch": 5, "rounds": 5}) == TrialScheduler.CONTINUE
+    per_epoch = SimpleNamespace(config={"trainable": "finetune", "epochs": 2})
+    assert scheduler.on_trial_result(None, per_epoch, {"epoch": 2}) == TrialScheduler.CONTINUE
+
+
 def test_clone_event_lists_old_donor_and_new_values():
     event = pbt.clone_event(before={"lr": 1e-5, "weight_decay": 0.0, "head": "mlp", "epochs": 3},
                             donor={"lr": 1e-3, "weight_decay": 0.01, "head": "linear", "epochs": 3},
