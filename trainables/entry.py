@@ -16,11 +16,12 @@ from typing import Callable, Optional
 
 import torch
 
-from trainables import registry
+from trainables import registry, train_workers
 from trainables.checkpointing import checkpoint_folders, checkpoint_index, incomplete_reason, is_model_only
 from trainables.data import TokenizedData
 from trainables.errors import ConfigError, NonFiniteLossError
 from trainables.runtime import pick_device, set_threads
+from trainables.train_workers import WorkerGroup
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +155,10 @@ def recycled(trainable_fn: Callable) -> type:
     return Recycled
 
 
-def trainable(config: dict, data: TokenizedData) -> None:
-    """``tune.with_parameters(trainable, data=...)``: ``config["trainable"]`` picks the family."""
+def trainable(config: dict, data: TokenizedData, workers: WorkerGroup = WorkerGroup()) -> None:
+    """``tune.with_parameters(trainable, data=..., workers=...)``: ``config["trainable"]`` picks
+    the family; a trial of several ``workers`` trains on Ray Train workers
+    (``trainables.train_workers``) and reports here as one in this process would."""
     import ray
     from ray import tune
 
@@ -184,7 +187,11 @@ def trainable(config: dict, data: TokenizedData) -> None:
     # tunebert's --storage is a folder path: Ray's checkpoint path is a folder on this node's disk
     directory = resume_point(Path(checkpoint.path)) if checkpoint is not None else None
     try:
-        if directory is None:
+        if workers.spread and (directory is None or not is_model_only(directory)):
+            # the trial's folder in --storage (every node sees it), not its local staging folder
+            train_workers.run(name, cfg, data, workers, trial_dir=tune.get_context().get_storage().trial_fs_path,
+                              report=report, resume_dir=str(directory) if directory else None)
+        elif directory is None:
             fit(cfg, data, device=device, report=report)
         elif is_model_only(directory):
             # the sweep had ended this trial and pruned its checkpoint to its best model
