@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from trainables.models import (TextClassifier, freeze_bottom, load_encoder, load
                                num_encoder_layers, quantize_int8, reinit_top)
 from trainables.optim import build_optimizer, llrd_param_groups
 from trainables.perturb import parse_spec, perturb_texts
-from trainables.rounds import parse_eval_every, position, round_count
+from trainables.rounds import RoundPlan, plan_rounds
 from trainables.runtime import resolve_precision, seed_everything, supports_precision
 from trainables.schedules import make_schedule
 
@@ -291,49 +292,6 @@ def int8_scores(model: TextClassifier, weights: dict, data: TokenizedData, batch
 
 
 @dataclass
-class _Rounds:
-    """Round mode (``eval_every``, ``trainables.rounds``): a reporting round is ``steps_per_round``
-    optimizer steps, crossing epoch boundaries; ``last_round`` is the round training stops after
-    (``stop_epoch``, which counts rounds here, or the last of the schedule, which may be shorter).
-    ``order`` caches the batch order of the epoch being trained: (epoch, batches). It is never
-    saved; it is drawn again from ``np.random.default_rng([seed, epoch])`` as in epoch mode."""
-
-    steps_per_epoch: int
-    steps_per_round: int
-    total_steps: int  # every batch of the `epochs` epochs of the schedule
-    last_round: int
-    order: tuple[int, list] = (0, [])
-
-    def span(self, round_number: int) -> tuple[int, int]:
-        """The global steps [start, end) that round ``round_number`` (1-based) trains."""
-        start = (round_number - 1) * self.steps_per_round
-        return start, min(start + self.steps_per_round, self.total_steps)
-
-    def where(self, step: int) -> dict[str, int]:
-        """Where global step ``step`` lies: its epoch and the batches of that epoch's order before it."""
-        epoch, done = position(step, self.steps_per_epoch)
-        return {"step": step, "epoch": epoch, "batches_done": done,
-                "steps_per_epoch": self.steps_per_epoch, "steps_per_round": self.steps_per_round}
-
-
-def plan_rounds(cfg, train_size: int) -> Optional[_Rounds]:
-    """The rounds of a trial with ``eval_every`` on ``train_size`` examples (None: per epoch).
-    ``stop_epoch`` counts rounds then; more than the schedule has is refused."""
-    spec = parse_eval_every(getattr(cfg, "eval_every", None))
-    if spec is None:
-        return None
-    per_epoch = steps_per_epoch(train_size, cfg.batch_size)
-    per_round = spec.steps(cfg.batch_size)
-    rounds = round_count(cfg.epochs, per_epoch, per_round)
-    if cfg.stop_epoch is not None and cfg.stop_epoch > rounds:
-        raise ConfigError(
-            f"`stop_epoch` ({cfg.stop_epoch}) counts rounds with `eval_every` ({cfg.eval_every!r}), "
-            f"and this run has {rounds} (ceil({cfg.epochs} epochs * {per_epoch} steps / {per_round} "
-            f"steps per round)); set stop_epoch to at most {rounds}, or leave it unset")
-    return _Rounds(per_epoch, per_round, cfg.epochs * per_epoch, cfg.stop_epoch or rounds)
-
-
-@dataclass
 class _Trial:
     """What the steps of one fine-tuning trial share: the model and everything that trains it,
     and the first epoch (round, with ``eval_every``) left to train (after the one a resumed
@@ -352,7 +310,7 @@ class _Trial:
     best: BestEpoch
     first_epoch: int = 1
     train_model: Any = None  # what trains: the model, or it in DistributedDataParallel
-    rounds: Optional[_Rounds] = None  # round mode (``eval_every``); None: per epoch
+    rounds: Optional[RoundPlan] = None  # round mode (``eval_every``); None: per epoch
 
     @property
     def last(self) -> int:
@@ -400,38 +358,27 @@ def _resume(run: _Trial, resume_dir: str) -> None:
     run.best.restore(state["extra"].get("best"), state.get("best_model") or state["model"])
     restore_rng_states(state["rng"])
     run.first_epoch = state["epoch"] + 1
-    _check_resumed_position(run, state["extra"].get("position"), resume_dir)
-
-
-def _check_resumed_position(run: _Trial, saved: Optional[dict], resume_dir: str) -> None:
-    """A round-mode checkpoint resumes in round mode at the same place in the same batches: its
-    round's end must be where the trial's own rounds put it (same batch size and ``eval_every``)."""
-    rounds = run.rounds
-    if rounds is None and saved is None:
-        return
-    if rounds is None or saved is None:
+    saved = state["extra"].get("position")
+    if (run.rounds is None) != (saved is None):
         raise ConfigError(
             f"checkpoint {resume_dir} was written {'with' if saved else 'without'} `eval_every`, but "
             f"this trial's `eval_every` is {run.cfg.eval_every!r}: a run counts either epochs or "
             f"rounds throughout; resume it with the `eval_every` it started with")
-    expected = rounds.where(rounds.span(run.first_epoch - 1)[1])
-    if saved != expected:
-        raise ConfigError(
-            f"checkpoint {resume_dir} stopped at {saved}, but round {run.first_epoch - 1} of this "
-            f"trial ends at {expected}: `batch_size` or `eval_every` changed since it was written; "
-            f"resume it with the settings it started with")
+    if saved is not None:
+        run.rounds.check_resumed(saved, run.first_epoch - 1, resume_dir)
 
 
 def _train_one_epoch(run: _Trial, epoch: int, loss_fn: Callable,
-                     progress: Optional[Callable[[int], None]]):
-    """One epoch of training (the averaging updated after each step and at the end); its stats
-    and the averaged weights to evaluate (None without averaging)."""
+                     progress: Optional[Callable[[int], None]], batches: Optional[list] = None):
+    """One epoch of training (the averaging updated after each step and at the end), or the
+    given ``batches`` (a round's); its stats and the averaged weights to evaluate (None without
+    averaging)."""
     cfg, average = run.cfg, run.average
     rng, train = np.random.default_rng([cfg.seed, epoch]), run.data.splits["train"]
-    batches = weights = None
+    weights = None
     if data_parallel.world()[1] > 1:  # the same global batches on every worker, each its part
         batches, weights = data_parallel.split_for_worker(
-            epoch_batches(train, cfg.batch_size, rng=rng))
+            batches if batches is not None else epoch_batches(train, cfg.batch_size, rng=rng))
     stats = train_epoch(
         run.train_model, train, batch_size=cfg.batch_size, rng=rng,
         pad_token_id=run.data.pad_token_id, optimizer=run.optimizer, scheduler=run.scheduler,
@@ -439,57 +386,28 @@ def _train_one_epoch(run: _Trial, epoch: int, loss_fn: Callable,
         scaler=run.scaler, progress=progress,
         after_step=average.after_step if average is not None else None,
         batches=batches, loss_weights=weights)
-    if batches is not None:
+    if weights is not None:
         stats = dataclasses.replace(stats, loss=data_parallel.global_mean(stats.loss, stats.samples, run.device))
     if average is not None:
-        average.after_epoch(epoch)
+        average.after_epoch(epoch)  # SWA's (refused in round mode); EMA's is a no-op
     return stats, average.weights() if average is not None else None
 
 
 def _epoch_order(run: _Trial, epoch: int) -> list[np.ndarray]:
-    """Epoch ``epoch``'s batches in the order epoch mode trains them (cached for the next round)."""
-    rounds = run.rounds
-    if rounds.order[0] != epoch:
-        rng = np.random.default_rng([run.cfg.seed, epoch])
-        rounds.order = (epoch, epoch_batches(run.data.splits["train"], run.cfg.batch_size, rng=rng))
-    return rounds.order[1]
+    """Epoch ``epoch``'s batches in the order epoch mode trains them."""
+    rng = np.random.default_rng([run.cfg.seed, epoch])
+    return epoch_batches(run.data.splits["train"], run.cfg.batch_size, rng=rng)
 
 
 def _train_one_round(run: _Trial, round_number: int, loss_fn: Callable,
                      progress: Optional[Callable[[int], None]]):
-    """Round ``round_number``'s optimizer steps: the batches at its global steps, taken from each
-    epoch's order in turn (a resumed round starts inside an epoch, past its trained batches); its
-    stats, the averaged weights to evaluate (None without averaging) and where it ended
-    (``step``, ``epoch_progress``: epochs done, fractional, and ``examples_seen``)."""
-    cfg, rounds, average = run.cfg, run.rounds, run.average
-    start, end = rounds.span(round_number)
-    batches: list[np.ndarray] = []
-    step = start
-    while step < end:
-        epoch, done = position(step, rounds.steps_per_epoch)
-        taken = _epoch_order(run, epoch)[done:done + end - step]
-        batches.extend(taken)
-        step += len(taken)
-    weights = None
-    if data_parallel.world()[1] > 1:  # each worker its part of the round's global batches
-        batches, weights = data_parallel.split_for_worker(batches)
-    stats = train_epoch(
-        run.train_model, run.data.splits["train"], batch_size=cfg.batch_size,
-        rng=np.random.default_rng([cfg.seed, round_number]),  # unused: the batches are given
-        pad_token_id=run.data.pad_token_id, optimizer=run.optimizer, scheduler=run.scheduler,
-        loss_fn=loss_fn, device=run.device, precision=run.precision, grad_clip=cfg.grad_clip,
-        scaler=run.scaler, progress=progress,
-        after_step=average.after_step if average is not None else None,
-        batches=batches, loss_weights=weights)
-    if weights is not None:
-        stats = dataclasses.replace(stats, loss=data_parallel.global_mean(stats.loss, stats.samples, run.device))
-    epoch, done = position(end, rounds.steps_per_epoch)
-    seen = (epoch - 1) * len(run.data.splits["train"])
-    if done:
-        seen += sum(len(b) for b in _epoch_order(run, epoch)[:done])
-    where = {"step": end, "epoch_progress": end / rounds.steps_per_epoch, "examples_seen": seen,
-             "rounds": rounds.last_round}
-    return stats, average.weights() if average is not None else None, where
+    """Round ``round_number``'s optimizer steps (``RoundPlan.batches``: across epoch boundaries,
+    a resumed round from the batch its checkpoint stopped at); its stats, averaged weights and
+    where it ended (``RoundPlan.progress``)."""
+    draw = functools.partial(_epoch_order, run)
+    stats, averaged = _train_one_epoch(run, round_number, loss_fn, progress,
+                                       batches=run.rounds.batches(round_number, draw))
+    return stats, averaged, run.rounds.progress(round_number, len(run.data.splits["train"]), draw)
 
 
 def _score_epoch(run: _Trial, epoch: int, stats, averaged: Optional[dict], costs: dict,

@@ -18,7 +18,7 @@ from trainables.data import DataConfig
 from trainables.errors import ConfigError, UserError
 from trainables.hparams import ALL_FAMILIES, default_of
 from trainables.registry import reported_metric
-from trainables.rounds import canonical_eval_every
+from trainables.rounds import check_sweep_setting
 from tuning.credentials import MASK, has_password, redact, reveal
 
 DEFAULT_ROOT = "tunebert-runs"
@@ -133,10 +133,7 @@ class SweepConfig:
     model: str = default_of("model")
     max_length: int = default_of("max_length")
     epochs: int = default_of("epochs")
-    # every trial evaluates, reports and checkpoints every N optimizer steps ('N') or examples
-    # ('Nex') instead of every epoch (trainables.rounds); ASHA's rungs, --grace-period and
-    # --perturbation-interval then count these rounds. None: per epoch
-    eval_every: Optional[str] = None
+    eval_every: Optional[str] = None  # rounds of N steps/'Nex' examples, not epochs (trainables.rounds)
     num_trials: int = 20
     time_budget_s: Optional[float] = None
     max_concurrent: Optional[int] = None
@@ -212,26 +209,13 @@ class SweepConfig:
             raise ConfigError(f"`mode` must be 'max' or 'min', but got {self.mode!r}")
         if not isinstance(self.wait_for_nodes, bool):
             raise ConfigError(f"`wait_for_nodes` must be true or false, but got {self.wait_for_nodes!r}")
-        self._check_eval_every()
+        object.__setattr__(self, "eval_every", check_sweep_setting(self.eval_every, trainable=self.trainable,
+                           mutate=self.mutate, population_based=self.scheduler in POPULATION_SCHEDULERS))
         if self.grace_period > self.epochs and self.eval_every is None:  # rounds: known with the data
             raise ConfigError(f"`grace_period` ({self.grace_period}) cannot exceed `epochs` ({self.epochs})")
         self._check_objectives()
         if self.scheduler in POPULATION_SCHEDULERS:
             self._check_population()
-
-    def _check_eval_every(self) -> None:
-        """``eval_every`` in its one written form; round mode is for fine-tuning trials only."""
-        object.__setattr__(self, "eval_every", canonical_eval_every(self.eval_every, "`eval_every` (--eval-every)"))
-        if self.eval_every is not None and self.trainable != "finetune":
-            raise ConfigError(f"`eval_every` (--eval-every {self.eval_every}) works with --trainable "
-                              f"finetune only, but got {self.trainable!r}: contrastive and multitask "
-                              f"trials evaluate per epoch. Leave --eval-every out for them.")
-        if self.eval_every is not None and self.scheduler in POPULATION_SCHEDULERS \
-                and "batch_size" in self.mutate:
-            raise ConfigError(f"--scheduler {self.scheduler} cannot mutate `batch_size` with "
-                              f"--eval-every {self.eval_every}: a clone resumes mid-epoch at a batch "
-                              f"of its donor's batch order, which another batch size does not have; "
-                              f"leave batch_size out of --mutate")
 
     def _remember_address(self) -> None:
         """``ray://user:PASSWORD@host`` connects with its password, but ``to_dict`` (saved
