@@ -71,6 +71,9 @@ class DataConfig:
     Parquet; ``trainables.tagging_files``), a list of words and a list of BIO tags per row.
     ``second_source``: a second dataset trained beside ``source`` by a multitask trial, one task
     each (``trainables.task_data``); it is read with the same settings.
+    ``token_cache``: tokenize a folder's split files once into the memory-mapped token cache under
+    ``cache_dir`` instead of reading them into memory (``trainables.streamed``): ``True``,
+    ``False``, or ``None`` to decide by the files (shards, compression or size).
     """
 
     source: str = "demo"
@@ -85,6 +88,8 @@ class DataConfig:
     tokens_column: str = "tokens"
     tags_column: str = "tags"
     second_source: Optional[str] = None
+    token_cache: Optional[bool] = None
+    cache_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.source, os.PathLike):
@@ -118,6 +123,16 @@ class DataConfig:
                               f"{self.split_seed!r}")
         if not isinstance(self.skip_bad_rows, bool):
             raise ConfigError(f"`skip_bad_rows` must be true or false, but got {self.skip_bad_rows!r}")
+        if self.token_cache not in (None, True, False):
+            raise ConfigError(f"`token_cache` (--token-cache) must be on, off or auto, but got "
+                              f"{self.token_cache!r}")
+        if isinstance(self.cache_dir, os.PathLike):
+            object.__setattr__(self, "cache_dir", str(self.cache_dir))
+        if self.cache_dir is not None and (not isinstance(self.cache_dir, str) or not self.cache_dir.strip()):
+            raise ConfigError(f"`cache_dir` (--cache-dir) must be a folder path, but got {self.cache_dir!r}")
+        if self.token_cache and self.second_source is not None:
+            raise ConfigError("--token-cache on reads one text-classification folder; joint data "
+                              "with --second-data is read into memory (use --token-cache off)")
         object.__setattr__(self, "delimiter", _normal_delimiter(self.delimiter))
         object.__setattr__(self, "split_names", parse_split_names(self.split_names))
         object.__setattr__(self, "validation_ids", _normal_ids(self.validation_ids))
@@ -129,7 +144,8 @@ class DataConfig:
                 "validation_ids": None if self.validation_ids is None else list(self.validation_ids),
                 "delimiter": self.delimiter, "split_names": dict(self.split_names),
                 "skip_bad_rows": self.skip_bad_rows, "tokens_column": self.tokens_column,
-                "tags_column": self.tags_column, "second_source": self.second_source}
+                "tags_column": self.tags_column, "second_source": self.second_source,
+                "token_cache": self.token_cache, "cache_dir": self.cache_dir}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataConfig":
@@ -145,7 +161,9 @@ class DataConfig:
         finds it again from any working directory ('demo' and hub ids stay as they are); the
         second dataset's folder too."""
         second = _anchored_source(self.second_source) if self.second_source else None
-        return dataclasses.replace(self, source=_anchored_source(self.source), second_source=second)
+        cache_dir = str(Path(self.cache_dir).expanduser().resolve()) if self.cache_dir else None
+        return dataclasses.replace(self, source=_anchored_source(self.source), second_source=second,
+                                   cache_dir=cache_dir)
 
     def second(self) -> Optional["DataConfig"]:
         """The second dataset (``second_source``) as a data config of its own, read with the same

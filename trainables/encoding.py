@@ -180,7 +180,7 @@ def collate(split: EncodedSplit, indices: np.ndarray, pad_token_id: int):
         ids[row, :len(seq)] = seq
         mask[row, :len(seq)] = 1
     return (torch.from_numpy(ids), torch.from_numpy(mask),
-            torch.from_numpy(split.labels[indices]))
+            torch.from_numpy(np.asarray(split.labels[indices], dtype=np.int64)))
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

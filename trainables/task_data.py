@@ -20,6 +20,7 @@ import numpy as np
 
 from trainables.data import (DataConfig, EncodedSplit, TokenizedData, data_fingerprint, load_raw_splits,
                             tokenize_splits)
+from trainables import streamed
 from trainables.errors import ConfigError
 from trainables.tagging import EncodedJointSplit, JointData, encode_joint_splits, load_joint_splits
 from trainables.tagging_files import detect_layout
@@ -35,9 +36,14 @@ def is_multitask_data(config: DataConfig) -> bool:
     if config.source == "demo" or config.source.startswith("hf:"):
         return False
     folder = Path(config.source).expanduser()
-    if not folder.is_dir():
+    if not folder.is_dir() or config.token_cache:
         return False  # a hub id, or a missing folder: the reader says what is wrong
-    return detect_layout(folder, config) != "text"
+    try:
+        return detect_layout(folder, config) != "text"
+    except ConfigError:
+        if streamed.is_streamed(config):
+            return False  # split files only the token cache reads (shards, compressed files)
+        raise
 
 
 def check_family_fits(trainable: str, config: DataConfig) -> None:
@@ -90,6 +96,54 @@ def encode(raw: dict, tokenizer, *, trainable: str, model: str, max_length: int,
         return encode_joint_splits(kept, tokenizer, model=model, max_length=max_length)
     return tokenize_splits(raw, tokenizer, model=model, max_length=max_length,
                            include_test=include_test)
+
+
+def fingerprint_of(config: DataConfig, trainable: str) -> str:
+    """The data's fingerprint (``fingerprint``), read from the files' names, sizes and times alone
+    for data that goes through the token cache (``trainables.streamed.fingerprint``)."""
+    if _streamed(config, trainable):
+        return streamed.fingerprint(config)
+    return fingerprint(load_raw(config, trainable))
+
+
+def load_encoded(config: DataConfig, trainable: str, tokenizer, *, model: str, max_length: int,
+                 include_test: bool = True, say=lambda message: None, builder=None,
+                 check=lambda fingerprint: None) -> tuple[TaskData, str]:
+    """(the tokenized splits, the data's fingerprint): through the memory-mapped token cache for
+    data that is too big or sharded (``trainables.streamed``), else read and tokenized in memory.
+    ``check(fingerprint)`` runs before anything is tokenized (a resumed sweep refuses changed
+    data before hours of tokenizing)."""
+    if _streamed(config, trainable):
+        digest = streamed.fingerprint(config)
+        check(digest)
+        return streamed.load(config, tokenizer, model=model, max_length=max_length,
+                             include_test=include_test, say=say, builder=builder), digest
+    raw = load_raw(config, trainable)
+    digest = fingerprint(raw)
+    check(digest)
+    return (encode(raw, tokenizer, trainable=trainable, model=model, max_length=max_length,
+                   include_test=include_test), digest)
+
+
+def train_size(config: DataConfig, trainable: str, *, model: str, max_length: int, load_tokenizer) -> int:
+    """How many examples the train split holds (after a carve): from the token cache for data
+    that goes through it (built first if missing), else from the rows read into memory.
+    ``load_tokenizer(model)`` gives the tokenizer that keys the cache."""
+    if _streamed(config, trainable):
+        data, _ = load_encoded(config, trainable, load_tokenizer(model), model=model,
+                               max_length=max_length, include_test=False)
+        return len(data.splits["train"])
+    return len(load_raw(config, trainable)["train"])
+
+
+def _streamed(config: DataConfig, trainable: str) -> bool:
+    check_family_fits(trainable, config)
+    if not streamed.is_streamed(config):
+        return False
+    if trainable == MULTITASK:
+        raise ConfigError("--token-cache on: joint intent + slot data is read into memory (the "
+                          "token cache holds text-classification splits); use --token-cache off")
+    return True
 
 
 def take(split, keep: np.ndarray):

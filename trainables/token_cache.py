@@ -81,7 +81,9 @@ def tokenizer_digest(tokenizer) -> str:
     """The tokenizer's identity: its full serialised form (vocabulary, normaliser, special
     tokens) for a fast tokenizer, else its vocabulary and special tokens."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(
+    # without the truncation and padding state, which a call to the tokenizer sets and resets
+    text = json.dumps({k: v for k, v in json.loads(backend.to_str()).items()
+                       if k not in ("truncation", "padding")}, sort_keys=True) if backend is not None else json.dumps(
         [sorted(tokenizer.get_vocab().items()), tokenizer.all_special_tokens])
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -204,6 +206,10 @@ class CachedSplit:
         return int(self.meta.get("truncated", 0))
 
     def epoch_batches(self, batch_size: int, *, rng: np.random.Generator, shuffle: bool = True):
+        """A split of at most ``WINDOW_ROWS`` examples is batched whole, exactly as the same split
+        in memory (same generator, same batches); a larger one block by block (``BlockBatches``)."""
+        if len(self) <= WINDOW_ROWS:
+            return bucketed_batches(self.lengths(), batch_size, rng=rng, shuffle=shuffle)
         return BlockBatches(self._lengths, batch_size, seed=int(rng.integers(2**63)) if shuffle else None)
 
     def __len__(self) -> int:
@@ -378,12 +384,15 @@ def _remove_dead_builds(root: Path) -> None:
 def cached_split(files: str | Sequence[str], *, text_column: str, label_column: str, tokenizer,
                  max_length: int, root: str | Path, label_map: Optional[LabelMap] = None,
                  carve_seed: Optional[int] = None, num_proc: Optional[int] = None,
-                 say: Callable[[str], None] = lambda message: None) -> tuple[CachedSplit, LabelMap]:
+                 say: Callable[[str], None] = lambda message: None,
+                 build: Optional[Callable] = None) -> tuple[CachedSplit, LabelMap]:
     """The split's cache under ``root``, built first when missing; and its label map (the given
     one, or this split's sorted label values, as ``LabelMap.from_labels``: pass train's map to the
     other splits). A label the given map lacks is a ``UserError`` naming it. With ``carve_seed``
     the cache also holds each example's carve key, so that ``carve`` can take a validation split
-    from it (a train split without a validation split of its own)."""
+    from it (a train split without a validation split of its own). ``build`` writes the Arrow
+    files into the building folder (default: ``datasets``' multi-process map on this machine;
+    ``tuning.sweep.ray_tokenize`` passes a Ray Data job over the cluster's nodes)."""
     files = expand_files(files)
     root = Path(root)
     key = cache_key(files, text_column=text_column, label_column=label_column, tokenizer=tokenizer,
@@ -398,7 +407,7 @@ def cached_split(files: str | Sequence[str], *, text_column: str, label_column: 
     building = root / f"{BUILDING}{key}-{os.getpid()}"
     shutil.rmtree(building, ignore_errors=True)
     try:
-        label_map, meta = _build(files, building, text_column=text_column, label_column=label_column,
+        label_map, meta = (build or _build)(files, building, text_column=text_column, label_column=label_column,
                                  tokenizer=tokenizer, max_length=max_length, label_map=label_map,
                                  carve_seed=carve_seed, num_proc=num_proc, say=say)
         (building / "cache" / CACHE_FILE).write_text(json.dumps(meta))  # complete: written last
@@ -413,56 +422,79 @@ def cached_split(files: str | Sequence[str], *, text_column: str, label_column: 
     return CachedSplit(final), label_map
 
 
+def check_columns(names: Sequence[str], files: Sequence[str], text_column: str, label_column: str) -> None:
+    missing = [c for c in (text_column, label_column) if c not in names]
+    if missing:
+        raise UserError(f"data files {files[0]}{' ...' if len(files) > 1 else ''}: no column "
+                        f"{missing} (columns: {list(names)}); pass --text-column/--label-column")
+
+
+def label_map_for(values: Sequence, label_map: Optional[LabelMap], files: Sequence[str]) -> LabelMap:
+    """The split's label values' map (sorted, ``LabelMap.from_labels``), or ``label_map`` after
+    checking that it holds every value (validation and test take train's)."""
+    if label_map is None:
+        return LabelMap.from_labels(values)
+    known = set(label_map.raw_values)
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        raise UserError(f"data files {files[0]}: label(s) {unknown[:5]} are not among the "
+                        f"training labels ({len(label_map.raw_values)} values); fix the rows "
+                        f"or add examples of them to train")
+    return label_map
+
+
+def encode_batch(texts: Sequence[str], labels: Sequence, *, tokenizer, max_length: int,
+                 index: dict, carve_seed: Optional[int]) -> dict:
+    """One batch of rows as the cache's columns: token ids as ``trainables.encoding.encode_texts``
+    makes them (cut to ``max_length`` keeping the closing special token), label index, length,
+    whether the text was cut, and with ``carve_seed`` the carve key."""
+    ids = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+    cut = [len(seq) > max_length for seq in ids]
+    ids = [seq[: max_length - 1] + seq[-1:] if long else seq for seq, long in zip(ids, cut)]
+    out = {"input_ids": ids, "label": [index[v] for v in labels], "length": [len(seq) for seq in ids],
+           "cut": cut}
+    if carve_seed is not None:
+        out["carve_key"] = [carve_key(carve_seed, text) for text in texts]
+    return out
+
+
+def cache_meta(files: Sequence[str], *, rows: int, truncated: int, text_column: str, label_column: str,
+               max_length: int, carve_seed: Optional[int], label_map: LabelMap) -> dict[str, Any]:
+    return {"format": CACHE_FORMAT, "rows": int(rows), "truncated": int(truncated), "files": list(files),
+            "text_column": text_column, "label_column": label_column, "max_length": max_length,
+            "carve_seed": carve_seed,
+            "label_map": {"names": label_map.names, "raw_values": label_map.raw_values}}
+
+
 def _build(files: list[str], building: Path, *, text_column: str, label_column: str, tokenizer,
            max_length: int, label_map: Optional[LabelMap], carve_seed: Optional[int],
            num_proc: Optional[int], say: Callable[[str], None]) -> tuple[LabelMap, dict[str, Any]]:
+    """Read the files with ``datasets`` (Arrow, block by block) and tokenize them with its
+    batched, multi-process ``map``; its output files become the cache's."""
     import datasets
+    import pyarrow.compute as pc
 
     # datasets' own Arrow caches go to work/, the cache to cache/: both inside the building folder,
     # so a killed build leaves nothing but that folder
     work, folder = building / "work", building / "cache"
     raw = datasets.load_dataset(_format_of(files[0]), data_files=files, split="train",
                                 cache_dir=str(work / "hf"))
-    missing = [c for c in (text_column, label_column) if c not in raw.column_names]
-    if missing:
-        raise UserError(f"data files {files[0]}{' ...' if len(files) > 1 else ''}: no column "
-                        f"{missing} (columns: {raw.column_names}); pass --text-column/--label-column")
-    values = raw.unique(label_column)
-    if label_map is None:
-        label_map = LabelMap.from_labels(values)
-    else:
-        unknown = [v for v in values if v not in set(label_map.raw_values)]
-        if unknown:
-            raise UserError(f"data files {files[0]}: label(s) {unknown[:5]} are not among the "
-                            f"training labels ({len(label_map.raw_values)} values); fix the rows "
-                            f"or add examples of them to train")
+    check_columns(raw.column_names, files, text_column, label_column)
+    label_map = label_map_for(raw.unique(label_column), label_map, files)
     index = {v: i for i, v in enumerate(label_map.raw_values)}
 
     def encode(batch: dict) -> dict:
-        ids = tokenizer(list(batch[text_column]), add_special_tokens=True, truncation=False)["input_ids"]
-        cut = [len(seq) > max_length for seq in ids]
-        ids = [seq[: max_length - 1] + seq[-1:] if long else seq for seq, long in zip(ids, cut)]
-        out = {"input_ids": ids, "label": [index[v] for v in batch[label_column]],
-               "length": [len(seq) for seq in ids], "cut": cut}
-        if carve_seed is not None:
-            out["carve_key"] = [carve_key(carve_seed, text) for text in batch[text_column]]
-        return out
+        return encode_batch(batch[text_column], batch[label_column], tokenizer=tokenizer,
+                            max_length=max_length, index=index, carve_seed=carve_seed)
 
     procs = num_proc if num_proc is not None else (
         min(os.cpu_count() or 1, 8) if len(raw) >= PARALLEL_FROM_ROWS else None)
     say(f"token cache: tokenizing {len(raw):,} examples from {len(files)} file(s)"
         + (f" in {procs} processes" if procs and procs > 1 else ""))
-    columns = {"input_ids": datasets.Sequence(datasets.Value("int32")),
-               "label": datasets.Value("int32"), "length": datasets.Value("int32"),
-               "cut": datasets.Value("bool")}
-    if carve_seed is not None:
-        columns["carve_key"] = datasets.Value("int64")
     encoded = raw.map(encode, batched=True, batch_size=1000, num_proc=procs,
-                      remove_columns=raw.column_names, features=datasets.Features(columns),
+                      remove_columns=raw.column_names, features=datasets.Features(_features(carve_seed)),
                       writer_batch_size=1 << 16, cache_file_name=str(work / "encoded.arrow"),
                       desc="tokenizing")
-    import pyarrow.compute as pc
-
     rows = len(encoded)
     truncated = int(pc.sum(encoded.data.table.column("cut").cast("int8")).as_py() or 0)
     # map's output files are Arrow IPC streams already: moved, not copied, into the cache
@@ -471,8 +503,29 @@ def _build(files: list[str], building: Path, *, text_column: str, label_column: 
         os.replace(cache_file["filename"], folder / f"data-{number:05d}.arrow")
     del raw, encoded
     shutil.rmtree(work, ignore_errors=True)
-    meta = {"format": CACHE_FORMAT, "rows": int(rows), "truncated": truncated,
-            "files": files, "text_column": text_column, "label_column": label_column,
-            "max_length": max_length, "carve_seed": carve_seed,
-            "label_map": {"names": label_map.names, "raw_values": label_map.raw_values}}
-    return label_map, meta
+    return label_map, cache_meta(files, rows=rows, truncated=truncated, text_column=text_column,
+                                 label_column=label_column, max_length=max_length,
+                                 carve_seed=carve_seed, label_map=label_map)
+
+
+def _features(carve_seed: Optional[int]) -> dict:
+    """The cache's columns as ``datasets`` features."""
+    import datasets
+
+    columns = {"input_ids": datasets.Sequence(datasets.Value("int32")),
+               "label": datasets.Value("int32"), "length": datasets.Value("int32"),
+               "cut": datasets.Value("bool")}
+    if carve_seed is not None:
+        columns["carve_key"] = datasets.Value("int64")
+    return columns
+
+
+def arrow_schema(carve_seed: Optional[int]):
+    """The cache's columns as a pyarrow schema (what a build other than ``datasets``' writes)."""
+    import pyarrow as pa
+
+    fields = [("input_ids", pa.list_(pa.int32())), ("label", pa.int32()), ("length", pa.int32()),
+              ("cut", pa.bool_())]
+    if carve_seed is not None:
+        fields.append(("carve_key", pa.int64()))
+    return pa.schema(fields)

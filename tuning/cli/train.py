@@ -95,8 +95,7 @@ def _train_data(args):
             f"sweep's data, or add --other-data to train on other data on purpose.")
     saved = load_saved_sweep(args.from_sweep, args.storage)
     family = "contrastive" if saved.trainable == "any" else saved.trainable
-    if saved.data_fingerprint and task_data.fingerprint(task_data.load_raw(asked, family)) != \
-            saved.data_fingerprint:
+    if saved.data_fingerprint and task_data.fingerprint_of(asked, family) != saved.data_fingerprint:
         raise ConfigError(
             f"the data of sweep {args.from_sweep!r} ({swept.source!r}) changed since the sweep ran "
             f"(its fingerprint differs): the test score would not be the tuned config's on the data "

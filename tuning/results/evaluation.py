@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-import trainables.data as trainables_data
 from trainables import registry, task_data
-from trainables.data import DataConfig, load_raw_splits
+from trainables.data import DataConfig
 from trainables.errors import DataError
 
 
@@ -39,9 +38,9 @@ def evaluate_folders(folders: Sequence[str | Path], data_config: DataConfig, con
     if config["trainable"] == task_data.MULTITASK:
         return _evaluate_multitask_folders(folders, data_config, config, split)
     cfg = registry.config_class(config["trainable"]).from_dict(config)
-    data = trainables_data.tokenize_splits(load_raw_splits(data_config),
-                                           models.load_tokenizer(cfg.model), model=cfg.model,
-                                           max_length=cfg.max_length, include_test=split == "test")
+    data, _ = task_data.load_encoded(data_config, cfg.trainable, models.load_tokenizer(cfg.model),
+                                     model=cfg.model, max_length=cfg.max_length,
+                                     include_test=split == "test")
     label_map = json.loads(json.dumps(data.label_map.to_dict()))
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     results = []

@@ -66,6 +66,7 @@ import tuning.results.outputs as outputs
 import tuning.results.selection as selection
 from trainables import task_data
 from trainables.errors import ConfigError, UserError
+from trainables.models import load_tokenizer
 from tuning.config import (DEFAULT_POPULATION, DEFAULT_ROOT, DEFAULT_WARM_START, MULTITASK_WARM_START,
                            POPULATION_SCHEDULERS, SweepConfig, load_saved_sweep, resume_store)
 # the budget's math, the saved state, the speed and the summary live in their own modules; their
@@ -261,7 +262,8 @@ def _measured_training_s(pipeline: Pipeline, leaders) -> tuple[list[float], floa
 def _train_size(pipeline: Pipeline) -> int:
     sweep = pipeline.sweep
     family = "contrastive" if sweep.trainable == "any" else sweep.trainable
-    return len(task_data.load_raw(sweep.data, family)["train"])
+    return task_data.train_size(sweep.data, family, model=sweep.model, max_length=sweep.max_length,
+                                load_tokenizer=load_tokenizer)
 
 
 def _ranked_as_swept(sweep: SweepConfig) -> SweepConfig:

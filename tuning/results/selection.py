@@ -208,7 +208,7 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: Optional
              f"selecting among those")
     data = data if data is not None else resolve_data(sweep, storage)
     # bad data, or data the sweep's family cannot train on, fails before anything runs
-    fingerprint = task_data.fingerprint(task_data.load_raw(data, leaders[0].config["trainable"]))
+    fingerprint = task_data.fingerprint_of(data, leaders[0].config["trainable"])
     if output_dir:  # before anything trains
         check_output_dir(Path(output_dir), sweep, storage,
                          {s for trial in leaders for s in selection_seeds(trial.config, seeds)})

@@ -123,9 +123,8 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
     check_output_dir(output_dir)
     resolved = registry.resolve_config(config)
     cfg = registry.config_class(resolved["trainable"]).from_dict(resolved)
-    raw = task_data.load_raw(data_config, cfg.trainable)
     tokenizer = load_tokenizer(cfg.model)
-    data = _training_data(raw, tokenizer, cfg, evaluate_test, max_train_examples)
+    data, fingerprint = _training_data(data_config, tokenizer, cfg, evaluate_test, max_train_examples)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     folder = JobFolder(job_dir) if job_dir else None
     if folder is not None and not continue_run:
@@ -160,7 +159,7 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
             model, resolved, data, tokenizer, {**val, **test_metrics}, run,
             tracking_uri=tracking_uri, output_dir=output_dir, log_model=log_model,
             register_model=register_model,
-            lineage=_lineage(tags or {}, run.run_id, task_data.fingerprint(raw), data_config)
+            lineage=_lineage(tags or {}, run.run_id, fingerprint, data_config)
             if log_model else {})
     run.end("FINISHED")
     if folder is not None:
@@ -171,17 +170,19 @@ def train_config(config: dict[str, Any], data_config: DataConfig, *, tracking_ur
                         logged.registered_uri if logged else None)
 
 
-def _training_data(raw, tokenizer, cfg, evaluate_test: bool, max_train_examples: Optional[int]):
-    """The tokenized splits (test only with ``evaluate_test``), train cut to a seeded random
-    sample of ``max_train_examples``: data files are often sorted by label (MASSIVE is), so the
-    first rows would all be one class."""
-    data = task_data.encode(raw, tokenizer, trainable=cfg.trainable, model=cfg.model,
-                            max_length=cfg.max_length, include_test=evaluate_test)
+def _training_data(data_config, tokenizer, cfg, evaluate_test: bool, max_train_examples: Optional[int]):
+    """The tokenized splits (test only with ``evaluate_test``; through the token cache for large
+    data) and the data's fingerprint; train cut to a seeded random sample of
+    ``max_train_examples``: data files are often sorted by label (MASSIVE is), so the first rows
+    would all be one class."""
+    data, fingerprint = task_data.load_encoded(data_config, cfg.trainable, tokenizer, model=cfg.model,
+                                               max_length=cfg.max_length, include_test=evaluate_test,
+                                               say=log.info)
     if max_train_examples:
         train = data.splits["train"]
         keep = np.random.default_rng(cfg.seed).permutation(len(train))[:max_train_examples]
         data.splits["train"] = task_data.take(train, keep)
-    return data
+    return data, fingerprint
 
 
 @contextmanager

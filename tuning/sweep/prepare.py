@@ -6,21 +6,23 @@ tokenized once. Everything a user can get wrong is refused here, with nothing st
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from search_spaces.contrastive import contrastive_space, mixed_space
 from search_spaces.finetune import SWEEP_LEVEL, finetune_space
 from search_spaces.multitask import multitask_space
 from search_spaces.overrides import load_space
 from search_spaces.space import SearchSpace
-from trainables import registry, task_data
+from trainables import registry, streamed, task_data
 from trainables.errors import ConfigError
 from trainables.joint import selection_metric
 from trainables.models import load_tokenizer
 import tuning.sweep.pbt as pbt
+import tuning.sweep.ray_tokenize as ray_tokenize
 import tuning.tracking as tracking
 from tuning.config import POPULATION_SCHEDULERS, SweepConfig, warm_start_config
 from tuning.sweep.search import preview_configs, warm_start_values
@@ -43,6 +45,14 @@ class Prepared:
     tracking_uri: str
     population: Optional[list[dict]] = None  # PBT/PB2: the trials' initial configs, resolved
     data_fingerprint: Optional[str] = None  # trainables.data.data_fingerprint of the three splits
+    # data tokenized on the cluster (Ray Data): built by ``load_pending`` once the driver has
+    # joined it (``data`` is None until then)
+    pending: Optional[Callable[[], task_data.TaskData]] = None
+
+    def load_pending(self) -> None:
+        """Tokenize what waited for the cluster (the sweep's driver has joined it)."""
+        if self.pending is not None:
+            self.data, self.pending = self.pending().without_test(), None
 
 
 SPACES = {"finetune": finetune_space, "contrastive": contrastive_space, "any": mixed_space,
@@ -163,23 +173,43 @@ def prepare(cfg: SweepConfig) -> Prepared:
     tracking.bound_http_waits()
     tracking.check_store(uri)
     log.debug(f"loading data from {cfg.data.source!r} and tokenizer of {cfg.model!r}")
-    raw = task_data.load_raw(cfg.data, "contrastive" if cfg.trainable == "any" else cfg.trainable)
-    fingerprint = task_data.fingerprint(raw)
-    if cfg.data_fingerprint and fingerprint != cfg.data_fingerprint:
-        sizes = {split: len(part) for split, part in raw.items()}
-        raise ConfigError(
-            f"the data of sweep {cfg.name!r} changed since it started: {cfg.data.source!r} "
-            f"(columns {cfg.data.text_column!r}/{cfg.data.label_column!r}, now {sizes} examples) "
-            f"has fingerprint {fingerprint[:19]}..., the sweep trained on {cfg.data_fingerprint[:19]}... "
-            f"Resuming would rank trials trained on different data together. Put the original "
-            f"files back to resume, or start a new sweep (another --name) on the new data.")
+    family = "contrastive" if cfg.trainable == "any" else cfg.trainable
+
+    def same_data(fingerprint: str) -> None:
+        if cfg.data_fingerprint and fingerprint != cfg.data_fingerprint:
+            raise ConfigError(
+                f"the data of sweep {cfg.name!r} changed since it started: {cfg.data.source!r} "
+                f"(columns {cfg.data.text_column!r}/{cfg.data.label_column!r}) has fingerprint "
+                f"{fingerprint[:19]}..., the sweep trained on {cfg.data_fingerprint[:19]}... "
+                f"Resuming would rank trials trained on different data together. Put the original "
+                f"files back to resume, or start a new sweep (another --name) on the new data.")
+
     tokenizer = load_tokenizer(cfg.model)  # also proves the model id or folder exists
-    data = task_data.encode(raw, tokenizer, trainable=cfg.trainable, model=cfg.model,
-                            max_length=cfg.max_length)
+    load = functools.partial(task_data.load_encoded, cfg.data, family, tokenizer, model=cfg.model,
+                             max_length=cfg.max_length, say=say)
+    if cfg.address and streamed.is_streamed(cfg.data):
+        # tokenized as a Ray Data job on the cluster, once the driver has joined it (runner);
+        # everything else is checked now, before Ray starts
+        fingerprint = task_data.fingerprint_of(cfg.data, family)
+        same_data(fingerprint)
+        return Prepared(cfg, space, presets, None, uri, population=_population(cfg, sampled_configs),
+                        data_fingerprint=fingerprint,
+                        pending=lambda: _described(load(builder=ray_tokenize.builder(cfg.address))[0], cfg))
+    data, fingerprint = load(check=same_data)
+    data = _described(data, cfg)
+    cfg = _multitask_ranking(cfg, data)
+    return Prepared(cfg, space, presets, data.without_test(), uri,
+                    population=_population(cfg, sampled_configs), data_fingerprint=fingerprint)
+
+
+def _population(cfg: SweepConfig, sampled_configs: list[dict]) -> Optional[list[dict]]:
+    if cfg.scheduler not in POPULATION_SCHEDULERS:
+        return None
+    return [registry.resolve_config(c) for c in sampled_configs[:cfg.num_trials]]
+
+
+def _described(data: task_data.TaskData, cfg: SweepConfig) -> task_data.TaskData:
     say(f"data: {task_data.describe(data)}; tokenized once for all trials")
     if any(data.truncated.values()):
         say(f"note: texts longer than max_length={cfg.max_length} tokens were truncated: {data.truncated}")
-    cfg = _multitask_ranking(cfg, data)
-    return Prepared(cfg, space, presets, data.without_test(), uri,
-                    population=[registry.resolve_config(c) for c in sampled_configs[:cfg.num_trials]]
-                    if population_based else None, data_fingerprint=fingerprint)
+    return data

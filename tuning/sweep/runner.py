@@ -122,6 +122,7 @@ def _run_locked(prep: Prepared, *, resume: bool, stop, start: float) -> SweepOut
         _init_ray(cfg)  # joins or starts Ray and checks shared storage before anything is recorded
         reclaim_sigterm()  # before a SIGTERM that came meanwhile is delivered
     check_trial_resources(cfg)
+    prep.load_pending()  # data tokenized on the cluster (Ray Data), now that the driver has joined it
     tracking.bound_http_waits()
     artifact_root = (cfg.root / "mlartifacts" / cfg.name).as_uri() if tracking.is_local_store(uri) else None
     try:
