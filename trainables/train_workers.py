@@ -22,7 +22,6 @@ a stopped sweep) cancels it, and Ray ends the trainer's controller and workers w
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import shutil
@@ -33,65 +32,13 @@ from trainables import registry
 from trainables.data import TokenizedData
 from trainables.errors import ConfigError, NonFiniteLossError
 from trainables.runtime import set_threads
+from trainables.trial_resources import WorkerGroup, check_family
 
 log = logging.getLogger(__name__)
 
 # under the trial's folder: Ray Train's run state and rank 0's epoch checkpoints until reported
 WORK_FOLDER = "train_workers"
 POLL_S = 1.0  # how often the trial looks whether the trainer ended while no epoch arrives
-FAMILIES = ("finetune",)
-# what a spread trial's own process reserves: a token amount of Ray's ``memory`` resource (bytes),
-# which every node has; its workers reserve the CPUs and GPUs
-RELAY_MEMORY = 2**20  # the families whose fit trains data-parallel (trainables.data_parallel)
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerGroup:
-    """The Ray Train workers one trial spreads over: ``count`` workers holding ``cpus`` CPUs and
-    ``gpus`` GPUs each. --cpus-per-trial is per worker (Ray Train's reading: each worker trains
-    on that many threads); --gpus-per-trial is the trial's GPUs, one to a worker (DDP's NCCL
-    cannot share a GPU between two workers)."""
-
-    count: int = 1
-    cpus: float = 1.0
-    gpus: float = 0.0
-
-    @classmethod
-    def for_trial(cls, workers: int, cpus_per_trial: float, gpus_per_trial: float) -> "WorkerGroup":
-        return cls(workers, cpus_per_trial, gpus_per_trial / workers if gpus_per_trial > 0 else 0.0)
-
-    @property
-    def spread(self) -> bool:
-        """Whether the trial trains on Ray Train workers rather than in its own process."""
-        return self.count > 1
-
-    def worker_bundle(self) -> dict[str, float]:
-        """What each worker asks Ray for (``CPU``, ``GPU``: Ray's resource names)."""
-        return {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus > 0 else {})}
-
-    def trial_resources(self) -> dict[str, float]:
-        """What the Tune trial itself reserves (``tune.with_resources``): everything for a trial
-        in one process; for a spread one no CPU or GPU, since its trial only relays results while
-        its workers hold those (Ray Train V2 places them in a placement group of their own,
-        outside the trial's), only ``RELAY_MEMORY`` (Ray refuses a trial that asks for nothing).
-        The sweep caps trials at once to what the cluster can place instead
-        (``tuning.sweep.cluster.trials_that_fit``)."""
-        if self.spread:
-            return {"cpu": 0, "gpu": 0, "memory": RELAY_MEMORY}
-        return {"cpu": self.cpus, "gpu": self.gpus}
-
-    def total(self) -> dict[str, float]:
-        """All the trial's workers hold together."""
-        return {key: value * self.count for key, value in self.worker_bundle().items()}
-
-
-def check_family(name: str) -> None:
-    if name not in FAMILIES:
-        raise ConfigError(
-            f"--workers-per-trial above 1 trains a trial data-parallel, which only "
-            f"{' and '.join(FAMILIES)} trials can do, but the sweep's trainable is {name!r} "
-            f"(data-parallel contrastive and multitask training is not built): use --trainable "
-            f"finetune or --workers-per-trial 1")
 
 
 def check_ray_train_v2() -> None:

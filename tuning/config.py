@@ -19,6 +19,7 @@ from trainables.errors import ConfigError, UserError
 from trainables.hparams import ALL_FAMILIES, default_of
 from trainables.registry import reported_metric
 from trainables.rounds import check_sweep_setting
+from trainables.trial_resources import WorkerGroup, checked_workers
 from tuning.credentials import MASK, has_password, redact, reveal
 
 DEFAULT_ROOT = "tunebert-runs"
@@ -26,8 +27,6 @@ SWEEP_FILE = "tunebert_sweep.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SEARCHERS = ("tpe", "random")
 SCHEDULERS = ("asha", "none", "pbt", "pb2")
-# at most 10 trials share a CPU (Ray itself would pack 10,000: it counts resources in 1e-4 steps)
-MIN_CPUS_PER_TRIAL = 0.1
 POPULATION_SCHEDULERS = ("pbt", "pb2")  # mutate hyperparameters of running trials (tuning/sweep/pbt.py)
 # `tunebert tune --scheduler pbt` without --trials: synchronous PBT ranks and clones only once the
 # whole population has reached an epoch, so a population far beyond what runs at once (the budget's
@@ -140,6 +139,7 @@ class SweepConfig:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     storage: str = DEFAULT_ROOT
+    workers_per_trial: int = 1  # Ray Train workers, cpus_per_trial CPUs each (trainables.trial_resources)
     tracking_uri: Optional[str] = None
     address: Optional[str] = None
     max_failures: int = 2
@@ -226,22 +226,9 @@ class SweepConfig:
             object.__setattr__(self, "address", reveal(self.address))
 
     def _check_trial_resources(self) -> None:
-        """Finite resources Ray can schedule: NaN passes every comparison (``nan < 0`` is
-        false) and infinity no machine has, so both are refused by name."""
-        cpus, gpus = self.cpus_per_trial, self.gpus_per_trial
-        for name, value in (("cpus_per_trial", cpus), ("gpus_per_trial", gpus)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"`{name}` (--{name.replace('_', '-')}) must be a finite number, "
-                                  f"but got {value!r}")
-        if cpus < MIN_CPUS_PER_TRIAL:
-            raise ConfigError(
-                f"`cpus_per_trial` (--cpus-per-trial) must be at least {MIN_CPUS_PER_TRIAL:g}, but got "
-                f"{cpus!r}: each trial trains on at least one thread and holds a model in memory, so "
-                f"more than {round(1 / MIN_CPUS_PER_TRIAL)} trials per CPU only thrash. Pass e.g. "
-                f"--cpus-per-trial 1 (or 0.5 to run two trials per CPU).")
-        if gpus < 0 or (gpus > 1 and not float(gpus).is_integer()):
-            raise ConfigError(f"`gpus_per_trial` (--gpus-per-trial) must be a fraction in [0, 1] or "
-                              f"a whole number, but got {gpus!r}")
+        object.__setattr__(self, "workers_per_trial", checked_workers(
+            self.cpus_per_trial, self.gpus_per_trial, self.workers_per_trial, self.trainable,
+            population_based=self.scheduler in POPULATION_SCHEDULERS))
 
     def _check_objectives(self) -> None:
         """Objectives and constraints name metrics trials report, before anything starts."""
@@ -280,6 +267,10 @@ class SweepConfig:
         return tuple(Objective.parse(text) for text in self.objectives)
 
     @property
+    @property
+    def worker_group(self) -> WorkerGroup:
+        return WorkerGroup.for_trial(self.workers_per_trial, self.cpus_per_trial, self.gpus_per_trial)
+
     def constraint_list(self) -> tuple[Constraint, ...]:
         return tuple(Constraint.parse(text) for text in self.constraints)
 

@@ -69,6 +69,7 @@ def sweep_settings(args) -> dict[str, Any]:
         time_budget_s=args.time_budget, max_concurrent=args.max_concurrent,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         storage=args.storage, tracking_uri=args.tracking_uri, address=args.address,
+        workers_per_trial=args.workers_per_trial,
         max_failures=args.max_failures, keep_checkpoints=args.keep_checkpoints, seed=args.seed,
         precision=args.precision, space_file=args.space_file,
         warm_start=tuple(s.strip() for s in args.warm_start.split(",") if s.strip()),

@@ -108,3 +108,29 @@ def test_two_gloo_workers_follow_one_workers_loss_curve(tmp_path, demo_data, tin
         for worker in two:  # both workers report the same, the global batch's numbers
             assert [r[key] for r in worker] == pytest.approx(curve, rel=1e-4, abs=1e-5), key
     assert one[-1]["train_loss"] < one[0]["train_loss"]  # it learned: the curve is not flat
+
+
+def test_two_gloo_workers_follow_one_worker_in_rounds_across_epochs(tmp_path, demo_data, tiny_model_dir):
+    """Budgets in steps (``eval_every``): each worker trains its part of every global batch of a
+    round, rounds crossing epoch boundaries, and reports the same numbers as one worker."""
+    from trainables.hparams import FinetuneConfig
+
+    cfg = FinetuneConfig(model=tiny_model_dir, epochs=2, lr=1e-3, batch_size=16, max_length=64,
+                         classifier_dropout=0.0, hidden_dropout=0.0, attention_dropout=0.0,
+                         perturb_eval=None, deploy_metrics=False, eval_every="10")
+    data_file, cfg_file = tmp_path / "data.pkl", tmp_path / "cfg.pkl"
+    data_file.write_bytes(pickle.dumps(demo_data.without_test()))
+    cfg_file.write_bytes(pickle.dumps(cfg))
+    [single] = _run(1, tmp_path, data_file, cfg_file)
+    pair = _run(2, tmp_path, data_file, cfg_file)
+    one, two = single["reports"], [w["reports"] for w in pair]
+    per_epoch = -(-len(demo_data.splits["train"]) // 16)
+    assert [r["step"] for r in one] == [min(10 * k, 2 * per_epoch) for k in range(1, len(one) + 1)]
+    assert [len(r) for r in two] == [len(one)] * 2
+    for k, counts in enumerate(zip(*(w["trained"] for w in pair))):  # each round: halves of its batches
+        assert abs(counts[0][0] - counts[1][0]) <= 10 and counts[0][1] == "DistributedDataParallel"
+        assert sum(c[0] for c in counts) == single["trained"][k][0]
+    for key in ("train_loss", "val_loss", "val_accuracy", "step", "examples_seen"):
+        curve = [r[key] for r in one]
+        for worker in two:
+            assert [r[key] for r in worker] == pytest.approx(curve, rel=1e-4, abs=1e-5), key

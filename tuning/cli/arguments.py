@@ -136,7 +136,12 @@ def add_sweep_arguments(p: argparse.ArgumentParser, *, time_budget_default: Opti
                                      "default: start Ray locally")
     g.add_argument("--cpus-per-trial", type=float, default=_default("cpus_per_trial"))
     g.add_argument("--gpus-per-trial", type=float, default=_default("gpus_per_trial"),
-                   help="fractions allowed, e.g. 0.5")
+                   help="fractions allowed, e.g. 0.5; a whole number N above 1 trains each trial "
+                        "data-parallel on N workers of one GPU each")
+    g.add_argument("--workers-per-trial", type=int, default=_default("workers_per_trial"),
+                   help="train each trial data-parallel on this many Ray Train workers, each "
+                        "holding --cpus-per-trial CPUs (finetune trials; see docs/cluster.md) "
+                        "(default: %(default)s)")
     g.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
     g.add_argument("--wait-for-nodes", action="store_true",
                    help="with --address: queue trials even when no node has --cpus-per-trial/"

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
+from typing import Optional
 
 from trainables.errors import ConfigError
 import tuning.console as console
@@ -33,13 +35,19 @@ def check_trial_resources(cfg: SweepConfig, node_wait_s: float = NODE_WAIT_S) ->
     count too (as Ray Train checks its workers), and --wait-for-nodes skips the check."""
     import ray
 
-    need = {key: value for key, value in (("CPU", cfg.cpus_per_trial), ("GPU", cfg.gpus_per_trial))
-            if value > 0}
+    group = cfg.worker_group
+    if group.spread:  # its workers may spread over nodes: together they must find room
+        need = group.total()
+    else:
+        need = {key: value for key, value in (("CPU", cfg.cpus_per_trial), ("GPU", cfg.gpus_per_trial))
+                if value > 0}
 
     def alive_nodes() -> list[dict]:
         return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
 
     def fits(nodes: list[dict]) -> bool:
+        if group.spread:
+            return worker_slots(nodes, group.worker_bundle()) >= group.count
         return any(all(res.get(key, 0) >= value for key, value in need.items()) for res in nodes)
 
     nodes = alive_nodes()
@@ -68,6 +76,16 @@ def check_trial_resources(cfg: SweepConfig, node_wait_s: float = NODE_WAIT_S) ->
         return
     largest = max(nodes, key=lambda res: (res.get("GPU", 0), res.get("CPU", 0)), default={})
     where = f"the Ray cluster at --address {cfg.address}" if cfg.address else "the local Ray"
+    if group.spread:
+        slots = worker_slots(nodes, group.worker_bundle())
+        raise ConfigError(
+            f"{where} cannot run a trial: one trial trains on {group.count} workers (--workers-per-"
+            f"trial) of {_format_resources(group.worker_bundle())} each, and its {len(nodes)} "
+            f"node(s) hold room for {slots} such worker(s). Trials would wait forever for "
+            f"resources that never come. Lower --workers-per-trial (or --gpus-per-trial) or "
+            f"--cpus-per-trial (CPUs per worker)"
+            + (", add nodes, or, if an autoscaler will add them, pass --wait-for-nodes." if cfg.address
+               else ", or join a bigger Ray cluster with --address."))
     fix = ("Lower --cpus-per-trial / --gpus-per-trial, add a node that has them, or, if an "
            "autoscaler will add such nodes, pass --wait-for-nodes." if cfg.address else
            "Lower --cpus-per-trial / --gpus-per-trial.")
@@ -75,6 +93,34 @@ def check_trial_resources(cfg: SweepConfig, node_wait_s: float = NODE_WAIT_S) ->
         f"no node of {where} can run a trial: one trial needs {_format_resources(need)}, and the "
         f"largest of its {len(nodes)} node(s) has {_format_resources(largest)}. Trials would wait "
         f"forever for resources that never come. {fix}")
+
+
+def worker_slots(nodes: list[dict], bundle: dict[str, float]) -> int:
+    """How many workers that each ask for ``bundle`` fit on ``nodes`` (their total resources)."""
+    return sum(min(math.floor(res.get(key, 0) / value + 1e-9) for key, value in bundle.items())
+               for res in nodes)
+
+
+def trials_at_once(cfg: SweepConfig) -> Optional[int]:
+    """Ray Tune's ``max_concurrent_trials``: --max-concurrent, and for trials over several
+    workers no more than the alive nodes hold the workers of. Ray Train V2 places those outside
+    Ray Tune's resource accounting (a spread trial itself reserves no CPU, see
+    ``WorkerGroup.trial_resources``), so Ray Tune alone would start every trial at once, each
+    holding a search suggestion while its trainer waits for workers. With --wait-for-nodes the
+    nodes still to come count too, so the cap stays --max-concurrent: waiting trainers are what
+    asks the autoscaler for nodes."""
+    import ray
+
+    group = cfg.worker_group
+    if not group.spread or (cfg.address and cfg.wait_for_nodes):
+        return cfg.max_concurrent
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    room = max(1, worker_slots(nodes, group.worker_bundle()) // group.count)
+    if cfg.max_concurrent is not None and cfg.max_concurrent <= room:
+        return cfg.max_concurrent
+    say(f"each trial trains on {group.count} workers of {_format_resources(group.worker_bundle())}: "
+        f"at most {room} trial(s) at once, what Ray's nodes hold")
+    return room
 
 
 def _init_ray(cfg: SweepConfig) -> None:

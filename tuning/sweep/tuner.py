@@ -19,6 +19,7 @@ import tuning.sweep.pbt as pbt
 import tuning.tracking as tracking
 from tuning.config import POPULATION_SCHEDULERS
 from tuning.sweep.asha import RUNGS_FILE, ResumableASHA, max_rounds
+from tuning.sweep.cluster import trials_at_once
 from tuning.sweep.prepare import Prepared, max_epochs, say
 from tuning.sweep.progress import SweepProgress
 from tuning.sweep.pruning import CheckpointPruner
@@ -67,9 +68,10 @@ def _tuner(prep: Prepared, callback, *, restore: bool, stop=None):
     from ray.tune.schedulers import FIFOScheduler
 
     cfg = prep.config
+    group = cfg.worker_group  # a trial over several workers reserves them itself (Ray Train)
     trainable = tune.with_resources(
-        recycled(tune.with_parameters(registry.ray_entry_point(), data=prep.data)),
-        {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
+        recycled(tune.with_parameters(registry.ray_entry_point(), data=prep.data, workers=group)),
+        group.trial_resources())
     if restore:
         if any(cfg.sweep_dir.glob("experiment_state-*.json")):
             # MLflow runs ahead of Ray's saved state: the logger Ray restores reconciles the two
@@ -112,7 +114,7 @@ def _tuner(prep: Prepared, callback, *, restore: bool, stop=None):
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=cfg.num_trials,
-            time_budget_s=cfg.time_budget_s, max_concurrent_trials=cfg.max_concurrent,
+            time_budget_s=cfg.time_budget_s, max_concurrent_trials=trials_at_once(cfg),
             metric=tune_metric, mode=cfg.mode, trial_dirname_creator=trial_dirname,
             # a finished trial's worker process runs the next trial (no new process, no
             # re-import: seconds per trial) until its memory has grown: on MASSIVE with

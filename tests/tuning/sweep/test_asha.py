@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pickle
 
+import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
@@ -101,3 +102,42 @@ def test_max_t_counts_rounds_with_eval_every():
     assert max_rounds(fixed, [], epochs=3, eval_every="4", train_size=1000) == 8  # ceil(30 / 4)
     assert batch_sizes(finetune_space()) == {16, 32, 64, 128}
     assert batch_sizes(SearchSpace((), {})) == {32}  # not in the space: the registry default
+
+
+@pytest.mark.slow
+def test_a_sweep_with_eval_every_runs_asha_on_rounds(ray_local, tiny_model_dir, tmp_path):
+    """Budgets in steps, end to end (real Ray, Optuna, MLflow): every report is a round of 3
+    steps, so ASHA's rungs, Ray's iterations, MLflow's steps and the checkpoints count rounds."""
+    import json
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    from tuning.config import SweepConfig
+    from tuning.sweep.runner import run_sweep
+
+    space = tmp_path / "space.yaml"
+    space.write_text("batch_size: 32\n")  # 360 demo examples: 12 steps an epoch, 4 rounds of 3
+    cfg = SweepConfig(name="rounds", model=tiny_model_dir, max_length=64, epochs=1, num_trials=4,
+                      storage=str(tmp_path), space_file=str(space), eval_every="3", seed=2,
+                      grace_period=1, reduction_factor=2, max_concurrent=2)
+    run_sweep(cfg)
+    results = {p.parent.name: [json.loads(line) for line in p.read_text().splitlines()]
+               for p in Path(cfg.sweep_dir).glob("*/result.json")}
+    assert len(results) == 4
+    for rows in results.values():
+        assert [r["training_iteration"] for r in rows] == [r["epoch"] for r in rows] == \
+            list(range(1, len(rows) + 1))
+        assert [r["step"] for r in rows] == [3 * r["epoch"] for r in rows]
+        assert all(r["rounds"] == 4 and r.get("checkpoint_dir_name") for r in rows)  # one per round
+    assert max(len(rows) for rows in results.values()) == 4  # max_t: 4 rounds in a 1-epoch sweep
+    rungs = [json.loads(line) for line in (cfg.sweep_dir / "asha_rungs.jsonl").read_text().splitlines()]
+    assert {r["milestone"] for r in rungs} >= {1, 2}  # a rung beyond epochs=1: ASHA counts rounds
+    client = MlflowClient(cfg.resolved_tracking_uri())
+    experiment = client.get_experiment_by_name("rounds")
+    trials = [r for r in client.search_runs([experiment.experiment_id])
+              if r.data.tags.get("tunebert.kind") == "trial"]
+    longest = max(trials, key=lambda r: len(client.get_metric_history(r.info.run_id, "val_accuracy")))
+    assert [m.step for m in client.get_metric_history(longest.info.run_id, "val_accuracy")] == [1, 2, 3, 4]
+    assert json.loads(longest.data.tags["tunebert.config"])["eval_every"] == "3"
+    assert 1 <= longest.data.metrics["best_epoch"] <= 4
