@@ -18,8 +18,8 @@ from trainables.data import DataConfig
 from trainables.errors import ConfigError, UserError
 from trainables.hparams import ALL_FAMILIES, default_of
 from trainables.registry import reported_metric
-from trainables.rounds import check_sweep_setting
 from trainables.trial_resources import WorkerGroup, checked_workers
+from trainables.rounds import check_sweep_setting
 from tuning.credentials import MASK, has_password, redact, reveal
 
 DEFAULT_ROOT = "tunebert-runs"
@@ -138,8 +138,8 @@ class SweepConfig:
     max_concurrent: Optional[int] = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-    storage: str = DEFAULT_ROOT
     workers_per_trial: int = 1  # Ray Train workers, cpus_per_trial CPUs each (trainables.trial_resources)
+    storage: str = DEFAULT_ROOT
     tracking_uri: Optional[str] = None
     address: Optional[str] = None
     max_failures: int = 2
@@ -267,10 +267,10 @@ class SweepConfig:
         return tuple(Objective.parse(text) for text in self.objectives)
 
     @property
-    @property
     def worker_group(self) -> WorkerGroup:
         return WorkerGroup.for_trial(self.workers_per_trial, self.cpus_per_trial, self.gpus_per_trial)
 
+    @property
     def constraint_list(self) -> tuple[Constraint, ...]:
         return tuple(Constraint.parse(text) for text in self.constraints)
 
