@@ -285,3 +285,28 @@ def conll_slice(snips_slice, tmp_path_factory) -> Path:
             lines += [f"{word} X {tag}" for word, tag in zip(w.split(), t.split())] + [""]
         (folder / f"{split}.conll").write_text("\n".join(lines))
     return folder
+
+
+@pytest.fixture
+def shard_demo():
+    """Writes the demo data as a folder of shards: train in three (the second gzip-compressed),
+    validation whole (or none, to carve it), test compressed; returns the folder."""
+    import gzip
+
+    def write(folder: Path, *, validation: bool = True) -> Path:
+        demo = Path(__file__).resolve().parents[1] / "trainables" / "demo_data"
+        rows = {split: (demo / f"{split}.jsonl").read_text().splitlines(keepends=True)
+                for split in ("train", "validation", "test")}
+        folder.mkdir(parents=True)
+        train = rows["train"]
+        (folder / "train-00000.jsonl").write_text("".join(train[:120]))
+        with gzip.open(folder / "train-00001.jsonl.gz", "wt") as f:
+            f.write("".join(train[120:240]))
+        (folder / "train-00002.jsonl").write_text("".join(train[240:]))
+        if validation:
+            (folder / "validation.jsonl").write_text("".join(rows["validation"]))
+        with gzip.open(folder / "test.jsonl.gz", "wt") as f:
+            f.write("".join(rows["test"]))
+        return folder
+
+    return write

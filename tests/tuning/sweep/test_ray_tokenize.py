@@ -1,9 +1,7 @@
 """The token cache built by a Ray Data job holds what the local build holds, row for row, and a
 sweep on sharded data tokenizes once into its storage and trains from the mapped cache."""
 
-import gzip
 import json
-import os
 
 import numpy as np
 import pytest
@@ -13,36 +11,10 @@ from trainables.data import DataConfig
 from trainables.errors import UserError
 from trainables.models import load_tokenizer
 from trainables.token_cache import CachedSplit, cached_split, carve
-from tuning.sweep.ray_tokenize import builder, ray_build
-
-DEMO = os.path.join(os.path.dirname(__import__("trainables").__file__), "demo_data")
+from tuning.sweep.ray_tokenize import builder
 
 
-def _rows(split):
-    with open(os.path.join(DEMO, f"{split}.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def shard_demo(folder, *, validation=True):
-    """The demo data as a folder of shards: train in three (one gzip-compressed), test compressed."""
-    folder.mkdir(parents=True)
-    train = _rows("train")
-    for number, part in enumerate((train[:120], train[120:240], train[240:])):
-        path = folder / (f"train-{number:05d}.jsonl" + (".gz" if number == 1 else ""))
-        text = "".join(json.dumps(r) + "\n" for r in part)
-        if number == 1:
-            with gzip.open(path, "wt") as f:
-                f.write(text)
-        else:
-            path.write_text(text)
-    if validation:
-        (folder / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows("validation")))
-    with gzip.open(folder / "test.jsonl.gz", "wt") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in _rows("test")))
-    return folder
-
-
-def test_the_ray_data_build_equals_the_local_build(ray_local, tmp_path, tiny_model_dir):
+def test_the_ray_data_build_equals_the_local_build(ray_local, tmp_path, tiny_model_dir, shard_demo):
     folder = shard_demo(tmp_path / "corpus")
     files = sorted(str(p) for p in folder.glob("train-*"))
     kwargs = dict(text_column="text", label_column="label", tokenizer=load_tokenizer(tiny_model_dir),
@@ -68,7 +40,8 @@ def test_the_ray_data_build_equals_the_local_build(ray_local, tmp_path, tiny_mod
 
 
 @pytest.mark.slow
-def test_a_sweep_on_sharded_data_trains_from_the_cache_in_its_storage(ray_local, tmp_path, tiny_model_dir):
+def test_a_sweep_on_sharded_data_trains_from_the_cache_in_its_storage(ray_local, tmp_path, tiny_model_dir,
+                                                                     shard_demo):
     from tuning.config import SweepConfig
     from tuning.sweep.runner import run_sweep
 

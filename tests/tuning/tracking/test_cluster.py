@@ -447,6 +447,27 @@ def _trial_runs(uri: str, name: str) -> list:
             if r.data.tags.get("tunebert.kind") == "trial"]
 
 
+def test_sharded_data_is_tokenized_by_ray_data_on_the_cluster(ray_cluster, mlflow_server, tiny_model_dir,
+                                                             tmp_path, shard_demo):
+    """A sweep on a cluster tokenizes a folder of shards as a Ray Data job (its tasks run on the
+    worker: the head has no CPU), into the token cache on the sweep's shared storage, and its
+    trials train from that cache."""
+    from trainables.token_cache import CachedSplit
+
+    data = shard_demo(tmp_path / "corpus", validation=False)
+    shared = tmp_path / "shared"
+    done = _cli(ray_cluster, "sweep", "--name", "sharded", "--address", ray_cluster.address,
+                "--tracking-uri", mlflow_server.uri, "--storage", str(shared), "--model", tiny_model_dir,
+                "--data", str(data), "--val-fraction", "0.2", "--max-length", "32", "--epochs", "1",
+                "--trials", "1", "--scheduler", "none")
+    assert done.returncode == 0, _output(done)
+    assert "tokenizing 3 file(s) with Ray Data across the cluster" in done.stdout + done.stderr, _output(done)
+    caches = sorted(p for p in (shared / "token-cache").iterdir() if not p.name.startswith("."))
+    assert [len(CachedSplit(p)) for p in caches] in ([360, 96], [96, 360])  # train (carved inside), test
+    (run,) = _trial_runs(mlflow_server.uri, "sharded")
+    assert run.info.status == "FINISHED" and run.data.tags["tunebert.node_id"] == ray_cluster.worker_id
+
+
 def test_an_embedded_sweep_starts_its_own_ray_whatever_ray_address_says(ray_cluster, tiny_model_dir, tmp_path):
     """Without --address the sweep never joins $RAY_ADDRESS (or a `ray start` cluster on the
     machine), which would skip the checks a cluster gets; it says that it ignores it."""
