@@ -123,16 +123,12 @@ class DataConfig:
                               f"{self.split_seed!r}")
         if not isinstance(self.skip_bad_rows, bool):
             raise ConfigError(f"`skip_bad_rows` must be true or false, but got {self.skip_bad_rows!r}")
-        if self.token_cache not in (None, True, False):
-            raise ConfigError(f"`token_cache` (--token-cache) must be on, off or auto, but got "
-                              f"{self.token_cache!r}")
-        if isinstance(self.cache_dir, os.PathLike):
-            object.__setattr__(self, "cache_dir", str(self.cache_dir))
-        if self.cache_dir is not None and (not isinstance(self.cache_dir, str) or not self.cache_dir.strip()):
-            raise ConfigError(f"`cache_dir` (--cache-dir) must be a folder path, but got {self.cache_dir!r}")
-        if self.token_cache and self.second_source is not None:
-            raise ConfigError("--token-cache on reads one text-classification folder; joint data "
-                              "with --second-data is read into memory (use --token-cache off)")
+        object.__setattr__(self, "cache_dir", None if self.cache_dir is None else os.fspath(self.cache_dir))
+        if self.token_cache not in (None, True, False) or self.cache_dir == "" or (
+                self.token_cache and self.second_source is not None):
+            raise ConfigError(f"`token_cache` (--token-cache) must be on, off or auto (on: for one "
+                              f"text-classification folder, not with --second-data) and `cache_dir` "
+                              f"a folder, but got {self.token_cache!r} and {self.cache_dir!r}")
         object.__setattr__(self, "delimiter", _normal_delimiter(self.delimiter))
         object.__setattr__(self, "split_names", parse_split_names(self.split_names))
         object.__setattr__(self, "validation_ids", _normal_ids(self.validation_ids))

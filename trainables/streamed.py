@@ -9,7 +9,7 @@ folder whose splits come in shards (``train-00000.jsonl.gz``, ``train-*.parquet`
 A split's files are those named for its role (``train``, ``validation``/``val``/``dev``/``valid``,
 ``test``, or the names ``--split-names`` gives), alone or followed by ``-``, ``_`` or ``.`` and
 a shard part, in one format (JSON Lines, CSV or Parquet). Without a validation split one is
-carved from train by ``token_cache.carve`` (a key threshold, stratified by label, seeded by
+carved from train by ``cache_carve.carve`` (a key threshold, stratified by label, seeded by
 ``--split-seed``: the same rows on every load, in O(labels) memory; not row-for-row the
 in-memory path's carve, which sorts each label's keys).
 
@@ -32,7 +32,8 @@ from trainables.data import (DEFAULT_VAL_FRACTION, NO_SPLIT, SPLIT_ALIASES, Data
 from trainables.errors import ConfigError, DataError
 from trainables.labels import SPLITS
 from trainables.tagging_files import detect_layout
-from trainables.token_cache import COMPRESSED, CachedSplit, _format_of, cached_split, carve
+from trainables.cache_carve import carve
+from trainables.token_cache import COMPRESSED, CachedSplit, _format_of, cached_split
 
 # a train split this large is tokenized into the cache under --token-cache auto
 STREAM_FROM_BYTES = 256 * 2**20

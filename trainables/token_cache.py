@@ -268,97 +268,10 @@ class BlockBatches:
                 yield part[batch]
 
 
-# --------------------------------------------------------------------------- the validation split, carved on disk
-
-
 def carve_key(seed: int, text: str) -> int:
     """The carve's per-example key: the first 63 bits of sha256(seed, text) (``trainables.data``'s
     key), an int64 column built with the cache."""
     return int.from_bytes(_carve_key(seed, text)[:8], "big") >> 1
-
-
-def carve_mask(labels: np.ndarray, keys: np.ndarray, fraction: float, stats: dict) -> np.ndarray:
-    """Which of these examples go to validation: those whose key, read as a number in [0, 1),
-    lies below ``fraction``, so each label gives about ``fraction`` of its examples, whatever
-    the order or the number of shards; but a label with n >= 2 examples gives at least one (its
-    smallest key) and keeps at least one in train (its largest key), and a label with one
-    example keeps it. ``stats`` (``carve_stats``) holds per label: count, how many fall below,
-    smallest and largest key. Pure, O(len(labels))."""
-    held = keys < np.int64(fraction * 2.0**63)
-    count, below, low, high = (stats[k][labels] for k in ("count", "below", "low", "high"))
-    held |= (below == 0) & (count >= 2) & (keys == low)
-    held &= ~((below == count) & (keys == high))
-    return held & (count >= 2)
-
-
-def carve_stats(chunks, num_labels: int, fraction: float) -> dict:
-    """``carve_mask``'s per-label figures from (labels, keys) chunks, one pass, O(labels)."""
-    count = np.zeros(num_labels, dtype=np.int64)
-    below = np.zeros(num_labels, dtype=np.int64)
-    low = np.full(num_labels, np.iinfo(np.int64).max, dtype=np.int64)
-    high = np.full(num_labels, -1, dtype=np.int64)
-    threshold = np.int64(fraction * 2.0**63)
-    for labels, keys in chunks:
-        np.add.at(count, labels, 1)
-        np.add.at(below, labels[keys < threshold], 1)
-        np.minimum.at(low, labels, keys)
-        np.maximum.at(high, labels, keys)
-    return {"count": count, "below": below, "low": low, "high": high}
-
-
-def carve(split: CachedSplit, fraction: float, *, say: Callable[[str], None] = lambda m: None
-          ) -> tuple[CachedSplit, CachedSplit, list[int]]:
-    """(train, validation, label indices left without validation) of a split cached with carve
-    keys: two caches of their own inside ``split``'s folder, written once (two streaming passes
-    over the mapped columns, O(labels) memory beyond one record batch), atomically, and reused by
-    every later call: a resumed sweep gets the same split."""
-    import pyarrow as pa
-
-    if not split.has_carve_keys:
-        raise ValueError(f"{split.path} was cached without carve keys; build it with carve_seed")
-    folder = split.path / f"carved-{fraction!r}"
-    parts = {name: folder / name for name in ("train", "validation")}
-    if read_meta(folder) is None:
-        num_labels = len(split.meta["label_map"]["names"])
-        table = _read_table(split.path)
-        batches = table.to_batches(max_chunksize=1 << 16)
-        stats = carve_stats(((b.column("label").to_numpy(), b.column("carve_key").to_numpy()) for b in batches),
-                            num_labels, fraction)
-        building = split.path / f"{BUILDING}carve-{os.getpid()}"
-        shutil.rmtree(building, ignore_errors=True)
-        try:
-            counts = {}
-            for name in parts:
-                (building / name).mkdir(parents=True)
-            with pa.OSFile(str(building / "train" / "data.arrow"), "wb") as kept_file, \
-                    pa.OSFile(str(building / "validation" / "data.arrow"), "wb") as held_file:
-                with pa.ipc.new_stream(kept_file, table.schema) as kept, \
-                        pa.ipc.new_stream(held_file, table.schema) as held:
-                    counts = {"train": 0, "validation": 0}
-                    for b in batches:
-                        mask = carve_mask(b.column("label").to_numpy(), b.column("carve_key").to_numpy(),
-                                          fraction, stats)
-                        kept.write_batch(b.filter(pa.array(~mask)))
-                        held.write_batch(b.filter(pa.array(mask)))
-                        counts["validation"] += int(mask.sum())
-                        counts["train"] += len(mask) - int(mask.sum())
-            for name, count in counts.items():
-                (building / name / CACHE_FILE).write_text(json.dumps({**split.meta, "rows": count, "part": name,
-                                                                      "fraction": fraction, "truncated": 0}))
-            unvalidated = [int(i) for i in np.flatnonzero(stats["count"] == 1)]
-            (building / CACHE_FILE).write_text(json.dumps({**split.meta, "fraction": fraction,
-                                                          "unvalidated": unvalidated, **{f"{k}_rows": v for k, v in counts.items()}}))
-            try:
-                os.replace(building, folder)
-            except OSError:
-                if read_meta(folder) is None:
-                    raise
-        finally:
-            shutil.rmtree(building, ignore_errors=True)
-        say(f"token cache: carved {counts['validation']:,} validation examples ({fraction:g} of each "
-            f"label) from {len(split):,} train examples into {folder}")
-    meta = read_meta(folder)
-    return CachedSplit(parts["train"]), CachedSplit(parts["validation"]), list(meta["unvalidated"])
 
 
 def read_meta(path: Path) -> Optional[dict]:

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from search_spaces.presets import PRESETS, get_preset
 from trainables.aliases import MODEL_ALIASES
+from trainables import streamed
 from trainables.data import DataConfig
 from trainables.errors import ConfigError, UserError
 from trainables.hparams import ALL_FAMILIES, default_of
@@ -336,13 +337,21 @@ class SweepConfig:
             return str(candidate.resolve()) if candidate.exists() else path
 
         return dataclasses.replace(
-            self, storage=str(self.root), data=self.data.anchored().pinned(),
+            self, storage=str(self.root), data=self._anchored_data(),
             # a local model folder (an alias or a hub id stays as it is: an alias wins over a
             # folder of the same name when the model is loaded, and a hub id is no folder)
             model=self.model if self.model in MODEL_ALIASES else absolute(self.model),
             space_file=absolute(self.space_file) if self.space_file else None,
             warm_start=tuple(w if w in PRESETS else absolute(w) for w in self.warm_start),
             tracking_uri=anchor_store_uri(self.resolved_tracking_uri()))
+
+    def _anchored_data(self) -> DataConfig:
+        """The data as ``anchored`` saves it; data through the token cache keeps the cache under
+        the sweep's storage (shared by its trials, selection and train --from-sweep)."""
+        data = self.data.anchored()
+        if not streamed.is_streamed(data):
+            return data.pinned()
+        return dataclasses.replace(data, cache_dir=data.cache_dir or str(self.root / "token-cache"))
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

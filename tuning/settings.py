@@ -29,7 +29,8 @@ def data_options(args) -> dict[str, Any]:
     given = {"val_fraction": args.val_fraction, "split_seed": args.split_seed,
              "delimiter": args.delimiter, "split_names": args.split_names,
              "skip_bad_rows": args.skip_bad_rows, "second_source": args.second_data,
-             "tokens_column": args.tokens_column, "tags_column": args.tags_column}
+             "tokens_column": args.tokens_column, "tags_column": args.tags_column,
+             "token_cache": getattr(args, "token_cache", None), "cache_dir": getattr(args, "cache_dir", None)}
     return {k: v for k, v in given.items() if v is not None}
 
 

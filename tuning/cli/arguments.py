@@ -29,6 +29,13 @@ def _duration(text: str) -> float:
     return h * 3600 + m * 60 + s
 
 
+def _token_cache(text: str) -> Optional[bool]:
+    choices = {"auto": None, "on": True, "off": False}
+    if text not in choices:
+        raise argparse.ArgumentTypeError(f"expected auto, on or off, got {text!r}")
+    return choices[text]
+
+
 def _add_data_args(p: argparse.ArgumentParser, *, defaults: bool = True) -> None:
     """``defaults=False`` (train): left unset, so that --from-sweep can tell given from default."""
     g = p.add_argument_group("data")
@@ -69,6 +76,14 @@ def _add_data_args(p: argparse.ArgumentParser, *, defaults: bool = True) -> None
     g.add_argument("--skip-bad-rows", action="store_true", default=None,
                    help="drop rows with an empty text or a missing label and list them "
                         "(default: refuse such data, naming the rows)")
+    g.add_argument("--token-cache", default=None, type=_token_cache, metavar="auto|on|off",
+                   help="tokenize the data folder once into a memory-mapped cache that trials "
+                        "read without holding the data in memory (for data bigger than memory; "
+                        "shards such as train-*.jsonl.gz) (default: auto: on for sharded, "
+                        "compressed or >= 256 MiB train files)")
+    g.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="where the token cache lies (default: <storage>/token-cache for a sweep, "
+                        "else $TUNEBERT_CACHE_DIR or ~/.cache/tunebert/token-cache)")
 
 
 def _add_store_args(p: argparse.ArgumentParser) -> None:

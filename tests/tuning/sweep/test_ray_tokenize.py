@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 from trainables.data import DataConfig
 from trainables.errors import UserError
 from trainables.models import load_tokenizer
-from trainables.token_cache import CachedSplit, cached_split, carve
+from trainables.cache_carve import carve
+from trainables.token_cache import CachedSplit, cached_split
 from tuning.sweep.ray_tokenize import builder
 
 
