@@ -123,3 +123,31 @@ def test_eval_every_is_a_checked_sweep_setting_that_reaches_sweep_and_tune(tmp_p
     for command in ("sweep", "tune"):  # tune builds its sweep with sweep_settings too
         assert build_parser().parse_args([command, "--eval-every", "500"]).eval_every == "500"
         assert build_parser().parse_args([command]).eval_every is None
+
+
+def test_workers_per_trial_is_a_checked_sweep_setting_that_reaches_sweep_and_tune(tmp_path):
+    """Trials over several workers (issue 24): --workers-per-trial, or a whole --gpus-per-trial
+    above 1 (the GPUs are the workers), saved with the sweep, refused where it cannot work."""
+    from tuning.cli import build_parser
+    from tuning.settings import sweep_settings
+
+    assert SweepConfig(name="s").workers_per_trial == 1
+    assert SweepConfig(name="s", gpus_per_trial=2).workers_per_trial == 2
+    assert SweepConfig(name="s", gpus_per_trial=2, workers_per_trial=2).workers_per_trial == 2
+    cfg = SweepConfig(name="s", storage=str(tmp_path), gpus_per_trial=4)
+    cfg.save()
+    assert load_saved_sweep("s", str(tmp_path)).workers_per_trial == 4
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ConfigError, match=r"`workers_per_trial` \(--workers-per-trial\) must be an integer >= 1"):
+            SweepConfig(name="s", workers_per_trial=bad)
+    for gpus, workers in ((0.5, 2), (1, 2), (2, 3)):
+        with pytest.raises(ConfigError, match=rf"each worker one whole GPU.*gpus_per_trial={gpus:g}, "
+                                              rf"workers_per_trial={workers}"):
+            SweepConfig(name="s", gpus_per_trial=gpus, workers_per_trial=workers)
+    with pytest.raises(ConfigError, match="only finetune trials can do, but the sweep's trainable is 'contrastive'"):
+        SweepConfig(name="s", workers_per_trial=2, trainable="contrastive")
+    args = build_parser().parse_args(["sweep", "--workers-per-trial", "2", "--cpus-per-trial", "0.5"])
+    assert SweepConfig(name="s", **sweep_settings(args)).worker_group.total() == {"CPU": 1.0}
+    for command in ("sweep", "tune"):  # tune builds its sweep with sweep_settings too
+        assert build_parser().parse_args([command, "--workers-per-trial", "3"]).workers_per_trial == 3
+        assert build_parser().parse_args([command]).workers_per_trial == 1
