@@ -17,6 +17,7 @@ left-out batches included) lies in epoch ``g // steps_per_epoch + 1`` at batch
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -91,14 +92,17 @@ def most_rounds(eval_every: Any, *, epochs: int, train_size: int, batch_sizes: I
 class RoundPlan:
     """The rounds of one trial: ``steps_per_round`` optimizer steps each, ``total_steps`` in the
     schedule's ``epochs`` epochs, training stops after ``last_round`` (``stop_epoch``, which
-    counts rounds here, or the schedule's last). ``order`` caches the batch order of the epoch
-    being trained, (epoch, batches); it is never saved: ``draw(epoch)`` gives it again."""
+    counts rounds here, or the schedule's last). ``order`` is where training stands in the batch
+    order of the epoch being trained, (epoch, its batches as an iterator, batches and examples
+    taken from it): an epoch's order may be drawn lazily (a memory-mapped split's
+    ``BlockBatches``), so it is read forward, never held whole; it is never saved: ``draw(epoch)``
+    gives the same order again, and a resumed round skips what its checkpoint trained."""
 
     steps_per_epoch: int
     steps_per_round: int
     total_steps: int
     last_round: int
-    order: tuple = (0, [])
+    order: tuple = (0, iter(()), 0, 0)
 
     def span(self, round_number: int) -> tuple[int, int]:
         """The global steps [start, end) that round ``round_number`` (1-based) trains."""
@@ -112,28 +116,38 @@ class RoundPlan:
         return {"step": step, "epoch": epoch, "batches_done": done,
                 "steps_per_epoch": self.steps_per_epoch, "steps_per_round": self.steps_per_round}
 
-    def _epoch_order(self, epoch: int, draw: Callable[[int], list]) -> list:
-        if self.order[0] != epoch:
-            self.order = (epoch, draw(epoch))
-        return self.order[1]
+    def _take(self, epoch: int, done: int, count: int, draw: Callable[[int], Iterable]) -> list:
+        """Batches ``done .. done + count`` of epoch ``epoch``'s order, read on from where the
+        last call stopped (or from a fresh draw, skipping ``done``)."""
+        if self.order[0] != epoch or self.order[2] != done:
+            batches, seen = iter(draw(epoch)), 0
+            for _ in range(done):
+                seen += len(next(batches))
+            self.order = (epoch, batches, done, seen)
+        _, batches, taken, seen = self.order
+        out = list(itertools.islice(batches, count))
+        self.order = (epoch, batches, taken + len(out), seen + sum(len(b) for b in out))
+        return out
 
-    def batches(self, round_number: int, draw: Callable[[int], list]) -> list:
+    def batches(self, round_number: int, draw: Callable[[int], Iterable]) -> list:
         """The round's batches: those at its global steps, from each epoch's order in turn (a
         round that starts inside an epoch skips the batches of it already trained)."""
         start, end = self.span(round_number)
         batches: list = []
         while start + len(batches) < end:
             epoch, done = position(start + len(batches), self.steps_per_epoch)
-            batches.extend(self._epoch_order(epoch, draw)[done:done + end - start - len(batches)])
+            batches.extend(self._take(epoch, done, end - start - len(batches), draw))
         return batches
 
-    def progress(self, round_number: int, train_size: int, draw: Callable[[int], list]) -> dict:
+    def progress(self, round_number: int, train_size: int, draw: Callable[[int], Iterable]) -> dict:
         """What a round's report adds: ``step`` (global steps done), ``epoch_progress`` (epochs
         done, fractional), ``examples_seen`` and ``rounds`` (the round the run stops after)."""
         end = self.span(round_number)[1]
         epoch, done = position(end, self.steps_per_epoch)
-        seen = (epoch - 1) * train_size + sum(len(b) for b in self._epoch_order(epoch, draw)[:done]) \
-            if done else (epoch - 1) * train_size
+        seen = (epoch - 1) * train_size
+        if done:
+            self._take(epoch, done, 0, draw)  # stands at `done` after the round, else redrawn
+            seen += self.order[3]
         return {"step": end, "epoch_progress": end / self.steps_per_epoch, "examples_seen": seen,
                 "rounds": self.last_round}
 
