@@ -51,7 +51,7 @@ def test_a_trial_needing_more_cpus_than_this_machine_has_is_refused_before_ray_s
     check_local_resources(SweepConfig(name="s", workers_per_trial=cpus))  # fits exactly
     with pytest.raises(ConfigError, match=rf"a trial over {cpus + 1} workers \(--workers-per-trial\) holds "
                                           rf"--cpus-per-trial 1 CPUs for each worker, {cpus + 1} in all, "
-                                          rf"but this machine has {cpus}.*Use --cpus-per-trial"):
+                                          rf"but this machine has {cpus}.*Use --workers-per-trial {cpus} or fewer"):
         check_local_resources(SweepConfig(name="s", workers_per_trial=cpus + 1))
 
 

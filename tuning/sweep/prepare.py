@@ -109,14 +109,6 @@ def check_local_resources(cfg: SweepConfig) -> None:
             f"({cpus}): no trial could ever start and the sweep would wait forever. Use "
             f"--cpus-per-trial {cpus} or less (fractions such as 0.5 run trials side by side), or "
             f"join a bigger Ray cluster with --address.")
-    group = cfg.worker_group
-    if group.spread and group.total()["CPU"] > cpus:
-        raise ConfigError(
-            f"a trial over {group.count} workers (--workers-per-trial) holds --cpus-per-trial "
-            f"{cfg.cpus_per_trial:g} CPUs for each worker, {group.total()['CPU']:g} in all, but this "
-            f"machine has {cpus}: no trial could ever start and the sweep would wait forever. Use "
-            f"--cpus-per-trial {int(100 * cpus / group.count) / 100:g} or less, fewer workers, "
-            f"or join a bigger Ray cluster with --address.")
     if cfg.gpus_per_trial > 0:
         import torch
 
@@ -128,6 +120,14 @@ def check_local_resources(cfg: SweepConfig) -> None:
                 f"{have} (torch.cuda.device_count() = {gpus}): no trial could ever start and the "
                 f"sweep would wait forever. Leave --gpus-per-trial at 0 to train on the CPU, or "
                 f"join a Ray cluster with GPUs with --address.")
+    group = cfg.worker_group
+    if group.spread and group.total()["CPU"] > cpus:
+        raise ConfigError(
+            f"a trial over {group.count} workers (--workers-per-trial) holds --cpus-per-trial "
+            f"{cfg.cpus_per_trial:g} CPUs for each worker, {group.total()['CPU']:g} in all, but this "
+            f"machine has {cpus}: no trial could ever start and the sweep would wait forever. Use "
+            f"--workers-per-trial {max(1, int(cpus // cfg.cpus_per_trial))} or fewer workers (or less "
+            f"--cpus-per-trial per worker), or join a bigger Ray cluster with --address.")
 
 
 
