@@ -21,6 +21,9 @@ Parts (each writes rows of the markdown table and a PNG):
 - ``joint-hand``, ``joint-knobs``, ``joint-tune`` (``joint``): on joint intent + slot data (SNIPS),
   the hand joint baseline over seeds, each multi-task knob alone on it (validation), and
   ``tunebert tune --trainable multitask`` against the issue's targets;
+- ``scale`` (``scale``): data bigger than memory (tokenizing into the token cache and each
+  process's peak memory at several corpus sizes, throughput against the in-memory path, a sweep
+  under a cgroup memory limit below the data's size) and a trial over two workers against one;
 - ``gpu`` (``gpu``, alone, entered through ``entry``): the check to run first on a GPU machine
   (CUDA tests, precisions, Hugging Face's Trainer, packing two trials on one GPU, a 4-minute
   ``tune``); without CUDA it says so in one line and exits 0.
@@ -42,4 +45,4 @@ def parts_of(text: str) -> list[str]:
 
 
 PARTS = ("throughput", "overhead", "search", "table", "ablation", "compare", "deploy", "joint-hand",
-         "joint-knobs", "joint-tune", "gpu")
+         "joint-knobs", "joint-tune", "scale", "gpu")

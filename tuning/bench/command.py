@@ -12,6 +12,7 @@ import tuning.bench.ablation as ablation
 import tuning.bench.compare as compare
 import tuning.bench.deploy as deploy
 import tuning.bench.joint as joint
+import tuning.bench.scale as scale
 import tuning.tracking as tracking
 from trainables.data import DataConfig
 from trainables.errors import UserError
@@ -78,6 +79,8 @@ def run(args) -> int:
                             f"table; add it, or leave --jobs out")
 
         pick_jobs(table_job_names(presets, args.seeds, tuned="search" in parts), args.jobs)
+    if args.smoke_test:
+        args.scale_sizes = "0.002,0.004"
     if args.smoke_test and not is_multitask_data(data_cfg):  # joint jobs cut train themselves
         data_cfg = DataConfig(str(subset_folder(data_cfg, 128, storage / "smoke-data")))
     report = BenchReport()
@@ -106,6 +109,8 @@ def run(args) -> int:
         _deploy_part(data_cfg, args, report, storage, out)
     if {"joint-hand", "joint-knobs", "joint-tune"} & set(parts):
         _joint_parts(data_cfg, args, parts, report, storage, out)
+    if "scale" in parts:
+        scale.run_part(data_cfg, args, report, storage, out)
     text = report.markdown(command)
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps(report.numbers, indent=2))

@@ -126,6 +126,8 @@ def _bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--front-budget", type=float, default=1800.0,
                    help="deploy: seconds of the two-objective sweep (accuracy, latency) whose Pareto "
                         "front is reported (default 1800; 0 skips it)")
+    p.add_argument("--scale-sizes", default="0.25,1,4", metavar="GIB,...",
+                   help="scale: corpus sizes in GiB of JSON Lines (default 0.25,1,4)")
     p.add_argument("--smoke-test", action="store_true",
                    help="tiny sizes everywhere (checks the wiring, numbers mean nothing)")
 
