@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from trainables.token_cache import BUILDING, CACHE_FILE, CachedSplit, read_meta
+from trainables.token_cache import BUILDING, CACHE_FILE, BatchWriter, CachedSplit, read_meta, stream_batches
 
 
 def carve_mask(labels: np.ndarray, keys: np.ndarray, fraction: float, stats: dict) -> np.ndarray:
@@ -51,13 +51,7 @@ def carve_stats(chunks, num_labels: int, fraction: float) -> dict:
 
 
 def _batches(split: CachedSplit):
-    """The cache's record batches read from its files (not the map): a pass over a split bigger
-    than memory leaves nothing resident behind it."""
-    import pyarrow as pa
-
-    for path in sorted(split.path.glob("*.arrow")):
-        with pa.OSFile(str(path)) as source:
-            yield from pa.ipc.open_stream(source)
+    return stream_batches(sorted(split.path.glob("*.arrow")))
 
 
 def carve(split: CachedSplit, fraction: float, *, say: Callable[[str], None] = lambda m: None
@@ -95,27 +89,21 @@ def _write_parts(split: CachedSplit, building, fraction: float, stats: dict) -> 
     """The second pass: each record batch's rows to the train or the validation part."""
     import pyarrow as pa
 
-    counts = {"train": 0, "validation": 0}
-    writers, files = {}, []
+    writers: dict[str, BatchWriter] = {}
     try:
-        for name in counts:
-            (building / name).mkdir(parents=True)
         for batch in _batches(split):
             if not writers:
-                for name in counts:
-                    files.append(pa.OSFile(str(building / name / "data.arrow"), "wb"))
-                    writers[name] = pa.ipc.new_stream(files[-1], batch.schema)
+                for name in ("train", "validation"):
+                    (building / name).mkdir(parents=True)
+                    writers[name] = BatchWriter(building / name / "data.arrow", batch.schema)
             held = carve_mask(batch.column("label").to_numpy(), batch.column("carve_key").to_numpy(),
                               fraction, stats)
-            writers["train"].write_batch(batch.filter(pa.array(~held)))
-            writers["validation"].write_batch(batch.filter(pa.array(held)))
-            counts["validation"] += int(held.sum())
-            counts["train"] += len(held) - int(held.sum())
+            writers["train"].write(batch.filter(pa.array(~held)))
+            writers["validation"].write(batch.filter(pa.array(held)))
     finally:
         for writer in writers.values():
             writer.close()
-        for file in files:
-            file.close()
+    counts = {name: writer.rows for name, writer in writers.items()}
     for name, count in counts.items():
         (building / name / CACHE_FILE).write_text(json.dumps({**split.meta, "rows": count, "part": name,
                                                               "fraction": fraction, "truncated": 0}))

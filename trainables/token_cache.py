@@ -38,7 +38,7 @@ from trainables.encoding import bucketed_batches
 from trainables.errors import UserError
 from trainables.labels import LabelMap
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: record batches of ROWS_PER_BATCH rows
 CACHE_FILE = "tunebert-cache.json"
 BUILDING = ".building-"
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -163,6 +163,59 @@ class _ChunkedColumn:
             where = chunk == c
             out[where] = self._chunks[c][index[where] - self._starts[c]]
         return out
+
+
+# the cache's record batches hold this many rows: opening a mapped cache reads every batch's header,
+# and the kernel maps the pages around each one, so batches of a thousand rows (as ``datasets``
+# writes them) would make every process that opens the cache resident in all of it
+ROWS_PER_BATCH = 1 << 19
+
+
+class BatchWriter:
+    """An Arrow IPC stream file written in record batches of about ``ROWS_PER_BATCH`` rows,
+    however small the batches it is given (O(``ROWS_PER_BATCH``) memory)."""
+
+    def __init__(self, path: Path, schema) -> None:
+        import pyarrow as pa
+
+        self._pa, self._sink = pa, pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_stream(self._sink, schema)
+        self._pending: list = []
+        self._rows = self.rows = 0
+
+    def write(self, batch) -> None:
+        if batch.num_rows:
+            self._pending.append(batch)
+            self._rows += batch.num_rows
+            self.rows += batch.num_rows
+        if self._rows >= ROWS_PER_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_batch(self._pa.concat_batches(self._pending))
+        self._pending, self._rows = [], 0
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+        self._sink.close()
+
+    def __enter__(self) -> "BatchWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def stream_batches(files):
+    """The record batches of Arrow IPC stream files, read (not mapped): a pass over a cache bigger
+    than memory leaves nothing resident behind it."""
+    import pyarrow as pa
+
+    for path in files:
+        with pa.OSFile(str(path)) as source:
+            yield from pa.ipc.open_stream(source)
 
 
 def _read_table(path: Path):
@@ -410,10 +463,11 @@ def _build(files: list[str], building: Path, *, text_column: str, label_column: 
                       desc="tokenizing")
     rows = len(encoded)
     truncated = int(pc.sum(encoded.data.table.column("cut").cast("int8")).as_py() or 0)
-    # map's output files are Arrow IPC streams already: moved, not copied, into the cache
     folder.mkdir(parents=True)
-    for number, cache_file in enumerate(encoded.cache_files):
-        os.replace(cache_file["filename"], folder / f"data-{number:05d}.arrow")
+    parts = [cache_file["filename"] for cache_file in encoded.cache_files]
+    with BatchWriter(folder / "data-00000.arrow", encoded.data.table.schema) as out:
+        for batch in stream_batches(parts):  # map's thousand-row batches joined
+            out.write(batch)
     del raw, encoded
     shutil.rmtree(work, ignore_errors=True)
     return label_map, cache_meta(files, rows=rows, truncated=truncated, text_column=text_column,

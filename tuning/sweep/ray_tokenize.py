@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from trainables.labels import LabelMap
-from trainables.token_cache import (arrow_schema, cache_meta, cached_split, check_columns, encode_batch,
-                                    label_map_for, _format_of)
+from trainables.token_cache import (BatchWriter, _format_of, arrow_schema, cache_meta, cached_split,
+                                    check_columns, encode_batch, label_map_for)
 
 # rows per tokenizing task: large enough to amortise a task, small enough to spread a shard
 ROWS_PER_TASK = 8192
@@ -59,7 +59,6 @@ def ray_build(files: list[str], building: Path, *, text_column: str, label_colum
     """``token_cache._build``'s contract with Ray Data doing the reading and tokenizing: writes
     ``building/cache/data-00000.arrow`` (rows in the files' order) and returns the label map and
     the cache's metadata. Needs ``ray.init`` (the sweep's driver has joined its cluster)."""
-    import pyarrow as pa
     import pyarrow.compute as pc
     import ray.data
 
@@ -76,15 +75,15 @@ def ray_build(files: list[str], building: Path, *, text_column: str, label_colum
         tokenize, batch_format="pyarrow", batch_size=ROWS_PER_TASK, num_cpus=1)
     folder = building / "cache"
     folder.mkdir(parents=True)
-    count = truncated = 0
+    truncated = 0
     schema = arrow_schema(carve_seed)
-    with pa.OSFile(str(folder / "data-00000.arrow"), "wb") as sink, pa.ipc.new_stream(sink, schema) as out:
+    with BatchWriter(folder / "data-00000.arrow", schema) as out:
         for block in encoded.iter_batches(batch_format="pyarrow", batch_size=None):
             table = block.cast(schema)
-            for batch in table.to_batches(max_chunksize=1 << 16):
-                out.write_batch(batch)
-            count += table.num_rows
+            for batch in table.to_batches():
+                out.write(batch)
             truncated += int(pc.sum(table.column("cut").cast("int8")).as_py() or 0)
+    count = out.rows
     return label_map, cache_meta(files, rows=count, truncated=truncated, text_column=text_column,
                                  label_column=label_column, max_length=max_length,
                                  carve_seed=carve_seed, label_map=label_map)
