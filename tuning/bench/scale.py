@@ -128,8 +128,8 @@ def measured(cmd: list[str], *, env: Optional[dict] = None, preexec=None, timeou
 
     return {"seconds": round(time.perf_counter() - start, 2), "rc": proc.returncode, "tail": output[-3000:],
             "driver": mib(driver), "trial": mib(max(trials, key=lambda p: p["rss"]) if trials else None),
-            "processes": sorted(({"title": p["title"], **mib(p)} for p in peaks.values()),
-                                key=lambda p: -p["rss_mib"])[:12]}
+            "processes": sorted(({"title": p["title"], "driver": pid == proc.pid, **mib(p)}
+                                 for pid, p in peaks.items()), key=lambda p: -p["rss_mib"])[:12]}
 
 
 # --------------------------------------------------------------------------- a cgroup memory limit
@@ -355,6 +355,11 @@ def numbers(result: dict) -> dict[str, Any]:
     return out
 
 
+def _worker(run: dict) -> Optional[dict]:
+    """The largest process a tokenizing run started (``datasets``' map workers), if any."""
+    return max((p for p in run["processes"] if not p.get("driver")), key=lambda p: p["rss_mib"], default=None)
+
+
 def _peak(p: Optional[dict]) -> str:
     return "n/a" if not p else f"{p['rss_mib']:.0f} ({p['anon_mib']:.0f})"
 
@@ -365,12 +370,14 @@ def markdown(result: dict) -> str:
              "Memory: peak resident MiB (its anonymous part in brackets; the rest are pages of mapped "
              "files), sampled every 0.2 s.", "",
              "| corpus | train rows | tokenize, first (s) | again, from the cache (s) | second/first | "
-             "driver peak MiB | trial peak MiB | sweep rc |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "tokenizing peak MiB (its largest worker) | sweep driver peak MiB | trial peak MiB | sweep rc |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         a, b = (row[k].get("inside") or {} for k in ("tokenize_first", "tokenize_second"))
         ratio = b.get("seconds", math.nan) / a.get("seconds", math.nan) if a and b else math.nan
         lines.append(f"| {row['bytes'] / GIB:.2f} GiB | {a.get('rows', {}).get('train', 'n/a'):,} | "
                      f"{a.get('seconds', math.nan):.1f} | {b.get('seconds', math.nan):.2f} | {ratio:.2%} | "
+                     f"{_peak(row['tokenize_first']['driver'])} ({_peak(_worker(row['tokenize_first']))}) | "
                      f"{_peak(row['sweep']['driver'])} | {_peak(row['sweep']['trial'])} | {row['sweep']['rc']} |")
     last = rows[-1]
     for who in ("driver", "trial"):
