@@ -17,12 +17,11 @@ from typing import Callable, Optional, TypeVar
 
 import numpy as np
 
-import trainables.data as trainables_data
 import tuning.tracking as tracking
-from trainables import registry
+from trainables import registry, task_data
 from trainables.checkpointing import load_checkpoint, model_weights
 from trainables.contrastive import ContrastiveModel
-from trainables.data import LabelMap, load_raw_splits
+from trainables.data import LabelMap
 from trainables.errors import ConfigError, UserError
 from trainables.finetune import build_classifier
 from trainables.loops import evaluate
@@ -114,9 +113,9 @@ def validation_confusion(checkpoint_dir: Path, data_config, trial_id: str) -> Co
 
     state = load_checkpoint(checkpoint_dir)
     config = state["config"]
-    raw = load_raw_splits(data_config)
-    data = trainables_data.tokenize_splits(raw, load_tokenizer(config["model"]), model=config["model"],
-                           max_length=config["max_length"], include_test=False)
+    data, _ = task_data.load_encoded(data_config, config.get("trainable", "finetune"),
+                                     load_tokenizer(config["model"]), model=config["model"],
+                                     max_length=config["max_length"], include_test=False)
     saved = LabelMap.from_dict(state["label_map"])
     if saved.names != data.label_map.names:
         raise ConfigError(f"the labels of {data_config.source!r} no longer match the checkpoint's "

@@ -72,7 +72,8 @@ class _Progress:
         if self.tty:
             print("\r" + " " * 80 + "\r", end="", file=sys.stderr)
         shown = "  ".join(f"{key} {metrics[key]:.4f}" for key in EPOCH_KEYS if key in metrics)
-        log.info(f"epoch {metrics['epoch']}/{self.total_epochs}  {shown}  "
+        unit, total = ("round", metrics["rounds"]) if "rounds" in metrics else ("epoch", self.total_epochs)
+        log.info(f"{unit} {metrics['epoch']}/{total}  {shown}  "
                  f"({metrics['samples_per_s']:.0f} samples/s, {time.time() - self.epoch_start:.0f}s)")
         self.done = 0
         self.epoch_start = time.time()

@@ -195,6 +195,7 @@ class SweepProgress(Callback):
             planned = self.planned_epochs(trial.config)
         except Exception:  # a config the trainable refused: it failed, and says so elsewhere
             planned = None
+        planned = (getattr(trial, "last_result", None) or {}).get("rounds", planned)  # eval_every
         return "stopped early" if planned and self.epochs.get(trial.trial_id, 0) < planned \
             else "finished"
 

@@ -177,6 +177,7 @@ class MlflowTrialLogger(OrderedWriter, RestoreReconciler, Callback):
         config = self.resolve_config(trial.config)
         total = config.get("epochs") if config.get("trainable") in ONE_STAGE else \
             (config["epochs"] + (0 if config.get("mode") == "joint" else config.get("contrastive_epochs", 0)))
+        total = last.get("rounds", total)  # with eval_every a trial counts (and stops after) rounds
         return "FINISHED", ("completed" if last.get("epoch") == total
                             else "stopped early (scheduler or time budget)")
 
