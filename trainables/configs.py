@@ -36,8 +36,9 @@ class _Config:
         rounds = parse_eval_every(self.eval_every) is not None
         if self.stop_epoch is not None and self.stop_epoch > self.epochs and not rounds:
             raise ConfigError(f"`stop_epoch` ({self.stop_epoch}) cannot exceed `epochs` ({self.epochs})")
-        if getattr(self, "perturb_eval", None) is not None:
-            parse_spec(self.perturb_eval, what="`perturb_eval`")
+        for name in ("perturb_eval", "perturb_train"):
+            if getattr(self, name, None) is not None:
+                parse_spec(getattr(self, name), what=f"`{name}`")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -182,6 +183,8 @@ class FinetuneConfig(_FinetuneRules, _SharedFields):
     rdrop_alpha: float = 0.0
     supcon_lambda: float = 0.0
     supcon_temperature: float = 0.1
+    perturb_train: Optional[str] = None
+    perturb_train_prob: float = 0.5
     perturb_eval: Optional[str] = DEFAULT_PERTURB_EVAL
     deploy_metrics: bool = True
     preset: Optional[str] = None

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables import data_parallel, registry
+from trainables import data_parallel, registry, train_noise
 from trainables.averaging import WeightAverage
 from trainables.checkpointing import load_checkpoint, restore_rng_states, save_checkpoint
 from trainables.data import EncodedSplit, TokenizedData, encode_texts, steps_per_epoch
@@ -383,7 +383,7 @@ def _train_one_epoch(run: _Trial, epoch: int, loss_fn: Callable,
         run.train_model, train, batch_size=cfg.batch_size, rng=rng,
         pad_token_id=run.data.pad_token_id, optimizer=run.optimizer, scheduler=run.scheduler,
         loss_fn=loss_fn, device=run.device, precision=run.precision, grad_clip=cfg.grad_clip,
-        scaler=run.scaler, progress=progress,
+        scaler=run.scaler, progress=progress, make_batch=train_noise.batch_maker(cfg, run.data, epoch),
         after_step=average.after_step if average is not None else None,
         batches=batches, loss_weights=weights)
     if weights is not None:

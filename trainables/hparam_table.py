@@ -120,6 +120,11 @@ _DECLARED: tuple[HParam, ...] = (
        families=FINETUNE, low=0.0, high=100.0),
     _p("supcon_temperature", "float", 0.1, "temperature of the joint SupCon term", "recipe",
        families=FINETUNE, low=0.0, high=10.0, low_open=True),
+    _p("perturb_train", "optional_str", None, "typo-robust training: perturb training texts as "
+       "KIND:RATE[,KIND:RATE...] (as perturb_eval; drawn afresh each epoch, seeded; null = off)",
+       "recipe", families=FINETUNE),
+    _p("perturb_train_prob", "float", 0.5, "with perturb_train: the share of training examples "
+       "perturbed each epoch", "recipe", families=FINETUNE, low=0.0, high=1.0),
     # ---- contrastive
     _p("mode", "str", "two-stage", "two-stage (contrastive, then a classifier on the frozen "
        "encoder), two-stage-finetune, or joint (CE + lambda * SupCon)", "contrastive",
