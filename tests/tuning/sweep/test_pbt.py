@@ -344,8 +344,6 @@ def test_resume_after_the_driver_is_killed_mid_pbt(tiny_model_dir, massive_dir, 
     import time
     from pathlib import Path
 
-    from tuning.cli import main
-
     (tmp_path / "space.yaml").write_text(SPACE_YAML)
     (tmp_path / "good.yaml").write_text(f"lr: 3.0e-3\npreset: good\n{PRESET}")
     (tmp_path / "slow.yaml").write_text(f"lr: 1.0e-6\npreset: slow\n{PRESET}")
@@ -372,7 +370,12 @@ def test_resume_after_the_driver_is_killed_mid_pbt(tiny_model_dir, massive_dir, 
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert main(["resume", "killed", "--storage", str(tmp_path)]) == 0
+    # resumed as a user does, from a new process: not through the Ray this test process shares
+    # with other tests (a trial an earlier test left holding its CPUs would leave these pending)
+    resumed = subprocess.run([sys.executable, "-m", "tuning.cli", "resume", "killed", "--storage", str(tmp_path)],
+                             cwd=Path(__file__).resolve().parents[3], capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     client, runs = _trial_runs(cfg)
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
