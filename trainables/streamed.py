@@ -8,7 +8,8 @@ folder whose splits come in shards (``train-00000.jsonl.gz``, ``train-*.parquet`
 
 A split's files are those named for its role (``train``, ``validation``/``val``/``dev``/``valid``,
 ``test``, or the names ``--split-names`` gives), alone or followed by ``-``, ``_`` or ``.`` and
-a shard part, in one format (JSON Lines, CSV or Parquet). Without a validation split one is
+a shard number (``train-00003``, ``train-00000-of-00004``), in one format (JSON Lines, CSV or
+Parquet). Without a validation split one is
 carved from train by ``cache_carve.carve`` (a key threshold, stratified by label, seeded by
 ``--split-seed``: the same rows on every load, in O(labels) memory; not row-for-row the
 in-memory path's carve, which sorts each label's keys).
@@ -56,7 +57,9 @@ def split_files(folder: Path, config: DataConfig) -> dict[str, list[Path]]:
             found[role] = []
             continue
         for name in wanted:
-            pattern = re.compile(rf"{re.escape(name)}([-_.].*)?\.[a-z]+(\.[a-z0-9]+)?", re.IGNORECASE)
+            # the split's name alone or with a shard number: train.jsonl, train-00003.jsonl.gz,
+            # train-00000-of-00004.parquet (a train-old.jsonl beside them is no shard of train)
+            pattern = re.compile(rf"{re.escape(name)}([-_.]\d+(-of-\d+)?)?\.[a-z]+(\.[a-z0-9]+)?", re.IGNORECASE)
             matched = [p for p in files if pattern.fullmatch(p.name) and _role_free(p, found)]
             if matched:
                 found[role] = matched
@@ -95,7 +98,9 @@ def is_streamed(config: DataConfig) -> bool:
         found = split_files(Path(where), config)
     except DataError:
         return False  # the in-memory reader names what is wrong with the folder
-    if any(len(paths) > 1 for paths in found.values()):
+    # shards: several files of one split in one format (train.jsonl beside train.csv is no set of
+    # shards: the in-memory reader refuses it, naming both)
+    if any(len(paths) > 1 and len({_format_of(p.name) for p in paths}) == 1 for paths in found.values()):
         return True
     every = [p for paths in found.values() for p in paths]
     return (any(p.name.lower().endswith(COMPRESSED) for p in every)

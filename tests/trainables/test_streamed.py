@@ -56,6 +56,8 @@ def test_split_files_by_role_shards_and_names(sharded, tmp_path):
     assert [p.name for p in found["train"]] == ["train-00000.jsonl", "train-00001.jsonl.gz", "train-00002.jsonl"]
     assert [p.name for p in found["validation"]] == ["validation.jsonl"]
     assert [p.name for p in found["test"]] == ["test.jsonl.gz"]
+    (sharded / "train-old.jsonl").write_text("")  # a set-aside file is no shard
+    assert len(streamed.split_files(sharded, _config(sharded, tmp_path))["train"]) == 3
     # validation=none sets the validation file aside (then carved from train); names map roles
     assert streamed.split_files(sharded, _config(sharded, tmp_path, split_names="validation=none"))["validation"] == []
     (sharded / "test.jsonl.gz").rename(sharded / "eval.jsonl.gz")
@@ -77,6 +79,9 @@ def test_auto_takes_the_cache_for_shards_compression_and_size(sharded, tmp_path,
     assert not streamed.is_streamed(DataConfig(str(one)))
     monkeypatch.setattr(streamed, "STREAM_FROM_BYTES", 1000)  # train weighs more than this
     assert streamed.is_streamed(DataConfig(str(one)))
+    monkeypatch.undo()
+    (one / "train.csv").write_text("text,label\nhi,a\n")  # two formats of one split: no shards
+    assert not streamed.is_streamed(DataConfig(str(one)))
     with pytest.raises(ConfigError, match="must be on, off or auto"):
         DataConfig(DEMO, token_cache="yes")
 
