@@ -159,8 +159,9 @@ def _first_row_keys(path: Path) -> set[str]:
             import pyarrow.parquet as pq  # optional dependency, only for .parquet files
 
             return set(pq.read_schema(path).names)
-        text = _read_text(path).lstrip()
-        first = json.loads(text)[0] if text.startswith("[") else json.loads(text.splitlines()[0])
+        with path.open(encoding="utf-8-sig") as lines:  # JSON Lines: the first row alone, not
+            line = next((line for line in lines if line.strip()), "").strip()  # a file of GBs
+        first = json.loads(_read_text(path))[0] if line.startswith("[") else json.loads(line)
         return set(first) if isinstance(first, dict) else set()
     except Exception:  # any unreadable file counts as no columns here
         return set()
