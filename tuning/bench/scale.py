@@ -234,13 +234,11 @@ def _space(storage: Path, rounds: int, **fixed) -> Path:
     return path
 
 
-def _sweep(name: str, folder: Path, cache: Path, storage: Path, model: str, space: Path, *extra: str) -> list[str]:
+def _sweep(name: str, folder: Path, cache: Path, storage: Path, model: str, space: Path, *extra: str,
+           steps: int) -> list[str]:
     return _cli("sweep", "--name", name, "--storage", str(storage / name), "--data", str(folder),
                 "--token-cache", "on", "--cache-dir", str(cache), "--model", model, "--max-length", "64",
-                "--epochs", "1", "--eval-every", str(_round_steps), "--space", str(space), *extra)
-
-
-_round_steps = ROUND_STEPS  # 1 in a smoke test (a train split of 128 examples has 4 steps)
+                "--epochs", "1", "--eval-every", str(steps), "--space", str(space), *extra)
 
 
 def _results(storage: Path, name: str) -> list[list[dict]]:
@@ -253,8 +251,7 @@ def _results(storage: Path, name: str) -> list[list[dict]]:
 
 
 def run_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path, out: Path) -> None:
-    global _round_steps
-    _round_steps = 1 if args.smoke_test else ROUND_STEPS
+    steps = 1 if args.smoke_test else ROUND_STEPS  # a smoke test's 128 examples make 4 steps
     sizes = sorted(float(s) for s in args.scale_sizes.split(","))
     model = args.model
     folders = corpora(data_cfg.source, sizes, storage)
@@ -267,16 +264,17 @@ def run_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path, out
         for run in (first, second):
             run["inside"] = json.loads(run["tail"].strip().splitlines()[-1]) if run["rc"] == 0 else None
         sweep = measured(_sweep(f"scale-{size:g}g", folders[size], cache, storage, model,
-                                _space(storage, ROUNDS), "--trials", "1", "--scheduler", "none"))
+                                _space(storage, ROUNDS), "--trials", "1", "--scheduler", "none", steps=steps))
         rows.append({"gib": size, "bytes": sum(f.stat().st_size for f in folders[size].glob("train-*")),
                      "tokenize_first": first, "tokenize_second": second, "sweep": sweep})
         say(f"scale: {size:g} GiB: tokenized in {first['seconds']:.0f} s, again in {second['seconds']:.1f} s; "
             f"sweep rc {sweep['rc']}, driver {sweep['driver']}, trial {sweep['trial']}")
     throughput = _throughput(data_cfg, model, storage, repeats=1 if args.smoke_test else 3)
     capped = _capped(folders[sizes[-1]], storage / f"scale-cache-{sizes[-1]:g}g", storage, model,
-                     floor=4 * GIB if args.smoke_test else 0)
-    workers = _two_workers(data_cfg, storage, model)
-    result = {"sizes": rows, "throughput": throughput, "capped": capped, "two_workers": workers}
+                     floor=4 * GIB if args.smoke_test else 0, steps=steps)
+    workers = _two_workers(data_cfg, storage, model, steps=steps)
+    result = {"sizes": rows, "throughput": throughput, "capped": capped, "two_workers": workers,
+              "round_steps": steps}
     (out / "scale.json").write_text(json.dumps(result, indent=2, default=str))
     report.add("k. Scale: data bigger than memory, step budgets, trials over workers", markdown(result))
     report.numbers.update(numbers(result))
@@ -300,7 +298,7 @@ def _throughput(data_cfg: DataConfig, model: str, storage: Path, *, repeats: int
     return {"samples_per_s": speeds, "median": medians, "ratio": medians["token cache"] / medians["in memory"]}
 
 
-def _capped(folder: Path, cache: Path, storage: Path, model: str, *, floor: int = 0) -> dict:
+def _capped(folder: Path, cache: Path, storage: Path, model: str, *, floor: int = 0, steps: int) -> dict:
     """The two-trial sweep in a cgroup limited to ``CAP_FRACTION`` of the corpus's size (at least
     ``floor``: a smoke test's corpus is smaller than Ray alone)."""
     size = sum(f.stat().st_size for f in folder.glob("train-*"))
@@ -309,7 +307,7 @@ def _capped(folder: Path, cache: Path, storage: Path, model: str, *, floor: int 
         return {"run": False, "why": why, "data_mib": size / 2**20}
     try:
         run = measured(_sweep("scale-capped", folder, cache, storage, model, _space(storage, 3),
-                              "--trials", "2", "--scheduler", "asha", "--max-concurrent", "2"),
+                              "--trials", "2", "--scheduler", "asha", "--max-concurrent", "2", steps=steps),
                        preexec=cap.preexec)
         trials = _results(storage, "scale-capped")
         return {"run": True, "data_mib": size / 2**20, **cap.figures(), "rc": run["rc"], "seconds": run["seconds"],
@@ -319,7 +317,7 @@ def _capped(folder: Path, cache: Path, storage: Path, model: str, *, floor: int 
         cap.remove()
 
 
-def _two_workers(data_cfg: DataConfig, storage: Path, model: str) -> dict:
+def _two_workers(data_cfg: DataConfig, storage: Path, model: str, *, steps: int) -> dict:
     """One trial on 2 Ray Train CPU workers against 1 (same global batch, dropout off): its loss
     per round and wall time. MASSIVE through the token cache."""
     space = _space(storage, 3, classifier_dropout=0.0, hidden_dropout=0.0, attention_dropout=0.0)
@@ -328,7 +326,8 @@ def _two_workers(data_cfg: DataConfig, storage: Path, model: str) -> dict:
         name = f"scale-workers-{workers}"
         shutil.rmtree(storage / name, ignore_errors=True)
         run = measured(_sweep(name, Path(data_cfg.source), storage / "scale-cache-massive", storage, model,
-                              space, "--trials", "1", "--scheduler", "none", "--workers-per-trial", str(workers)))
+                              space, "--trials", "1", "--scheduler", "none", "--workers-per-trial", str(workers),
+                              steps=steps))
         trials = _results(storage, name)
         runs[workers] = {"rc": run["rc"], "seconds": run["seconds"],
                          "train_loss": [r["train_loss"] for r in trials[0]] if trials else [],
@@ -401,7 +400,7 @@ def markdown(result: dict) -> str:
     w = result["two_workers"]
     r1, r2 = w["runs"][1], w["runs"][2]
     lines += ["", f"Two workers: one trial on 2 Ray Train CPU workers against 1, same global batch (32), "
-                  f"dropout off, 3 rounds of {_round_steps} steps: train/val loss per round 1 worker "
+                  f"dropout off, 3 rounds of {result.get('round_steps', ROUND_STEPS)} steps: train/val loss per round 1 worker "
                   f"{[round(x, 5) for x in r1['train_loss']]} / {[round(x, 5) for x in r1['val_loss']]}, "
                   f"2 workers {[round(x, 5) for x in r2['train_loss']]} / {[round(x, 5) for x in r2['val_loss']]}; "
                   f"largest difference {w['max_abs_diff']}; sweep wall time {r1['seconds']:.0f} s against "
