@@ -458,7 +458,7 @@ def _build(files: list[str], building: Path, *, text_column: str, label_column: 
     say(f"token cache: tokenizing {len(raw):,} examples from {len(files)} file(s)"
         + (f" in {procs} processes" if procs and procs > 1 else ""))
     encoded = raw.map(encode, batched=True, batch_size=1000, num_proc=procs,
-                      remove_columns=raw.column_names, features=datasets.Features(_features(carve_seed)),
+                      remove_columns=raw.column_names, features=datasets.Features.from_arrow_schema(arrow_schema(carve_seed)),
                       writer_batch_size=1 << 16, cache_file_name=str(work / "encoded.arrow"),
                       desc="tokenizing")
     rows = len(encoded)
@@ -475,20 +475,9 @@ def _build(files: list[str], building: Path, *, text_column: str, label_column: 
                                  carve_seed=carve_seed, label_map=label_map)
 
 
-def _features(carve_seed: Optional[int]) -> dict:
-    """The cache's columns as ``datasets`` features."""
-    import datasets
-
-    columns = {"input_ids": datasets.Sequence(datasets.Value("int32")),
-               "label": datasets.Value("int32"), "length": datasets.Value("int32"),
-               "cut": datasets.Value("bool")}
-    if carve_seed is not None:
-        columns["carve_key"] = datasets.Value("int64")
-    return columns
-
-
 def arrow_schema(carve_seed: Optional[int]):
-    """The cache's columns as a pyarrow schema (what a build other than ``datasets``' writes)."""
+    """The cache's columns as a pyarrow schema: what every build writes (``datasets``' features are
+    read from it)."""
     import pyarrow as pa
 
     fields = [("input_ids", pa.list_(pa.int32())), ("label", pa.int32()), ("length", pa.int32()),
