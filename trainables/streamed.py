@@ -34,7 +34,7 @@ from trainables.errors import ConfigError, DataError
 from trainables.labels import SPLITS
 from trainables.tagging_files import detect_layout
 from trainables.cache_carve import carve
-from trainables.token_cache import COMPRESSED, CachedSplit, _format_of, cached_split
+from trainables.token_cache import COMPRESSED, CachedSplit, format_of, cached_split
 
 # a train split this large is tokenized into the cache under --token-cache auto
 STREAM_FROM_BYTES = 256 * 2**20
@@ -49,7 +49,7 @@ def split_files(folder: Path, config: DataConfig) -> dict[str, list[Path]]:
     """The files of each role (sorted; an empty list for a validation split the data lacks or
     ``--split-names validation=none`` sets aside). Train and test must have files."""
     names = dict(parse_split_names(config.split_names))
-    files = sorted(p for p in folder.iterdir() if p.is_file() and _format_of(p.name))
+    files = sorted(p for p in folder.iterdir() if p.is_file() and format_of(p.name))
     found: dict[str, list[Path]] = {}
     for role in SPLITS:
         wanted = [names[role]] if role in names else list(SPLIT_ALIASES[role])
@@ -100,7 +100,7 @@ def is_streamed(config: DataConfig) -> bool:
         return False  # the in-memory reader names what is wrong with the folder
     # shards: several files of one split in one format (train.jsonl beside train.csv is no set of
     # shards: the in-memory reader refuses it, naming both)
-    if any(len(paths) > 1 and len({_format_of(p.name) for p in paths}) == 1 for paths in found.values()):
+    if any(len(paths) > 1 and len({format_of(p.name) for p in paths}) == 1 for paths in found.values()):
         return True
     every = [p for paths in found.values() for p in paths]
     return (any(p.name.lower().endswith(COMPRESSED) for p in every)

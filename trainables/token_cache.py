@@ -2,9 +2,9 @@
 does not grow with the data).
 
 ``cached_split`` reads one split's files (JSON Lines, CSV or Parquet; shards given as a list or a
-glob; gzip/bz2/xz/zstd compressed or not) with Hugging Face ``datasets``, which converts them to
-Arrow block by block, tokenizes them with a batched, multi-process ``map`` exactly as
-``trainables.encoding.encode_texts`` does, and saves ``input_ids``, ``label`` and ``length``
+glob; gzip/bz2/xz/zstd compressed or not) block by block with pyarrow's streaming readers,
+tokenizes the blocks in worker processes exactly as ``trainables.encoding.encode_texts`` does
+(``trainables.tokenize_blocks``: a few blocks in memory whatever the data's size), and saves ``input_ids``, ``label`` and ``length``
 columns under ``<root>/<key>/``. The key digests the files (path, size, modification time), the
 columns, the tokenizer (its full serialised form) and ``max_length``: every trial, the selection,
 ``train`` and a later sweep on the same data with the same model reuse it.
@@ -33,18 +33,16 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from trainables.data import _carve_key
 from trainables.encoding import bucketed_batches
 from trainables.errors import UserError
 from trainables.labels import LabelMap
+from trainables.tokenize_blocks import (COMPRESSED, FORMATS, arrow_schema, carve_key,  # noqa: F401
+                                        encode_batch, format_of, label_values, read_blocks, tokenize,
+                                        workers_for)
 
-CACHE_FORMAT = 2  # 2: record batches of ROWS_PER_BATCH rows
+CACHE_FORMAT = 3  # 2: record batches of ROWS_PER_BATCH rows; 3: CSV labels read as strings
 CACHE_FILE = "tunebert-cache.json"
 BUILDING = ".building-"
-FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zstd")
-# below this many rows one process tokenizes (starting workers costs more than it saves)
-PARALLEL_FROM_ROWS = 200_000
 
 
 def expand_files(spec: str | Sequence[str]) -> list[str]:
@@ -54,27 +52,19 @@ def expand_files(spec: str | Sequence[str]) -> list[str]:
     files: list[str] = []
     for item in map(str, specs):
         if os.path.isdir(item):
-            matched = sorted(p for p in glob.glob(os.path.join(item, "*")) if _format_of(p))
+            matched = sorted(p for p in glob.glob(os.path.join(item, "*")) if format_of(p))
         else:
             matched = sorted(glob.glob(item)) if glob.has_magic(item) else ([item] if os.path.isfile(item) else [])
         if not matched:
             raise UserError(f"data files {item!r}: nothing there; give a file, a glob such as "
                             f"'train-*.jsonl.gz', or a folder of .jsonl/.csv/.parquet shards")
         files += matched
-    kinds = {_format_of(f) for f in files}
+    kinds = {format_of(f) for f in files}
     if None in kinds or len(kinds) > 1:
         raise UserError(f"data files {files[:3]}{' ...' if len(files) > 3 else ''}: the shards of one "
                         f"split must all be .jsonl, .csv or .parquet (optionally compressed, e.g. "
                         f".jsonl.gz), one format per split")
     return files
-
-
-def _format_of(path: str) -> Optional[str]:
-    name = path.lower()
-    for ext in COMPRESSED:
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-    return next((kind for ext, kind in FORMATS.items() if name.endswith(ext)), None)
 
 
 def tokenizer_digest(tokenizer) -> str:
@@ -321,12 +311,6 @@ class BlockBatches:
                 yield part[batch]
 
 
-def carve_key(seed: int, text: str) -> int:
-    """The carve's per-example key: the first 63 bits of sha256(seed, text) (``trainables.data``'s
-    key), an int64 column built with the cache."""
-    return int.from_bytes(_carve_key(seed, text)[:8], "big") >> 1
-
-
 def read_meta(path: Path) -> Optional[dict]:
     try:
         meta = json.loads((Path(path) / CACHE_FILE).read_text())
@@ -409,21 +393,6 @@ def label_map_for(values: Sequence, label_map: Optional[LabelMap], files: Sequen
     return label_map
 
 
-def encode_batch(texts: Sequence[str], labels: Sequence, *, tokenizer, max_length: int,
-                 index: dict, carve_seed: Optional[int]) -> dict:
-    """One batch of rows as the cache's columns: token ids as ``trainables.encoding.encode_texts``
-    makes them (cut to ``max_length`` keeping the closing special token), label index, length,
-    whether the text was cut, and with ``carve_seed`` the carve key."""
-    ids = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-    cut = [len(seq) > max_length for seq in ids]
-    ids = [seq[: max_length - 1] + seq[-1:] if long else seq for seq, long in zip(ids, cut)]
-    out = {"input_ids": ids, "label": [index[v] for v in labels], "length": [len(seq) for seq in ids],
-           "cut": cut}
-    if carve_seed is not None:
-        out["carve_key"] = [carve_key(carve_seed, text) for text in texts]
-    return out
-
-
 def cache_meta(files: Sequence[str], *, rows: int, truncated: int, text_column: str, label_column: str,
                max_length: int, carve_seed: Optional[int], label_map: LabelMap) -> dict[str, Any]:
     return {"format": CACHE_FORMAT, "rows": int(rows), "truncated": int(truncated), "files": list(files),
@@ -432,56 +401,38 @@ def cache_meta(files: Sequence[str], *, rows: int, truncated: int, text_column: 
             "label_map": {"names": label_map.names, "raw_values": label_map.raw_values}}
 
 
+
+
 def _build(files: list[str], building: Path, *, text_column: str, label_column: str, tokenizer,
            max_length: int, label_map: Optional[LabelMap], carve_seed: Optional[int],
            num_proc: Optional[int], say: Callable[[str], None]) -> tuple[LabelMap, dict[str, Any]]:
-    """Read the files with ``datasets`` (Arrow, block by block) and tokenize them with its
-    batched, multi-process ``map``; its output files become the cache's."""
-    import datasets
+    """Read the files block by block (``tokenize_blocks.read_blocks``: pyarrow's streaming
+    readers), tokenize the blocks in worker processes, and write the cache's Arrow file in the
+    files' order: a few blocks in memory, whatever the data's size. Train's labels are read in a
+    first pass (the label map is sorted); other splits' are checked against train's block by block."""
     import pyarrow.compute as pc
 
-    # datasets' own Arrow caches go to work/, the cache to cache/: both inside the building folder,
-    # so a killed build leaves nothing but that folder
-    work, folder = building / "work", building / "cache"
-    raw = datasets.load_dataset(_format_of(files[0]), data_files=files, split="train",
-                                cache_dir=str(work / "hf"))
-    check_columns(raw.column_names, files, text_column, label_column)
-    label_map = label_map_for(raw.unique(label_column), label_map, files)
+    if label_map is None:
+        say(f"token cache: reading the labels of {len(files)} file(s)")
+        label_map = label_map_for(label_values(files, text_column, label_column), None, files)
     index = {v: i for i, v in enumerate(label_map.raw_values)}
 
-    def encode(batch: dict) -> dict:
-        return encode_batch(batch[text_column], batch[label_column], tokenizer=tokenizer,
-                            max_length=max_length, index=index, carve_seed=carve_seed)
+    def checked(blocks):
+        for block in blocks:
+            label_map_for(pc.unique(block.column(1)).to_pylist(), label_map, files)
+            yield block
 
-    procs = num_proc if num_proc is not None else (
-        min(os.cpu_count() or 1, 8) if len(raw) >= PARALLEL_FROM_ROWS else None)
-    say(f"token cache: tokenizing {len(raw):,} examples from {len(files)} file(s)"
-        + (f" in {procs} processes" if procs and procs > 1 else ""))
-    encoded = raw.map(encode, batched=True, batch_size=1000, num_proc=procs,
-                      remove_columns=raw.column_names, features=datasets.Features.from_arrow_schema(arrow_schema(carve_seed)),
-                      writer_batch_size=1 << 16, cache_file_name=str(work / "encoded.arrow"),
-                      desc="tokenizing")
-    rows = len(encoded)
-    truncated = int(pc.sum(encoded.data.table.column("cut").cast("int8")).as_py() or 0)
+    procs = workers_for(files, num_proc)
+    say(f"token cache: tokenizing {len(files)} file(s)" + (f" in {procs} processes" if procs > 1 else ""))
+    folder = building / "cache"
     folder.mkdir(parents=True)
-    parts = [cache_file["filename"] for cache_file in encoded.cache_files]
-    with BatchWriter(folder / "data-00000.arrow", encoded.data.table.schema) as out:
-        for batch in stream_batches(parts):  # map's thousand-row batches joined
+    truncated = 0
+    with BatchWriter(folder / "data-00000.arrow", arrow_schema(carve_seed)) as out:
+        for batch in tokenize(checked(read_blocks(files, text_column, label_column)), tokenizer=tokenizer,
+                              max_length=max_length, index=index, carve_seed=carve_seed, procs=procs,
+                              say=say):
+            truncated += int(pc.sum(batch.column("cut").cast("int8")).as_py() or 0)
             out.write(batch)
-    del raw, encoded
-    shutil.rmtree(work, ignore_errors=True)
-    return label_map, cache_meta(files, rows=rows, truncated=truncated, text_column=text_column,
+    return label_map, cache_meta(files, rows=out.rows, truncated=truncated, text_column=text_column,
                                  label_column=label_column, max_length=max_length,
                                  carve_seed=carve_seed, label_map=label_map)
-
-
-def arrow_schema(carve_seed: Optional[int]):
-    """The cache's columns as a pyarrow schema: what every build writes (``datasets``' features are
-    read from it)."""
-    import pyarrow as pa
-
-    fields = [("input_ids", pa.list_(pa.int32())), ("label", pa.int32()), ("length", pa.int32()),
-              ("cut", pa.bool_())]
-    if carve_seed is not None:
-        fields.append(("carve_key", pa.int64()))
-    return pa.schema(fields)

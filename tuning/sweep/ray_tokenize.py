@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from trainables.labels import LabelMap
-from trainables.token_cache import (BatchWriter, _format_of, arrow_schema, cache_meta, cached_split,
-                                    check_columns, encode_batch, label_map_for)
+from trainables.token_cache import (BatchWriter, arrow_schema, cache_meta, cached_split, check_columns,
+                                    encode_batch, format_of, label_map_for)
+from trainables.tokenize_blocks import csv_convert_options
 
 # rows per tokenizing task: large enough to amortise a task, small enough to spread a shard
 ROWS_PER_TASK = 8192
@@ -29,10 +30,13 @@ def builder(address: Optional[str]) -> Optional[Callable]:
     return functools.partial(cached_split, build=ray_build) if address else None
 
 
-def _reader(kind: str) -> Callable:
+def _read(kind: str, paths: list[str], text_column: str, label_column: str):
+    """The files as a Ray Dataset, typed as the local build reads them (a CSV label is a string)."""
     import ray.data
 
-    return {"json": ray.data.read_json, "csv": ray.data.read_csv, "parquet": ray.data.read_parquet}[kind]
+    if kind == "csv":
+        return ray.data.read_csv(paths, convert_options=csv_convert_options(text_column, label_column))
+    return {"json": ray.data.read_json, "parquet": ray.data.read_parquet}[kind](paths)
 
 
 class _Tokenize:
@@ -64,7 +68,7 @@ def ray_build(files: list[str], building: Path, *, text_column: str, label_colum
 
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # the cache keeps the files' row order
-    rows = _reader(_format_of(files[0]))([str(Path(f).resolve()) for f in files])
+    rows = _read(format_of(files[0]), [str(Path(f).resolve()) for f in files], text_column, label_column)
     check_columns(rows.schema().names, files, text_column, label_column)
     label_map = label_map_for(sorted(rows.unique(label_column), key=str), label_map, files)
     say(f"token cache: tokenizing {len(files)} file(s) with Ray Data across the cluster")
