@@ -31,6 +31,7 @@ from trainables.errors import UserError
 # input bytes per block: ~100k short utterances; small against memory, large against a task's cost
 BLOCK_BYTES = 8 << 20
 PARQUET_ROWS = 1 << 16
+ENCODE_ROWS = 8192  # rows a worker hands the tokenizer at once
 # below this much input one process tokenizes (starting workers costs more than it saves)
 PARALLEL_FROM_BYTES = 32 << 20
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -62,7 +63,8 @@ def encode_batch(texts: Sequence[str], labels: Sequence, *, tokenizer, max_lengt
     """One batch of rows as the cache's columns: token ids as ``trainables.encoding.encode_texts``
     makes them (cut to ``max_length`` keeping the closing special token), label index, length,
     whether the text was cut, and with ``carve_seed`` the carve key."""
-    ids = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+    ids = tokenizer(list(texts), add_special_tokens=True, truncation=False, return_attention_mask=False,
+                    return_token_type_ids=False)["input_ids"]
     cut = [len(seq) > max_length for seq in ids]
     ids = [seq[: max_length - 1] + seq[-1:] if long else seq for seq, long in zip(ids, cut)]
     out = {"input_ids": ids, "label": [index[v] for v in labels], "length": [len(seq) for seq in ids],
@@ -221,14 +223,20 @@ def _start_worker(tokenizer, settings: dict) -> None:
 
 
 def _encode(batch):
-    """A block of (text, label) rows as a record batch of the cache's columns (in a worker)."""
+    """A block of (text, label) rows as a record batch of the cache's columns (in a worker),
+    tokenized ``ENCODE_ROWS`` at a time: the tokenizer's Python lists for a whole block would
+    be most of a worker's memory."""
     import pyarrow as pa
 
-    w = _worker
-    columns = encode_batch(batch.column(0).to_pylist(), batch.column(1).to_pylist(),
-                           tokenizer=w["tokenizer"], max_length=w["max_length"], index=w["index"],
-                           carve_seed=w["carve_seed"])
-    return pa.RecordBatch.from_pydict(columns, schema=arrow_schema(w["carve_seed"]))
+    w, schema = _worker, arrow_schema(_worker["carve_seed"])
+    parts = []
+    for start in range(0, batch.num_rows, ENCODE_ROWS):
+        rows = batch.slice(start, ENCODE_ROWS)
+        columns = encode_batch(rows.column(0).to_pylist(), rows.column(1).to_pylist(),
+                               tokenizer=w["tokenizer"], max_length=w["max_length"], index=w["index"],
+                               carve_seed=w["carve_seed"])
+        parts.append(pa.RecordBatch.from_pydict(columns, schema=schema))
+    return pa.concat_batches(parts) if len(parts) != 1 else parts[0]
 
 
 def workers_for(files: Sequence[str], num_proc: Optional[int]) -> int:

@@ -65,7 +65,11 @@ def test_the_scale_part_end_to_end_at_smoke_sizes(tmp_path, tiny_model_dir):
         assert first["rows"] == second["rows"] and first["rows"]["train"] > 50_000
         assert row["sweep"]["rc"] == 0 and row["sweep"]["trial"]["rss_mib"] > 100
         assert row["sweep"]["driver"]["rss_mib"] > 100
-    assert result["throughput"]["ratio"] > 0
+    throughput = result["throughput"]
+    assert throughput["order"] == "ABBA" and len(throughput["samples_per_s"]["token cache"]) == 2
+    # both paths trained on the same batches: what differs between them is only how data is read
+    assert throughput["train_loss"]["in memory"] == throughput["train_loss"]["token cache"]
+    assert throughput["ratio"] > 0
     capped = result["capped"]
     assert not capped["run"] or (capped["rc"] == 0 and capped["rounds_per_trial"]
                                  and capped["limit_mib"] == 4 * GIB / 2**20)
@@ -74,3 +78,4 @@ def test_the_scale_part_end_to_end_at_smoke_sizes(tmp_path, tiny_model_dir):
     assert result["two_workers"]["max_abs_diff"] < 1e-3
     text = (out / "results.md").read_text()
     assert "k. Scale" in text and "Two workers" in text and "Throughput on MASSIVE" in text
+    assert "tokenizing process: 0.004 GiB peak / 0.002 GiB peak" in text and "same batches" in text
