@@ -1,4 +1,5 @@
-"""The typed config of one trial: ``FinetuneConfig``, ``ContrastiveConfig`` and ``MultitaskConfig``, frozen dataclasses
+"""The typed config of one trial: ``FinetuneConfig``, ``ContrastiveConfig``, ``MultitaskConfig`` and the
+baselines' ``TfidfConfig`` and ``BilstmConfig``, frozen dataclasses
 whose fields, types and defaults are ``HPARAMS``'s (a test holds them equal), validated when built
 by each parameter's rule and the rules between parameters. Read them through ``trainables.hparams``.
 """
@@ -26,12 +27,6 @@ class _Config:
         for name in self.field_names():
             if name != "trainable":
                 HPARAMS[name].check(getattr(self, name))
-        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
-            raise ConfigError(
-                f"`nesterov` needs optimizer 'sgd' with momentum > 0, but got "
-                f"(optimizer={self.optimizer!r}, momentum={self.momentum})")
-        if self.min_lr > self.lr:
-            raise ConfigError(f"`min_lr` must lie in [0.0, lr={self.lr}], but got {self.min_lr!r}")
         # in round mode `stop_epoch` counts rounds, whose number depends on the data: `fit` checks it
         rounds = parse_eval_every(self.eval_every) is not None
         if self.stop_epoch is not None and self.stop_epoch > self.epochs and not rounds:
@@ -80,7 +75,20 @@ class _Config:
                               f"leave it unset (null) or use trainable 'finetune'")
 
 
-class _FinetuneRules(_Config):
+class _EncoderRules(_Config):
+    """The rules between the optimizer fields every encoder family has."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise ConfigError(
+                f"`nesterov` needs optimizer 'sgd' with momentum > 0, but got "
+                f"(optimizer={self.optimizer!r}, momentum={self.momentum})")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"`min_lr` must lie in [0.0, lr={self.lr}], but got {self.min_lr!r}")
+
+
+class _FinetuneRules(_EncoderRules):
     """Learning rates follow layer-wise decay (LLRD, Howard & Ruder 2018; Sun et al. 2019): the top
     encoder layer trains at ``lr``, layer ``l`` below it at ``lr * llrd_decay**l``, the embeddings
     lowest, and the classification head at ``lr * head_lr_multiplier``."""
@@ -102,7 +110,7 @@ class _FinetuneRules(_Config):
                               f"them, but got (ema_decay={self.ema_decay}, swa_epochs={self.swa_epochs})")
 
 
-class _ContrastiveRules(_Config):
+class _ContrastiveRules(_EncoderRules):
     """Contrastive pretraining of the encoder, then classification (or both at once).
 
     Modes: ``two-stage`` trains encoder + projection head with the contrastive loss for
@@ -213,7 +221,7 @@ class ContrastiveConfig(_ContrastiveRules, _SharedFields):
     preset: Optional[str] = None
 
 
-class _MultitaskRules(_Config):
+class _MultitaskRules(_EncoderRules):
     """One encoder, a sentence head (intents) and a token head (slots), trained on one joint
     dataset or two datasets at once. The sentence head trains at ``lr * head_lr_multiplier``, the
     token head at ``lr * slot_lr_multiplier``, the encoder with LLRD; the loss is
@@ -254,5 +262,88 @@ class MultitaskConfig(_MultitaskRules, _SharedFields):
     preset: Optional[str] = None
 
 
+class _TfidfRules(_Config):
+    """TF-IDF over the tokenizer's word-piece n-grams and a logistic regression (docs/baselines.md).
+    It fits once: a trial reports one epoch, whatever ``epochs`` says (a sweep-level setting for
+    the encoder families it may run beside)."""
+
+    TRAINABLE = "tfidf"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._refuse_rounds()
+        if self.stop_epoch not in (None, 1):
+            raise ConfigError(f"`stop_epoch` must be 1 or null for a tfidf trial (it fits once and "
+                              f"reports one epoch), but got {self.stop_epoch}")
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs reported: one, the fit."""
+        return 1
+
+    @property
+    def last_epoch(self) -> int:
+        return 1
+
+
+class _BilstmRules(_Config):
+    """A BiLSTM with attention pooling over token embeddings trained from scratch
+    (docs/baselines.md); AdamW at a constant ``bilstm_lr``, ``epochs`` epochs."""
+
+    TRAINABLE = "bilstm"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._refuse_rounds()
+
+
+@dataclass(frozen=True)
+class TfidfConfig(_TfidfRules):
+    """Everything one TF-IDF trial needs besides the data. Fields, types and defaults are
+    ``HPARAMS``'s (a test holds them equal); the rules are ``_TfidfRules``'s."""
+
+    trainable: str = 'tfidf'
+    model: str = 'minilm-l6'
+    max_length: int = 128
+    epochs: int = 4
+    eval_every: Optional[str] = None
+    seed: int = 0
+    precision: str = 'auto'
+    stop_epoch: Optional[int] = None
+    tfidf_c: float = 1.0
+    tfidf_ngram_max: int = 2
+    tfidf_sublinear_tf: bool = True
+    tfidf_min_df: int = 1
+    tfidf_class_weight: str = 'none'
+    perturb_eval: Optional[str] = DEFAULT_PERTURB_EVAL
+    deploy_metrics: bool = True
+    preset: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class BilstmConfig(_BilstmRules):
+    """Everything one BiLSTM trial needs besides the data. Fields, types and defaults are
+    ``HPARAMS``'s (a test holds them equal); the rules are ``_BilstmRules``'s."""
+
+    trainable: str = 'bilstm'
+    model: str = 'minilm-l6'
+    max_length: int = 128
+    epochs: int = 4
+    eval_every: Optional[str] = None
+    seed: int = 0
+    precision: str = 'auto'
+    batch_size: int = 32
+    stop_epoch: Optional[int] = None
+    grad_clip: float = 1.0
+    bilstm_lr: float = 0.002
+    bilstm_embedding_dim: int = 128
+    bilstm_hidden: int = 128
+    bilstm_layers: int = 1
+    bilstm_dropout: float = 0.2
+    perturb_eval: Optional[str] = DEFAULT_PERTURB_EVAL
+    deploy_metrics: bool = True
+    preset: Optional[str] = None
+
+
 # the config of one trial, of any family
-TrialConfig = FinetuneConfig | ContrastiveConfig | MultitaskConfig
+TrialConfig = FinetuneConfig | ContrastiveConfig | MultitaskConfig | TfidfConfig | BilstmConfig

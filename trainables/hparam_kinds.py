@@ -10,12 +10,21 @@ from typing import Any, Mapping, Optional
 from trainables.errors import ConfigError
 from trainables.ranges import Distribution
 
+# the text classifiers built on a pretrained encoder
+ENCODER_CLASSIFIERS = ("finetune", "contrastive")
+# cheap baselines trained from scratch on the encoder's tokens (docs/baselines.md): what the
+# encoder buys is the difference in one sweep's record
+TFIDF = ("tfidf",)
+BILSTM = ("bilstm",)
+BASELINES = TFIDF + BILSTM
 # the text-classification families (``--trainable any`` searches over these)
-FAMILIES = ("finetune", "contrastive")
+FAMILIES = ENCODER_CLASSIFIERS + BASELINES
 # multi-task trials: one encoder, a sentence head and/or a token-tagging head
 MULTITASK = ("multitask",)
 ALL_FAMILIES = FAMILIES + MULTITASK
-BOTH = ALL_FAMILIES  # the default of ``HParam.families``: every family has the parameter
+# the families that train a pretrained encoder
+ENCODERS = ENCODER_CLASSIFIERS + MULTITASK
+BOTH = ENCODERS  # the default of ``HParam.families``: every encoder family has the parameter
 CONTRASTIVE = ("contrastive",)
 FINETUNE = ("finetune",)
 
@@ -33,6 +42,8 @@ PHASES = {
                  "how the batches of two datasets mix",
     "eval": "what a trial measures besides its training; fixed for a sweep in a space file, "
             "not searched",
+    "baseline": "the cheap baselines trained from scratch (tfidf and bilstm trials, "
+                "docs/baselines.md)",
 }
 
 

@@ -6,7 +6,8 @@ and the docs' parameter table rendered from it (``markdown_table``). Read it thr
 
 from typing import Any
 
-from trainables.hparam_kinds import ALL_FAMILIES, CONTRASTIVE, FINETUNE, MULTITASK, HParam, _num
+from trainables.hparam_kinds import (ALL_FAMILIES, BILSTM, CONTRASTIVE, ENCODERS, FINETUNE, MULTITASK,
+                                     TFIDF, HParam, _num)
 from trainables.ranges import Categorical, Fixed, FloatRange, IntRange
 
 # every trial's robustness check: keyboard typos in 10 % of the words, 5 % of the letters deleted
@@ -20,6 +21,7 @@ def _p(name: str, kind: str, default: Any, doc: str, phase: str, **rules: Any) -
 SGD_ONLY = {"optimizer": ("sgd",)}
 TWO_STAGE = {"mode": ("two-stage", "two-stage-finetune")}
 AUGMENTED = {"augmentation": ("word_deletion", "span_cutoff", "shuffle")}
+WITH_BILSTM = ENCODERS + BILSTM  # the loop settings a BiLSTM trial shares with the encoders
 
 # Default search ranges follow the BERT fine-tuning literature: learning rate 1e-5..3e-4 on a
 # log scale (Devlin et al. 2019 searched 2e-5..5e-5; Mosbach et al. 2021 and Sun et al. 2019 go
@@ -31,22 +33,27 @@ AUGMENTED = {"augmentation": ("word_deletion", "span_cutoff", "shuffle")}
 _DECLARED: tuple[HParam, ...] = (
     # ---- run (sweep-level)
     _p("trainable", "str", "finetune", "what a trial trains: fine-tuning, contrastive "
-       "pretraining + classifier, or multitask (one encoder, a sentence head and a token-tagging head)",
-       "run", choices=ALL_FAMILIES),
+       "pretraining + classifier, a cheap baseline from scratch (tfidf: TF-IDF + logistic "
+       "regression; bilstm: a BiLSTM with attention pooling; docs/baselines.md), or multitask "
+       "(one encoder, a sentence head and a token-tagging head)",
+       "run", families=ALL_FAMILIES, choices=ALL_FAMILIES),
     _p("model", "str", "minilm-l6", "hub id, local folder or alias (minilm-l6: the packaged "
-       "all-MiniLM-L6-v2)", "run"),
-    _p("max_length", "int", 128, "texts are truncated to this many tokens", "run", low=8, high=8192),
+       "all-MiniLM-L6-v2); the baselines use its tokenizer only", "run", families=ALL_FAMILIES),
+    _p("max_length", "int", 128, "texts are truncated to this many tokens", "run",
+       families=ALL_FAMILIES, low=8, high=8192),
     _p("epochs", "int", 4, "epochs of the classification stage (ASHA's max_t for fine-tuning; "
-       "contrastive trials add their contrastive epochs)", "run", low=1, high=10_000),
+       "contrastive trials add their contrastive epochs; tfidf trials fit once, one epoch)", "run",
+       families=ALL_FAMILIES, low=1, high=10_000),
     _p("eval_every", "optional_str", None, "evaluate, report and checkpoint every N optimizer "
        "steps (N or 'N steps') or N examples ('Nex' or 'N examples', steps = ceil(N / batch_size)) "
        "instead of every epoch; rounds cross epoch boundaries and `epoch`, `stop_epoch`, "
        "`best_epoch` and ASHA's rungs count rounds (null or 0: per epoch; fine-tuning trials "
-       "only; docs/tune.md#budgets-in-steps)", "run"),
+       "only; docs/tune.md#budgets-in-steps)", "run", families=ALL_FAMILIES),
     _p("seed", "int", 0, "seed of the model's initialisation, data order and dropout", "run",
-       low=0, high=2**32 - 1),
+       families=ALL_FAMILIES, low=0, high=2**32 - 1),
     _p("precision", "str", "auto", "auto: bf16 autocast on Ampere+ GPUs and CPUs with "
-       "AVX512-BF16/AMX, fp16 on older GPUs, else fp32", "run", choices=("auto", "fp32", "bf16", "fp16")),
+       "AVX512-BF16/AMX, fp16 on older GPUs, else fp32 (the baselines: always fp32)", "run",
+       families=ALL_FAMILIES, choices=("auto", "fp32", "bf16", "fp16")),
     # ---- optimizer
     _p("lr", "float", 1e-4, "learning rate of the top encoder layer", "optimizer", low=0.0,
        high=10.0, low_open=True, search=FloatRange(1e-5, 3e-4, log=True)),
@@ -71,13 +78,13 @@ _DECLARED: tuple[HParam, ...] = (
     _p("min_lr", "float", 0.0, "the schedule ends at this learning rate (<= lr)", "schedule",
        low=0.0, high=10.0),
     # ---- loop
-    _p("batch_size", "int", 32, "examples per optimizer step", "loop", low=1, high=65536,
-       search=Categorical((16, 32, 64, 128))),
+    _p("batch_size", "int", 32, "examples per optimizer step", "loop", families=WITH_BILSTM,
+       low=1, high=65536, search=Categorical((16, 32, 64, 128))),
     _p("stop_epoch", "optional_int", None, "stop after this epoch while keeping the schedule of "
        "`epochs` (set by `tunebert best` to the epoch that produced the score, so retraining "
-       "reproduces that model)", "loop", low=1, high=10_000),
-    _p("grad_clip", "float", 1.0, "gradient-norm clipping (0 disables it)", "loop", low=0.0,
-       high=1e6, search=Fixed(1.0)),
+       "reproduces that model)", "loop", families=ALL_FAMILIES, low=1, high=10_000),
+    _p("grad_clip", "float", 1.0, "gradient-norm clipping (0 disables it)", "loop",
+       families=WITH_BILSTM, low=0.0, high=1e6, search=Fixed(1.0)),
     _p("label_smoothing", "float", 0.0, "label smoothing of the cross-entropy", "loop", low=0.0,
        high=0.9, search=FloatRange(0.0, 0.2)),
     _p("freeze_embeddings", "bool", False, "keep the word/position embeddings frozen", "loop"),
@@ -184,17 +191,46 @@ _DECLARED: tuple[HParam, ...] = (
        "(alternating, the smaller dataset repeating), capped (alternating, as many batches of each "
        "as the smaller has)", "multitask", families=MULTITASK,
        choices=("proportional", "round_robin", "capped")),
+    # ---- cheap baselines (docs/baselines.md). TF-IDF ranges follow the usual logistic-regression
+    # grids (C log 0.01..100; uni- to trigrams; min_df 1..3); the BiLSTM's are those of small
+    # recurrent text classifiers trained from scratch (Adam at 3e-4..1e-2, 64..256 units).
+    _p("tfidf_c", "float", 1.0, "inverse L2 regularisation strength C of the logistic regression "
+       "on the TF-IDF features (smaller: stronger regularisation)", "baseline", families=TFIDF,
+       low=0.0, high=1e6, low_open=True, search=FloatRange(0.01, 100.0, log=True)),
+    _p("tfidf_ngram_max", "int", 2, "features are the word-piece n-grams of length 1..this",
+       "baseline", families=TFIDF, low=1, high=5, search=IntRange(1, 3)),
+    _p("tfidf_sublinear_tf", "bool", True, "term frequency as 1 + log(count) instead of the count",
+       "baseline", families=TFIDF, search=Categorical((True, False))),
+    _p("tfidf_min_df", "int", 1, "keep only n-grams that occur in at least this many training "
+       "texts", "baseline", families=TFIDF, low=1, high=1_000_000, search=IntRange(1, 3)),
+    _p("tfidf_class_weight", "str", "none", "class weights of the logistic regression: none, or "
+       "balanced (inversely proportional to the class frequencies)", "baseline", families=TFIDF,
+       choices=("none", "balanced"), search=Categorical(("none", "balanced"))),
+    _p("bilstm_lr", "float", 2e-3, "learning rate (AdamW, constant) of the BiLSTM; trained from "
+       "scratch it wants ~10x an encoder's", "baseline", families=BILSTM, low=0.0, high=10.0,
+       low_open=True, search=FloatRange(3e-4, 1e-2, log=True)),
+    _p("bilstm_embedding_dim", "int", 128, "size of the token embeddings (over the tokenizer's "
+       "vocabulary, trained from scratch)", "baseline", families=BILSTM, low=1, high=4096,
+       search=Categorical((64, 128, 256))),
+    _p("bilstm_hidden", "int", 128, "hidden units of the LSTM per direction", "baseline",
+       families=BILSTM, low=1, high=4096, search=Categorical((64, 128, 256))),
+    _p("bilstm_layers", "int", 1, "stacked bidirectional LSTM layers", "baseline",
+       families=BILSTM, low=1, high=8, search=IntRange(1, 2)),
+    _p("bilstm_dropout", "float", 0.2, "dropout on the embeddings, between LSTM layers and in front "
+       "of the head", "baseline", families=BILSTM, low=0.0, high=0.9, search=FloatRange(0.0, 0.5)),
     # ---- evaluation
     _p("perturb_eval", "optional_str", DEFAULT_PERTURB_EVAL, "also evaluate the validation split "
        "with perturbed texts and report val_accuracy_perturbed every epoch (a contrastive trial: "
        "every classifier epoch; rank with --metric val_accuracy_perturbed, fine-tuning sweeps): "
-       "KIND:RATE[,KIND:RATE...] (kinds in trainables/perturb.py; null = off)", "eval"),
+       "KIND:RATE[,KIND:RATE...] (kinds in trainables/perturb.py; null = off)", "eval",
+       families=ALL_FAMILIES),
     _p("deploy_metrics", "bool", True, "time the trial's model on the CPU once, before its "
        "first epoch, and report the timings with every epoch (latency_ms_p50/p95 at batch 1, "
        "throughput_b32; a few seconds per trial); false skips the timing, sizes and memory are "
-       "still reported", "eval"),
+       "still reported", "eval", families=ALL_FAMILIES),
     # ---- provenance
-    _p("preset", "optional_str", None, "the named preset this config came from, if any", "run"),
+    _p("preset", "optional_str", None, "the named preset this config came from, if any", "run",
+       families=ALL_FAMILIES),
 )
 
 HPARAMS: dict[str, HParam] = {p.name: p for p in _DECLARED}

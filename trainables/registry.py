@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from trainables.errors import ConfigError
-from trainables.hparams import (ALL_FAMILIES, FAMILIES, ContrastiveConfig, FinetuneConfig, MultitaskConfig,
-                               TrialConfig)
+from trainables.hparams import (ALL_FAMILIES, FAMILIES, BilstmConfig, ContrastiveConfig, FinetuneConfig,
+                               MultitaskConfig, TfidfConfig, TrialConfig)
 
 TRAINABLES: dict[str, tuple[type[TrialConfig], str]] = {
     "finetune": (FinetuneConfig, "trainables.finetune:fit"),
     "contrastive": (ContrastiveConfig, "trainables.contrastive:fit"),
     "multitask": (MultitaskConfig, "trainables.joint:fit"),
+    # cheap baselines from scratch (docs/baselines.md): what the encoder buys, in the same record
+    "tfidf": (TfidfConfig, "trainables.tfidf:fit"),
+    "bilstm": (BilstmConfig, "trainables.bilstm:fit"),
 }
 RAY_ENTRY_POINT = "trainables.entry:trainable"
 # Every trainable reports these for its best validation epoch as ``best_<name>`` (and the epoch as

@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 
 from trainables.errors import ConfigError
-from trainables.hparams import (HPARAMS, ContrastiveConfig, FinetuneConfig, MultitaskConfig, markdown_table,
-                               params_of_family)
+from trainables.hparams import (HPARAMS, BilstmConfig, ContrastiveConfig, FinetuneConfig, MultitaskConfig,
+                               TfidfConfig, markdown_table, params_of_family)
+from trainables.registry import TRAINABLES
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("tuning", "search_spaces", "trainables")
@@ -41,9 +42,10 @@ def test_config_fields_are_exactly_the_registry():
     assert set(FinetuneConfig.field_names()) == {n for n, p in HPARAMS.items() if "finetune" in p.families}
     assert set(ContrastiveConfig.field_names()) == {n for n, p in HPARAMS.items() if "contrastive" in p.families}
     assert set(MultitaskConfig.field_names()) == {n for n, p in HPARAMS.items() if "multitask" in p.families}
+    for family, (cls, _) in TRAINABLES.items():
+        assert set(cls.field_names()) == {n for n, p in HPARAMS.items() if family in p.families}, family
     for name, p in HPARAMS.items():
-        cls = (FinetuneConfig if "finetune" in p.families else
-               ContrastiveConfig if "contrastive" in p.families else MultitaskConfig)
+        cls = TRAINABLES[p.families[0]][0]
         default = getattr(cls(), name)
         assert default == (cls.TRAINABLE if name == "trainable" else p.default), name
         p.check(p.default) if name != "trainable" else None
@@ -56,7 +58,8 @@ def test_config_fields_are_exactly_the_registry():
 
 
 @pytest.mark.parametrize("cls, family", [(FinetuneConfig, "finetune"), (ContrastiveConfig, "contrastive"),
-                                         (MultitaskConfig, "multitask")])
+                                         (MultitaskConfig, "multitask"), (TfidfConfig, "tfidf"),
+                                         (BilstmConfig, "bilstm")])
 def test_config_fields_types_and_defaults_in_source_equal_the_registry(cls, family):
     """The classes list their fields in source (editors and mypy see them); the registry stays the
     one declaration: a field, a type, a default or the order drifting from it fails here."""
