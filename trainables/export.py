@@ -21,6 +21,10 @@ machine): the folder works offline, on another machine. It is flat, so
 ``AutoModel.from_pretrained(folder)`` and ``AutoTokenizer.from_pretrained(folder)`` read the
 encoder and the tokenizer as they are. Weights are safetensors: reading them runs no code.
 
+A cheap baseline (a tfidf or bilstm trial's model) is a folder of its own format, ``"format":
+"tunebert-baseline"``: its tensors, tokenizer, label map and config (``trainables.baseline_export``);
+``save_model`` and ``load_model`` hand it there, so it goes wherever a text classifier goes.
+
 An ensemble is a folder with ``ensemble.json`` and one member folder per model, each in the format
 above (``trainables.ensemble``), plus its own README.md (``save_ensemble_model``).
 
@@ -54,10 +58,12 @@ from typing import Optional, Sequence
 from torch import nn
 
 from trainables import registry
+from trainables.baseline_export import is_baseline_folder, load_baseline_model, save_baseline_model
 from trainables.checkpointing import STATE_FILE, load_checkpoint, model_weights
 from trainables.contrastive import ContrastiveModel
 from trainables.ensemble import ProbabilityEnsemble, is_ensemble_folder, read_ensemble, save_ensemble
 from trainables.errors import ConfigError, ModelLoadError
+from trainables.hparams import BASELINES
 from trainables.finetune import build_classifier
 from trainables.joint_ensemble import multitask_ensemble, save_multitask_ensemble
 from trainables.joint_export import is_multitask_folder, load_multitask_model
@@ -92,9 +98,13 @@ def save_model(folder: str | Path, model: nn.Module, *, config: dict, label_map:
     """Write ``model`` as a model folder (see the module docstring). ``config``: the resolved
     training config; ``label_map``: ``{"names": [...]}``; ``tokenizer``: the one training encoded
     with; ``metrics`` (optional, e.g. validation and test scores) go into the card and
-    ``tunebert.json``. ``folder`` must not exist yet, or be empty."""
+    ``tunebert.json``. ``folder`` must not exist yet, or be empty. A baseline's model goes to
+    ``trainables.baseline_export``."""
     from safetensors.torch import save_file
 
+    if config.get("trainable") in BASELINES:
+        return save_baseline_model(folder, model, config=config, label_map=label_map,
+                                   tokenizer=tokenizer, metrics=metrics)
     folder = Path(folder)
     _check_empty(folder)
     classifier = _classifier_of(model)
@@ -183,7 +193,8 @@ def _ensemble_card(metas: list[dict], members: list[str], weights: list[float],
              "Its prediction is the weighted mean of the members' class probabilities.", "",
              f"Labels: {', '.join(f'`{n}`' for n in names)}.", "",
              "| member | weight | base encoder | pooling | head |", "|---|---|---|---|---|"]
-    lines += [f"| `{m}/` | {w:.4f} | `{meta['base_model']}` | {meta['pooling']} | {meta['head']} |"
+    lines += [f"| `{m}/` | {w:.4f} | `{meta['base_model']}` | {meta.get('pooling', '—')} | "
+              f"{meta.get('head', meta.get('trainable'))} |"
               for m, w, meta in zip(members, weights, metas)]
     lines += ["", "Each member folder is a model folder of its own (see its README.md);",
               "`ensemble.json` lists the members and their weights.", ""]
@@ -302,6 +313,8 @@ def _load_checkpoint(folder: Path) -> LoadedModel:
 def _load_member(folder: Path) -> LoadedModel:
     if is_multitask_folder(folder):  # one encoder with an intent and/or a slot head
         return load_multitask_model(folder)
+    if is_baseline_folder(folder):  # a tfidf or bilstm model
+        return load_baseline_model(folder)
     if is_model_folder(folder):
         return _load_single(folder)
     if (folder / STATE_FILE).is_file():

@@ -10,10 +10,13 @@ FORMAT = "tunebert-text-classifier"
 FORMAT_VERSION = 1
 MULTITASK_FORMAT = "tunebert-multitask"  # one encoder, a sentence head and/or a token head
 MULTITASK_FORMAT_VERSION = 1
-MODEL_FORMATS = (FORMAT, MULTITASK_FORMAT)  # the "format" of a tunebert.json tunebert wrote
+BASELINE_FORMAT = "tunebert-baseline"  # a tfidf or bilstm model (trainables.baseline_export)
+BASELINE_FORMAT_VERSION = 1
+MODEL_FORMATS = (FORMAT, MULTITASK_FORMAT, BASELINE_FORMAT)  # the "format" of a tunebert.json tunebert wrote
 MODEL_FILE = "tunebert.json"
 HEAD_FILE = "head.safetensors"
 SLOT_HEAD_FILE = "slot_head.safetensors"  # a multi-task model's token head
+BASELINE_WEIGHTS = "baseline.safetensors"  # a baseline model's tensors, all of them
 LABEL_MAP_FILE = "label_map.json"
 CARD_FILE = "README.md"
 ENCODER_CONFIG_FILE = "config.json"
@@ -26,7 +29,7 @@ ENCODER_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # whole
 # vocab.json, merges.txt; SentencePiece: *.model; before transformers 5 also
 # special_tokens_map.json and added_tokens.json).
 WRITTEN_FILES = frozenset({
-    MODEL_FILE, HEAD_FILE, SLOT_HEAD_FILE, LABEL_MAP_FILE, CARD_FILE, ENCODER_CONFIG_FILE,
+    MODEL_FILE, HEAD_FILE, SLOT_HEAD_FILE, BASELINE_WEIGHTS, LABEL_MAP_FILE, CARD_FILE, ENCODER_CONFIG_FILE,
     *ENCODER_WEIGHTS,
     "generation_config.json", "tokenizer.json", "tokenizer_config.json",
     "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
