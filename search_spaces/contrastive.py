@@ -18,8 +18,9 @@ def contrastive_space(**constants) -> SearchSpace:
 
 
 def mixed_space(**constants) -> SearchSpace:
-    """Fine-tuning vs contrastive as one more (first) parameter; a parameter of one family only
-    exists when that family is drawn. Both report ``val_accuracy``, so they rank in one table."""
+    """The family (fine-tuning, contrastive, or a cheap baseline: ``FAMILIES``) as one more
+    (first) parameter; a parameter of some families only exists when one of them is drawn. All
+    report ``val_accuracy``, so they rank in one table."""
     params = [Param("trainable", Categorical(FAMILIES))]
     seen = set()
     for family in FAMILIES:

@@ -51,7 +51,7 @@ EVALUATE_SPLITS = ("test", "validation")
 MODEL_DATA_FILE = "data.json"
 # what PBT/PB2 mutate unless --mutate says otherwise: settings a trial can change mid-training
 PBT_MUTATIONS = ("lr", "classifier_dropout", "weight_decay", "label_smoothing")
-TRAINABLE_CHOICES = ALL_FAMILIES + ("any",)  # any: finetune or contrastive, the family searched too
+TRAINABLE_CHOICES = ALL_FAMILIES + ("any",)  # any: one of the text classifiers (FAMILIES), the family searched too
 
 
 CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*(\S+)\s*$")

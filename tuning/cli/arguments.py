@@ -103,7 +103,9 @@ def add_sweep_arguments(p: argparse.ArgumentParser, *, time_budget_default: Opti
     p.add_argument("--name", help="sweep name (default: sweep-<date>-<time>); resume uses it")
     p.add_argument("--trainable", choices=TRAINABLE_CHOICES, default=None,
                    help="what each trial trains: fine-tuning, contrastive pretraining + classifier "
-                        "(SupCon/SimCLR), any (either, the family is searched too), or multitask "
+                        "(SupCon/SimCLR), a cheap baseline from scratch (tfidf: TF-IDF + logistic "
+                        "regression; bilstm: a BiLSTM with attention pooling; docs/baselines.md), "
+                        "any (one of these, the family is searched too), or multitask "
                         "(joint intent + slot data: one encoder, a sentence and a token head) "
                         f"(default: multitask for joint data, else {_default('trainable')})")
     p.add_argument("--model", default=_default("model"), help=_doc("model"))

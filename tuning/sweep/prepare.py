@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from search_spaces.baselines import bilstm_space, tfidf_space
 from search_spaces.contrastive import contrastive_space, mixed_space
 from search_spaces.finetune import SWEEP_LEVEL, finetune_space
 from search_spaces.multitask import multitask_space
@@ -56,7 +57,7 @@ class Prepared:
 
 
 SPACES = {"finetune": finetune_space, "contrastive": contrastive_space, "any": mixed_space,
-          "multitask": multitask_space}
+          "multitask": multitask_space, "tfidf": tfidf_space, "bilstm": bilstm_space}
 
 
 def build_space(cfg: SweepConfig) -> SearchSpace:
