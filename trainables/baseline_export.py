@@ -40,6 +40,15 @@ def _restored(cfg, state: dict, num_labels: int, meta: dict) -> nn.Module:
     return tfidf.restore(cfg, state, num_labels)
 
 
+def rebuild_baseline(config: dict, weights: dict, num_labels: int, pad_token_id: int = 0) -> nn.Module:
+    """A baseline trial's model from its checkpoint's ``weights`` (``tunebert report``). The pad
+    token id only keeps a BiLSTM's padding embedding out of training; it changes no output."""
+    cfg = registry.config_class(config["trainable"]).from_dict(config)
+    model = _restored(cfg, weights, num_labels, {"pad_token_id": pad_token_id})
+    model.load_state_dict(weights)
+    return model
+
+
 def is_baseline_folder(folder: str | Path) -> bool:
     """Whether ``folder/tunebert.json`` names the baseline format (False when it is absent or
     unreadable: the text classifier's loader then says what is wrong with it)."""

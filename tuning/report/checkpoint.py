@@ -19,11 +19,13 @@ import numpy as np
 
 import tuning.tracking as tracking
 from trainables import registry, task_data
+from trainables.baseline_export import rebuild_baseline
 from trainables.checkpointing import load_checkpoint, model_weights
 from trainables.contrastive import ContrastiveModel
 from trainables.data import LabelMap
 from trainables.errors import ConfigError, UserError
 from trainables.finetune import build_classifier
+from trainables.hparams import BASELINES
 from trainables.loops import evaluate
 from trainables.models import load_tokenizer
 from tuning.config import load_saved_sweep
@@ -98,6 +100,8 @@ def rebuild_model(config: dict, state: dict, num_labels: int):
     """The trial's model, as its family builds it, with the checkpoint's weights."""
 
     trainable = config.get("trainable", "finetune")
+    if trainable in BASELINES:  # a tfidf or bilstm model: no encoder to build
+        return rebuild_baseline(config, model_weights(state), num_labels)
     cfg = registry.config_class(trainable).from_dict(config)
     model = build_classifier(cfg, num_labels)
     if trainable == "contrastive":

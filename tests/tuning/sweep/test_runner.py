@@ -143,7 +143,8 @@ def test_mixed_sweep_ranks_both_families_and_trains_the_best(ray_local, tiny_mod
     client, parents, children = _runs(cfg.resolved_tracking_uri(), "mixed")
     assert len(parents) == 1 and len(children) == 3
     families = {c.data.tags["tunebert.trainable"] for c in children}
-    assert families == {"finetune", "contrastive"}  # the two presets ran first, one of each
+    # the two presets ran first, one of each; the third trial may draw a baseline family too
+    assert {"finetune", "contrastive"} <= families
     presets = {c.data.tags.get("tunebert.preset"): json.loads(c.data.tags["tunebert.config"]) for c in children}
     assert presets["supcon"]["trainable"] == "contrastive" and presets["supcon"]["contrastive_epochs"] == 1
     assert presets["llrd_warmup"]["trainable"] == "finetune"
