@@ -261,8 +261,10 @@ def run_part(data_cfg: DataConfig, args, report: BenchReport, storage: Path, out
         shutil.rmtree(cache, ignore_errors=True)
         tokenize = [sys.executable, "-m", "tuning.bench.scale", "tokenize", str(folders[size]), str(cache), model, "64"]
         first, second = measured(tokenize), measured(tokenize)
-        for run in (first, second):
+        for which, run in (("first", first), ("second", second)):
             run["inside"] = json.loads(run["tail"].strip().splitlines()[-1]) if run["rc"] == 0 else None
+            if run["rc"] != 0:
+                say(f"scale: {size:g} GiB: tokenizing ({which} time) exited {run['rc']}:\n{run['tail'][-1500:]}")
         sweep = measured(_sweep(f"scale-{size:g}g", folders[size], cache, storage, model,
                                 _space(storage, ROUNDS), "--trials", "1", "--scheduler", "none", steps=steps))
         rows.append({"gib": size, "bytes": sum(f.stat().st_size for f in folders[size].glob("train-*")),
