@@ -78,7 +78,7 @@ def test_constraints_by_hand():
     (dict(scheduler="none", metric="val_accuracy_int8", mode="max"), "report it at their last epoch only"),
     (dict(objectives=("val_accuracy:max", "val_accuracy:min")), "each metric can be one objective only"),
     (dict(trainable="contrastive", objectives=("val_accuracy:max", "val_accuracy_perturbed:max")),
-     "only finetune or multitask trials report"),
+     "only finetune or tfidf or bilstm or multitask trials report"),
     (dict(trainable="any", constraints=("val_accuracy_int8>=0.5",)), "only finetune trials report"),
     (dict(metric="val_slot_f1", mode="max"), "only multitask trials report"),
     (dict(trainable="any", metric="val_sentence_accuracy", mode="max"), "use --trainable multitask"),
