@@ -36,9 +36,8 @@ import numpy as np
 from trainables.encoding import bucketed_batches
 from trainables.errors import UserError
 from trainables.labels import LabelMap
-from trainables.tokenize_blocks import (COMPRESSED, FORMATS, arrow_schema, carve_key,  # noqa: F401
-                                        encode_batch, format_of, label_values, read_blocks, tokenize,
-                                        workers_for)
+from trainables.tokenize_blocks import (COMPRESSED, arrow_schema, format_of, label_values,  # noqa: F401
+                                        read_blocks, tokenize, workers_for)
 
 CACHE_FORMAT = 3  # 2: record batches of ROWS_PER_BATCH rows; 3: CSV labels read as strings
 CACHE_FILE = "tunebert-cache.json"
@@ -209,7 +208,7 @@ def stream_batches(files):
 
 
 def _read_table(path: Path):
-    """The cache folder's Arrow files (IPC stream format, as ``datasets`` and the Ray Data
+    """The cache folder's Arrow files (IPC stream format, as ``_build`` and the Ray Data
     build write them), memory-mapped and concatenated in name order without copying."""
     import pyarrow as pa
 
@@ -341,7 +340,7 @@ def cached_split(files: str | Sequence[str], *, text_column: str, label_column: 
     other splits). A label the given map lacks is a ``UserError`` naming it. With ``carve_seed``
     the cache also holds each example's carve key, so that ``carve`` can take a validation split
     from it (a train split without a validation split of its own). ``build`` writes the Arrow
-    files into the building folder (default: ``datasets``' multi-process map on this machine;
+    files into the building folder (default: ``_build``, worker processes on this machine;
     ``tuning.sweep.ray_tokenize`` passes a Ray Data job over the cluster's nodes)."""
     files = expand_files(files)
     root = Path(root)
@@ -370,13 +369,6 @@ def cached_split(files: str | Sequence[str], *, text_column: str, label_column: 
         shutil.rmtree(building, ignore_errors=True)
     say(f"token cache: wrote {final} ({meta['rows']:,} examples)")
     return CachedSplit(final), label_map
-
-
-def check_columns(names: Sequence[str], files: Sequence[str], text_column: str, label_column: str) -> None:
-    missing = [c for c in (text_column, label_column) if c not in names]
-    if missing:
-        raise UserError(f"data files {files[0]}{' ...' if len(files) > 1 else ''}: no column "
-                        f"{missing} (columns: {list(names)}); pass --text-column/--label-column")
 
 
 def label_map_for(values: Sequence, label_map: Optional[LabelMap], files: Sequence[str]) -> LabelMap:

@@ -74,6 +74,14 @@ def encode_batch(texts: Sequence[str], labels: Sequence, *, tokenizer, max_lengt
     return out
 
 
+def check_columns(names: Sequence[str], files: Sequence[str], text_column: str, label_column: str) -> None:
+    """A ``UserError`` naming the text or label column the files lack, and the columns they have."""
+    missing = [c for c in (text_column, label_column) if c not in names]
+    if missing:
+        raise UserError(f"data files {files[0]}{' ...' if len(files) > 1 else ''}: no column "
+                        f"{missing} (columns: {list(names)}); pass --text-column/--label-column")
+
+
 def csv_convert_options(text_column: str, label_column: str, *, only_these: bool = False):
     """The text and label columns read as strings (``trainables.data_files`` reads CSV so); with
     ``only_these`` no other column is read."""
@@ -136,11 +144,7 @@ def read_blocks(files: Sequence[str], text_column: str, label_column: str, *,
 def _checked(batch, path: str, text_column: str, label_column: str):
     import pyarrow as pa
 
-    names = batch.schema.names
-    missing = [c for c in (text_column, label_column) if c not in names]
-    if missing:
-        raise UserError(f"data files {path}: no column {missing} (columns: {names}); pass "
-                        f"--text-column/--label-column")
+    check_columns(batch.schema.names, [path], text_column, label_column)
     text, label = batch.column(text_column), batch.column(label_column)
     for name, column in ((text_column, text), (label_column, label)):
         if column.null_count:
@@ -181,11 +185,7 @@ def _csv_batches(path: str, text_column: str, label_column: str, block_bytes: in
 
     with _stream(path) as peek:
         header = peek.read(1 << 16).decode("utf-8-sig", "replace").splitlines()[:1]
-    names = next(iter(csv.reader(header)), [])
-    if not {text_column, label_column} <= set(names):
-        missing = [c for c in (text_column, label_column) if c not in names]
-        raise UserError(f"data files {path}: no column {missing} (columns: {names}); pass "
-                        f"--text-column/--label-column")
+    check_columns(next(iter(csv.reader(header)), []), [path], text_column, label_column)
     return pcsv.open_csv(_stream(path), read_options=pcsv.ReadOptions(block_size=block_bytes),
                          convert_options=csv_convert_options(text_column, label_column, only_these=True))
 

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from trainables.labels import LabelMap
-from trainables.token_cache import (BatchWriter, arrow_schema, cache_meta, cached_split, check_columns,
-                                    encode_batch, format_of, label_map_for)
-from trainables.tokenize_blocks import csv_convert_options
+from trainables.token_cache import BatchWriter, cache_meta, cached_split, label_map_for
+from trainables.tokenize_blocks import arrow_schema, check_columns, csv_convert_options, encode_batch, format_of
 
 # rows per tokenizing task: large enough to amortise a task, small enough to spread a shard
 ROWS_PER_TASK = 8192
