@@ -214,7 +214,7 @@ def label_values(files: Sequence[str], text_column: str, label_column: str) -> l
 
 # --------------------------------------------------------------------------- tokenizing
 
-_worker: dict = {}
+_worker: dict = {}  # a worker process's tokenizer and settings (``_start_worker``)
 
 
 def _start_worker(tokenizer, settings: dict) -> None:
@@ -222,13 +222,15 @@ def _start_worker(tokenizer, settings: dict) -> None:
     _worker.update(settings, tokenizer=tokenizer)
 
 
-def _encode(batch):
-    """A block of (text, label) rows as a record batch of the cache's columns (in a worker),
-    tokenized ``ENCODE_ROWS`` at a time: the tokenizer's Python lists for a whole block would
-    be most of a worker's memory."""
+def _encode(batch, settings: Optional[dict] = None):
+    """A block of (text, label) rows as a record batch of the cache's columns, with ``settings``
+    (tokenizer, max_length, index, carve_seed; a worker's own by default), tokenized
+    ``ENCODE_ROWS`` at a time: the tokenizer's Python lists for a whole block would be most of a
+    worker's memory."""
     import pyarrow as pa
 
-    w, schema = _worker, arrow_schema(_worker["carve_seed"])
+    w = settings if settings is not None else _worker
+    schema = arrow_schema(w["carve_seed"])
     parts = []
     for start in range(0, batch.num_rows, ENCODE_ROWS):
         rows = batch.slice(start, ENCODE_ROWS)
@@ -264,10 +266,10 @@ def tokenize(blocks: Iterator, *, tokenizer, max_length: int, index: dict, carve
             say(f"token cache: {rows:,} examples tokenized ({rows / (last - started):,.0f}/s)")
         return batch
 
-    if procs <= 1:
-        _start_worker(tokenizer, settings)
+    if procs <= 1:  # in this process, whose environment and module state stay as they were
+        here = {**settings, "tokenizer": tokenizer}
         for block in blocks:
-            yield progress(_encode(block))
+            yield progress(_encode(block, here))
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(procs, mp_context=context, initializer=_start_worker,

@@ -3,6 +3,7 @@ compression gives the same rows, blocks stay small, the worker pool keeps the fi
 bad file is a clear error naming it."""
 
 import csv
+import os
 import json
 import lzma
 
@@ -123,3 +124,13 @@ def test_worker_processes_give_the_single_process_cache_in_the_files_order(tmp_p
     assert two.truncated == one.truncated == cut > 0
     assert any("in 2 processes" in s for s in said)
     assert any("examples tokenized" in s for s in said)  # progress on long work
+
+
+def test_tokenizing_in_this_process_leaves_its_environment_and_module_state(tmp_path, tiny_model_dir,
+                                                                           monkeypatch):
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    path = _write(tmp_path / "train.jsonl", _jsonl(ROWS[:20]))
+    cached_split(str(path), text_column="text", label_column="label", tokenizer=load_tokenizer(tiny_model_dir),
+                 max_length=8, root=tmp_path / "cache", num_proc=1)
+    assert "TOKENIZERS_PARALLELISM" not in os.environ  # the user's tokenizer keeps its threads
+    assert tokenize_blocks._worker == {}  # no tokenizer kept alive after the build
