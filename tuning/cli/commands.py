@@ -132,6 +132,34 @@ def _bench(p: argparse.ArgumentParser) -> None:
                    help="tiny sizes everywhere (checks the wiring, numbers mean nothing)")
 
 
+def add_handover_arguments(p: argparse.ArgumentParser, *, tune: bool) -> None:
+    """The hand-over candidates beyond the best seed model and the seed ensemble, and the rule
+    that picks one (``tuning.results.handover``); ``tune`` builds them by default."""
+    g = p.add_argument_group("hand-over candidates and rule")
+    if tune:
+        g.add_argument("--no-cross-config", dest="cross_config", action="store_false",
+                       help="do not try the ensemble of the top configs' best models")
+        g.add_argument("--no-distill", dest="distill", action="store_false",
+                       help="do not distil the better ensemble into one student model")
+    else:
+        g.add_argument("--cross-config", action="store_true",
+                       help="also try the ensemble of the top configs' best seed models")
+        g.add_argument("--distill", action="store_true",
+                       help="also distil the better ensemble (--ensemble, --cross-config) into one "
+                            "student model of the chosen config, trained on train with the "
+                            "teacher's softened probabilities")
+    g.add_argument("--distill-temperature", type=float, default=2.0, metavar="T",
+                   help="temperature of the teacher's probabilities (default: %(default)s)")
+    g.add_argument("--distill-alpha", type=float, default=0.5, metavar="A",
+                   help="weight of the teacher's term; 1 - A is the labels' (default: %(default)s)")
+    g.add_argument("--prefer", choices=["accuracy", "latency"], default="accuracy",
+                   help="hand over the most accurate candidate (default), or the fastest within "
+                        "--within points of it")
+    g.add_argument("--within", type=float, default=0.3, metavar="POINTS",
+                   help="with --prefer latency: how many points (hundredths of the metric) below "
+                        "the most accurate the fastest may score (default: %(default)s)")
+
+
 def _select(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="the sweep")
     p.add_argument("--top-k", type=int, default=3,
@@ -151,6 +179,7 @@ def _select(p: argparse.ArgumentParser) -> None:
                    help="also try the chosen config's seed models as one ensemble (mean of their "
                         "probabilities); it is handed over unless it scores below the seed "
                         "models' mean on validation (needs --seeds >= 2)")
+    add_handover_arguments(p, tune=False)
     p.add_argument("--workers", type=int, default=1,
                    help="trainings at a time, each in its own process on its share of the CPU "
                         "cores (default: 1)")
@@ -205,6 +234,7 @@ def _tune(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output-dir", default=None,
                    help="new or empty folder for the handed-over model (default: "
                         "<storage>/models/<name>)")
+    add_handover_arguments(p, tune=True)
     p.add_argument("--smoke-test", action="store_true",
                    help="2 trials x 1 epoch, then top 2 x 2 seeds x 1 epoch on 64 examples")
 

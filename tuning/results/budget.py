@@ -28,11 +28,22 @@ class BudgetSplit:
     basis: str       # "measured speed" or "fixed share"
 
 
+# a distilled student: one more training of the chosen config, after the others, plus the
+# teacher's pass over train (an ensemble of 3 forward passes over train once, against ~4 epochs
+# of forward and backward passes: about a quarter of a training)
+STUDENT_TRAININGS = 1.25
+
+
 def selection_seconds(top_k: int, seeds: int, workers: int, training_s: Sequence[float],
-                      eval_s: float) -> float:
+                      eval_s: float, student: bool = False) -> float:
     """ceil(top_k·seeds / workers) waves, each as long as the slowest of the top_k configs'
-    trainings, plus ``eval_s`` for evaluating the chosen models."""
-    return math.ceil(top_k * seeds / workers) * max(training_s[:top_k]) + eval_s
+    trainings, plus ``eval_s`` for evaluating the chosen models, plus with ``student`` the
+    distilled student (``STUDENT_TRAININGS`` of the best config's training) when there is an
+    ensemble to learn from (two models at least)."""
+    waves = math.ceil(top_k * seeds / workers) * max(training_s[:top_k]) + eval_s
+    if student and top_k * seeds >= 2:
+        waves += STUDENT_TRAININGS * training_s[0]
+    return waves
 
 
 def shrink_steps(top_k: int, seeds: int) -> list[tuple[int, int]]:
@@ -46,7 +57,7 @@ def shrink_steps(top_k: int, seeds: int) -> list[tuple[int, int]]:
 
 
 def fit_selection(available_s: float, training_s: Sequence[float], eval_s: float, top_k: int,
-                  seeds: int, workers: int = 1) -> SelectionPlan:
+                  seeds: int, workers: int = 1, student: bool = False) -> SelectionPlan:
     """The largest selection along ``shrink_steps`` that fits in ``available_s``.
 
     ``training_s[r]``: seconds to train the rank-(r+1) config once, best first; there may be
@@ -56,7 +67,7 @@ def fit_selection(available_s: float, training_s: Sequence[float], eval_s: float
     if not training_s:
         raise ValueError("fit_selection needs the training time of at least one config")
     for k, s in shrink_steps(min(top_k, len(training_s)), seeds):
-        seconds = selection_seconds(k, s, workers, training_s, eval_s)
+        seconds = selection_seconds(k, s, workers, training_s, eval_s, student)
         if seconds <= available_s:
             return SelectionPlan(k, s, seconds, True)
     return SelectionPlan(1, 1, selection_seconds(1, 1, workers, training_s, eval_s), False)
@@ -64,7 +75,8 @@ def fit_selection(available_s: float, training_s: Sequence[float], eval_s: float
 
 def split_budget(budget_s: float, training_s: Optional[float], eval_s: float, top_k: int,
                  seeds: int, workers: int = 1, *, trial_s: Optional[float] = None,
-                 max_select_share: float = 0.5, fallback_select_share: float = 0.35) -> BudgetSplit:
+                 max_select_share: float = 0.5, fallback_select_share: float = 0.35,
+                 student: bool = False) -> BudgetSplit:
     """Before the sweep: the selection's reserve and the sweep's share of ``budget_s``.
 
     ``training_s``: the estimated seconds of one selection training (None: not measurable here,
@@ -79,7 +91,7 @@ def split_budget(budget_s: float, training_s: Optional[float], eval_s: float, to
                            SelectionPlan(top_k, seeds, select_s, True), "fixed share")
     trial_s = training_s if trial_s is None else trial_s
     plan = fit_selection(max_select_share * budget_s, [training_s] * top_k, eval_s, top_k, seeds,
-                         workers)
+                         workers, student)
     sweep_s = budget_s - plan.seconds
     if sweep_s < trial_s:
         need = trial_s + selection_seconds(1, 1, 1, [training_s], eval_s)

@@ -135,7 +135,8 @@ def start_pipeline(sweep: SweepConfig, config: PipelineConfig) -> Pipeline:
         split = split_budget(config.budget_s, training_s, epoch_s / speedup, config.top_k,
                              config.seeds,
                              config.select_workers, trial_s=trial_epochs * epoch_s,
-                             max_select_share=config.max_select_share)
+                             max_select_share=config.max_select_share,
+                             student=config.rule().distill)
     plan_s = time.time() - started
     sweep_s = split.sweep_s - plan_s
     if sweep_s <= 0:
@@ -295,11 +296,13 @@ def _select_phase(pipeline: Pipeline) -> None:
     left = config.budget_s - state.total_s
     training_s, eval_s, basis = _measured_training_s(pipeline, leaders) if leaders else ([], 0.0, "")
     if training_s:
-        plan = fit_selection(left, training_s, eval_s, config.top_k, config.seeds, config.select_workers)
+        plan = fit_selection(left, training_s, eval_s, config.top_k, config.seeds, config.select_workers,
+                             config.rule().distill)
         state.top_k, state.seeds, state.select_planned_s = plan.top_k, plan.seeds, plan.seconds
         asked = min(config.top_k, len(leaders))  # a sweep may have finished fewer trials
         if (plan.top_k, plan.seeds) != (asked, config.seeds):
-            need = selection_seconds(asked, config.seeds, config.select_workers, training_s, eval_s)
+            need = selection_seconds(asked, config.seeds, config.select_workers, training_s, eval_s,
+                                     config.rule().distill)
             _note(pipeline, f"top {asked} x {config.seeds} seeds need {clock(need)} at the speed "
                             f"in {basis}, but {clock(max(0.0, left))} of the budget are left: "
                             f"selecting top {plan.top_k} x {plan.seeds} instead")
@@ -330,7 +333,8 @@ def _select_phase(pipeline: Pipeline) -> None:
             sweep.name, state.top_k, state.seeds, sweep.metric, sweep.tracking_uri, sweep.storage,
             mode=sweep.mode, epochs=config.select_epochs,
             max_train_examples=config.max_train_examples, output_dir=str(out),
-            ensemble=ensemble, workers=config.select_workers)
+            ensemble=ensemble, workers=config.select_workers,
+            rule=config.rule(ensemble=ensemble, top_k=state.top_k))
     state.result = result_summary(result, sweep.metric)
     state.phase = "done"
     pipeline.save()
@@ -385,10 +389,14 @@ def run(args) -> int:
     if settings["constraints"] and args.ensemble:
         # an ensemble of N models is N times slower and larger than the trials whose latency
         # and size the constraints were checked on
-        say("note: with --constraint the chosen single model is handed over, not an ensemble")
-        args.ensemble = False
+        say("note: with --constraint the chosen single model is handed over, not an ensemble "
+            "(nor a student of one)")
+        args.ensemble = args.cross_config = args.distill = False
     pipeline_settings: dict[str, Any] = dict(
         budget_s=args.time_budget, top_k=args.top_k, seeds=args.seeds, ensemble=args.ensemble,
+        cross_config=args.cross_config, distill=args.distill,
+        distill_temperature=args.distill_temperature, distill_alpha=args.distill_alpha,
+        prefer=args.prefer, within=args.within,
         select_workers=args.select_workers,
         output_dir=str(Path(args.output_dir).expanduser().resolve()) if args.output_dir else None)
     if args.smoke_test:  # as `tunebert sweep --smoke-test`: PBT needs a second epoch to perturb before

@@ -44,6 +44,12 @@ class PipelineConfig:
     output_dir: Optional[str] = None        # default: <storage>/models/<sweep name>
     select_epochs: Optional[int] = None     # override the configs' epochs in the selection
     max_train_examples: Optional[int] = None  # selection trains on a sample (smoke tests)
+    cross_config: bool = True               # also the ensemble of the top configs' best models
+    distill: bool = True                    # also a student distilled from the better ensemble
+    distill_temperature: float = 2.0
+    distill_alpha: float = 0.5
+    prefer: str = "accuracy"                # the hand-over rule: or "latency" (within `within`)
+    within: float = 0.3
 
     def __post_init__(self) -> None:
         if isinstance(self.budget_s, bool) or not isinstance(self.budget_s, (int, float)) \
@@ -57,6 +63,11 @@ class PipelineConfig:
                 _check_count(name, getattr(self, name), None)
         if not isinstance(self.ensemble, bool):
             raise ConfigError(f"`ensemble` must be true or false, but got {self.ensemble!r}")
+        for name in ("cross_config", "distill"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"`{name}` must be true or false, but got {getattr(self, name)!r}")
+        self.rule()  # refuses a bad rule or distillation setting now, before the sweep
+
         for name in ("max_select_share", "fallback_select_share"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
@@ -64,6 +75,19 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def rule(self, *, ensemble: Optional[bool] = None, top_k: Optional[int] = None):
+        """The selection's ``HandoverRule`` (for ``top_k`` configs: a cross-config ensemble needs
+        two; a student needs an ensemble, of seeds (``ensemble``) or of configs)."""
+        from tuning.results.handover import HandoverRule
+        from tuning.results.student import check_distillation
+
+        check_distillation(self.distill_temperature, self.distill_alpha)
+        cross = self.cross_config and (top_k is None or top_k >= 2)
+        ensemble = self.ensemble if ensemble is None else ensemble
+        return HandoverRule(cross=cross, distill=self.distill and (ensemble or cross),
+                            temperature=self.distill_temperature, alpha=self.distill_alpha,
+                            prefer=self.prefer, within=self.within)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PipelineConfig":
@@ -104,6 +128,19 @@ class PipelineState:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def rule(self, *, ensemble: Optional[bool] = None, top_k: Optional[int] = None):
+        """The selection's ``HandoverRule`` (for ``top_k`` configs: a cross-config ensemble needs
+        two; a student needs an ensemble, of seeds (``ensemble``) or of configs)."""
+        from tuning.results.handover import HandoverRule
+        from tuning.results.student import check_distillation
+
+        check_distillation(self.distill_temperature, self.distill_alpha)
+        cross = self.cross_config and (top_k is None or top_k >= 2)
+        ensemble = self.ensemble if ensemble is None else ensemble
+        return HandoverRule(cross=cross, distill=self.distill and (ensemble or cross),
+                            temperature=self.distill_temperature, alpha=self.distill_alpha,
+                            prefer=self.prefer, within=self.within)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PipelineState":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,7 +25,14 @@ def result_summary(result, metric: str) -> dict[str, Any]:
     """What the pipeline hands over, from a ``selection.SelectionResult``."""
     kind = result.handed_over
     val = result.ensemble_val if kind == "ensemble" else result.single_val
-    return {"handed_over": kind, "model_dir": str(result.model_dir), "metric": metric,
+    handed = [o for o in result.handover_options if o["handed_over"]]
+    if handed:
+        val = handed[0]["val"]
+    return {"handed_over": kind,
+            "candidates": [{k: o[k] for k in ("kind", "label", "val", "latency_ms", "size_mb",
+                                              "members", "handed_over")}
+                           for o in result.handover_options],
+            "rule": result.handover_rule, "model_dir": str(result.model_dir), "metric": metric,
             "val": None if val is None else float(val),
             "single_val": None if result.single_val is None else float(result.single_val),
             "ensemble_val": None if result.ensemble_val is None else float(result.ensemble_val),
@@ -115,9 +123,27 @@ def render_summary(pipeline: Pipeline) -> str:
                  f"{result['config_test_accuracy_mean']:.4f} ± {result['config_test_accuracy_std']:.4f}"]
                 if result.get("config_test_accuracy_mean") is not None else []),
               f"- use it: `{predict_command(result['model_dir'])}`", "",
+              *_candidates_lines(result, metric),
               "Config:", "", "```yaml", yaml.safe_dump(result["config"], sort_keys=True).rstrip(),
               "```", ""]
     return "\n".join(lines)
+
+
+def _candidates_lines(result: dict[str, Any], metric: str) -> list[str]:
+    """The hand-over candidates (accuracy, latency, size) when there were more than two."""
+    options = result.get("candidates") or []
+    if len(options) <= 2:
+        return []
+
+    def cost(value, digits):
+        return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "—"
+
+    lines = [f"Hand-over candidates (validation; rule: {result.get('rule', 'most accurate')}):", "",
+             f"| candidate | {metric} | latency ms | size MB | handed over |",
+             "|---|---:|---:|---:|---|"]
+    lines += [f"| {o['label']} | {o['val']:.4f} | {cost(o['latency_ms'], 1)} | "
+              f"{cost(o['size_mb'], 1)} | {'**yes**' if o['handed_over'] else ''} |" for o in options]
+    return lines + [""]
 
 
 def print_summary(pipeline: Pipeline) -> None:

@@ -14,8 +14,8 @@ from typing import Optional
 import tuning.results.jobs as training_jobs
 from trainables.data import DataConfig
 from trainables.errors import ConfigError, NonFiniteLossError
-from tuning.results.candidates import (FIRST_SEED_OFFSET, Candidate, candidate_metrics, choose,
-                                       mean_std, selection_seeds)
+from tuning.results.candidates import (FIRST_SEED_OFFSET, Candidate, best_seed, candidate_metrics,
+                                       choose, mean_std, selection_seeds)
 from tuning.results.train import train_config
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,12 @@ def train_seed(config: dict, data: DataConfig, *, uri: str, sweep: str, parent_r
 
 def train_candidates(leaders, configs: list[dict], data: DataConfig, run, *, uri: str, sweep: str,
                      seeds: int, metric: str, mode: str, max_train_examples: Optional[int],
-                     workdir: Path, workers: int = 1) -> tuple[list[Candidate], Optional[Candidate]]:
+                     workdir: Path, workers: int = 1,
+                     keep_best: bool = False) -> tuple[list[Candidate], Optional[Candidate]]:
     """Train each leader's config (``configs``, rank-major) with ``seeds`` fresh seeds into
     ``workdir/rank<r>/seed-<s>``; (the candidates, best first by sweep rank, and the best of them by
-    ``choose``, whose models alone are kept)."""
+    ``choose``, whose models alone are kept, and with ``keep_best`` each other candidate's best
+    seed model, for a cross-config ensemble: ``best_seed_models``)."""
     jobs = []  # (candidate, seed) trainings, rank-major
     for rank, (trial, config) in enumerate(zip(leaders, configs), start=1):
         for offset, seed in enumerate(selection_seeds(config, seeds), start=FIRST_SEED_OFFSET):
@@ -92,7 +94,31 @@ def train_candidates(leaders, configs: list[dict], data: DataConfig, run, *, uri
                 leader = choose([c for c in (leader, candidate) if c is not None], mode)
             for loser in (previous, candidate):
                 if loser is not None and loser is not leader:
-                    shutil.rmtree(workdir / f"rank{loser.rank}", ignore_errors=True)
+                    _drop_models(workdir / f"rank{loser.rank}", loser, mode, keep_best=keep_best)
     finally:
         results.close()  # on an error: cancel the trainings not started yet
     return candidates, leader
+
+
+def _drop_models(folder: Path, candidate: Candidate, mode: str, *, keep_best: bool) -> None:
+    """Remove a candidate's models, or with ``keep_best`` all but its best seed's."""
+    if not keep_best or candidate.diverged:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    seed, _ = best_seed(candidate.seeds, candidate.scores, mode)
+    for other in candidate.seeds:
+        if other != seed:
+            shutil.rmtree(folder / f"seed-{other}", ignore_errors=True)
+
+
+def best_seed_models(candidates: list[Candidate], workdir: Path, mode: str) -> dict[int, str]:
+    """rank -> the folder of each candidate's best seed model still on disk (finite scores only)."""
+    kept = {}
+    for c in candidates:
+        if c.diverged:
+            continue
+        seed, _ = best_seed(c.seeds, c.scores, mode)
+        folder = workdir / f"rank{c.rank}" / f"seed-{seed}"
+        if folder.is_dir():
+            kept[c.rank] = str(folder)
+    return kept

@@ -73,7 +73,7 @@ from tuning.results.candidates import (FIRST_SEED_OFFSET, Candidate, SelectionEr
                                        best_seed, better, choose, mean_std, seed_offsets,
                                        selection_seeds)
 from tuning.results.evaluation import evaluate_folders, evaluate_on_test, load_model_folder  # noqa: F401
-from tuning.results.handover import IN_OUTPUT_DIR, ensemble_wins  # noqa: F401
+from tuning.results.handover import IN_OUTPUT_DIR, HandoverRule, ensemble_wins  # noqa: F401
 from tuning.results.selection_result import SelectionResult, render_markdown  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,17 @@ def check_arguments(sweep: str, top_k: int, seeds: int, metric: str, mode: str,
     if ensemble and metric not in ENSEMBLE_METRICS:
         raise ConfigError(f"`ensemble` compares models on a metric the evaluation measures, one of "
                           f"{list(ENSEMBLE_METRICS)}, but got metric={metric!r}")
+
+
+def check_rule_arguments(rule: HandoverRule, metric: str, ensemble: bool) -> None:
+    """The cross-config ensemble and the student are scored by the evaluation, as the ensemble is."""
+    if (rule.cross or rule.distill) and metric not in ENSEMBLE_METRICS:
+        raise ConfigError(f"the cross-config ensemble and the distilled student are compared on a "
+                          f"metric the evaluation measures, one of {list(ENSEMBLE_METRICS)}, but "
+                          f"got metric={metric!r}")
+    if rule.distill and not (ensemble or rule.cross):
+        raise ConfigError("a distilled student learns from an ensemble: add --ensemble (the seed "
+                          "ensemble) or --cross-config (the top configs' ensemble)")
 
 
 def check_output_dir(output_dir: Path, sweep: str, storage: str, seeds: Iterable[int]) -> None:
@@ -174,7 +185,8 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: Optional
                     data: Optional[DataConfig] = None, *, mode: str = "max",
                     epochs: Optional[int] = None, max_train_examples: Optional[int] = None,
                     output_dir: Optional[str] = None, ensemble: bool = False,
-                    workers: int = 1, register_model: Optional[str] = None) -> SelectionResult:
+                    workers: int = 1, register_model: Optional[str] = None,
+                    rule: Optional[HandoverRule] = None) -> SelectionResult:
     """Re-train the sweep's ``top_k`` configs with ``seeds`` fresh seeds each (config seed + 1..seeds),
     choose by mean validation ``metric``, hand over one model chosen on validation, then test.
 
@@ -190,6 +202,9 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: Optional
     ``workers`` trainings run at a time, each in its own process on its share of the cores.
     ``register_model`` registers the handed-over model under that name in the MLflow Model
     Registry, tagged with its lineage (sweep, trial, selection run, data fingerprint).
+    ``rule`` (``tuning.results.handover.HandoverRule``) adds the cross-config ensemble and the
+    distilled student to the hand-over candidates and says how one is picked (default: the best
+    seed model or the seed ensemble, the more accurate).
     """
     # local: keeps torch, mlflow and ray off --help
     import tuning.tracking.best as best
@@ -197,7 +212,9 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: Optional
     from tuning.results.selection_run import select
 
     metric = metric or default_metric(sweep, storage)
+    rule = rule or HandoverRule()
     check_arguments(sweep, top_k, seeds, metric, mode, epochs, ensemble=ensemble, workers=workers)
+    check_rule_arguments(rule, metric, ensemble)
     uri = resolve_tracking_uri(tracking_uri, Path(storage).expanduser().resolve())
     leaders = best.top_k(sweep, top_k, metric, mode, tracking_uri=tracking_uri, storage=storage)
     if not leaders:
@@ -216,7 +233,11 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: Optional
     params = {"sweep": sweep, "top_k": top_k, "seeds": seeds, "seed_offsets": seed_offsets(seeds),
               "metric": metric, "mode": mode, "epochs": epochs if epochs else "config's",
               "max_train_examples": max_train_examples or "all", "ensemble": ensemble,
-              "workers": workers, **{f"data.{k}": v for k, v in data.to_dict().items()}}
+              "workers": workers, "cross_config": rule.cross, "distill": rule.distill,
+              **({"distill_temperature": rule.temperature, "distill_alpha": rule.alpha}
+                 if rule.distill else {}),
+              "prefer": rule.prefer, **({"within": rule.within} if rule.prefer == "latency" else {}),
+              **{f"data.{k}": v for k, v in data.to_dict().items()}}
     for rank, trial in enumerate(leaders, start=1):
         params[f"rank{rank}_trial_id"] = trial.trial_id
         params[f"rank{rank}_trial_run_id"] = trial.run_id
@@ -230,7 +251,8 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: Optional
         result = select(leaders, data, run, uri=uri, sweep=sweep, seeds=seeds, metric=metric,
                         mode=mode, epochs=epochs, max_train_examples=max_train_examples,
                         workdir=workdir, output_dir=output_dir, ensemble=ensemble,
-                        workers=workers, register_model=register_model, fingerprint=fingerprint)
+                        workers=workers, register_model=register_model, fingerprint=fingerprint,
+                        rule=rule)
     except BaseException as exc:
         run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
                 error=f"{type(exc).__name__}: {exc}")
@@ -253,12 +275,16 @@ def run(args) -> int:
     metric = args.metric or default_metric(args.name, args.storage)
     check_arguments(args.name, top_k, seeds, metric, args.mode, epochs,
                     ensemble=args.ensemble, workers=args.workers)
+    rule = HandoverRule(cross=args.cross_config, distill=args.distill,
+                        temperature=args.distill_temperature, alpha=args.distill_alpha,
+                        prefer=args.prefer, within=args.within)
+    check_rule_arguments(rule, metric, args.ensemble)
     data = resolve_data(args.name, args.storage, args.data, args.text_column, args.label_column)
     result = final_selection(args.name, top_k, seeds, metric, args.tracking_uri, args.storage,
                              data, mode=args.mode, epochs=epochs, max_train_examples=limit,
                              output_dir=args.output_dir, ensemble=args.ensemble,
                              workers=args.workers,
-                             register_model=getattr(args, "register_model", None))
+                             register_model=getattr(args, "register_model", None), rule=rule)
     _say(f"MLflow: {redact(result.tracking_uri)} (experiment {result.sweep!r}, run {result.run_id}; "
          f"selection.md, selection.json, chosen_config.yaml; model "
          f"runs:/{result.run_id}/handed_over_model)")

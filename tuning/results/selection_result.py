@@ -33,6 +33,9 @@ class SelectionResult:
     # [mean, std] on test over the chosen seed models of each score they all have
     # (``selection_run.TEST_SUMMARY_KEYS``): a multitask model's intent, slot and sentence scores
     test_summary: dict[str, list[float]] = field(default_factory=dict)
+    # every hand-over candidate scored (``tuning.results.handover.Option.to_dict``), and the rule
+    handover_options: tuple[dict[str, Any], ...] = ()
+    handover_rule: str = "most accurate"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -60,6 +63,22 @@ def _multitask_lines(result: SelectionResult) -> list[str]:
     each one its seed models have; none for text classifiers."""
     return [f"- {name}: {fmt(result.test_summary[key][0])} ± {fmt(result.test_summary[key][1])}"
             for key, name in MULTITASK_TEST_NAMES.items() if key in result.test_summary]
+
+
+def _cost(value: Any, digits: int) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "—"
+
+
+def _options_table(result: SelectionResult) -> list[str]:
+    """Every hand-over candidate with its validation score, latency and size, and the rule."""
+    m = result.metric
+    lines = [f"The rule: {result.handover_rule} (a single model of the config counts with its seed "
+             f"models' mean; latency: batch 1 on this machine's CPU, median).", "",
+             f"| candidate | {m} | latency ms | size MB | handed over |", "|---|---|---|---|---|"]
+    for o in result.handover_options:
+        lines.append(f"| {o['label']} | {fmt(o['val'])} | {_cost(o['latency_ms'], 1)} | "
+                     f"{_cost(o['size_mb'], 1)} | {'**yes**' if o['handed_over'] else ''} |")
+    return lines
 
 
 def render_markdown(result: SelectionResult) -> str:
@@ -98,7 +117,9 @@ def render_markdown(result: SelectionResult) -> str:
               f"| model | {m} | handed over |", "|---|---|---|",
               f"| best seed model (seed {result.single_seed}) | {fmt(result.single_val)} | "
               f"{'**yes**' if result.handed_over == 'single' else ''} |"]
-    if result.ensemble_val is None:
+    if len(result.handover_options) > 2:
+        lines[-3:] = _options_table(result)
+    elif result.ensemble_val is None:
         lines.append("| ensemble of the seed models | not tried (`--ensemble`) | |")
     else:
         lines.append(f"| ensemble of the {len(result.test)} seed models | "

@@ -20,10 +20,11 @@ import tuning.results.outputs as outputs
 import tuning.tracking as tracking
 from trainables import registry
 from trainables.data import DataConfig
-from tuning.results.candidates import Candidate, choose, mean_std
+from tuning.results.candidates import Candidate, best_seed, choose, mean_std
 from tuning.results.evaluation import evaluate_on_test
-from tuning.results.handover import IN_OUTPUT_DIR, Handover, hand_over
-from tuning.results.seed_training import train_candidates
+import tuning.results.handover as handovers
+from tuning.results.handover import IN_OUTPUT_DIR, Handover, HandoverRule
+from tuning.results.seed_training import best_seed_models, train_candidates
 from tuning.results.selection_result import SelectionResult
 
 log = logging.getLogger(__name__)
@@ -42,21 +43,26 @@ def _say(message: str) -> None:
 def select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int, metric: str,
            mode: str, epochs: Optional[int], max_train_examples: Optional[int], workdir: Path,
            output_dir: Optional[str], ensemble: bool = False, workers: int = 1,
-           register_model: Optional[str] = None, fingerprint: Optional[str] = None) -> SelectionResult:
+           register_model: Optional[str] = None, fingerprint: Optional[str] = None,
+           rule: HandoverRule = HandoverRule()) -> SelectionResult:
     """The selection's steps in order, on ``leaders`` (the sweep's top trials, best first), in the
-    open selection ``run``; the models are trained in ``workdir``."""
+    open selection ``run``; the models are trained in ``workdir``. ``rule``: which hand-over
+    candidates besides the best seed model and the seed ensemble are built, and how one is
+    chosen (``tuning.results.handover``)."""
     # an epochs override trains the whole new schedule: the sweep's stop_epoch no longer applies
     configs = [{**trial.config, **({"epochs": epochs, "stop_epoch": None} if epochs else {})}
                for trial in leaders]
     candidates, leader = train_candidates(
         leaders, configs, data, run, uri=uri, sweep=sweep, seeds=seeds, metric=metric, mode=mode,
-        max_train_examples=max_train_examples, workdir=workdir, workers=workers)
+        max_train_examples=max_train_examples, workdir=workdir, workers=workers,
+        keep_best=rule.cross)
     candidates, chosen = _mark_chosen(candidates, leader, run, uri=uri, metric=metric, mode=mode)
 
     # the handed-over model, chosen on validation too
     checkpoints = [str(workdir / f"rank{chosen.rank}" / f"seed-{s}") for s in chosen.seeds]
-    handover = hand_over(chosen, checkpoints, data, metric=metric, mode=mode, ensemble=ensemble,
-                         ensemble_dir=workdir / "ensemble")
+    handover = _hand_over(candidates, chosen, checkpoints, data, run, uri=uri, sweep=sweep,
+                          metric=metric, mode=mode, ensemble=ensemble, rule=rule, workdir=workdir,
+                          max_train_examples=max_train_examples)
     _log_handover(run, handover, metric)
 
     # the test split: the chosen config's seed models, and the handed-over model once
@@ -81,7 +87,9 @@ def select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int, 
                              ensemble_val=handover.ensemble_val, handed_over_test=handed_over_test,
                              model_dir=str(model_dir.resolve()) if model_dir else None,
                              single_seed=handover.seed,
-                             test_summary={k: list(v) for k, v in summary.items()})
+                             test_summary={k: list(v) for k, v in summary.items()},
+                             handover_options=tuple(o.to_dict() for o in handover.options),
+                             handover_rule=handover.rule_text())
     _report(result, run, workdir / "report")
     return result
 
@@ -117,10 +125,53 @@ def _mark_chosen(candidates: list[Candidate], leader: Optional[Candidate], run, 
     return candidates, chosen
 
 
+def _hand_over(candidates: list[Candidate], chosen: Candidate, checkpoints: list[str],
+               data: DataConfig, run, *, uri: str, sweep: str, metric: str, mode: str,
+               ensemble: bool, rule: HandoverRule, workdir: Path,
+               max_train_examples: Optional[int]) -> Handover:
+    """Build the hand-over candidates the rule asks for, score them on validation, pick one."""
+    from tuning.results import student  # local: brings torch
+
+    options, seed_scores = handovers.seed_options(
+        chosen, checkpoints, data, metric=metric, mode=mode, ensemble=ensemble,
+        ensemble_dir=workdir / "ensemble", rescore=rule.cross or rule.distill)
+    if rule.cross:
+        cross = handovers.cross_option(chosen, best_seed_models(candidates, workdir, mode), data,
+                                       metric=metric, folder=workdir / "cross")
+        if cross is None:
+            _say("no cross-config ensemble: it needs two top configs with a model each")
+        else:
+            options.append(cross)
+    if rule.distill:
+        why, teacher = student.can_distil(chosen.config), student.teacher_of(options, mode)
+        if why is None and teacher is None:
+            why = "no distilled student: there is no ensemble to learn from (needs --ensemble " \
+                  "or a cross-config ensemble)"
+        if why:
+            _say(why)
+        else:
+            learned = student.train_student(
+                chosen, teacher, data, run, uri=uri, sweep=sweep, metric=metric,
+                folder=workdir / "student", temperature=rule.temperature, alpha=rule.alpha,
+                max_train_examples=max_train_examples)
+            if learned is not None:
+                options.append(learned)
+    seed, _ = best_seed(chosen.seeds, seed_scores, mode)
+    return handovers.decide(options, seed_scores, mode=mode, prefer=rule.prefer,
+                            within=rule.within, seed=seed, timed=len(options) > 2 or rule.timed)
+
+
 def _log_handover(run, handover: Handover, metric: str) -> None:
     run.log_metrics({f"single_{metric}": handover.single_val,
                      **({f"ensemble_{metric}": handover.ensemble_val}
                         if handover.ensemble_val is not None else {})})
+    for option in handover.options:
+        values = {f"handover_{option.kind}_{metric}": option.val,
+                  f"handover_{option.kind}_latency_ms": option.latency_ms,
+                  f"handover_{option.kind}_size_mb": option.size_mb}
+        run.log_metrics({k: v for k, v in values.items() if math.isfinite(v)})
+    if len(handover.options) > 1:
+        run.set_tags({"tunebert.handover_rule": handover.rule_text()})
     run.set_tags({"tunebert.handed_over": handover.kind,
                   "tunebert.handed_over_seed": handover.seed if handover.kind == "single" else ""})
     _say(f"handed over: {handover.describe(metric)}; now, and only for the chosen config, the test "
@@ -134,7 +185,7 @@ def _test_chosen(chosen: Candidate, checkpoints: list[str], handover: Handover, 
     seed model with its test metrics to its run and keep it in ``output_dir``; (one row per seed,
     the handed-over model's ``TEST_SUMMARY_KEYS`` scores: test accuracy and macro-F1, and a
     multitask model's intent, slot and sentence scores)."""
-    per_model = evaluate_on_test(checkpoints + ([handover.folder] if handover.kind == "ensemble"
+    per_model = evaluate_on_test(checkpoints + ([handover.folder] if handover.kind != "single"
                                                 else []), data, chosen.config)
     per_seed = per_model[:len(checkpoints)]
     test_rows = []
@@ -148,7 +199,7 @@ def _test_chosen(chosen: Candidate, checkpoints: list[str], handover: Handover, 
         if output_dir:  # swapped in for an earlier selection's model (check_output_dir)
             with outputs.replacing(Path(output_dir) / f"seed-{seed}", IN_OUTPUT_DIR) as new:
                 shutil.copytree(directory, new)
-    handed_metrics = per_model[-1] if handover.kind == "ensemble" else \
+    handed_metrics = per_model[-1] if handover.kind != "single" else \
         next(r for r in test_rows if r["seed"] == handover.seed)
     return test_rows, {k: handed_metrics[k] for k in TEST_SUMMARY_KEYS if k in handed_metrics}
 
@@ -159,7 +210,7 @@ def _keep_handed_over(handover: Handover, run, *, uri: str, output_dir: Optional
     """Put the handed-over model in ``output_dir`` (``model/``; a single model is already there as
     its ``seed-<seed>/``) and log it to the selection run; its folder there, if any."""
     model_dir = None
-    if output_dir and ensemble:
+    if output_dir and (ensemble or handover.kind != "single"):
         model_dir = Path(output_dir) / "model"
         with outputs.replacing(model_dir, IN_OUTPUT_DIR) as new:
             shutil.copytree(handover.folder, new)

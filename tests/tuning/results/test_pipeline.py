@@ -436,7 +436,9 @@ def test_a_killed_sweep_phase_resumes_through_the_sweeps_own_resume(ray_local, t
     try:
         # killed once Ray has saved the sweep's state, so the resume goes through Tuner.restore
         # (before that snapshot a resume starts the sweep's trials again: not the case tested)
-        while not any(folder.glob("experiment_state-*.json")):
+        # (and the searcher's state beside it: Ray writes the experiment's state first)
+        while not all(any(folder.glob(pattern)) for pattern in (
+                "experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")):
             assert proc.poll() is None and time.time() < deadline, (
                 f"Ray saved no experiment state within 300 s (exit {proc.poll()})")
             time.sleep(0.05)
@@ -445,6 +447,7 @@ def test_a_killed_sweep_phase_resumes_through_the_sweeps_own_resume(ray_local, t
         proc.wait()
     killed = json.loads((folder / PIPELINE_FILE).read_text())["state"]
     assert killed["phase"] == "sweep" and killed["session"]["phase"] == "sweep"
+    saved = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
 
     calls = []
     real_resume, real_run = runner.resume_sweep, runner.run_sweep
@@ -466,7 +469,9 @@ def test_a_killed_sweep_phase_resumes_through_the_sweeps_own_resume(ray_local, t
     assert state["phase"] == "done" and state["session"] is None
     assert any("stopped during the sweep phase" in note for note in state["notes"])
     client, parent, trials = _parent_run(tmp_path, "cut")
-    assert len(trials) == 3 and len({r.data.tags["tunebert.trial_id"] for r in trials}) == 3
+    # what Ray had saved when the sweep was killed, should the resume not run every trial
+    assert len(trials) == 3, f"{len(trials)} trial run(s) after the resume; Ray's saved files: {saved}"
+    assert len({r.data.tags["tunebert.trial_id"] for r in trials}) == 3
     assert all(r.info.status == "FINISHED" for r in trials)
     assert parent.info.status == "FINISHED"
     _predicts(state["result"]["model_dir"])
