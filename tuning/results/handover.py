@@ -56,6 +56,14 @@ def check_rule(prefer: str, within: float) -> None:
                           f"may score) must be a number >= 0, but got {within!r}")
 
 
+def check_distillation(temperature: float, alpha: float) -> None:
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"`distill_temperature` must be a number > 0, but got {temperature!r}")
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
+        raise ConfigError(f"`distill_alpha` (the weight of the teacher's term) must lie in [0, 1], "
+                          f"but got {alpha!r}")
+
+
 @dataclass(frozen=True)
 class HandoverRule:
     """Which candidates a selection builds besides the best seed model (and, with ``ensemble``,
@@ -71,6 +79,7 @@ class HandoverRule:
 
     def __post_init__(self) -> None:
         check_rule(self.prefer, self.within)
+        check_distillation(self.temperature, self.alpha)
 
 
 @dataclass(frozen=True)

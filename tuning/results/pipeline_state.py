@@ -80,9 +80,7 @@ class PipelineConfig:
         """The selection's ``HandoverRule`` (for ``top_k`` configs: a cross-config ensemble needs
         two; a student needs an ensemble, of seeds (``ensemble``) or of configs)."""
         from tuning.results.handover import HandoverRule
-        from tuning.results.student import check_distillation
 
-        check_distillation(self.distill_temperature, self.distill_alpha)
         cross = self.cross_config and (top_k is None or top_k >= 2)
         ensemble = self.ensemble if ensemble is None else ensemble
         return HandoverRule(cross=cross, distill=self.distill and (ensemble or cross),
@@ -133,9 +131,7 @@ class PipelineState:
         """The selection's ``HandoverRule`` (for ``top_k`` configs: a cross-config ensemble needs
         two; a student needs an ensemble, of seeds (``ensemble``) or of configs)."""
         from tuning.results.handover import HandoverRule
-        from tuning.results.student import check_distillation
 
-        check_distillation(self.distill_temperature, self.distill_alpha)
         cross = self.cross_config and (top_k is None or top_k >= 2)
         ensemble = self.ensemble if ensemble is None else ensemble
         return HandoverRule(cross=cross, distill=self.distill and (ensemble or cross),

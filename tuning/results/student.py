@@ -20,27 +20,17 @@ from typing import Optional, Sequence
 
 from trainables import registry
 from trainables.data import DataConfig
-from trainables.errors import ConfigError, NonFiniteLossError
+from trainables.errors import NonFiniteLossError
 from tuning.results.candidates import Candidate, better
 from tuning.results.evaluation import evaluate_folders
-from tuning.results.handover import Option
+from tuning.results.handover import Option, check_distillation  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TEMPERATURE = 2.0
-DEFAULT_ALPHA = 0.5
 
 
 def _say(message: str) -> None:
     log.info(f"select: {message}")
-
-
-def check_distillation(temperature: float, alpha: float) -> None:
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ConfigError(f"`distill_temperature` must be a number > 0, but got {temperature!r}")
-    if not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
-        raise ConfigError(f"`distill_alpha` (the weight of the teacher's term) must lie in [0, 1], "
-                          f"but got {alpha!r}")
 
 
 def can_distil(config: dict) -> Optional[str]:
