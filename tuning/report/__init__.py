@@ -221,7 +221,7 @@ def build_report(sweep: str, *, storage: str = DEFAULT_ROOT, tracking_uri: Optio
 
     page = render_html(sweep, store=_tracking().redact(uri), parent_run_id=parent_id, trials=trials,
                        best=best, kinds=kinds, wall_s=wall_time(parent, trials), figures=figures,
-                       notes=notes, confusion=confusion, slots=slots)
+                       notes=notes, confusion=confusion, slots=slots, mode=ranked.mode)
     html_path = out / HTML_FILE
     html_path.write_text(page, encoding="utf-8")
     logged_to = None

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import tuning.report.families as families
 from tuning.report.checkpoint import Confusion, most_confused
 from tuning.report.data import METRIC, TOP_CURVES, TrialRecord, curve_metrics, is_multitask
 from tuning.report.tagging import SlotConfusion
@@ -165,7 +166,7 @@ def _caption(caption: str, trials: list[TrialRecord], metric: str) -> str:
 def render_html(sweep: str, *, store: str, parent_run_id: Optional[str], trials: list[TrialRecord],
                 best: Optional[TrialRecord], kinds: dict[str, str], wall_s: Optional[float],
                 figures: dict[str, Path], notes: dict[str, str], confusion: Optional[Confusion],
-                slots: Optional[SlotConfusion] = None) -> str:
+                slots: Optional[SlotConfusion] = None, mode: str = "max") -> str:
     """The whole page. ``store`` is the MLflow tracking URI as it may be shown (credentials
     redacted); ``figures`` and ``notes`` are keyed like ``SECTIONS``; ``slots`` is a multitask
     sweep's slot confusion."""
@@ -181,6 +182,15 @@ def render_html(sweep: str, *, store: str, parent_run_id: Optional[str], trials:
         parts += _best_trial(sweep, best, kinds)
     else:
         parts.append(f"<p class=note>No trial finished with a finite {metric}; there is no best trial.</p>")
+    rows = families.family_rows(trials, metric, mode)
+    if rows:
+        header, cells = families.table_cells(rows, metric)
+        parts += ["<h2>Model families</h2>",
+                  "<p class=meta>The best trial of each family the sweep tried, on validation: "
+                  "what the encoder buys over the cheap baselines (<code>--trainable any</code> "
+                  "searches them all). Trial time is the trial's wall time, evaluations included; "
+                  "latency is batch 1 on the CPU the trial ran on.</p>",
+                  _table(header, cells)]
     failed = [t for t in trials if t.status == "FAILED"]
     if failed:
         parts += ["<h2>Failed trials</h2>",

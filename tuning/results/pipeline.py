@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 import time
 from pathlib import Path
@@ -336,9 +337,20 @@ def _select_phase(pipeline: Pipeline) -> None:
             ensemble=ensemble, workers=config.select_workers,
             rule=config.rule(ensemble=ensemble, top_k=state.top_k))
     state.result = result_summary(result, sweep.metric)
+    state.result["families"] = _families(uri, sweep)
     state.phase = "done"
     pipeline.save()
     log_summary(pipeline, uri, parent.info.run_id if parent is not None else None)
+
+
+def _families(uri: str, sweep: SweepConfig) -> list[dict[str, Any]]:
+    """Each model family's best sweep trial (``tuning.report.families``), for the summary."""
+    from tuning.report.data import load_trials  # local: keeps mlflow off --help
+    from tuning.report.families import family_rows
+
+    rows = family_rows(load_trials(uri, sweep.name, sweep.metric), sweep.metric, sweep.mode)
+    return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+             for k, v in row.items()} for row in rows]
 
 
 def _clear_stopped_selection(pipeline: Pipeline) -> None:

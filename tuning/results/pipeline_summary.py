@@ -124,6 +124,7 @@ def render_summary(pipeline: Pipeline) -> str:
                 if result.get("config_test_accuracy_mean") is not None else []),
               f"- use it: `{predict_command(result['model_dir'])}`", "",
               *_candidates_lines(result, metric),
+              *_families_lines(result, metric),
               "Config:", "", "```yaml", yaml.safe_dump(result["config"], sort_keys=True).rstrip(),
               "```", ""]
     return "\n".join(lines)
@@ -144,6 +145,19 @@ def _candidates_lines(result: dict[str, Any], metric: str) -> list[str]:
     lines += [f"| {o['label']} | {o['val']:.4f} | {cost(o['latency_ms'], 1)} | "
               f"{cost(o['size_mb'], 1)} | {'**yes**' if o['handed_over'] else ''} |" for o in options]
     return lines + [""]
+
+
+def _families_lines(result: dict[str, Any], metric: str) -> list[str]:
+    """The sweep's model families side by side, when it tried more than one."""
+    from tuning.report.families import markdown
+
+    rows = result.get("families") or []
+    if len(rows) < 2:
+        return []
+    rows = [{k: (math.nan if v is None and k != "train_s" else v) for k, v in r.items()}
+            for r in rows]
+    return ["Model families (each one's best sweep trial, validation):", "",
+            *markdown(rows, metric), ""]
 
 
 def print_summary(pipeline: Pipeline) -> None:
