@@ -72,7 +72,8 @@ from tuning.config import (DEFAULT_POPULATION, DEFAULT_ROOT, DEFAULT_WARM_START,
                            POPULATION_SCHEDULERS, SweepConfig, load_saved_sweep, resume_store)
 # the budget's math, the saved state, the speed and the summary live in their own modules; their
 # names stay importable from here
-from tuning.results.budget import (BudgetSplit, SelectionPlan, clock, fit_selection,  # noqa: F401
+from tuning.results.budget import (STUDENT_TRAININGS, BudgetSplit, SelectionPlan, clock,  # noqa: F401
+                                   fit_selection,
                                    selection_seconds, selection_speedup, shrink_steps, split_budget)
 from tuning.results.pipeline_state import (ALIVE_FILE, DEADLINE_FILE, HEARTBEAT_S,  # noqa: F401
                                            PHASES, PIPELINE_FILE, Pipeline, PipelineConfig,
@@ -329,13 +330,19 @@ def _select_phase(pipeline: Pipeline) -> None:
     if config.ensemble and not ensemble:
         _note(pipeline, "no ensemble: it needs at least 2 seeds (an ensemble of one model is "
                         "that model)")
+    rule = config.rule(ensemble=ensemble, top_k=state.top_k)
+    # what the selection does after its trainings: evaluating the candidates (an upper bound: a
+    # trial-epoch each for the seed models' and the ensembles' validation and the test split),
+    # and the student
+    reserve_s = 2 * eval_s + (STUDENT_TRAININGS * training_s[0] if rule.distill and training_s else 0.0)
     with Session(pipeline, "select"):
         result = selection.final_selection(
             sweep.name, state.top_k, state.seeds, sweep.metric, sweep.tracking_uri, sweep.storage,
             mode=sweep.mode, epochs=config.select_epochs,
             max_train_examples=config.max_train_examples, output_dir=str(out),
-            ensemble=ensemble, workers=config.select_workers,
-            rule=config.rule(ensemble=ensemble, top_k=state.top_k))
+            ensemble=ensemble, workers=config.select_workers, rule=rule,
+            fill_until=time.time() + max(0.0, config.budget_s - state.total_s) if training_s else None,
+            fill_reserve_s=reserve_s)
     state.result = result_summary(result, sweep.metric)
     state.result["families"] = _families(uri, sweep)
     state.phase = "done"

@@ -186,7 +186,8 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: Optional
                     epochs: Optional[int] = None, max_train_examples: Optional[int] = None,
                     output_dir: Optional[str] = None, ensemble: bool = False,
                     workers: int = 1, register_model: Optional[str] = None,
-                    rule: Optional[HandoverRule] = None) -> SelectionResult:
+                    rule: Optional[HandoverRule] = None, fill_until: Optional[float] = None,
+                    fill_reserve_s: float = 0.0) -> SelectionResult:
     """Re-train the sweep's ``top_k`` configs with ``seeds`` fresh seeds each (config seed + 1..seeds),
     choose by mean validation ``metric``, hand over one model chosen on validation, then test.
 
@@ -204,7 +205,9 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: Optional
     Registry, tagged with its lineage (sweep, trial, selection run, data fingerprint).
     ``rule`` (``tuning.results.handover.HandoverRule``) adds the cross-config ensemble and the
     distilled student to the hand-over candidates and says how one is picked (default: the best
-    seed model or the seed ensemble, the more accurate).
+    seed model or the seed ensemble, the more accurate). ``fill_until`` (seconds since the epoch):
+    train more seeds of the chosen config while the time before it, less ``fill_reserve_s``,
+    allows (``tuning.results.fill``; ``tunebert tune`` fills the time it reserved).
     """
     # local: keeps torch, mlflow and ray off --help
     import tuning.tracking.best as best
@@ -252,7 +255,7 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: Optional
                         mode=mode, epochs=epochs, max_train_examples=max_train_examples,
                         workdir=workdir, output_dir=output_dir, ensemble=ensemble,
                         workers=workers, register_model=register_model, fingerprint=fingerprint,
-                        rule=rule)
+                        rule=rule, fill_until=fill_until, fill_reserve_s=fill_reserve_s)
     except BaseException as exc:
         run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
                 error=f"{type(exc).__name__}: {exc}")

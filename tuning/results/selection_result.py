@@ -85,13 +85,16 @@ def render_markdown(result: SelectionResult) -> str:
     """The selection table and the chosen config's test result, as Markdown."""
     m = result.metric
     n = max(len(c.seeds) for c in result.candidates)
+    compared = min(len(c.seeds) for c in result.candidates)
     head = (["rank", "trial", f"sweep {m}"] + [f"seed+{FIRST_SEED_OFFSET + j}" for j in range(n)]
             + [f"mean {m}", "std", "chosen"])
     lines = [f"# Final selection for sweep `{result.sweep}`", "",
              f"Top {len(result.candidates)} trial(s) by `{m}` ({result.mode}), re-trained with "
-             f"{n} fresh seed(s) each (the config's seed + {seed_offsets(n)}) on train, scored on validation "
-             f"only. Chosen: best mean; ties go to the lower std (sample, n-1), then the better "
-             f"rank.", "",
+             f"{compared} fresh seed(s) each (the config's seed + {seed_offsets(compared)}) on train, "
+             f"scored on validation only. Chosen: best mean; ties go to the lower std (sample, "
+             f"n-1), then the better rank."
+             + (f" Then, with the selection's time left, {n - compared} more seed(s) of the chosen "
+                f"config (its mean and std are over all {n})." if n > compared else ""), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in result.candidates:
         cells = ([str(c.rank), c.trial_id, fmt(c.sweep_score)] + [fmt(s) for s in c.scores]

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
@@ -44,19 +45,32 @@ def select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int, 
            mode: str, epochs: Optional[int], max_train_examples: Optional[int], workdir: Path,
            output_dir: Optional[str], ensemble: bool = False, workers: int = 1,
            register_model: Optional[str] = None, fingerprint: Optional[str] = None,
-           rule: HandoverRule = HandoverRule()) -> SelectionResult:
+           rule: HandoverRule = HandoverRule(), fill_until: Optional[float] = None,
+           fill_reserve_s: float = 0.0) -> SelectionResult:
     """The selection's steps in order, on ``leaders`` (the sweep's top trials, best first), in the
     open selection ``run``; the models are trained in ``workdir``. ``rule``: which hand-over
     candidates besides the best seed model and the seed ensemble are built, and how one is
-    chosen (``tuning.results.handover``)."""
+    chosen (``tuning.results.handover``). With ``fill_until`` (seconds since the epoch) the time
+    left before it, less ``fill_reserve_s`` for the rest, trains more seeds of the chosen config
+    (``tuning.results.fill``)."""
     # an epochs override trains the whole new schedule: the sweep's stop_epoch no longer applies
     configs = [{**trial.config, **({"epochs": epochs, "stop_epoch": None} if epochs else {})}
                for trial in leaders]
+    started = time.time()
     candidates, leader = train_candidates(
         leaders, configs, data, run, uri=uri, sweep=sweep, seeds=seeds, metric=metric, mode=mode,
         max_train_examples=max_train_examples, workdir=workdir, workers=workers,
         keep_best=rule.cross)
     candidates, chosen = _mark_chosen(candidates, leader, run, uri=uri, metric=metric, mode=mode)
+    if fill_until is not None:
+        from tuning.results import fill  # local: brings torch
+
+        waves = math.ceil(len(leaders) * seeds / workers)
+        chosen = fill.more_seeds(chosen, data, run, until=fill_until, reserve_s=fill_reserve_s,
+                                 wave_s=(time.time() - started) / waves, workers=workers, uri=uri,
+                                 sweep=sweep, metric=metric, workdir=workdir,
+                                 max_train_examples=max_train_examples)
+        candidates = [chosen if c.rank == chosen.rank else c for c in candidates]
 
     # the handed-over model, chosen on validation too
     checkpoints = [str(workdir / f"rank{chosen.rank}" / f"seed-{s}") for s in chosen.seeds]

@@ -150,3 +150,36 @@ def test_a_student_without_an_ensemble_is_refused_before_anything_runs(tmp_path)
                               "--distill", "--distill-alpha", "2", "--metric", "val_accuracy"])
     with pytest.raises(Exception, match="distill_alpha"):
         run(args)
+
+
+def test_waves_that_fit():
+    from tuning.results.fill import waves_that_fit
+
+    assert waves_that_fit(100.0, 30.0) == 3
+    assert waves_that_fit(29.0, 30.0) == 0
+    assert waves_that_fit(-5.0, 30.0) == 0
+    assert waves_that_fit(100.0, math.nan) == 0 and waves_that_fit(100.0, 0.0) == 0
+
+
+@pytest.mark.slow
+def test_the_time_left_trains_more_seeds_of_the_chosen_config_only(sweep):
+    import time
+
+    client = MlflowClient(sweep.resolved_tracking_uri())
+    plenty = final_selection("cands", top_k=2, seeds=2, storage=sweep.storage, epochs=1,
+                             ensemble=True, fill_until=time.time() + 3600, fill_reserve_s=0.0)
+    # at most twice the seeds the configs were compared with, the others untouched
+    assert len(plenty.chosen.seeds) == 4
+    assert plenty.chosen.seeds[2:] == (max(plenty.chosen.seeds[:2]) + 1,
+                                       max(plenty.chosen.seeds[:2]) + 2)
+    assert all(len(c.seeds) == 2 for c in plenty.candidates if not c.chosen)
+    assert len(plenty.test) == 4  # every seed model of the chosen config is tested
+    ensemble = next(o for o in plenty.handover_options if o["kind"] == "ensemble")
+    assert ensemble["members"] == 4
+    assert client.get_run(plenty.run_id).data.metrics["extra_seeds"] == 2
+    assert "2 more seed(s) of the chosen config" in plenty.markdown()
+    # the time is up: nothing more
+    none_left = final_selection("cands", top_k=2, seeds=2, storage=sweep.storage, epochs=1,
+                                ensemble=True, fill_until=time.time(), fill_reserve_s=0.0)
+    assert len(none_left.chosen.seeds) == 2
+    assert "extra_seeds" not in client.get_run(none_left.run_id).data.metrics
