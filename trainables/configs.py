@@ -108,6 +108,13 @@ class _FinetuneRules(_EncoderRules):
         if self.ema_decay and self.swa_epochs:
             raise ConfigError("`ema_decay` and `swa_epochs` both average the weights; use one of "
                               f"them, but got (ema_decay={self.ema_decay}, swa_epochs={self.swa_epochs})")
+        if self.distill_teacher and (self.rdrop_alpha or self.supcon_lambda):
+            # the folder itself is checked when the trial starts (trainables.distill): a trained
+            # student's config must load on a machine without its teacher
+            raise ConfigError(
+                f"`distill_teacher` ({self.distill_teacher!r}) cannot be combined with `rdrop_alpha` "
+                f"({self.rdrop_alpha}) or `supcon_lambda` ({self.supcon_lambda}): the two-dropout-pass "
+                f"losses take no teacher; set them to 0 or leave `distill_teacher` unset (null)")
 
 
 class _ContrastiveRules(_EncoderRules):
@@ -193,6 +200,9 @@ class FinetuneConfig(_FinetuneRules, _SharedFields):
     supcon_temperature: float = 0.1
     perturb_train: Optional[str] = None
     perturb_train_prob: float = 0.5
+    distill_teacher: Optional[str] = None
+    distill_temperature: float = 2.0
+    distill_alpha: float = 0.5
     perturb_eval: Optional[str] = DEFAULT_PERTURB_EVAL
     deploy_metrics: bool = True
     preset: Optional[str] = None

@@ -16,7 +16,6 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from trainables import data_parallel, registry, train_noise
 from trainables.averaging import WeightAverage
@@ -27,7 +26,9 @@ from trainables.deploy import PeakMemory, deployment_metrics, parameter_count, p
 from trainables.errors import ConfigError
 from trainables.hparams import FinetuneConfig
 from trainables.loops import evaluate, train_epoch
-from trainables.losses import two_view_classification_loss
+# classification_loss is imported from here by the other trainables and the benches
+from trainables.finetune_losses import (TeacherTargets, classification_loss,  # noqa: F401
+                                        finetune_loss, with_teacher)
 from trainables.models import (TextClassifier, freeze_bottom, load_encoder, load_tokenizer,
                                num_encoder_layers, quantize_int8, reinit_top)
 from trainables.optim import build_optimizer, llrd_param_groups
@@ -118,31 +119,6 @@ def maybe_inject_failure(point: int) -> None:
         Path(marker).write_text(f"{epoch}:{left}")
     os.unlink(claimed)
     raise RuntimeError(f"injected failure at point {point} (marker {marker})")
-
-
-def classification_loss(label_smoothing: float):
-    def loss_fn(model, batch):
-        ids, mask, labels = batch
-        logits = model(ids, mask)
-        return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-    return loss_fn
-
-
-def finetune_loss(cfg):
-    """Cross-entropy, or with R-Drop and/or joint SupCon the two-dropout-pass loss
-    (``trainables.losses.two_view_classification_loss``): the batch goes through the model twice
-    in one forward (concatenated), so each text gets two independent dropout masks."""
-    if not (cfg.rdrop_alpha or cfg.supcon_lambda):
-        return classification_loss(cfg.label_smoothing)
-
-    def loss_fn(model, batch):
-        ids, mask, labels = batch
-        pooled = model.embed(torch.cat([ids, ids]), torch.cat([mask, mask]))  # (2B, hidden)
-        return two_view_classification_loss(
-            model.head(pooled), pooled, labels, label_smoothing=cfg.label_smoothing,
-            rdrop_alpha=cfg.rdrop_alpha, supcon_lambda=cfg.supcon_lambda,
-            supcon_temperature=cfg.supcon_temperature)
-    return loss_fn
 
 
 def reapply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, fresh: list[tuple[float, float]]) -> None:
@@ -311,6 +287,7 @@ class _Trial:
     first_epoch: int = 1
     train_model: Any = None  # what trains: the model, or it in DistributedDataParallel
     rounds: Optional[RoundPlan] = None  # round mode (``eval_every``); None: per epoch
+    teacher: Optional[TeacherTargets] = None  # with ``distill_teacher``: its train probabilities
 
     @property
     def last(self) -> int:
@@ -383,7 +360,8 @@ def _train_one_epoch(run: _Trial, epoch: int, loss_fn: Callable,
         run.train_model, train, batch_size=cfg.batch_size, rng=rng,
         pad_token_id=run.data.pad_token_id, optimizer=run.optimizer, scheduler=run.scheduler,
         loss_fn=loss_fn, device=run.device, precision=run.precision, grad_clip=cfg.grad_clip,
-        scaler=run.scaler, progress=progress, make_batch=train_noise.batch_maker(cfg, run.data, epoch),
+        scaler=run.scaler, progress=progress, make_batch=with_teacher(
+            train_noise.batch_maker(cfg, run.data, epoch), train, run.data.pad_token_id, run.teacher),
         after_step=average.after_step if average is not None else None,
         batches=batches, loss_weights=weights)
     if weights is not None:
@@ -455,7 +433,8 @@ def _checkpoint_writer(run: _Trial, epoch: int) -> Callable[[str], None]:
 
 def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, report: Reporter,
         resume_dir: Optional[str] = None,
-        progress: Optional[Callable[[int], None]] = None) -> TextClassifier:
+        progress: Optional[Callable[[int], None]] = None,
+        teacher: Optional[TeacherTargets] = None) -> TextClassifier:
     """Fine-tune for ``cfg.last_epoch`` epochs of a ``cfg.epochs``-epoch schedule, calling
     ``report`` after each one, and return the model of the best validation epoch.
 
@@ -475,12 +454,22 @@ def fit(cfg: FinetuneConfig, data: TokenizedData, *, device: torch.device, repor
     ``stop_epoch`` count rounds, and each report adds ``step``, ``epoch_progress``,
     ``examples_seen`` and ``rounds`` (the round the run stops after). A resumed round goes on at
     the batch where its checkpoint stopped, inside an epoch if that is where it was.
+
+    With ``cfg.distill_teacher`` the student trains on ``teacher``'s probabilities of the train
+    split (``trainables.distill.fit`` computes them, the family's registered ``fit``) and every
+    report adds ``distill_teacher_seconds``, the time that took.
     """
+    if bool(cfg.distill_teacher) != (teacher is not None):
+        raise ConfigError(f"`distill_teacher` is {cfg.distill_teacher!r} but fit was given "
+                          f"{'no' if teacher is None else 'a'} teacher: train through "
+                          f"trainables.distill.fit, which computes the teacher's probabilities")
     run = _build(cfg, data, device)
+    run.teacher = teacher
     if resume_dir is not None:
         _resume(run, resume_dir)
     loss_fn = finetune_loss(cfg)
     costs = deployment_costs(cfg, run.model, data) if run.first_epoch <= run.last else {}
+    costs.update(teacher.metrics() if teacher is not None else {})
     noisy_val = perturbed_validation(cfg.perturb_eval, data) if cfg.perturb_eval else None
     eval_kwargs = dict(batch_size=max(64, cfg.batch_size), pad_token_id=data.pad_token_id,
                        num_labels=data.num_labels, device=device, precision=run.precision)

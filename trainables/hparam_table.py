@@ -132,6 +132,17 @@ _DECLARED: tuple[HParam, ...] = (
        "recipe", families=FINETUNE),
     _p("perturb_train_prob", "float", 0.5, "with perturb_train: the share of training examples "
        "perturbed each epoch", "recipe", families=FINETUNE, low=0.0, high=1.0),
+    _p("distill_teacher", "optional_str", None, "knowledge distillation (Hinton et al. 2015): "
+       "a teacher model folder (a model or an ensemble, sharing the student's tokenizer); the "
+       "student trains on distill_alpha * T^2 * KL to its probabilities softened at "
+       "distill_temperature + (1 - distill_alpha) * cross-entropy; the teacher's probabilities "
+       "are computed once and cached in its folder (null = off)", "recipe", families=FINETUNE),
+    _p("distill_temperature", "float", 2.0, "with distill_teacher: the temperature T that "
+       "softens the teacher's and the student's probabilities", "recipe", families=FINETUNE,
+       low=0.0, high=20.0, low_open=True),
+    _p("distill_alpha", "float", 0.5, "with distill_teacher: weight of the teacher term (1 - it "
+       "weighs the cross-entropy on the labels; 0: the labels alone, 1: the teacher alone)",
+       "recipe", families=FINETUNE, low=0.0, high=1.0),
     # ---- contrastive
     _p("mode", "str", "two-stage", "two-stage (contrastive, then a classifier on the frozen "
        "encoder), two-stage-finetune, or joint (CE + lambda * SupCon)", "contrastive",

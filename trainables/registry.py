@@ -16,7 +16,8 @@ from trainables.hparams import (ALL_FAMILIES, FAMILIES, BilstmConfig, Contrastiv
                                MultitaskConfig, TfidfConfig, TrialConfig)
 
 TRAINABLES: dict[str, tuple[type[TrialConfig], str]] = {
-    "finetune": (FinetuneConfig, "trainables.finetune:fit"),
+    # trainables.finetune.fit, given a teacher's probabilities when the config distils one
+    "finetune": (FinetuneConfig, "trainables.distill:fit"),
     "contrastive": (ContrastiveConfig, "trainables.contrastive:fit"),
     "multitask": (MultitaskConfig, "trainables.joint:fit"),
     # cheap baselines from scratch (docs/baselines.md): what the encoder buys, in the same record
