@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import tuning.report.families as families
+import tuning.families as families
 from tuning.report.checkpoint import Confusion, most_confused
 from tuning.report.data import METRIC, TOP_CURVES, TrialRecord, curve_metrics, is_multitask
 from tuning.report.tagging import SlotConfusion

@@ -63,6 +63,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import tuning.families as families
 import tuning.results.outputs as outputs
 import tuning.results.selection as selection
 from trainables import task_data
@@ -351,11 +352,10 @@ def _select_phase(pipeline: Pipeline) -> None:
 
 
 def _families(uri: str, sweep: SweepConfig) -> list[dict[str, Any]]:
-    """Each model family's best sweep trial (``tuning.report.families``), for the summary."""
+    """Each model family's best sweep trial (``tuning.families``), for the summary."""
     from tuning.report.data import load_trials  # local: keeps mlflow off --help
-    from tuning.report.families import family_rows
 
-    rows = family_rows(load_trials(uri, sweep.name, sweep.metric), sweep.metric, sweep.mode)
+    rows = families.family_rows(load_trials(uri, sweep.name, sweep.metric), sweep.metric, sweep.mode)
     return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
              for k, v in row.items()} for row in rows]
 

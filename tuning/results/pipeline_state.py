@@ -18,6 +18,7 @@ import tuning.results.outputs as outputs
 from trainables.errors import ConfigError
 from tuning.config import DEFAULT_ROOT, TUNE_BUDGET_S, TUNE_SEEDS, TUNE_TOP_K, SweepConfig, check_sweep_name
 from tuning.results.budget import clock
+from tuning.results.handover import HandoverRule
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,9 @@ class PipelineConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def rule(self, *, ensemble: Optional[bool] = None, top_k: Optional[int] = None):
+    def rule(self, *, ensemble: Optional[bool] = None, top_k: Optional[int] = None) -> HandoverRule:
         """The selection's ``HandoverRule`` (for ``top_k`` configs: a cross-config ensemble needs
         two; a student needs an ensemble, of seeds (``ensemble``) or of configs)."""
-        from tuning.results.handover import HandoverRule
-
         cross = self.cross_config and (top_k is None or top_k >= 2)
         ensemble = self.ensemble if ensemble is None else ensemble
         return HandoverRule(cross=cross, distill=self.distill and (ensemble or cross),
@@ -127,11 +126,9 @@ class PipelineState:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def rule(self, *, ensemble: Optional[bool] = None, top_k: Optional[int] = None):
+    def rule(self, *, ensemble: Optional[bool] = None, top_k: Optional[int] = None) -> HandoverRule:
         """The selection's ``HandoverRule`` (for ``top_k`` configs: a cross-config ensemble needs
         two; a student needs an ensemble, of seeds (``ensemble``) or of configs)."""
-        from tuning.results.handover import HandoverRule
-
         cross = self.cross_config and (top_k is None or top_k >= 2)
         ensemble = self.ensemble if ensemble is None else ensemble
         return HandoverRule(cross=cross, distill=self.distill and (ensemble or cross),

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+import tuning.families as families
 from tuning.credentials import redact
 from tuning.results.budget import clock
 from tuning.results.pipeline_state import PIPELINE_FILE, Pipeline
@@ -149,15 +150,13 @@ def _candidates_lines(result: dict[str, Any], metric: str) -> list[str]:
 
 def _families_lines(result: dict[str, Any], metric: str) -> list[str]:
     """The sweep's model families side by side, when it tried more than one."""
-    from tuning.report.families import markdown
-
     rows = result.get("families") or []
     if len(rows) < 2:
         return []
     rows = [{k: (math.nan if v is None and k != "train_s" else v) for k, v in r.items()}
             for r in rows]
     return ["Model families (each one's best sweep trial, validation):", "",
-            *markdown(rows, metric), ""]
+            *families.markdown(rows, metric), ""]
 
 
 def print_summary(pipeline: Pipeline) -> None:

@@ -133,6 +133,14 @@ def check_rule_arguments(rule: HandoverRule, metric: str, ensemble: bool) -> Non
                           "ensemble) or --cross-config (the top configs' ensemble)")
 
 
+def _rule_params(rule: HandoverRule) -> dict[str, Any]:
+    """The selection run's params for the hand-over candidates and rule."""
+    return {"cross_config": rule.cross, "distill": rule.distill,
+            **({"distill_temperature": rule.temperature, "distill_alpha": rule.alpha}
+               if rule.distill else {}),
+            "prefer": rule.prefer, **({"within": rule.within} if rule.prefer == "latency" else {})}
+
+
 def check_output_dir(output_dir: Path, sweep: str, storage: str, seeds: Iterable[int]) -> None:
     """Refuse an ``output_dir`` that another pipeline owns, or whose ``model/`` or any
     ``seed-<seed>/`` of ``seeds`` tunebert may not replace (``tuning.results.outputs``); what else the
@@ -204,11 +212,10 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: Optional
     ``register_model`` registers the handed-over model under that name in the MLflow Model
     Registry, tagged with its lineage (sweep, trial, selection run, data fingerprint).
     ``rule`` (``tuning.results.handover.HandoverRule``) adds the cross-config ensemble and the
-    distilled student to the hand-over candidates and says how one is picked (default: the best
-    seed model or the seed ensemble, the more accurate). ``fill_until`` (seconds since the epoch):
-    train more seeds of the chosen config while the time before it, less ``fill_reserve_s``,
-    allows (``tuning.results.fill``; ``tunebert tune`` fills the time it reserved).
-    """
+    distilled student to the hand-over candidates and says how one is picked (default: the more
+    accurate of the best seed model and the seed ensemble). ``fill_until`` (seconds since the
+    epoch): more seeds of the chosen config while the time before it, less ``fill_reserve_s``,
+    allows (``tuning.results.fill``; ``tunebert tune`` fills the time it reserved)."""
     # local: keeps torch, mlflow and ray off --help
     import tuning.tracking.best as best
     import tuning.tracking as tracking
@@ -236,10 +243,7 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: Optional
     params = {"sweep": sweep, "top_k": top_k, "seeds": seeds, "seed_offsets": seed_offsets(seeds),
               "metric": metric, "mode": mode, "epochs": epochs if epochs else "config's",
               "max_train_examples": max_train_examples or "all", "ensemble": ensemble,
-              "workers": workers, "cross_config": rule.cross, "distill": rule.distill,
-              **({"distill_temperature": rule.temperature, "distill_alpha": rule.alpha}
-                 if rule.distill else {}),
-              "prefer": rule.prefer, **({"within": rule.within} if rule.prefer == "latency" else {}),
+              "workers": workers, **_rule_params(rule),
               **{f"data.{k}": v for k, v in data.to_dict().items()}}
     for rank, trial in enumerate(leaders, start=1):
         params[f"rank{rank}_trial_id"] = trial.trial_id

@@ -23,7 +23,9 @@ from trainables import registry
 from trainables.data import DataConfig
 from tuning.results.candidates import Candidate, best_seed, choose, mean_std
 from tuning.results.evaluation import evaluate_on_test
-import tuning.results.handover as handovers
+import tuning.results.fill as fill
+import tuning.results.handover_build as handovers
+import tuning.results.student as student
 from tuning.results.handover import IN_OUTPUT_DIR, Handover, HandoverRule
 from tuning.results.seed_training import best_seed_models, train_candidates
 from tuning.results.selection_result import SelectionResult
@@ -63,8 +65,6 @@ def select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int, 
         keep_best=rule.cross)
     candidates, chosen = _mark_chosen(candidates, leader, run, uri=uri, metric=metric, mode=mode)
     if fill_until is not None:
-        from tuning.results import fill  # local: brings torch
-
         waves = math.ceil(len(leaders) * seeds / workers)
         chosen = fill.more_seeds(chosen, data, run, until=fill_until, reserve_s=fill_reserve_s,
                                  wave_s=(time.time() - started) / waves, workers=workers, uri=uri,
@@ -144,8 +144,6 @@ def _hand_over(candidates: list[Candidate], chosen: Candidate, checkpoints: list
                ensemble: bool, rule: HandoverRule, workdir: Path,
                max_train_examples: Optional[int]) -> Handover:
     """Build the hand-over candidates the rule asks for, score them on validation, pick one."""
-    from tuning.results import student  # local: brings torch
-
     options, seed_scores = handovers.seed_options(
         chosen, checkpoints, data, metric=metric, mode=mode, ensemble=ensemble,
         ensemble_dir=workdir / "ensemble", rescore=rule.cross or rule.distill)

@@ -24,6 +24,7 @@ from trainables.errors import NonFiniteLossError
 from tuning.results.candidates import Candidate, better
 from tuning.results.evaluation import evaluate_folders
 from tuning.results.handover import Option, check_distillation  # noqa: F401
+from tuning.results.train import train_config
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,6 @@ def train_student(chosen: Candidate, teacher: Option, data: DataConfig, run, *, 
                   max_train_examples: Optional[int]) -> Optional[Option]:
     """Train the student of ``teacher`` into ``folder`` and score it on validation; None when it
     diverged (its run ends FAILED and it cannot be handed over)."""
-    from tuning.results.train import train_config  # local: brings torch
-
     seed = max(chosen.seeds) + 1
     config = {**chosen.config, "seed": seed, "distill_teacher": str(teacher.folder),
               "distill_temperature": float(temperature), "distill_alpha": float(alpha)}

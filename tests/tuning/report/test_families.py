@@ -4,7 +4,7 @@ accuracy, time, latency and size; in the HTML report and in `tunebert tune`'s su
 import math
 
 from tuning.report.data import TrialRecord
-from tuning.report.families import family_rows, markdown
+from tuning.families import family_rows, markdown
 from tuning.report.page import render_html
 from tuning.results.pipeline_summary import _families_lines
 
@@ -29,7 +29,7 @@ TRIALS = [
 
 def test_one_row_per_family_with_its_best_trial():
     rows = family_rows(TRIALS, "val_accuracy")
-    assert [r["family"] for r in rows] == ["finetune", "tfidf", "bilstm"]
+    assert [r["family"] for r in rows] == ["finetune", "tfidf", "bilstm"]  # the registry's order
     assert [r["trial_id"] for r in rows] == ["a2", "b1", "c1"]
     assert [r["trials"] for r in rows] == [2, 1, 2]  # the failed BiLSTM trial counts as tried
     assert rows[0]["perturbed"] == 0.55 and rows[1]["latency_ms"] == 0.4

@@ -8,8 +8,10 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Sequence
 
-# the families in the order the table lists them (others after, by name)
-ORDER = ("finetune", "contrastive", "multitask", "tfidf", "bilstm")
+from trainables.hparams import ALL_FAMILIES
+
+# the families in the order the table lists them (the registry's; others after, by name)
+ORDER = ALL_FAMILIES
 NAMES = {"finetune": "fine-tuned encoder", "contrastive": "contrastive encoder",
          "multitask": "multi-task encoder", "tfidf": "TF-IDF + linear", "bilstm": "BiLSTM + attention"}
 
