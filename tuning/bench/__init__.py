@@ -24,6 +24,9 @@ Parts (each writes rows of the markdown table and a PNG):
 - ``scale`` (``scale``): data bigger than memory (tokenizing into the token cache and each
   process's peak memory at several corpus sizes, throughput against the in-memory path, a sweep
   under a cgroup memory limit below the data's size) and a trial over two workers against one;
+- ``ship-knobs``, ``ship-tune`` (``ship``): the model worth shipping: typo-robust training and
+  the distilled student against the hand config over seeds, the cheap baselines beside them, and
+  ``tunebert tune`` with every hand-over candidate kept and scored on test after the choice;
 - ``gpu`` (``gpu``, alone, entered through ``entry``): the check to run first on a GPU machine
   (CUDA tests, precisions, Hugging Face's Trainer, packing two trials on one GPU, a 4-minute
   ``tune``); without CUDA it says so in one line and exits 0.
@@ -45,4 +48,4 @@ def parts_of(text: str) -> list[str]:
 
 
 PARTS = ("throughput", "overhead", "search", "table", "ablation", "compare", "deploy", "joint-hand",
-         "joint-knobs", "joint-tune", "scale", "gpu")
+         "joint-knobs", "joint-tune", "scale", "ship-knobs", "ship-tune", "gpu")

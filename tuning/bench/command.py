@@ -13,6 +13,7 @@ import tuning.bench.compare as compare
 import tuning.bench.deploy as deploy
 import tuning.bench.joint as joint
 import tuning.bench.scale as scale
+import tuning.bench.ship as ship
 import tuning.tracking as tracking
 from trainables.data import DataConfig
 from trainables.errors import UserError
@@ -111,6 +112,8 @@ def run(args) -> int:
         _joint_parts(data_cfg, args, parts, report, storage, out)
     if "scale" in parts:
         scale.run_part(data_cfg, args, report, storage, out)
+    if {"ship-knobs", "ship-tune"} & set(parts):
+        _ship_parts(data_cfg, args, parts, report, storage, out)
     text = report.markdown(command)
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps(report.numbers, indent=2))
@@ -200,6 +203,29 @@ def _joint_parts(data_cfg: DataConfig, args, parts: list[str], report: BenchRepo
         numbers.update({f"joint_tuned_test_{k}": tuned.get(f"test_{k}") for k in joint.SCORES})
     report.numbers.update(numbers)
     (out / "joint.json").write_text(json.dumps({"hand": hand, "tuned": tuned}, indent=2, default=str))
+
+
+def _ship_parts(data_cfg: DataConfig, args, parts: list[str], report: BenchReport, storage: Path,
+                out: Path) -> None:
+    uri = resolve_tracking_uri(None, storage)
+    if "ship-knobs" in parts:
+        knobs = ship.run_knobs(data_cfg, args.model, seeds=args.seeds, uri=uri, storage=storage,
+                               epochs=1 if args.smoke_test else None,
+                               max_train_examples=64 if args.smoke_test else None,
+                               workers=args.ablation_workers)
+        report.add("i. The model worth shipping: typo-robust training, distillation, baselines",
+                   ship.knobs_markdown(knobs))
+        for row in knobs["rows"]:
+            key = row["variant"].split(" (")[0].replace(" + ", "_").replace(" ", "_").replace(":", "").lower()
+            report.numbers[f"ship_{key}_test_mean"] = ship._mean(row["test_accuracy"])
+        (out / "ship-knobs.json").write_text(json.dumps(knobs, indent=2))
+    if "ship-tune" in parts:
+        tuned = ship.run_tune(data_cfg, args.model, budget_s=args.tune_budget, storage=storage,
+                              smoke=args.smoke_test)
+        report.add("j. The model worth shipping: `tunebert tune` and its hand-over candidates",
+                   ship.tune_markdown(tuned, args.tune_budget))
+        report.numbers["ship_tune_handed_over_test"] = tuned["test_accuracy"]
+        (out / "ship-tune.json").write_text(json.dumps(tuned, indent=2, default=str))
 
 
 def _log_to_mlflow(storage: Path, out: Path) -> None:

@@ -155,6 +155,9 @@ def add_handover_arguments(p: argparse.ArgumentParser, *, tune: bool) -> None:
     g.add_argument("--prefer", choices=["accuracy", "latency"], default="accuracy",
                    help="hand over the most accurate candidate (default), or the fastest within "
                         "--within points of it")
+    g.add_argument("--keep-candidates", action="store_true",
+                   help="also keep every candidate's model folder in <output-dir>/candidates/<kind>/ "
+                        "(best single, ensemble, cross, student), e.g. to compare them on test later")
     g.add_argument("--within", type=float, default=0.3, metavar="POINTS",
                    help="with --prefer latency: how many points (hundredths of the metric) below "
                         "the most accurate the fastest may score (default: %(default)s)")

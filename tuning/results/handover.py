@@ -71,6 +71,7 @@ class HandoverRule:
     prefer: str = "accuracy"     # or "latency"
     within: float = 0.3          # with "latency": points below the most accurate
     timed: bool = False          # time and weigh even a choice of two
+    keep: bool = False           # keep every candidate's folder in --output-dir/candidates/<kind>
 
     def __post_init__(self) -> None:
         check_rule(self.prefer, self.within)

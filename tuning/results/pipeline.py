@@ -415,7 +415,7 @@ def run(args) -> int:
         budget_s=args.time_budget, top_k=args.top_k, seeds=args.seeds, ensemble=args.ensemble,
         cross_config=args.cross_config, distill=args.distill,
         distill_temperature=args.distill_temperature, distill_alpha=args.distill_alpha,
-        prefer=args.prefer, within=args.within,
+        prefer=args.prefer, within=args.within, keep_candidates=args.keep_candidates,
         select_workers=args.select_workers,
         output_dir=str(Path(args.output_dir).expanduser().resolve()) if args.output_dir else None)
     if args.smoke_test:  # as `tunebert sweep --smoke-test`: PBT needs a second epoch to perturb before

@@ -51,6 +51,7 @@ class PipelineConfig:
     distill_alpha: float = 0.5
     prefer: str = "accuracy"                # the hand-over rule: or "latency" (within `within`)
     within: float = 0.3
+    keep_candidates: bool = False           # every candidate's folder in <output>/candidates/
 
     def __post_init__(self) -> None:
         if isinstance(self.budget_s, bool) or not isinstance(self.budget_s, (int, float)) \
@@ -64,7 +65,7 @@ class PipelineConfig:
                 _check_count(name, getattr(self, name), None)
         if not isinstance(self.ensemble, bool):
             raise ConfigError(f"`ensemble` must be true or false, but got {self.ensemble!r}")
-        for name in ("cross_config", "distill"):
+        for name in ("cross_config", "distill", "keep_candidates"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"`{name}` must be true or false, but got {getattr(self, name)!r}")
         self.rule()  # refuses a bad rule or distillation setting now, before the sweep
@@ -84,7 +85,7 @@ class PipelineConfig:
         ensemble = self.ensemble if ensemble is None else ensemble
         return HandoverRule(cross=cross, distill=self.distill and (ensemble or cross),
                             temperature=self.distill_temperature, alpha=self.distill_alpha,
-                            prefer=self.prefer, within=self.within)
+                            prefer=self.prefer, within=self.within, keep=self.keep_candidates)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PipelineConfig":
@@ -125,15 +126,6 @@ class PipelineState:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def rule(self, *, ensemble: Optional[bool] = None, top_k: Optional[int] = None) -> HandoverRule:
-        """The selection's ``HandoverRule`` (for ``top_k`` configs: a cross-config ensemble needs
-        two; a student needs an ensemble, of seeds (``ensemble``) or of configs)."""
-        cross = self.cross_config and (top_k is None or top_k >= 2)
-        ensemble = self.ensemble if ensemble is None else ensemble
-        return HandoverRule(cross=cross, distill=self.distill and (ensemble or cross),
-                            temperature=self.distill_temperature, alpha=self.distill_alpha,
-                            prefer=self.prefer, within=self.within)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PipelineState":

@@ -284,7 +284,7 @@ def run(args) -> int:
                     ensemble=args.ensemble, workers=args.workers)
     rule = HandoverRule(cross=args.cross_config, distill=args.distill,
                         temperature=args.distill_temperature, alpha=args.distill_alpha,
-                        prefer=args.prefer, within=args.within)
+                        prefer=args.prefer, within=args.within, keep=args.keep_candidates)
     check_rule_arguments(rule, metric, args.ensemble)
     data = resolve_data(args.name, args.storage, args.data, args.text_column, args.label_column)
     result = final_selection(args.name, top_k, seeds, metric, args.tracking_uri, args.storage,

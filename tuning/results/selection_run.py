@@ -86,6 +86,8 @@ def select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int, 
                                                lineage=lineage, output_dir=output_dir)
     model_dir = _keep_handed_over(handover, run, uri=uri, output_dir=output_dir, ensemble=ensemble,
                                   register_model=register_model, lineage=lineage)
+    if output_dir and rule.keep:
+        _keep_candidates(handover, Path(output_dir) / "candidates")
     summary = test_summary(test_rows)
     acc_mean, acc_std = summary.get("test_accuracy", (math.nan, math.nan))
     f1_mean, f1_std = summary.get("test_macro_f1", (math.nan, math.nan))
@@ -234,6 +236,15 @@ def _keep_handed_over(handover: Handover, run, *, uri: str, output_dir: Optional
     _say(f"MLflow model: {logged.uri}"
          + (f", registered as {logged.registered_uri}" if logged.registered_uri else ""))
     return model_dir
+
+
+def _keep_candidates(handover: Handover, folder: Path) -> None:
+    """Every hand-over candidate's model folder in ``folder/<kind>`` (replacing an earlier
+    selection's), for a comparison after the choice, e.g. on test (``tunebert bench``)."""
+    for option in handover.options:
+        with outputs.replacing(folder / option.kind, IN_OUTPUT_DIR) as new:
+            shutil.copytree(option.folder, new)
+    _say(f"kept the {len(handover.options)} candidates in {folder}")
 
 
 def _report(result: SelectionResult, run, reports: Path) -> None:

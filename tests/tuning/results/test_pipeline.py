@@ -300,7 +300,14 @@ def test_tune_smoke_test_end_to_end(ray_local, tiny_model_dir, tmp_path, capsys,
     assert metrics["pipeline.total_s"] == pytest.approx(state["plan_s"] + state["sweep_actual_s"]
                                                         + state["select_actual_s"])
     assert tags["tunebert.pipeline.model_dir"] == model_dir
-    assert tags["tunebert.pipeline.handed_over"] == result["handed_over"] in ("single", "ensemble")
+    assert tags["tunebert.pipeline.handed_over"] == result["handed_over"]
+    # every hand-over candidate (tune builds them all by default), one handed over, in the summary
+    assert [c["kind"] for c in result["candidates"]] == ["single", "ensemble", "cross", "student"]
+    assert [c["kind"] for c in result["candidates"] if c["handed_over"]] == [result["handed_over"]]
+    assert result["rule"] == "most accurate"
+    assert "| candidate | val_accuracy | latency ms | size MB | handed over |" in out
+    # the selection filled its time: the chosen config got twice the seeds it was compared with
+    assert len(result["seeds"]) == 4
     assert json.loads(tags["tunebert.pipeline.best_config"]) == result["config"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "pipeline")}
     assert {f"pipeline/{PIPELINE_FILE}", "pipeline/pipeline.md"} <= artifacts
