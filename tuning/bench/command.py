@@ -209,7 +209,8 @@ def _ship_parts(data_cfg: DataConfig, args, parts: list[str], report: BenchRepor
                 out: Path) -> None:
     uri = resolve_tracking_uri(None, storage)
     if "ship-knobs" in parts:
-        knobs = ship.run_knobs(data_cfg, args.model, seeds=args.seeds, uri=uri, storage=storage,
+        # two seeds at least: the teacher is the ensemble of the hand config's seed models
+        knobs = ship.run_knobs(data_cfg, args.model, seeds=max(2, args.seeds), uri=uri, storage=storage,
                                epochs=1 if args.smoke_test else None,
                                max_train_examples=64 if args.smoke_test else None,
                                workers=args.ablation_workers)
