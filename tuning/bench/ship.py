@@ -156,6 +156,10 @@ def _mean(values: list[float]) -> float:
     return statistics.mean(values) if values else math.nan
 
 
+def _num(value: Optional[float], digits: int = 1) -> str:
+    return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "—"
+
+
 def knobs_markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
     lines = [f"Each row over {result['seeds']} seed(s), {result['epochs']} epochs, MiniLM-L6 unless "
@@ -164,9 +168,8 @@ def knobs_markdown(result: dict[str, Any]) -> str:
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {_pm(r['val_accuracy'])} | {_pm(r['val_accuracy_perturbed'])} | "
-                     f"{_pm(r['test_accuracy'])} | "
-                     f"{(_mean(r['seconds']) / 60 if r['seconds'] else math.nan):.1f} | "
-                     f"{_mean(r['latency_ms_p50']):.1f} | {_mean(r['size_mb']):.1f} |")
+                     f"{_pm(r['test_accuracy'])} | {_num(_mean(r['seconds']) / 60)} | "
+                     f"{_num(_mean(r['latency_ms_p50']))} | {_num(_mean(r['size_mb']))} |")
     hand, robust = rows[0], rows[1]
     drop = _mean(hand["test_accuracy"]) - _mean(robust["test_accuracy"])
     perturbed = _mean(robust["val_accuracy_perturbed"])
@@ -197,8 +200,7 @@ def tune_markdown(tuned: dict[str, Any], budget_s: float) -> str:
             student = test
         lines.append(f"| {c['label']} | {100 * c['val']:.2f} | {100 * test:.2f} | "
                      f"{100 * c.get('val_accuracy_perturbed', math.nan):.2f} | "
-                     f"{c['latency_ms'] if c['latency_ms'] is not None else math.nan:.1f} | "
-                     f"{c['size_mb'] if c['size_mb'] is not None else math.nan:.1f} | "
+                     f"{_num(c['latency_ms'])} | {_num(c['size_mb'])} | "
                      f"{'**yes**' if c['handed_over'] else ''} |")
     handed = tuned["test_accuracy"]
     lines += ["", "| target | measured | met? |", "|---|---:|---|",

@@ -38,7 +38,7 @@ def folder_latency_ms(folder: str | Path) -> float:
         length = int(loaded.config.get("max_length", 128))
         ids, mask = probe_batch(loaded.tokenizer, length, batch_size=8)
         with torch.inference_mode():
-            return latency_ms(loaded.model.cpu(), ids, mask, runs=20, warmup=3)["latency_ms_p50"]
+            return latency_ms(loaded.model.cpu(), ids, mask)["latency_ms_p50"]
     except Exception as exc:  # a timing is a courtesy: never the reason a selection fails
         log.info(f"select: could not time {folder} ({type(exc).__name__}: {exc})")
         return math.nan

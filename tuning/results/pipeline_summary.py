@@ -143,7 +143,7 @@ def _candidates_lines(result: dict[str, Any], metric: str) -> list[str]:
     lines = [f"Hand-over candidates (validation; rule: {result.get('rule', 'most accurate')}):", "",
              f"| candidate | {metric} | latency ms | size MB | handed over |",
              "|---|---:|---:|---:|---|"]
-    lines += [f"| {o['label']} | {o['val']:.4f} | {cost(o['latency_ms'], 1)} | "
+    lines += [f"| {o['label']} | {cost(o['val'], 4)} | {cost(o['latency_ms'], 1)} | "
               f"{cost(o['size_mb'], 1)} | {'**yes**' if o['handed_over'] else ''} |" for o in options]
     return lines + [""]
 

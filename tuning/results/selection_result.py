@@ -76,7 +76,7 @@ def _options_table(result: SelectionResult) -> list[str]:
              f"models' mean; latency: batch 1 on this machine's CPU, median).", "",
              f"| candidate | {m} | latency ms | size MB | handed over |", "|---|---|---|---|---|"]
     for o in result.handover_options:
-        lines.append(f"| {o['label']} | {fmt(o['val'])} | {_cost(o['latency_ms'], 1)} | "
+        lines.append(f"| {o['label']} | {fmt(o['val'] if o['val'] is not None else math.nan)} | {_cost(o['latency_ms'], 1)} | "
                      f"{_cost(o['size_mb'], 1)} | {'**yes**' if o['handed_over'] else ''} |")
     return lines
 

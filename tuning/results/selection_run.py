@@ -104,7 +104,7 @@ def select(leaders, data: DataConfig, run, *, uri: str, sweep: str, seeds: int, 
                              model_dir=str(model_dir.resolve()) if model_dir else None,
                              single_seed=handover.seed,
                              test_summary={k: list(v) for k, v in summary.items()},
-                             handover_options=tuple(o.to_dict() for o in handover.options),
+                             handover_options=tuple(_option_summary(o) for o in handover.options),
                              handover_rule=handover.rule_text())
     _report(result, run, workdir / "report")
     return result
@@ -236,6 +236,13 @@ def _keep_handed_over(handover: Handover, run, *, uri: str, output_dir: Optional
     _say(f"MLflow model: {logged.uri}"
          + (f", registered as {logged.registered_uri}" if logged.registered_uri else ""))
     return model_dir
+
+
+def _option_summary(option) -> dict[str, Any]:
+    """A candidate as the result keeps it: no work-folder path (gone once the selection ends),
+    and None for what was not measured (an untimed candidate's latency)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in option.to_dict().items() if k != "folder"}
 
 
 def _keep_candidates(handover: Handover, folder: Path) -> None:

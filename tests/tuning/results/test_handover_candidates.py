@@ -69,7 +69,7 @@ def test_every_candidate_is_scored_on_validation_and_the_rule_picks_one(sweep, m
     monkeypatch.undo()
     assert events == ["decide", "test"]  # test read once, after the choice
 
-    options = [Option(**o) for o in result.handover_options]
+    options = [Option(**{"folder": "", **o}) for o in result.handover_options]
     assert [o.kind for o in options] == ["single", "ensemble", "cross", "student"]
     assert [o.members for o in options] == [1, 2, 2, 1]
     for o in options:  # the score the rule saw is the folder's own validation score
