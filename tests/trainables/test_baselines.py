@@ -181,3 +181,13 @@ def test_a_tfidf_sweep_goes_through_best_train_and_predict(tiny_model_dir, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     label, text = proc.stdout.strip().split("\t")
     assert text == "wake me up at seven" and label
+    # the final selection builds hand-over candidates from baseline models too: their seed and
+    # cross-config ensembles; a student needs a fine-tuned config, so none is trained
+    proc = cli("select", "tf", "--storage", storage, "--smoke-test", "--ensemble", "--cross-config",
+               "--distill", "--output-dir", str(tmp_path / "selected"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = proc.stdout + proc.stderr
+    assert "no distilled student: only fine-tuned classifiers train with a teacher" in said
+    assert "| ensemble of the 2 seed models |" in said
+    proc = cli("predict", str(tmp_path / "selected" / "model"), "wake me up at seven")
+    assert proc.returncode == 0, proc.stderr[-3000:]

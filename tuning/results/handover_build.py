@@ -88,13 +88,15 @@ def cross_option(chosen: Candidate, rank_models: dict[int, str], data: DataConfi
     (another tokenizer or max_length: said in the log)."""
     members = [rank_models[r] for r in sorted(rank_models)]
     if len(members) < 2:
+        log.info(f"select: no cross-config ensemble: it needs two top configs with a model, and "
+                 f"{len(members)} has one")
         return None
-    try:
+    try:  # the top configs may not form one ensemble (another tokenizer, family or length)
         save_ensemble_model(folder, members)
+        score = evaluate_folders([str(folder)], data, chosen.config, "validation")[0][metric]
     except (ConfigError, ValueError, OSError) as exc:
         log.info(f"select: no cross-config ensemble: {exc}")
         return None
-    score = evaluate_folders([str(folder)], data, chosen.config, "validation")[0][metric]
     return Option("cross", f"ensemble of the top {len(members)} configs' best models", str(folder),
                   score, score, len(members))
 

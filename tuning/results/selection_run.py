@@ -152,9 +152,7 @@ def _hand_over(candidates: list[Candidate], chosen: Candidate, checkpoints: list
     if rule.cross:
         cross = handovers.cross_option(chosen, best_seed_models(candidates, workdir, mode), data,
                                        metric=metric, folder=workdir / "cross")
-        if cross is None:
-            _say("no cross-config ensemble: it needs two top configs with a model each")
-        else:
+        if cross is not None:  # else the log says why not
             options.append(cross)
     if rule.distill:
         why, teacher = student.can_distil(chosen.config), student.teacher_of(options, mode)
