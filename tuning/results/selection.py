@@ -207,8 +207,7 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: Optional
     ``output_dir`` keeps the chosen models there (``seed-<seed>/`` each) and, with ``ensemble``,
     the handed-over model in ``model/``. ``ensemble`` also tries the chosen config's seed models
     as one probability-averaging ensemble (handed over unless below the seed models' mean on
-    validation).
-    ``workers`` trainings run at a time, each in its own process on its share of the cores.
+    validation). ``workers`` trainings run at a time, each in its own process on its cores.
     ``register_model`` registers the handed-over model under that name in the MLflow Model
     Registry, tagged with its lineage (sweep, trial, selection run, data fingerprint).
     ``rule`` (``tuning.results.handover.HandoverRule``) adds the cross-config ensemble and the
@@ -237,8 +236,9 @@ def final_selection(sweep: str, top_k: int = 3, seeds: int = 3, metric: Optional
     # bad data, or data the sweep's family cannot train on, fails before anything runs
     fingerprint = task_data.fingerprint_of(data, leaders[0].config["trainable"])
     if output_dir:  # before anything trains
+        most = seeds * (2 if fill_until is not None else 1)  # filling: twice the seeds at most
         check_output_dir(Path(output_dir), sweep, storage,
-                         {s for trial in leaders for s in selection_seeds(trial.config, seeds)})
+                         {s for trial in leaders for s in selection_seeds(trial.config, most)})
     parent = tracking.sweep_run(uri, sweep)
     params = {"sweep": sweep, "top_k": top_k, "seeds": seeds, "seed_offsets": seed_offsets(seeds),
               "metric": metric, "mode": mode, "epochs": epochs if epochs else "config's",
