@@ -36,6 +36,7 @@ from tuning.bench import compare
 from tuning.bench.ablation import HAND_CONFIG
 from tuning.results.evaluation import evaluate_folders
 from tuning.results.jobs import bench_job
+from tuning.results.selection_result import or_dash
 from tuning.serve.evaluate import load_split, robustness_rows
 from tuning.serve.predict import load_model as load_served
 
@@ -156,9 +157,6 @@ def _mean(values: list[float]) -> float:
     return statistics.mean(values) if values else math.nan
 
 
-def _num(value: Optional[float], digits: int = 1) -> str:
-    return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "—"
-
 
 def knobs_markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
@@ -168,8 +166,8 @@ def knobs_markdown(result: dict[str, Any]) -> str:
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {_pm(r['val_accuracy'])} | {_pm(r['val_accuracy_perturbed'])} | "
-                     f"{_pm(r['test_accuracy'])} | {_num(_mean(r['seconds']) / 60)} | "
-                     f"{_num(_mean(r['latency_ms_p50']))} | {_num(_mean(r['size_mb']))} |")
+                     f"{_pm(r['test_accuracy'])} | {or_dash(_mean(r['seconds']) / 60)} | "
+                     f"{or_dash(_mean(r['latency_ms_p50']))} | {or_dash(_mean(r['size_mb']))} |")
     hand, robust = rows[0], rows[1]
     drop = _mean(hand["test_accuracy"]) - _mean(robust["test_accuracy"])
     perturbed = _mean(robust["val_accuracy_perturbed"])
@@ -200,7 +198,7 @@ def tune_markdown(tuned: dict[str, Any], budget_s: float) -> str:
             student = test
         lines.append(f"| {c['label']} | {100 * c['val']:.2f} | {100 * test:.2f} | "
                      f"{100 * c.get('val_accuracy_perturbed', math.nan):.2f} | "
-                     f"{_num(c['latency_ms'])} | {_num(c['size_mb'])} | "
+                     f"{or_dash(c['latency_ms'])} | {or_dash(c['size_mb'])} | "
                      f"{'**yes**' if c['handed_over'] else ''} |")
     handed = tuned["test_accuracy"]
     lines += ["", "| target | measured | met? |", "|---|---:|---|",

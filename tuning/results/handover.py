@@ -29,7 +29,6 @@ from tuning.results.selection_result import fmt
 # how a refusal names a model folder inside --output-dir (``tuning.results.outputs``)
 IN_OUTPUT_DIR = "in --output-dir, the folder"
 PREFER = ("accuracy", "latency")
-KINDS = ("single", "ensemble", "cross", "student")
 
 
 def ensemble_wins(ensemble_score: float, member_scores: Sequence[float], mode: str) -> bool:
@@ -82,7 +81,7 @@ class HandoverRule:
 class Option:
     """One hand-over candidate, scored on validation."""
 
-    kind: str              # one of KINDS
+    kind: str              # single, ensemble, cross or student
     label: str             # what the summary calls it
     folder: str
     val: float             # its own validation score
@@ -119,7 +118,7 @@ def pick(options: Sequence[Option], seed_scores: Sequence[float], *, mode: str,
 
 @dataclass(frozen=True)
 class Handover:
-    kind: str                       # the handed-over option's kind (KINDS)
+    kind: str                       # the handed-over option's kind
     folder: str                     # the handed-over model's folder (in the work folder)
     seed: int                       # the best seed model's seed
     single_val: float

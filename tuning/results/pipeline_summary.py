@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,6 +14,7 @@ import tuning.families as families
 from tuning.credentials import redact
 from tuning.results.budget import clock
 from tuning.results.pipeline_state import PIPELINE_FILE, Pipeline
+from tuning.results.selection_result import or_dash
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +137,11 @@ def _candidates_lines(result: dict[str, Any], metric: str) -> list[str]:
     if len(options) <= 2:
         return []
 
-    def cost(value, digits):
-        return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "—"
-
     lines = [f"Hand-over candidates (validation; rule: {result.get('rule', 'most accurate')}):", "",
              f"| candidate | {metric} | latency ms | size MB | handed over |",
              "|---|---:|---:|---:|---|"]
-    lines += [f"| {o['label']} | {cost(o['val'], 4)} | {cost(o['latency_ms'], 1)} | "
-              f"{cost(o['size_mb'], 1)} | {'**yes**' if o['handed_over'] else ''} |" for o in options]
+    lines += [f"| {o['label']} | {or_dash(o['val'], 4)} | {or_dash(o['latency_ms'])} | "
+              f"{or_dash(o['size_mb'])} | {'**yes**' if o['handed_over'] else ''} |" for o in options]
     return lines + [""]
 
 
@@ -153,8 +150,6 @@ def _families_lines(result: dict[str, Any], metric: str) -> list[str]:
     rows = result.get("families") or []
     if len(rows) < 2:
         return []
-    rows = [{k: (math.nan if v is None and k != "train_s" else v) for k, v in r.items()}
-            for r in rows]
     return ["Model families (each one's best sweep trial, validation):", "",
             *families.markdown(rows, metric), ""]
 

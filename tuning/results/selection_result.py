@@ -65,7 +65,8 @@ def _multitask_lines(result: SelectionResult) -> list[str]:
             for key, name in MULTITASK_TEST_NAMES.items() if key in result.test_summary]
 
 
-def _cost(value: Any, digits: int) -> str:
+def or_dash(value: Any, digits: int = 1) -> str:
+    """``value`` with ``digits`` decimals, or a dash for what was not measured (None, NaN)."""
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "—"
 
 
@@ -76,8 +77,8 @@ def _options_table(result: SelectionResult) -> list[str]:
              f"models' mean; latency: batch 1 on this machine's CPU, median).", "",
              f"| candidate | {m} | latency ms | size MB | handed over |", "|---|---|---|---|---|"]
     for o in result.handover_options:
-        lines.append(f"| {o['label']} | {fmt(o['val'] if o['val'] is not None else math.nan)} | {_cost(o['latency_ms'], 1)} | "
-                     f"{_cost(o['size_mb'], 1)} | {'**yes**' if o['handed_over'] else ''} |")
+        lines.append(f"| {o['label']} | {fmt(o['val'] if o['val'] is not None else math.nan)} | {or_dash(o['latency_ms'])} | "
+                     f"{or_dash(o['size_mb'])} | {'**yes**' if o['handed_over'] else ''} |")
     return lines
 
 

@@ -23,7 +23,7 @@ from trainables.data import DataConfig
 from trainables.errors import NonFiniteLossError
 from tuning.results.candidates import Candidate, better
 from tuning.results.evaluation import evaluate_folders
-from tuning.results.handover import Option, check_distillation  # noqa: F401
+from tuning.results.handover import Option
 from tuning.results.train import train_config
 
 log = logging.getLogger(__name__)
