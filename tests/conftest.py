@@ -310,3 +310,28 @@ def shard_demo():
         return folder
 
     return write
+
+
+@pytest.fixture
+def gloo_workers(tmp_path):
+    """``run(script, size, data_file, cfg_file)``: ``size`` processes running the Python source
+    ``script`` (argv: rank, size, port, data file, config file, output file; it sets up gloo when
+    size > 1 and writes its reports as JSON), each waited for; their JSON outputs in rank order."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    def run(script: str, size: int, data_file, cfg_file) -> list:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        outs = [tmp_path / f"w{size}-{r}.json" for r in range(size)]
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(r), str(size), str(port),
+                                   str(data_file), str(cfg_file), str(outs[r])]) for r in range(size)]
+        for proc in procs:
+            assert proc.wait(timeout=600) == 0
+        return [json.loads(o.read_text()) for o in outs]
+
+    return run
+

@@ -1,11 +1,7 @@
 """A trial over several workers: the global batch's parts and weights, and two gloo workers that
 give the same loss curve as one worker on the same global batch."""
 
-import json
 import pickle
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -66,23 +62,8 @@ if size > 1:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run(size: int, tmp_path, data_file, cfg_file) -> list[list[dict]]:
-    port = _free_port()
-    outs = [tmp_path / f"w{size}-{r}.json" for r in range(size)]
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(r), str(size), str(port), str(data_file),
-                               str(cfg_file), str(outs[r])]) for r in range(size)]
-    for proc in procs:
-        assert proc.wait(timeout=600) == 0
-    return [json.loads(o.read_text()) for o in outs]
-
-
-def test_two_gloo_workers_follow_one_workers_loss_curve(tmp_path, demo_data, tiny_model_dir):
+def test_two_gloo_workers_follow_one_workers_loss_curve(tmp_path, demo_data, tiny_model_dir,
+                                                        gloo_workers):
     from trainables.hparams import FinetuneConfig
 
     # no dropout: the only randomness left is the batches' order, which every worker draws alike
@@ -92,8 +73,8 @@ def test_two_gloo_workers_follow_one_workers_loss_curve(tmp_path, demo_data, tin
     data_file, cfg_file = tmp_path / "data.pkl", tmp_path / "cfg.pkl"
     data_file.write_bytes(pickle.dumps(demo_data.without_test()))
     cfg_file.write_bytes(pickle.dumps(cfg))
-    [single] = _run(1, tmp_path, data_file, cfg_file)
-    pair = _run(2, tmp_path, data_file, cfg_file)
+    [single] = gloo_workers(_WORKER, 1, data_file, cfg_file)
+    pair = gloo_workers(_WORKER, 2, data_file, cfg_file)
     # each of the two trained on its half of every global batch, through DistributedDataParallel
     n = len(demo_data.splits["train"])
     assert single["trained"] == [[n, "TextClassifier"]] * 3
@@ -110,7 +91,8 @@ def test_two_gloo_workers_follow_one_workers_loss_curve(tmp_path, demo_data, tin
     assert one[-1]["train_loss"] < one[0]["train_loss"]  # it learned: the curve is not flat
 
 
-def test_two_gloo_workers_follow_one_worker_in_rounds_across_epochs(tmp_path, demo_data, tiny_model_dir):
+def test_two_gloo_workers_follow_one_worker_in_rounds_across_epochs(tmp_path, demo_data, tiny_model_dir,
+                                                                    gloo_workers):
     """Budgets in steps (``eval_every``): each worker trains its part of every global batch of a
     round, rounds crossing epoch boundaries, and reports the same numbers as one worker."""
     from trainables.hparams import FinetuneConfig
@@ -121,8 +103,8 @@ def test_two_gloo_workers_follow_one_worker_in_rounds_across_epochs(tmp_path, de
     data_file, cfg_file = tmp_path / "data.pkl", tmp_path / "cfg.pkl"
     data_file.write_bytes(pickle.dumps(demo_data.without_test()))
     cfg_file.write_bytes(pickle.dumps(cfg))
-    [single] = _run(1, tmp_path, data_file, cfg_file)
-    pair = _run(2, tmp_path, data_file, cfg_file)
+    [single] = gloo_workers(_WORKER, 1, data_file, cfg_file)
+    pair = gloo_workers(_WORKER, 2, data_file, cfg_file)
     one, two = single["reports"], [w["reports"] for w in pair]
     per_epoch = -(-len(demo_data.splits["train"]) // 16)
     assert [r["step"] for r in one] == [min(10 * k, 2 * per_epoch) for k in range(1, len(one) + 1)]

@@ -9,9 +9,6 @@ import dataclasses
 import json
 import pickle
 import shutil
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -249,23 +246,9 @@ if size > 1:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _workers(size, tmp_path, data_file, cfg_file):
-    port, outs = _free_port(), [tmp_path / f"w{size}-{r}.json" for r in range(size)]
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(r), str(size), str(port), str(data_file),
-                               str(cfg_file), str(outs[r])]) for r in range(size)]
-    for proc in procs:
-        assert proc.wait(timeout=600) == 0
-    return [json.loads(o.read_text()) for o in outs]
-
-
 @pytest.mark.slow
-def test_two_gloo_workers_distil_as_one_worker(tmp_path, tiny_config, teacher_dir, demo_data):
+def test_two_gloo_workers_distil_as_one_worker(tmp_path, tiny_config, teacher_dir, demo_data,
+                                               gloo_workers):
     """Each worker trains on its part of every global batch with the rows of the teacher's
     probabilities its examples index: the loss curve is one worker's."""
     cfg = _student(tiny_config, teacher_dir, epochs=1, batch_size=16, classifier_dropout=0.0,
@@ -273,8 +256,8 @@ def test_two_gloo_workers_distil_as_one_worker(tmp_path, tiny_config, teacher_di
     data_file, cfg_file = tmp_path / "data.pkl", tmp_path / "cfg.pkl"
     data_file.write_bytes(pickle.dumps(demo_data.without_test()))
     cfg_file.write_bytes(pickle.dumps(cfg))
-    [one] = _workers(1, tmp_path, data_file, cfg_file)
-    two = _workers(2, tmp_path, data_file, cfg_file)
+    [one] = gloo_workers(_WORKER, 1, data_file, cfg_file)
+    two = gloo_workers(_WORKER, 2, data_file, cfg_file)
     for key in ("train_loss", "val_loss"):
         for worker in two:
             assert [r[key] for r in worker] == pytest.approx([r[key] for r in one], rel=1e-4, abs=1e-5), key
