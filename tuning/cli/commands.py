@@ -152,6 +152,9 @@ def add_handover_arguments(p: argparse.ArgumentParser, *, tune: bool) -> None:
                    help="temperature of the teacher's probabilities (default: %(default)s)")
     g.add_argument("--distill-alpha", type=float, default=0.5, metavar="A",
                    help="weight of the teacher's term; 1 - A is the labels' (default: %(default)s)")
+    g.add_argument("--student-layers", type=int, default=0, metavar="K",
+                   help="a smaller student: keep the encoder's bottom K layers (default 0: the "
+                        "chosen config's encoder)")
     g.add_argument("--prefer", choices=["accuracy", "latency"], default="accuracy",
                    help="hand over the most accurate candidate (default), or the fastest within "
                         "--within points of it")

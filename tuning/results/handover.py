@@ -69,12 +69,16 @@ class HandoverRule:
     alpha: float = 0.5           # weight of the teacher's term
     prefer: str = "accuracy"     # or "latency"
     within: float = 0.3          # with "latency": points below the most accurate
-    timed: bool = False          # time and weigh even a choice of two
+    student_layers: int = 0      # the student keeps the encoder's bottom k layers (0: the chosen config's)
     keep: bool = False           # keep every candidate's folder in --output-dir/candidates/<kind>
 
     def __post_init__(self) -> None:
         check_rule(self.prefer, self.within)
         check_distillation(self.temperature, self.alpha)
+        if isinstance(self.student_layers, bool) or not isinstance(self.student_layers, int) \
+                or self.student_layers < 0:
+            raise ConfigError(f"`student_layers` (--student-layers) must be an integer >= 0 (0: the "
+                              f"chosen config's encoder), but got {self.student_layers!r}")
 
 
 @dataclass(frozen=True)

@@ -416,6 +416,7 @@ def run(args) -> int:
         cross_config=args.cross_config, distill=args.distill,
         distill_temperature=args.distill_temperature, distill_alpha=args.distill_alpha,
         prefer=args.prefer, within=args.within, keep_candidates=args.keep_candidates,
+        student_layers=args.student_layers,
         select_workers=args.select_workers,
         output_dir=str(Path(args.output_dir).expanduser().resolve()) if args.output_dir else None)
     if args.smoke_test:  # as `tunebert sweep --smoke-test`: PBT needs a second epoch to perturb before

@@ -52,6 +52,7 @@ class PipelineConfig:
     prefer: str = "accuracy"                # the hand-over rule: or "latency" (within `within`)
     within: float = 0.3
     keep_candidates: bool = False           # every candidate's folder in <output>/candidates/
+    student_layers: int = 0                 # a smaller student (the encoder's bottom k layers)
 
     def __post_init__(self) -> None:
         if isinstance(self.budget_s, bool) or not isinstance(self.budget_s, (int, float)) \
@@ -85,7 +86,8 @@ class PipelineConfig:
         ensemble = self.ensemble if ensemble is None else ensemble
         return HandoverRule(cross=cross, distill=self.distill and (ensemble or cross),
                             temperature=self.distill_temperature, alpha=self.distill_alpha,
-                            prefer=self.prefer, within=self.within, keep=self.keep_candidates)
+                            prefer=self.prefer, within=self.within, keep=self.keep_candidates,
+                            student_layers=self.student_layers)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PipelineConfig":

@@ -138,6 +138,7 @@ def _rule_params(rule: HandoverRule) -> dict[str, Any]:
     return {"cross_config": rule.cross, "distill": rule.distill,
             **({"distill_temperature": rule.temperature, "distill_alpha": rule.alpha}
                if rule.distill else {}),
+            **({"student_layers": rule.student_layers} if rule.distill and rule.student_layers else {}),
             "prefer": rule.prefer, **({"within": rule.within} if rule.prefer == "latency" else {})}
 
 
@@ -284,7 +285,8 @@ def run(args) -> int:
                     ensemble=args.ensemble, workers=args.workers)
     rule = HandoverRule(cross=args.cross_config, distill=args.distill,
                         temperature=args.distill_temperature, alpha=args.distill_alpha,
-                        prefer=args.prefer, within=args.within, keep=args.keep_candidates)
+                        prefer=args.prefer, within=args.within, keep=args.keep_candidates,
+                        student_layers=args.student_layers)
     check_rule_arguments(rule, metric, args.ensemble)
     data = resolve_data(args.name, args.storage, args.data, args.text_column, args.label_column)
     result = final_selection(args.name, top_k, seeds, metric, args.tracking_uri, args.storage,

@@ -165,12 +165,13 @@ def _hand_over(candidates: list[Candidate], chosen: Candidate, checkpoints: list
             learned = student.train_student(
                 chosen, teacher, data, run, uri=uri, sweep=sweep, metric=metric,
                 folder=workdir / "student", temperature=rule.temperature, alpha=rule.alpha,
+                layers=rule.student_layers,
                 max_train_examples=max_train_examples)
             if learned is not None:
                 options.append(learned)
     seed, _ = best_seed(chosen.seeds, seed_scores, mode)
     return handovers.decide(options, seed_scores, mode=mode, prefer=rule.prefer,
-                            within=rule.within, seed=seed, timed=len(options) > 2 or rule.timed)
+                            within=rule.within, seed=seed, timed=len(options) > 2)
 
 
 def _log_handover(run, handover: Handover, metric: str) -> None:

@@ -58,12 +58,14 @@ def teacher_of(options: Sequence[Option], mode: str) -> Optional[Option]:
 
 def train_student(chosen: Candidate, teacher: Option, data: DataConfig, run, *, uri: str,
                   sweep: str, metric: str, folder: Path, temperature: float, alpha: float,
-                  max_train_examples: Optional[int]) -> Optional[Option]:
+                  max_train_examples: Optional[int], layers: int = 0) -> Optional[Option]:
     """Train the student of ``teacher`` into ``folder`` and score it on validation; None when it
-    diverged (its run ends FAILED and it cannot be handed over)."""
+    diverged (its run ends FAILED and it cannot be handed over). ``layers``: a smaller student that
+    keeps the encoder's bottom ``layers`` layers (the deploy option ``num_layers``)."""
     seed = max(chosen.seeds) + 1
     config = {**chosen.config, "seed": seed, "distill_teacher": str(teacher.folder),
-              "distill_temperature": float(temperature), "distill_alpha": float(alpha)}
+              "distill_temperature": float(temperature), "distill_alpha": float(alpha),
+              **({"num_layers": layers} if layers else {})}
     registry.config_class(config["trainable"]).from_dict(config)  # refused here, not mid-run
     _say(f"distilling the {teacher.label} ({metric} {teacher.val:.4f}) into one model of the "
          f"chosen config (seed {seed}, temperature {temperature:g}, alpha {alpha:g})")
@@ -87,5 +89,6 @@ def train_student(chosen: Candidate, teacher: Option, data: DataConfig, run, *, 
                      "student_seconds": time.perf_counter() - start})
     run.set_tags({"tunebert.student_run_id": outcome.run_id})
     _say(f"student: {metric} {score:.4f} (teacher {teacher.val:.4f})")
-    return Option("student", f"student of the {teacher.label} (seed {seed})", str(folder), score,
+    size = f", {layers} layers" if layers else ""
+    return Option("student", f"student of the {teacher.label} (seed {seed}{size})", str(folder), score,
                   score, 1)

@@ -85,6 +85,8 @@ def test_pipeline_rule_follows_the_plan_and_refuses_bad_distillation_settings():
         PipelineConfig(distill_alpha=1.5)
     with pytest.raises(ConfigError, match="`prefer`"):
         PipelineConfig(prefer="fast")
+    with pytest.raises(ConfigError, match="student_layers"):
+        PipelineConfig(student_layers=-1)
 
 
 def test_the_student_is_counted_in_the_selection_plan():

@@ -121,7 +121,7 @@ def test_prefer_latency_hands_over_the_fastest_close_candidate_from_the_cli(swee
     parser = build_parser()
     args = parser.parse_args(["select", "cands", "--storage", sweep.storage, "--smoke-test",
                               "--ensemble", "--cross-config", "--distill", "--prefer", "latency",
-                              "--within", "100"])
+                              "--within", "100", "--student-layers", "1"])
     assert run(args) == 0
     client = MlflowClient(sweep.resolved_tracking_uri())
     experiment = client.get_experiment_by_name("cands")
@@ -132,6 +132,9 @@ def test_prefer_latency_hands_over_the_fastest_close_candidate_from_the_cli(swee
     kinds = [k for k in ("single", "ensemble", "cross", "student")
              if f"handover_{k}_latency_ms" in metrics]
     assert set(kinds) == {"single", "ensemble", "cross", "student"}
+    # the student keeps 1 of the tiny encoder's 2 layers: a smaller folder than the single model
+    assert selection.data.params["student_layers"] == "1"
+    assert metrics["handover_student_size_mb"] < metrics["handover_single_size_mb"]
     # within 100 points every finite candidate qualifies: the fastest one is handed over
     fastest = min(kinds, key=lambda k: metrics[f"handover_{k}_latency_ms"])
     assert selection.data.tags["tunebert.handed_over"] == fastest
